@@ -1,0 +1,165 @@
+"""The one preprocessing path from a camera/scanner frame to a model input tensor.
+
+The daemon, calibration, evaluation and the demo model's training all call `Preprocessor.__call__`, so a model
+never sees inputs at deployment that differ from those it was calibrated or trained on.
+
+Pixels are first mapped to [0, 1] from their type's full range (uint8 / 255, uint16 / 65535; float frames are
+taken as already in [0, 1]), converted to the model's color order, resized, then normalized as (x - mean) / std.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+
+class Color(str, enum.Enum):
+    """Channel order of a frame or of a model input."""
+
+    GRAY = "gray"
+    RGB = "rgb"
+    BGR = "bgr"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self is Color.GRAY else 3
+
+
+class ResizeMode(str, enum.Enum):
+    STRETCH = "stretch"  # fill the input, aspect ratio not kept
+    LETTERBOX = "letterbox"  # keep aspect ratio, pad with zeros (after normalization: pad_value)
+
+
+class Layout(str, enum.Enum):
+    NCHW = "NCHW"
+    NHWC = "NHWC"
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as scanners' gray conversion
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a model wants its input; read from the model card's `preprocessing` and `input` sections."""
+
+    height: int
+    width: int
+    color: Color = Color.GRAY
+    layout: Layout = Layout.NCHW
+    resize: ResizeMode = ResizeMode.STRETCH
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    pad_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
+        n = self.color.channels
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, n):
+                raise ValueError(f"{name} must have 1 or {n} values for color '{self.color.value}', got {len(values)}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        c = self.color.channels
+        if self.layout is Layout.NCHW:
+            return (1, c, self.height, self.width)
+        return (1, self.height, self.width, c)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the frame landed inside the model input, to map outputs back to frame pixels."""
+
+    frame_height: int
+    frame_width: int
+    top: int
+    left: int
+    height: int  # size of the resized frame inside the input
+    width: int
+
+
+def _to_unit_float(frame: np.ndarray) -> np.ndarray:
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float32) * np.float32(1.0 / 255.0)
+    if frame.dtype == np.uint16:
+        return frame.astype(np.float32) * np.float32(1.0 / 65535.0)
+    if frame.dtype == np.float32:
+        return frame
+    raise TypeError(f"unsupported frame dtype {frame.dtype}; expected uint8, uint16 or float32")
+
+
+def _convert_color(img: np.ndarray, source: Color, target: Color) -> np.ndarray:
+    """`img` is (H, W, C) float32; returns (H, W, target.channels)."""
+    if source is target:
+        return img
+    if target is Color.GRAY:
+        weights = _LUMA if source is Color.RGB else _LUMA[::-1]
+        return (img @ weights)[:, :, None].astype(np.float32, copy=False)
+    if source is Color.GRAY:
+        return np.repeat(img, 3, axis=2)
+    return img[:, :, ::-1]  # RGB <-> BGR
+
+
+def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of (H, W, C) float32 with Pillow, which also antialiases large downscales."""
+    if img.shape[0] == height and img.shape[1] == width:
+        return img
+    out = np.empty((height, width, img.shape[2]), np.float32)
+    for c in range(img.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(img[:, :, c]), mode="F")
+        out[:, :, c] = np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR))
+    return out
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Callable turning one frame into a model input batch of one; stateless and thread-safe."""
+
+    spec: PreprocessSpec
+    _mean: np.ndarray = field(init=False, repr=False)
+    _inv_std: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_mean", np.asarray(self.spec.mean, np.float32))
+        object.__setattr__(self, "_inv_std", 1.0 / np.asarray(self.spec.std, np.float32))
+
+    def placement(self, frame_height: int, frame_width: int) -> Placement:
+        spec = self.spec
+        if spec.resize is ResizeMode.STRETCH:
+            return Placement(frame_height, frame_width, 0, 0, spec.height, spec.width)
+        scale = min(spec.height / frame_height, spec.width / frame_width)
+        h = max(1, min(spec.height, round(frame_height * scale)))
+        w = max(1, min(spec.width, round(frame_width * scale)))
+        return Placement(frame_height, frame_width, (spec.height - h) // 2, (spec.width - w) // 2, h, w)
+
+    def __call__(self, frame: np.ndarray, color: Color) -> tuple[np.ndarray, Placement]:
+        """Return (input tensor of `spec.input_shape`, placement). `frame` is (H, W) or (H, W, C) in `color` order."""
+        if frame.ndim == 2:
+            frame = frame[:, :, None]
+        if frame.ndim != 3 or frame.shape[2] != color.channels:
+            raise ValueError(f"frame of shape {frame.shape} does not match color '{color.value}'")
+        spec = self.spec
+        img = _convert_color(_to_unit_float(frame), color, spec.color)
+        place = self.placement(frame.shape[0], frame.shape[1])
+        img = (_resize(img, place.height, place.width) - self._mean) * self._inv_std
+        if (place.height, place.width) != (spec.height, spec.width):
+            canvas = np.full((spec.height, spec.width, img.shape[2]), spec.pad_value, np.float32)
+            canvas[place.top : place.top + place.height, place.left : place.left + place.width] = img
+            img = canvas
+        if spec.layout is Layout.NCHW:
+            img = img.transpose(2, 0, 1)
+        return np.ascontiguousarray(img[None], dtype=np.float32), place
+
+
+def resize_labels(labels: np.ndarray, place: Placement) -> np.ndarray:
+    """Map a (H_in, W_in) label map at model resolution back to frame pixels (nearest neighbour)."""
+    crop = labels[place.top : place.top + place.height, place.left : place.left + place.width]
+    rows = ((np.arange(place.frame_height) + 0.5) * (place.height / place.frame_height)).astype(np.intp)
+    cols = ((np.arange(place.frame_width) + 0.5) * (place.width / place.frame_width)).astype(np.intp)
+    return crop[np.minimum(rows, place.height - 1)[:, None], np.minimum(cols, place.width - 1)[None, :]]

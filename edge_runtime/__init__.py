@@ -1,0 +1,30 @@
+"""edgert runtime: wire protocol, inference daemon, backends and the integrator SDK.
+
+The SDK names are importable from here (`from edge_runtime import FrameSender, ResultSubscriber`); they load on
+first use, so `import edge_runtime` stays cheap on a display or scanner process.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "FrameSender": "edge_runtime.sender",
+    "ResultSubscriber": "edge_runtime.subscriber",
+    "draw_overlay": "edge_runtime.overlay",
+    "to_display_rgb": "edge_runtime.overlay",
+    "Daemon": "edge_runtime.daemon.server",
+    "load_package": "edge_runtime.package",
+    "InferencePipeline": "edge_runtime.pipeline",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edge_runtime' has no attribute '{name}'")

@@ -1,0 +1,191 @@
+"""`edgert`: a thin command line over the library. Each subcommand imports what it needs when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edge_runtime import __version__
+
+log = logging.getLogger("edgert")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """An expected failure: printed as one line, exit status 1, no traceback."""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edge_runtime.daemon.config import ConfigError, build_config, load_config
+    from edge_runtime.daemon.server import Daemon, DaemonError
+    from edge_runtime.package import PackageError, demo_package_path
+
+    overrides = {
+        "model.package": args.model,
+        "model.backend": args.backend,
+        "model.threads": args.threads,
+        "ingest.endpoint": args.ingest,
+        "ingest.mode": args.ingest_mode,
+        "ingest.pattern": args.ingest_pattern,
+        "results.endpoint": args.results,
+        "control.endpoint": args.control,
+        "heartbeat.interval_ms": args.heartbeat_ms,
+    }
+    try:
+        if args.config:
+            config = load_config(args.config, overrides)
+        else:
+            from edge_runtime.daemon.config import apply_overrides
+
+            data = apply_overrides({"model": {"package": str(demo_package_path())}}, overrides)
+            config = build_config(data, Path.cwd(), where="command line")
+        config = dataclasses.replace(config, ready_file=args.ready_file)
+        return Daemon(config).run()
+    except (ConfigError, PackageError, DaemonError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _replay(args: argparse.Namespace) -> int:
+    import time
+
+    from calibration.dicom import DicomError
+    from calibration.sources import SourceError, open_source
+    from edge_runtime.replay import replay
+    from edge_runtime.sender import FrameSender
+
+    try:
+        source = open_source(args.source)
+    except (SourceError, DicomError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"replaying {source.description} to {args.to}" + (" (looping)" if args.loop else ""), file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        with FrameSender(args.to, stream_id=args.stream_id) as sender:
+            stats = replay(source, sender, fps=args.fps, loop=args.loop, max_frames=args.frames)
+    except (SourceError, DicomError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    except KeyboardInterrupt:
+        return 130
+    elapsed = time.perf_counter() - started
+    print(
+        f"sent {stats.sent} frames in {elapsed:.1f} s ({stats.sent / max(elapsed, 1e-9):.1f} fps), "
+        f"dropped {stats.dropped} (daemon absent or behind), late {stats.late}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    import zmq
+
+    ctx = zmq.Context.instance()
+    with ctx.socket(zmq.REQ) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(args.control)
+        sock.send_string(args.command)
+        if not sock.poll(int(args.timeout * 1000)):
+            raise CliError(f"no answer from the daemon at {args.control} within {args.timeout:g} s")
+        reply = json.loads(sock.recv())
+    print(json.dumps(reply, indent=2))
+    return EXIT_OK if reply.get("ok") else EXIT_FAILURE
+
+
+def _package(args: argparse.Namespace) -> int:
+    from edge_runtime.package import PackageError, demo_package_path, load_package
+
+    try:
+        pkg = load_package(args.package or demo_package_path())
+    except PackageError as exc:
+        raise CliError(str(exc)) from None
+    card = pkg.card
+    spec = card.preprocess
+    print(f"{card.name} {card.version} ({card.task.name.lower()}) - valid")
+    print(f"  onnx      {pkg.onnx_path} sha256 {pkg.sha256}")
+    print(f"  input     '{card.input_name}' {list(spec.input_shape)} {spec.layout.value}, color {spec.color.value}, "
+          f"resize {spec.resize.value}, mean {list(spec.mean)} std {list(spec.std)}")  # fmt: skip
+    print(f"  output    '{card.output.name}' {card.output.decode} over {list(card.output.labels)}")
+    if card.metrics:
+        print(f"  metrics   {json.dumps(card.metrics)}")
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edge_runtime.demo import DemoError, run_demo
+
+    try:
+        return run_demo(args)
+    except DemoError as exc:
+        raise CliError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgert",
+        description="edgert: real-time inference for medical imaging devices, from model package to live overlay.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgert {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo", "live demo: daemon + DICOM cine replay + overlay subscriber, with a latency summary", _demo)
+    p.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
+    p.add_argument("--source", default=None, help="DICOM file/folder or 'synthetic' (default: bundled US cine)")
+    p.add_argument("--model", default=None, help="model package (default: bundled demo model)")
+    p.add_argument("--fps", type=float, default=None, help="replay rate (default: the recording's)")
+    p.add_argument("--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)")
+
+    p = command("serve", "run the inference daemon", _serve)
+    p.add_argument("--config", type=Path, help="daemon.toml; the flags below override it")
+    p.add_argument("--model", help="model package (default without --config: bundled demo model)")
+    p.add_argument("--backend", choices=["onnxruntime"], help="inference backend")
+    p.add_argument("--threads", type=int, help="backend threads (0 = one per core)")
+    p.add_argument("--ingest", help="frame endpoint, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--ingest-mode", choices=["bind", "connect"])
+    p.add_argument("--ingest-pattern", choices=["pull", "sub"])
+    p.add_argument("--results", help="result PUB endpoint, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--control", help="control REP endpoint, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval in ms (50..1000)")
+    p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once ready")
+
+    p = command("replay", "play a DICOM file/folder or a synthetic cine to a daemon, as a scanner would", _replay)
+    p.add_argument("source", help="DICOM file or folder, or synthetic[:frames=N,size=HxW,seed=S,fps=F]")
+    p.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon ingest endpoint")
+    p.add_argument("--fps", type=float, help="frame rate (default: the recording's Frame Time / Cine Rate, else 30)")
+    p.add_argument("--loop", action="store_true", help="start again at the end")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--stream-id", type=int, default=0)
+
+    p = command("ctl", "query a running daemon over its control socket", _ctl)
+    p.add_argument("command", choices=["status", "stats"])
+    p.add_argument("--control", default="tcp://127.0.0.1:5557")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
+
+    p = command("package", "validate a model package and show its card", _package)
+    p.add_argument("package", nargs="?", help="package folder or archive (default: bundled demo model)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2) if args.command in ("serve", "demo") else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"edgert {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Daemon configuration: a TOML file, then command-line overrides, validated into frozen dataclasses.
+
+Unknown keys are errors (a typo must not silently fall back to a default on a cart), and every error names the
+file and the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.backends import BackendKind
+from edge_runtime.protocol import Limits
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+DEFAULT_INGEST = "tcp://127.0.0.1:5555"
+DEFAULT_RESULTS = "tcp://127.0.0.1:5556"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
+_TRANSPORTS = ("tcp://", "ipc://", "inproc://")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class SocketMode(str, enum.Enum):
+    BIND = "bind"
+    CONNECT = "connect"
+
+
+class IngestPattern(str, enum.Enum):
+    PULL = "pull"  # one or more senders PUSH to the daemon
+    SUB = "sub"  # the daemon subscribes to a scanner that PUBlishes
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    endpoint: str = DEFAULT_INGEST
+    mode: SocketMode = SocketMode.BIND
+    pattern: IngestPattern = IngestPattern.PULL
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    model: Path
+    backend: BackendKind = BackendKind.ONNXRUNTIME
+    threads: int = 0  # intra-op threads for the backend; 0 = one per core
+    warmup: int = 3
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    results_endpoint: str = DEFAULT_RESULTS
+    control_endpoint: str = DEFAULT_CONTROL
+    heartbeat_ms: int = 500
+    limits: Limits = field(default_factory=Limits)
+    ready_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name, endpoint in (
+            ("ingest.endpoint", self.ingest.endpoint),
+            ("results.endpoint", self.results_endpoint),
+            ("control.endpoint", self.control_endpoint),
+        ):
+            if not endpoint.startswith(_TRANSPORTS):
+                raise ConfigError(f"{name}: '{endpoint}' must start with one of {', '.join(_TRANSPORTS)}")
+        if not 50 <= self.heartbeat_ms <= 1000:
+            raise ConfigError(f"heartbeat.interval_ms: {self.heartbeat_ms} outside 50..1000 (at least once a second)")
+        if self.threads < 0 or self.warmup < 0:
+            raise ConfigError("model.threads and model.warmup must be >= 0")
+        lim = self.limits
+        if min(lim.max_width, lim.max_height, lim.max_meta_bytes) <= 0:
+            raise ConfigError("limits: max_width, max_height and max_meta_bytes must be positive")
+
+    @property
+    def max_message_bytes(self) -> int:
+        """ZeroMQ MAXMSGSIZE for ingest: the largest legal pixel part (4 bytes x 3 channels covers every format)."""
+        return self.limits.max_width * self.limits.max_height * 4 * 3 + 4096
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "model": {"package": str, "backend": str, "threads": int, "warmup": int},
+    "ingest": {"endpoint": str, "mode": str, "pattern": str},
+    "results": {"endpoint": str},
+    "control": {"endpoint": str},
+    "heartbeat": {"interval_ms": int},
+    "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
+}
+
+
+def _enum(kind: type[enum.Enum], value: str, where: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{where}: '{value}' is not one of {[e.value for e in kind]}") from None
+
+
+def _check_types(data: Mapping[str, Any], where: str) -> None:
+    for section, values in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(f"{where}: unknown section [{section}]; known: {', '.join(_SCHEMA)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        for key, value in values.items():
+            if key not in _SCHEMA[section]:
+                raise ConfigError(f"{where}: unknown key {section}.{key}; known: {', '.join(_SCHEMA[section])}")
+            kind = _SCHEMA[section][key]
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ConfigError(f"{where}: {section}.{key} = {value!r} should be {kind.__name__}")
+
+
+def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config") -> DaemonConfig:
+    """Config from parsed TOML-shaped data; relative paths are taken from `base_dir`."""
+    _check_types(data, where)
+    model = data.get("model", {})
+    if "package" not in model:
+        raise ConfigError(f"{where}: model.package is required (a model package folder or archive)")
+    package = Path(model["package"])
+    ingest = data.get("ingest", {})
+    limits = data.get("limits", {})
+    try:
+        return DaemonConfig(
+            model=package if package.is_absolute() else base_dir / package,
+            backend=_enum(BackendKind, model.get("backend", BackendKind.ONNXRUNTIME.value), f"{where}: model.backend"),
+            threads=model.get("threads", 0),
+            warmup=model.get("warmup", 3),
+            ingest=IngestConfig(
+                endpoint=ingest.get("endpoint", DEFAULT_INGEST),
+                mode=_enum(SocketMode, ingest.get("mode", "bind"), f"{where}: ingest.mode"),
+                pattern=_enum(IngestPattern, ingest.get("pattern", "pull"), f"{where}: ingest.pattern"),
+            ),
+            results_endpoint=data.get("results", {}).get("endpoint", DEFAULT_RESULTS),
+            control_endpoint=data.get("control", {}).get("endpoint", DEFAULT_CONTROL),
+            heartbeat_ms=data.get("heartbeat", {}).get("interval_ms", 500),
+            limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
+        )
+    except ConfigError as exc:  # raised by DaemonConfig's own checks, which do not know the file
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
+    """Read a TOML file and apply overrides given as dotted keys ({'ingest.endpoint': ...}); None values are ignored."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return build_config(apply_overrides(data, overrides or {}), path.parent, where=str(path))
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        merged.setdefault(section, {})[key] = value
+    return merged

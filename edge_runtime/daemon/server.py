@@ -1,0 +1,332 @@
+"""The inference daemon: ingest -> newest-frame-wins slots -> inference -> results PUB, plus control and heartbeats.
+
+Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-safe):
+- receiver: drains the ingest socket, validates each message, keeps the newest frame per stream;
+- inference: takes the newest pending frame, runs the pipeline, hands the encoded result over inproc;
+- I/O: stamps and publishes results, answers control requests, sends heartbeats even while inference is busy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from edge_runtime.backends import BackendError
+from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
+from edge_runtime.daemon.slots import LatestFrameSlots
+from edge_runtime.daemon.stats import DaemonStats
+from edge_runtime.package import load_package
+from edge_runtime.pipeline import InferencePipeline
+from edge_runtime.protocol import (
+    DaemonState,
+    Heartbeat,
+    ProtocolError,
+    ResultStatus,
+    decode_frame,
+    encode_heartbeat,
+    encode_result,
+    stamp_publish_time,
+)
+
+log = logging.getLogger("edgert.daemon")
+
+INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
+RESULTS_SNDHWM = 16
+POLL_MS = 50
+CONTROL_COMMANDS = ("status", "stats")
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n & (n - 1) == 0
+
+
+class Daemon:
+    """Usable in-process (`start` / `stop`) or as the `edgert serve` main loop (`run`)."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.stats = DaemonStats()
+        self.state = DaemonState.STARTING
+        self.endpoints: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._slots = LatestFrameSlots()
+        self._ctx: zmq.Context | None = None
+        self._threads: list[threading.Thread] = []
+        self._pipeline: InferencePipeline | None = None
+        self._started_at = time.monotonic()
+        self._warmup_ms = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load and warm up the model, open the sockets, start serving. Raises on any failure, leaving nothing open."""
+        cfg = self.config
+        package = load_package(cfg.model)
+        pipeline = InferencePipeline(package, cfg.backend, threads=cfg.threads)
+        try:
+            pipeline.runner.activate()
+            self._warmup_ms = pipeline.warm_up(cfg.warmup) if cfg.warmup else 0.0
+        except BackendError:
+            pipeline.runner.deactivate()
+            raise
+        self._pipeline = pipeline
+        log.info("model %s loaded on %s (warm-up %.1f ms/inference)", package.model_id, cfg.backend.value, self._warmup_ms)
+        self._ctx = zmq.Context()
+        try:
+            sockets = self._open_sockets()
+        except zmq.ZMQError:
+            pipeline.runner.deactivate()
+            self._ctx.destroy(linger=0)
+            raise
+        infer = threading.Thread(target=self._inference_loop, args=(sockets["push"],), name="edgert-infer", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._receive_loop, args=(sockets["ingest"],), name="edgert-receive", daemon=True),
+            infer,
+            threading.Thread(
+                target=self._io_loop,
+                args=(sockets["pull"], sockets["pub"], sockets["rep"], infer),
+                name="edgert-io",
+                daemon=True,
+            ),
+        ]
+        self.state = DaemonState.READY
+        for t in self._threads:
+            t.start()
+        if cfg.ready_file:
+            self._write_ready_file(cfg.ready_file)
+        log.info("ready: ingest %s, results %s, control %s", *(self.endpoints[k] for k in ("ingest", "results", "control")))
+
+    def _open_sockets(self) -> dict[str, zmq.Socket]:
+        assert self._ctx is not None
+        cfg, ctx = self.config, self._ctx
+        opened: list[zmq.Socket] = []
+
+        def make(kind: int, **options: Any) -> zmq.Socket:
+            sock = ctx.socket(kind)
+            opened.append(sock)
+            sock.setsockopt(zmq.LINGER, 0)
+            for name, value in options.items():
+                sock.setsockopt(getattr(zmq, name), value)
+            return sock
+
+        def attach(sock: zmq.Socket, name: str, endpoint: str, mode: SocketMode = SocketMode.BIND) -> None:
+            try:
+                sock.bind(endpoint) if mode is SocketMode.BIND else sock.connect(endpoint)
+            except zmq.ZMQError as exc:
+                raise DaemonError(f"cannot {mode.value} the {name} socket to {endpoint}: {exc}") from None
+            self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT) if mode is SocketMode.BIND else endpoint
+            if mode is SocketMode.BIND and any(h in endpoint for h in ("0.0.0.0", "://*", "[::]")):
+                log.warning("%s socket listens on all interfaces (%s): configure CURVE keys on a shared network", name, endpoint)
+
+        try:
+            kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
+            ingest = make(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cfg.max_message_bytes)
+            if kind == zmq.SUB:
+                ingest.setsockopt(zmq.SUBSCRIBE, b"")
+            attach(ingest, "ingest", cfg.ingest.endpoint, cfg.ingest.mode)
+            pub = make(zmq.PUB, SNDHWM=RESULTS_SNDHWM)
+            pub.setsockopt(zmq.LINGER, 200)  # let the final results and the STOPPING heartbeat leave, but never hang
+            attach(pub, "results", cfg.results_endpoint)
+            rep = make(zmq.REP, MAXMSGSIZE=4096)
+            attach(rep, "control", cfg.control_endpoint)
+            handoff = f"inproc://edgert-results-{id(self)}"
+            pull = make(zmq.PULL)
+            pull.bind(handoff)
+            push = make(zmq.PUSH)
+            push.connect(handoff)
+        except BaseException:
+            for sock in opened:
+                sock.close(linger=0)
+            raise
+        return {"ingest": ingest, "pub": pub, "rep": rep, "pull": pull, "push": push}
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving: the frame being inferred is finished and published, pending frames are abandoned."""
+        if self._stop.is_set():
+            return
+        self.state = DaemonState.STOPPING
+        self._stop.set()
+        self.stats.dropped_at_shutdown(self._slots.close())
+        for t in self._threads:
+            t.join(timeout)
+            if t.is_alive():
+                log.error("thread %s did not stop within %.1f s", t.name, timeout)
+        if self._pipeline:
+            self._pipeline.runner.deactivate()
+        if self._ctx:
+            self._ctx.destroy(linger=0)
+        if self.config.ready_file:
+            self.config.ready_file.unlink(missing_ok=True)
+        log.info("stopped: %s", json.dumps(self._counts()))
+
+    def run(self) -> int:
+        """Serve until SIGINT or SIGTERM (main thread only); returns the process exit status."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            while not stop.wait(0.2):
+                if not all(t.is_alive() for t in self._threads):
+                    log.error("a daemon thread died; shutting down")
+                    return 1
+            return 0
+        finally:
+            self.stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # -- threads -----------------------------------------------------------------------------------------------
+    def _receive_loop(self, sock: zmq.Socket) -> None:
+        limits = self.config.limits
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(POLL_MS):
+                    continue
+                while True:  # drain: only the newest frame per stream survives
+                    try:
+                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    recv_ts = time.time_ns()
+                    try:
+                        frame = decode_frame([p.buffer for p in parts], limits)
+                    except ProtocolError as exc:
+                        n = self.stats.reject(exc.reason)
+                        if _is_power_of_two(n):  # bounded logging under a flood, never silent
+                            log.warning("rejected message (%s, %d so far): %s", exc.reason.value, n, exc.detail)
+                        continue
+                    self.stats.accepted(self._slots.put(frame, recv_ts))
+        finally:
+            sock.close(linger=0)
+
+    def _inference_loop(self, push: zmq.Socket) -> None:
+        pipeline = self._pipeline
+        assert pipeline is not None
+        try:
+            while not self._stop.is_set():
+                pending = self._slots.take(POLL_MS / 1000.0)
+                if pending is None:
+                    continue
+                result = pipeline.run(pending.frame, pending.recv_ts_ns)
+                ok = result.status is ResultStatus.OK
+                if not ok:
+                    log.warning("inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error)
+                self.stats.inferred(result.infer_start_ns - pending.recv_ts_ns, result.infer_end_ns - result.infer_start_ns, ok)
+                push.send_multipart(encode_result(result), copy=False)
+        finally:
+            push.close(linger=1000)  # hand the last result to the I/O thread
+
+    def _io_loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, infer: threading.Thread) -> None:
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(rep, zmq.POLLIN)
+        interval_ns = self.config.heartbeat_ms * 1_000_000
+        next_beat = time.monotonic_ns()
+        try:
+            while True:
+                if self._stop.is_set() and not infer.is_alive():  # the last result is in the hand-off by now
+                    self._publish_pending(pull, pub)
+                    pub.send_multipart(encode_heartbeat(self._heartbeat()))  # STOPPING: displays can react at once
+                    return
+                now = time.monotonic_ns()
+                if now >= next_beat:
+                    pub.send_multipart(encode_heartbeat(self._heartbeat()))
+                    next_beat = now + interval_ns
+                events = dict(poller.poll(min(POLL_MS, max(0, (next_beat - now) // 1_000_000))))
+                if pull in events:
+                    self._publish_pending(pull, pub)
+                if rep in events:
+                    self._answer_control(rep)
+        finally:
+            for sock in (pull, rep, pub):
+                sock.close()
+
+    def _publish_pending(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
+        while True:
+            try:
+                parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            header = bytearray(parts[0].buffer)
+            stamp_publish_time(header, time.time_ns())
+            pub.send_multipart([header, parts[1], parts[2]], copy=False)
+            self.stats.published()
+
+    # -- control and status ------------------------------------------------------------------------------------
+    def _answer_control(self, rep: zmq.Socket) -> None:
+        try:
+            request = rep.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            reply = self.handle_command(request[0].decode("utf-8", "replace").strip())
+        except Exception as exc:  # a control request must always get an answer, and never stop the daemon
+            log.exception("control request failed")
+            reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+        rep.send(json.dumps(reply).encode())
+
+    def handle_command(self, text: str) -> dict[str, Any]:
+        """Answer a control request: a bare command name or JSON {"cmd": name}."""
+        cmd = text
+        if text.startswith("{"):
+            try:
+                cmd = str(json.loads(text).get("cmd", ""))
+            except (json.JSONDecodeError, AttributeError):
+                return {"ok": False, "error": "request is not valid JSON"}
+        if cmd == "status":
+            return {"ok": True, **self.status()}
+        if cmd == "stats":
+            return {"ok": True, **self.stats.snapshot()}
+        return {"ok": False, "error": f"unknown command {cmd[:40]!r}; known: {', '.join(CONTROL_COMMANDS)}"}
+
+    def status(self) -> dict[str, Any]:
+        model = self._pipeline.model_id if self._pipeline else None
+        return {
+            "state": self.state.name.lower(),
+            "model": {"name": model.name, "version": model.version, "sha256": model.sha256} if model else None,
+            "backend": self.config.backend.value,
+            "endpoints": dict(self.endpoints),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "warmup_ms": round(self._warmup_ms, 3),
+            "pid": os.getpid(),
+        }
+
+    def _counts(self) -> dict[str, int]:
+        snap = self.stats.snapshot()
+        return {k: snap[k] for k in ("frames_in", "frames_out", "frames_dropped", "frames_rejected", "inference_errors")}
+
+    def _heartbeat(self) -> Heartbeat:
+        s = self.stats
+        return Heartbeat(
+            state=self.state,
+            ts_ns=time.time_ns(),
+            frames_in=s.frames_in,
+            frames_out=s.frames_out,
+            frames_dropped=s.frames_dropped,
+            frames_rejected=s.frames_rejected,
+            model=self._pipeline.model_id if self._pipeline else None,
+            info={"interval_ms": self.config.heartbeat_ms, "backend": self.config.backend.value},
+        )
+
+    def _write_ready_file(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": self.endpoints, **self.status()}))
+        tmp.replace(path)  # atomic: a watcher never reads half a file

@@ -1,0 +1,295 @@
+"""`edgert demo`: the whole product on one machine.
+
+A daemon process serves the model on loopback, a replay thread plays an ultrasound cine into it as a scanner
+would, and the main thread subscribes to results as a cart display would, draws the overlays and measures latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from PIL import Image, ImageDraw
+
+from calibration.dicom import DicomError
+from calibration.preprocessing import Color
+from calibration.sources import SourceError, SourceFrame, open_source
+from edge_runtime.daemon.stats import percentiles_ms
+from edge_runtime.overlay import draw_overlay, to_display_rgb
+from edge_runtime.package import PackageError, demo_package_path, load_package
+from edge_runtime.protocol import PixelFormat, Result, ResultStatus
+from edge_runtime.replay import ReplayStats, replay
+from edge_runtime.sender import FrameSender
+from edge_runtime.subscriber import ResultSubscriber
+
+DEMO_CINE = "examples_ybr_color.dcm"  # pydicom's bundled 30-frame ultrasound cine (YBR_FULL_422, JPEG baseline)
+GIF_MAX_FRAMES = 150
+READY_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 2.0
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def bundled_cine() -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(DEMO_CINE)
+    if not path:
+        raise DemoError(f"pydicom's test file {DEMO_CINE} is missing from this installation")
+    return str(path)
+
+
+class DaemonProcess:
+    """`edgert serve` in a child process on ephemeral loopback ports; stopped with SIGTERM like a service."""
+
+    def __init__(self, package: Path, workdir: Path, log_path: Path) -> None:
+        self.ready_file = workdir / "daemon-ready.json"
+        self.log_path = log_path
+        root = Path(__file__).resolve().parent.parent  # so a source checkout works without installing
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        cmd = [
+            sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(package),
+            "--ingest", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
+            "--ready-file", str(self.ready_file),
+        ]  # fmt: skip
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.endpoints: dict[str, str] = {}
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                raise DemoError(f"daemon exited with status {self.proc.returncode}:\n  " + "\n  ".join(tail))
+            if self.ready_file.exists():
+                self.endpoints = json.loads(self.ready_file.read_text())["endpoints"]
+                return self.endpoints
+            time.sleep(0.05)
+        raise DemoError(f"daemon not ready after {timeout:.0f} s (log: {self.log_path})")
+
+    def control(self, command: str, timeout_s: float = 2.0) -> dict[str, Any]:
+        with zmq.Context.instance().socket(zmq.REQ) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoints["control"])
+            sock.send_string(command)
+            if not sock.poll(int(timeout_s * 1000)):
+                raise DemoError(f"daemon did not answer '{command}' within {timeout_s:g} s")
+            return dict(json.loads(sock.recv()))
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@dataclass
+class Recorder:
+    """Latencies per result, and the sent frames needed to draw overlays (bounded)."""
+
+    e2e_ns: list[int] = field(default_factory=list)
+    inference_ns: list[int] = field(default_factory=list)
+    queue_ns: list[int] = field(default_factory=list)
+    transport_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    out_of_order: int = 0
+    last_seq: int = -1
+    frames: OrderedDict[int, SourceFrame] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sent(self, seq: int, frame: SourceFrame) -> None:
+        with self.lock:
+            self.frames[seq] = frame
+            while len(self.frames) > 64:
+                self.frames.popitem(last=False)
+
+    def frame(self, seq: int) -> SourceFrame | None:
+        with self.lock:
+            return self.frames.get(seq)
+
+    def add(self, r: Result, received_ns: int) -> None:
+        self.e2e_ns.append(received_ns - r.capture_ts_ns)
+        self.inference_ns.append(r.infer_end_ns - r.infer_start_ns)
+        self.queue_ns.append(r.infer_start_ns - r.recv_ts_ns)
+        self.transport_ns.append(r.recv_ts_ns - r.capture_ts_ns)
+        self.errors += r.status is not ResultStatus.OK
+        self.out_of_order += r.seq <= self.last_seq
+        self.last_seq = max(self.last_seq, r.seq)
+
+
+def _annotate(img: np.ndarray, r: Result, e2e_ms: float) -> Image.Image:
+    """Overlay plus a caption strip: model id, frame, latency and the class legend."""
+    canvas = Image.new("RGB", (img.shape[1], img.shape[0] + 28), (16, 16, 16))
+    canvas.paste(Image.fromarray(img), (0, 28))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), f"{r.model.name} {r.model.version}  frame {r.seq}  {e2e_ms:.1f} ms", fill=(230, 230, 230))
+    x = 4
+    for name, color in list(zip(r.labels, r.colors))[1:]:
+        draw.rectangle((x, 16, x + 8, 24), fill=tuple(color))
+        draw.text((x + 11, 14), name, fill=(200, 200, 200))
+        x += 14 + 7 * len(name)
+    return canvas
+
+
+def _wait_for_heartbeat(sub: ResultSubscriber, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not sub.daemon_alive:  # a SUB socket misses what is published before it has joined
+        if time.monotonic() > deadline:
+            raise DemoError(f"no heartbeat from the daemon within {timeout_s:g} s")
+        sub.recv(100)
+
+
+def _row(name: str, values: list[int]) -> str:
+    p = percentiles_ms(values)
+    if p is None:
+        return f"  {name:<12} {'-':>8}"
+    return f"  {name:<12} {p['p50']:8.2f} {p['p95']:8.2f} {p['p99']:8.2f} {p['max']:8.2f}"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.frames <= 0:
+        raise DemoError("--frames must be positive")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        package = load_package(args.model or demo_package_path())
+        source = open_source(args.source or bundled_cine())
+    except (PackageError, SourceError, DicomError) as exc:
+        raise DemoError(str(exc)) from None
+    print(f"model   {package.model_id} ({package.card.task.name.lower()}, {len(package.card.output.labels)} classes)")
+    print(f"source  {source.description}, {args.frames} frames" + (f" at {args.fps:g} fps" if args.fps else ""))
+    print("starting daemon ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="edgert-demo-") as tmp:
+        daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log")
+        try:
+            return _run(args, daemon, source, out)
+        finally:
+            code = daemon.stop()
+            print(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
+
+
+def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path) -> int:
+    endpoints = daemon.wait_ready()
+    rec = Recorder()
+    stop = threading.Event()
+    stats_box: list[ReplayStats] = []
+    gif: list[Image.Image] = []
+    gif_every = max(1, args.frames // GIF_MAX_FRAMES)
+    stills: dict[str, Image.Image] = {}
+    with ResultSubscriber(endpoints["results"], max_age_ms=500) as sub:
+        _wait_for_heartbeat(sub, 10.0)
+        print(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
+
+        def scanner() -> None:
+            with FrameSender(endpoints["ingest"]) as sender:
+                stats_box.append(replay(source, sender, fps=args.fps, loop=True, max_frames=args.frames, stop=stop, on_send=rec.sent))
+
+        thread = threading.Thread(target=scanner, name="demo-scanner", daemon=True)
+        started = time.perf_counter()
+        thread.start()
+        last_result = time.monotonic()
+        received = 0
+        try:
+            while thread.is_alive() or time.monotonic() - last_result < DRAIN_TIMEOUT_S:
+                r = sub.recv(100)
+                if r is None:
+                    if not thread.is_alive() and stats_box and received >= stats_box[0].sent:
+                        break
+                    continue
+                now = time.time_ns()
+                last_result = time.monotonic()
+                received += 1
+                rec.add(r, now)
+                if received % 50 == 0:
+                    print(f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms", flush=True)
+                frame = rec.frame(r.seq)
+                if frame is None or not (r.seq % gif_every == 0 or len(stills) < 1 or r.seq >= args.frames - 1):
+                    continue
+                fmt = PixelFormat.GRAY8 if frame.color is Color.GRAY else PixelFormat.RGB8
+                img = _annotate(draw_overlay(to_display_rgb(frame.pixels, fmt), r), r, (now - r.capture_ts_ns) / 1e6)
+                stills.setdefault("first", img)
+                stills["last"] = img
+                if r.seq % gif_every == 0 and len(gif) < GIF_MAX_FRAMES:
+                    gif.append(img)
+        except KeyboardInterrupt:
+            print("interrupted")
+        finally:
+            stop.set()
+            thread.join(5.0)
+        elapsed = time.perf_counter() - started
+        daemon_stats = daemon.control("stats")
+        stale, rejected = sub.stats.stale, sub.stats.rejected
+    replay_stats = stats_box[0] if stats_box else ReplayStats()
+    files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every)
+    summary = {
+        "frames": {
+            "sent": replay_stats.sent,
+            "processed": daemon_stats.get("frames_out", 0),
+            "received": received,
+            "dropped_sender": replay_stats.dropped,
+            "dropped_daemon": daemon_stats.get("frames_dropped", 0),
+            "stale_discarded": stale,
+            "rejected": daemon_stats.get("frames_rejected", 0) + rejected,
+            "errors": rec.errors,
+            "out_of_order": rec.out_of_order,
+        },
+        "latency_ms": {
+            "end_to_end": percentiles_ms(rec.e2e_ns),
+            "inference": percentiles_ms(rec.inference_ns),
+            "queue": percentiles_ms(rec.queue_ns),
+            "transport_in": percentiles_ms(rec.transport_ns),
+        },
+        "elapsed_s": round(elapsed, 2),
+        "files": [str(f) for f in files],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    f = summary["frames"]
+    print(
+        f"\nframes  sent {f['sent']}  processed {f['processed']}  received {f['received']}  dropped "
+        f"{f['dropped_sender'] + f['dropped_daemon']} (sender {f['dropped_sender']}, daemon {f['dropped_daemon']})  "
+        f"stale {f['stale_discarded']}  errors {f['errors']}  in {elapsed:.1f} s"
+    )
+    print(f"latency (ms)  {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+    print(_row("end-to-end", rec.e2e_ns))
+    print(_row("inference", rec.inference_ns))
+    print(_row("queue", rec.queue_ns))
+    print(_row("transport", rec.transport_ns))
+    print("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
+    if received == 0:
+        print("no results arrived: see the daemon log", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_images(out: Path, stills: dict[str, Image.Image], gif: list[Image.Image], gif_ms: float) -> list[Path]:
+    files = []
+    for name, img in stills.items():
+        path = out / f"overlay_{name}.png"
+        img.save(path)
+        files.append(path)
+    if gif:
+        path = out / "overlay.gif"
+        gif[0].save(path, save_all=True, append_images=gif[1:], duration=max(20, int(gif_ms)), loop=0, optimize=False)
+        files.append(path)
+    return files

@@ -1,0 +1,88 @@
+"""Scanner simulator: play a frame source to a daemon at the recorded frame rate, as a live probe would."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from calibration.preprocessing import Color
+from calibration.sources import FrameSource, SourceFrame
+from edge_runtime.protocol import PixelFormat
+from edge_runtime.sender import FrameSender
+
+log = logging.getLogger("edgert.replay")
+
+DEFAULT_FPS = 30.0
+_LOOP_CACHE_BYTES = 256 * 1024 * 1024  # looped sources this small are decoded once, then replayed from memory
+
+
+@dataclass
+class ReplayStats:
+    sent: int = 0
+    dropped: int = 0  # refused by the sender's queue (daemon absent or behind)
+    late: int = 0  # frames sent more than one interval behind schedule (this machine could not keep up)
+
+
+def _frames(source: FrameSource, loop: bool) -> Iterator[SourceFrame]:
+    cache: list[SourceFrame] = []
+    cached_bytes = 0
+    for frame in source:
+        if loop and cached_bytes <= _LOOP_CACHE_BYTES:
+            cache.append(frame)
+            cached_bytes += frame.pixels.nbytes
+        yield frame
+    if not loop:
+        return
+    if cached_bytes > _LOOP_CACHE_BYTES:
+        while True:
+            yield from source
+    if not cache:
+        return
+    while True:
+        yield from cache
+
+
+def replay(
+    source: FrameSource,
+    sender: FrameSender,
+    *,
+    fps: float | None = None,
+    loop: bool = False,
+    max_frames: int | None = None,
+    stop: threading.Event | None = None,
+    on_send: Callable[[int, SourceFrame], None] | None = None,
+) -> ReplayStats:
+    """Send frames on a fixed schedule; a frame that cannot be queued is dropped, never waited for.
+
+    The rate is `fps` if given, else the source's recorded frame interval, else 30 fps. Falling behind does not
+    cause a burst of catch-up frames: the schedule restarts from now, as a scanner's would.
+    `on_send(seq, frame)` is called just before each frame is sent.
+    """
+    stats = ReplayStats()
+    next_at = time.perf_counter()
+    for seq, frame in enumerate(_frames(source, loop)):
+        if (max_frames is not None and seq >= max_frames) or (stop is not None and stop.is_set()):
+            break
+        interval = 1.0 / fps if fps else (frame.frame_interval_s or 1.0 / DEFAULT_FPS)
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            if stop is not None:
+                if stop.wait(delay):
+                    break
+            else:
+                time.sleep(delay)
+        elif delay < -interval:
+            stats.late += 1
+            next_at = time.perf_counter()
+        if on_send:
+            on_send(seq, frame)
+        fmt = PixelFormat.GRAY8 if frame.color is Color.GRAY else PixelFormat.RGB8
+        if sender.send(frame.pixels, seq=seq, spacing=frame.spacing_mm, meta=frame.meta, pixel_format=fmt):
+            stats.sent += 1
+        else:
+            stats.dropped += 1
+        next_at += interval
+    return stats
