@@ -46,6 +46,8 @@ class SyntheticSource(FrameSource):
     def __init__(self, frames: int = 300, height: int = 240, width: int = 320, seed: int = 0, fps: float = 30.0) -> None:
         if frames <= 0 or fps <= 0:
             raise SourceError("synthetic: frames and fps must be positive")
+        if height < 32 or width < 32:
+            raise SourceError(f"synthetic: size must be at least 32x32, got {height}x{width}")
         self.frames, self.height, self.width, self.seed, self.fps = frames, height, width, seed, fps
         self.description = f"synthetic ultrasound cine, {frames} frames {width}x{height} at {fps:g} fps (seed {seed})"
 
@@ -85,7 +87,7 @@ class DicomSource(FrameSource):
                     usable += 1
                     yield SourceFrame(pixels, info.color, info.spacing_mm, interval, {**meta, "frame": i})
             except DicomError as exc:
-                if len(self.files) == 1:
+                if not self.path.is_dir():
                     raise
                 log.warning("skipped %s", exc)
         if usable == 0:

@@ -22,7 +22,7 @@ class CliError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from edge_runtime.daemon.config import ConfigError, build_config, load_config
+    from edge_runtime.daemon.config import ConfigError, apply_overrides, build_config, load_config
     from edge_runtime.daemon.server import Daemon, DaemonError
     from edge_runtime.package import PackageError, demo_package_path
 
@@ -41,8 +41,6 @@ def _serve(args: argparse.Namespace) -> int:
         if args.config:
             config = load_config(args.config, overrides)
         else:
-            from edge_runtime.daemon.config import apply_overrides
-
             data = apply_overrides({"model": {"package": str(demo_package_path())}}, overrides)
             config = build_config(data, Path.cwd(), where="command line")
         config = dataclasses.replace(config, ready_file=args.ready_file)

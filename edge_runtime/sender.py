@@ -58,6 +58,7 @@ class FrameSender:
         except zmq.ZMQError as exc:
             self._sock.close()
             raise ValueError(f"cannot {'bind' if bind else 'connect'} frame sender to {endpoint}: {exc}") from None
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
 
     def send(
         self,

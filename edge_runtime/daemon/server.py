@@ -85,9 +85,10 @@ class Daemon:
         self._ctx = zmq.Context()
         try:
             sockets = self._open_sockets()
-        except zmq.ZMQError:
+        except BaseException:
             pipeline.runner.deactivate()
             self._ctx.destroy(linger=0)
+            self._ctx = None
             raise
         infer = threading.Thread(target=self._inference_loop, args=(sockets["push"],), name="edgert-infer", daemon=True)
         self._threads = [

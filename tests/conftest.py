@@ -1,0 +1,77 @@
+"""Shared fixtures: ZeroMQ contexts that always clean up, tiny models, and in-process daemons on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+sys.path.insert(0, str(Path(__file__).parent / "models"))
+
+from make_models import build  # noqa: E402
+
+from edge_runtime.daemon.config import DaemonConfig, IngestConfig  # noqa: E402
+from edge_runtime.daemon.server import Daemon  # noqa: E402
+from edge_runtime.package import demo_package_path  # noqa: E402
+
+LOOPBACK = "tcp://127.0.0.1:*"
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll until predicate() is truthy; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def zmq_ctx() -> Iterator[zmq.Context]:
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    return demo_package_path()
+
+
+@pytest.fixture
+def start_daemon(demo_model: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: start an in-process daemon on ephemeral loopback ports; every daemon is stopped at teardown."""
+    daemons: list[Daemon] = []
+
+    def start(model: Path | None = None, **changes: Any) -> Daemon:
+        config = DaemonConfig(
+            model=model or demo_model,
+            threads=1,
+            warmup=1,
+            ingest=IngestConfig(endpoint=LOOPBACK),
+            results_endpoint=LOOPBACK,
+            control_endpoint=LOOPBACK,
+            heartbeat_ms=100,
+        )
+        daemon = Daemon(dataclasses.replace(config, **changes))
+        daemon.start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for d in daemons:
+        d.stop()

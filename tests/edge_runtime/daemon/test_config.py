@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.daemon.config import ConfigError, IngestPattern, SocketMode, load_config
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    return path
+
+
+def test_full_config_with_relative_package(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+[model]
+package = "models/us"
+threads = 2
+[ingest]
+endpoint = "tcp://127.0.0.1:6000"
+mode = "connect"
+pattern = "sub"
+[results]
+endpoint = "ipc:///tmp/edgert-results"
+[heartbeat]
+interval_ms = 250
+[limits]
+max_width = 1920
+""")
+    cfg = load_config(path)
+    assert cfg.model == tmp_path / "models/us"
+    assert cfg.threads == 2
+    assert (cfg.ingest.mode, cfg.ingest.pattern) == (SocketMode.CONNECT, IngestPattern.SUB)
+    assert cfg.results_endpoint == "ipc:///tmp/edgert-results"
+    assert cfg.control_endpoint == "tcp://127.0.0.1:5557"  # default: loopback only
+    assert cfg.heartbeat_ms == 250 and cfg.limits.max_width == 1920 and cfg.limits.max_height == 8192
+
+
+def test_defaults_bind_to_loopback(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[model]\npackage = "/m"\n'))
+    for endpoint in (cfg.ingest.endpoint, cfg.results_endpoint, cfg.control_endpoint):
+        assert endpoint.startswith("tcp://127.0.0.1:")
+
+
+def test_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[model]\npackage = "/m"\n[ingest]\nendpoint = "tcp://127.0.0.1:1"\n')
+    cfg = load_config(path, {"ingest.endpoint": "tcp://127.0.0.1:2", "model.threads": None})
+    assert cfg.ingest.endpoint == "tcp://127.0.0.1:2" and cfg.threads == 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[model]\npackage = "/m"\n[ingest]\nendpont = "x"\n', "unknown key ingest.endpont"),
+        ('[model]\npackage = "/m"\n[metrics]\nport = 1\n', r"unknown section \[metrics\]"),
+        ('[model]\nthreads = 1\n', "model.package is required"),
+        ('[model]\npackage = "/m"\nthreads = "two"\n', "model.threads = 'two' should be int"),
+        ('[model]\npackage = "/m"\n[ingest]\nmode = "listen"\n', "ingest.mode: 'listen' is not one of"),
+        ('[model]\npackage = "/m"\nbackend = "tensorflow"\n', "model.backend"),
+        ('[model]\npackage = "/m"\n[results]\nendpoint = "http://x"\n', "results.endpoint"),
+        ('[model]\npackage = "/m"\n[heartbeat]\ninterval_ms = 5000\n', "at least once a second"),
+        ('[model]\npackage = "/m"\n[limits]\nmax_width = 0\n', "limits"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_documented_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[3] / "docs" / "daemon.example.toml"
+    cfg = load_config(example)
+    assert cfg.model == Path("/opt/edgert/models/us_seg_demo")
+    assert cfg.limits.max_width == 4096 and cfg.heartbeat_ms == 500

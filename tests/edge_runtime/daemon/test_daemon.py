@@ -1,0 +1,193 @@
+"""Whole daemons on loopback: bounded frame counts, polling with timeouts, every socket closed at teardown."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from calibration.synthetic import SyntheticUltrasound
+from edge_runtime.daemon.config import IngestConfig, IngestPattern, SocketMode
+from edge_runtime.daemon.server import Daemon, DaemonError
+from edge_runtime.package import PackageError, load_package
+from edge_runtime.protocol import DaemonState, Result, ResultStatus, encode_frame
+from edge_runtime.sender import FrameSender, SenderPattern
+from edge_runtime.subscriber import ResultSubscriber
+from tests.conftest import wait_until
+
+StartDaemon = Callable[..., Daemon]
+
+
+def _subscriber(daemon: Daemon, ctx: zmq.Context, **kw: object) -> ResultSubscriber:
+    sub = ResultSubscriber(daemon.endpoints["results"], context=ctx, **kw)  # type: ignore[arg-type]
+    wait_until(lambda: sub.recv(50) is None and sub.daemon_alive, timeout=5)  # joined: heartbeats arrive
+    return sub
+
+
+def _dice_fg(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = pred > 0, truth > 0
+    return 2 * (p & t).sum() / max(1, p.sum() + t.sum())
+
+
+@pytest.mark.slow
+def test_every_result_matches_its_frame(start_daemon: StartDaemon, zmq_ctx: zmq.Context, demo_model: Path) -> None:
+    daemon = start_daemon()
+    model_id = load_package(demo_model).model_id
+    gen = SyntheticUltrasound(240, 320, seed=77)
+    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(
+        daemon.endpoints["ingest"], stream_id=4, context=zmq_ctx
+    ) as sender:
+        for seq in range(20):
+            img, truth = gen.sample()
+            capture = time.time_ns()
+            assert wait_until(lambda: sender.send(img, seq=seq, capture_ts=capture, spacing=(0.2, 0.2)), timeout=5)
+            r = wait_until(lambda: sub.recv(100), timeout=10)
+            received = time.time_ns()
+            assert (r.stream_id, r.seq, r.capture_ts_ns) == (4, seq, capture)
+            assert r.capture_ts_ns <= r.recv_ts_ns <= r.infer_start_ns <= r.infer_end_ns <= r.publish_ts_ns <= received
+            assert r.status is ResultStatus.OK and r.model == model_id
+            assert r.mask is not None and r.mask.shape == img.shape
+            assert r.areas_mm2 is not None
+            if truth.any():  # content check: this result was computed from this frame
+                assert _dice_fg(r.mask, truth) > 0.6
+    stats = daemon.stats.snapshot()
+    assert stats["frames_in"] == stats["frames_out"] == 20
+    assert stats["frames_dropped"] == stats["frames_rejected"] == stats["inference_errors"] == 0
+
+
+@pytest.mark.slow
+def test_overloaded_daemon_drops_old_frames_and_keeps_latency_bounded(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context
+) -> None:
+    daemon = start_daemon()
+    frames = [img for img, _ in (SyntheticUltrasound(480, 640, seed=s).sample() for s in range(4))]
+    results: list[Result] = []
+    n = 300
+    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(
+        daemon.endpoints["ingest"], high_water_mark=1000, context=zmq_ctx  # a source that does not drop by itself
+    ) as sender:
+        for seq in range(n):  # as fast as possible: many times faster than the model runs
+            assert sender.send(frames[seq % 4], seq=seq)
+            while (r := sub.recv(0)) is not None:
+                results.append(r)
+        wait_until(lambda: daemon.stats.snapshot()["frames_in"] == n, timeout=20)
+        while (r := sub.recv(1000)) is not None:  # drain: ends 1 s after the last result
+            results.append(r)
+    stats = daemon.stats.snapshot()
+    assert stats["frames_dropped"] > 0 and stats["frames_in"] == n
+    assert stats["frames_out"] == len(results) == n - stats["frames_dropped"]
+    seqs = [r.seq for r in results]
+    assert seqs == sorted(seqs) and seqs[-1] == n - 1  # the newest frame is always the one inferred
+    infer_ms = [(r.infer_end_ns - r.infer_start_ns) / 1e6 for r in results]
+    queue_ms = [(r.infer_start_ns - r.recv_ts_ns) / 1e6 for r in results]
+    # A frame waits at most for the inference in progress (plus scheduling noise on a shared CPU), whereas a
+    # FIFO would make the last frame wait for every frame before it.
+    assert max(queue_ms) < 3 * max(infer_ms) + 50
+    fifo_wait_ms = n * float(np.mean(infer_ms))
+    assert max(queue_ms) < 0.25 * fifo_wait_ms
+
+
+def test_malformed_messages_are_counted_and_serving_continues(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    daemon = start_daemon(tiny_models["seg_tiny"])
+    good = [bytes(p) for p in encode_frame(np.zeros((16, 16), np.uint8), stream_id=0, seq=0, capture_ts_ns=time.time_ns(), send_ts_ns=0)]
+    bad = [
+        [b"short"],
+        [b"XXXX" + good[0][4:], good[1]],
+        [good[0], good[1][:-3]],
+        [good[0], good[1], b"\xff not json"],
+        [good[0][:4] + b"\x09" + good[0][5:], good[1]],
+    ]
+    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, zmq_ctx.socket(zmq.PUSH) as push:
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(daemon.endpoints["ingest"])
+        for msg in bad:
+            push.send_multipart(msg)
+        push.send_multipart(good)
+        r = wait_until(lambda: sub.recv(100), timeout=5)
+        assert r.status is ResultStatus.OK and r.seq == 0
+    wait_until(lambda: daemon.stats.frames_rejected == len(bad))
+    assert daemon.stats.snapshot()["rejected_by_reason"] == {
+        "bad_part_count": 1, "bad_magic": 1, "size_mismatch": 1, "bad_metadata": 1, "unsupported_version": 1,
+    }  # fmt: skip
+    assert daemon.state is DaemonState.READY
+
+
+def test_inference_failure_gives_an_error_result_and_the_daemon_goes_on(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    daemon = start_daemon(tiny_models["seg_bad_runtime"], warmup=0)
+    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender:
+        for seq in range(3):
+            wait_until(lambda: sender.send(np.zeros((16, 16), np.uint8), seq=seq))
+            r = wait_until(lambda: sub.recv(100), timeout=5)
+            assert (r.seq, r.status, r.mask) == (seq, ResultStatus.ERROR, None)
+            assert "expected [1, 3, H, W]" in (r.error or "")
+    assert daemon.stats.snapshot()["inference_errors"] == 3
+
+
+def test_control_socket(start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]) -> None:
+    daemon = start_daemon(tiny_models["seg_tiny"])
+
+    def ask(text: str) -> dict:
+        with zmq_ctx.socket(zmq.REQ) as req:
+            req.setsockopt(zmq.LINGER, 0)
+            req.connect(daemon.endpoints["control"])
+            req.send_string(text)
+            assert req.poll(5000), f"no reply to {text!r}"
+            return json.loads(req.recv())
+
+    status = ask("status")
+    assert status["ok"] and status["state"] == "ready" and status["model"]["name"] == "seg-tiny"
+    assert ask('{"cmd": "stats"}')["frames_in"] == 0
+    assert ask("reboot") == {"ok": False, "error": "unknown command 'reboot'; known: status, stats"}
+    assert ask("{broken json")["ok"] is False
+    assert ask("status")["ok"]  # still answering after bad requests
+
+
+def test_heartbeats_flow_without_frames_and_stopping_is_announced(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    daemon = start_daemon(tiny_models["seg_tiny"], heartbeat_ms=100)
+    sub = _subscriber(daemon, zmq_ctx, heartbeat_timeout_ms=1000)
+    first = sub.stats.heartbeats
+    wait_until(lambda: sub.recv(50) is None and sub.stats.heartbeats >= first + 3, timeout=3)
+    assert sub.last_heartbeat is not None and sub.last_heartbeat.model is not None
+    assert sub.last_heartbeat.model.name == "seg-tiny"
+    daemon.stop()
+    wait_until(lambda: sub.recv(50) is None and not sub.daemon_alive, timeout=3)
+    assert sub.last_heartbeat.state is DaemonState.STOPPING
+    sub.close()
+
+
+def test_sub_ingest_connects_to_a_publishing_scanner(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    with FrameSender("tcp://127.0.0.1:*", pattern=SenderPattern.PUB, bind=True, context=zmq_ctx) as scanner:
+        daemon = start_daemon(
+            tiny_models["seg_tiny"],
+            ingest=IngestConfig(endpoint=scanner.endpoint, mode=SocketMode.CONNECT, pattern=IngestPattern.SUB),
+        )
+        with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub:
+            frame = np.zeros((16, 16), np.uint8)
+            r = wait_until(lambda: scanner.send(frame) and sub.recv(50), timeout=5)  # PUB drops until joined
+            assert r.status is ResultStatus.OK
+
+
+def test_start_fails_cleanly(start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]) -> None:
+    import threading
+
+    with zmq_ctx.socket(zmq.PULL) as taken:
+        taken.bind("tcp://127.0.0.1:*")
+        endpoint = taken.getsockopt_string(zmq.LAST_ENDPOINT)
+        with pytest.raises(DaemonError, match=f"cannot bind the ingest socket to {endpoint}"):
+            start_daemon(tiny_models["seg_tiny"], ingest=IngestConfig(endpoint=endpoint))
+    with pytest.raises(PackageError, match="card says"):
+        start_daemon(tiny_models["seg_wrong_input"])
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgert-")]  # nothing left running

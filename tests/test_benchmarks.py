@@ -1,0 +1,22 @@
+"""Benchmarks are not tests: this only checks that each script starts and writes valid JSON on a tiny setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_model_speed_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "demo_model_speed.py"), "--seconds", "0.1", "--threads", "1",
+         "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["inference_per_s"] > 0 and report["pipeline_ms"]["p50"] > 0

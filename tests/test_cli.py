@@ -1,0 +1,105 @@
+"""The `edgert` command line, run as a user would (subprocesses for the daemon's signal handling)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from edge_runtime.cli import main
+from tests.conftest import wait_until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edgert(*args: str) -> list[str]:
+    return [sys.executable, "-m", "edge_runtime.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "serve", "replay", "ctl", "package"):
+        assert f"    {name} " in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_runtime import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"edgert {__version__}"
+
+
+def test_package_command(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["package", str(tiny_models["seg_tiny"])]) == 0
+    assert "seg-tiny 0.0.1 (segmentation) - valid" in capsys.readouterr().out
+    assert main(["package", str(tiny_models["seg_wrong_input"])]) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+def test_replay_of_a_corrupt_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken_cine.dcm"
+    bad.write_bytes(b"\0" * 64)
+    assert main(["replay", str(bad), "--to", "tcp://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert "broken_cine.dcm" in err and "not a DICOM file" in err
+
+
+def test_replay_without_a_daemon_drops_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    cine = get_testdata_file("examples_ybr_color.dcm")
+    assert main(["replay", cine, "--to", "tcp://127.0.0.1:9", "--fps", "200", "--frames", "10"]) == 0
+    assert "sent 0 frames" in capsys.readouterr().err
+
+
+def test_serve_rejects_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "daemon.toml"
+    cfg.write_text('[model]\npackage = "x"\n[ingest]\nendpoit = "tcp://127.0.0.1:1"\n')
+    assert main(["serve", "--config", str(cfg)]) == 1
+    assert "unknown key ingest.endpoit" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_runs_answers_control_and_stops_cleanly_on_signal(
+    sig: signal.Signals, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    ready = tmp_path / "ready.json"
+    any_port = "tcp://127.0.0.1:*"
+    proc = subprocess.Popen(
+        edgert("serve", "--model", str(tiny_models["seg_tiny"]), "--ingest", any_port, "--results", any_port,
+               "--control", any_port, "--ready-file", str(ready)),
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: ready.exists() or proc.poll() is not None, timeout=30)
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        control = json.loads(ready.read_text())["endpoints"]["control"]
+        ctl = subprocess.run(edgert("ctl", "status", "--control", control), env=_env(), capture_output=True, timeout=30)
+        assert ctl.returncode == 0 and json.loads(ctl.stdout)["state"] == "ready"
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) == 0
+        log = proc.stdout.read().decode() if proc.stdout else ""
+        assert f"received {sig.name}" in log and "stopped:" in log
+        assert not ready.exists()  # removed on shutdown: nothing points at a dead daemon
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ctl_without_a_daemon_fails_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ctl", "status", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"]) == 1
+    assert "no answer from the daemon" in capsys.readouterr().err

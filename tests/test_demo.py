@@ -1,0 +1,38 @@
+"""`edgert demo`, the README's main command, end to end on a bounded number of frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_streams_the_bundled_cine_and_writes_overlays(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "demo", "--frames", "45", "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "end-to-end" in proc.stdout and "daemon stopped (exit status 0)" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    frames = summary["frames"]
+    assert frames["sent"] + frames["dropped_sender"] == 45
+    assert frames["received"] == frames["processed"] > 0
+    assert frames["errors"] == frames["out_of_order"] == frames["rejected"] == 0
+    for stage in ("end_to_end", "inference", "queue"):
+        lat = summary["latency_ms"][stage]
+        assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert summary["latency_ms"]["inference"]["p50"] <= summary["latency_ms"]["end_to_end"]["p50"]
+    with Image.open(out / "overlay.gif") as gif:
+        assert gif.n_frames > 10 and gif.size == (320, 240 + 28)
+    with Image.open(out / "overlay_first.png") as png:
+        assert png.mode == "RGB"
