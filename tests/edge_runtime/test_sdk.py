@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -45,14 +46,13 @@ def _joined(pub: zmq.Socket, sub: ResultSubscriber) -> None:
 
 
 def test_sender_never_blocks_without_a_daemon(zmq_ctx: zmq.Context) -> None:
-    with zmq_ctx.socket(zmq.PULL) as probe:  # find a free port, then leave it unbound
-        probe.bind("tcp://127.0.0.1:*")
-        endpoint = probe.getsockopt_string(zmq.LAST_ENDPOINT)
-    sender = FrameSender(endpoint, context=zmq_ctx)
     frame = np.zeros((480, 640), np.uint8)
-    worker = threading.Thread(target=lambda: [sender.send(frame) for _ in range(200)])
-    worker.start()
-    worker.join(10.0)
+    with socket.socket() as reserved:  # a bound port that never listens: connections are refused
+        reserved.bind(("127.0.0.1", 0))
+        sender = FrameSender(f"tcp://127.0.0.1:{reserved.getsockname()[1]}", context=zmq_ctx)
+        worker = threading.Thread(target=lambda: [sender.send(frame) for _ in range(200)])
+        worker.start()
+        worker.join(10.0)
     assert not worker.is_alive(), "send() blocked"
     assert (sender.stats.sent, sender.stats.dropped) == (0, 200)
     sender.close()

@@ -55,6 +55,7 @@ def test_every_result_matches_its_frame(start_daemon: StartDaemon, zmq_ctx: zmq.
             assert r.areas_mm2 is not None
             if truth.any():  # content check: this result was computed from this frame
                 assert _dice_fg(r.mask, truth) > 0.6
+    wait_until(lambda: daemon.stats.frames_out == 20)  # counted just after the send that the subscriber saw
     stats = daemon.stats.snapshot()
     assert stats["frames_in"] == stats["frames_out"] == 20
     assert stats["frames_dropped"] == stats["frames_rejected"] == stats["inference_errors"] == 0
@@ -71,7 +72,8 @@ def test_overloaded_daemon_drops_old_frames_and_keeps_latency_bounded(
     with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(
         daemon.endpoints["ingest"], high_water_mark=1000, context=zmq_ctx  # a source that does not drop by itself
     ) as sender:
-        for seq in range(n):  # as fast as possible: many times faster than the model runs
+        wait_until(lambda: sender.send(frames[0], seq=0))  # connected (IMMEDIATE drops until then)
+        for seq in range(1, n):  # as fast as possible: many times faster than the model runs
             assert sender.send(frames[seq % 4], seq=seq)
             while (r := sub.recv(0)) is not None:
                 results.append(r)
