@@ -43,7 +43,9 @@ class FrameSource:
 
 
 class SyntheticSource(FrameSource):
-    def __init__(self, frames: int = 300, height: int = 240, width: int = 320, seed: int = 0, fps: float = 30.0) -> None:
+    def __init__(
+        self, frames: int = 300, height: int = 240, width: int = 320, seed: int = 0, fps: float = 30.0
+    ) -> None:
         if frames <= 0 or fps <= 0:
             raise SourceError("synthetic: frames and fps must be positive")
         if height < 32 or width < 32:

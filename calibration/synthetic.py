@@ -147,8 +147,8 @@ class SyntheticUltrasound:
             inside = r < 1.0
             if not inside.any():
                 continue
-            bottom = np.where(inside.any(axis=0), h - 1 - np.argmax(inside[::-1], axis=0), -1)[None, :]
-            cols = inside.any(axis=0)[None, :]
+            cols = np.any(inside, axis=0, keepdims=True)
+            bottom = np.where(cols, h - 1 - np.argmax(inside[::-1], axis=0)[None, :], -1)
             below = (rows > bottom) & cols
             falloff = np.exp(-(rows - bottom) / (0.5 * h)).astype(np.float32)
             if blob.cls == 1:

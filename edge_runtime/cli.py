@@ -82,8 +82,8 @@ def _replay(args: argparse.Namespace) -> int:
 def _ctl(args: argparse.Namespace) -> int:
     import zmq
 
-    ctx = zmq.Context.instance()
-    with ctx.socket(zmq.REQ) as sock:
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
+    with sock:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(args.control)
         sock.send_string(args.command)
@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="DICOM file/folder or 'synthetic' (default: bundled US cine)")
     p.add_argument("--model", default=None, help="model package (default: bundled demo model)")
     p.add_argument("--fps", type=float, default=None, help="replay rate (default: the recording's)")
-    p.add_argument("--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)")
+    p.add_argument(
+        "--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)"
+    )
 
     p = command("serve", "run the inference daemon", _serve)
     p.add_argument("--config", type=Path, help="daemon.toml; the flags below override it")

@@ -84,7 +84,8 @@ class DaemonProcess:
         raise DemoError(f"daemon not ready after {timeout:.0f} s (log: {self.log_path})")
 
     def control(self, command: str, timeout_s: float = 2.0) -> dict[str, Any]:
-        with zmq.Context.instance().socket(zmq.REQ) as sock:
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
+        with sock:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoints["control"])
             sock.send_string(command)
@@ -203,7 +204,9 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
 
         def scanner() -> None:
             with FrameSender(endpoints["ingest"]) as sender:
-                stats_box.append(replay(source, sender, fps=args.fps, loop=True, max_frames=args.frames, stop=stop, on_send=rec.sent))
+                stats_box.append(
+                    replay(source, sender, fps=args.fps, loop=True, max_frames=args.frames, stop=stop, on_send=rec.sent)
+                )
 
         thread = threading.Thread(target=scanner, name="demo-scanner", daemon=True)
         started = time.perf_counter()
@@ -222,7 +225,9 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
                 received += 1
                 rec.add(r, now)
                 if received % 50 == 0:
-                    print(f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms", flush=True)
+                    print(
+                        f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms", flush=True
+                    )
                 frame = rec.frame(r.seq)
                 if frame is None or not (r.seq % gif_every == 0 or len(stills) < 1 or r.seq >= args.frames - 1):
                     continue
@@ -242,18 +247,19 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
         stale, rejected = sub.stats.stale, sub.stats.rejected
     replay_stats = stats_box[0] if stats_box else ReplayStats()
     files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every)
+    frames: dict[str, int] = {
+        "sent": replay_stats.sent,
+        "processed": daemon_stats.get("frames_out", 0),
+        "received": received,
+        "dropped_sender": replay_stats.dropped,
+        "dropped_daemon": daemon_stats.get("frames_dropped", 0),
+        "stale_discarded": stale,
+        "rejected": daemon_stats.get("frames_rejected", 0) + rejected,
+        "errors": rec.errors,
+        "out_of_order": rec.out_of_order,
+    }
     summary = {
-        "frames": {
-            "sent": replay_stats.sent,
-            "processed": daemon_stats.get("frames_out", 0),
-            "received": received,
-            "dropped_sender": replay_stats.dropped,
-            "dropped_daemon": daemon_stats.get("frames_dropped", 0),
-            "stale_discarded": stale,
-            "rejected": daemon_stats.get("frames_rejected", 0) + rejected,
-            "errors": rec.errors,
-            "out_of_order": rec.out_of_order,
-        },
+        "frames": frames,
         "latency_ms": {
             "end_to_end": percentiles_ms(rec.e2e_ns),
             "inference": percentiles_ms(rec.inference_ns),
@@ -264,7 +270,7 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
         "files": [str(f) for f in files],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    f = summary["frames"]
+    f = frames
     print(
         f"\nframes  sent {f['sent']}  processed {f['processed']}  received {f['received']}  dropped "
         f"{f['dropped_sender'] + f['dropped_daemon']} (sender {f['dropped_sender']}, daemon {f['dropped_daemon']})  "

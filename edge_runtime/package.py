@@ -109,7 +109,9 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     layout = _enum(Layout, _get(inp, "layout", str, f"{where}.input", "NCHW"), f"{where}.input.layout")
     pre = _get(data, "preprocessing", dict, where, {})
     color = _enum(Color, _get(pre, "color", str, f"{where}.preprocessing", "gray"), f"{where}.preprocessing.color")
-    channels, height, width = (shape[1], shape[2], shape[3]) if layout is Layout.NCHW else (shape[3], shape[1], shape[2])
+    channels, height, width = (
+        (shape[1], shape[2], shape[3]) if layout is Layout.NCHW else (shape[3], shape[1], shape[2])
+    )
     if channels != color.channels:
         raise PackageError(
             f"{where}: input.shape has {channels} channel(s) but preprocessing.color '{color.value}' has {color.channels}"
@@ -120,7 +122,11 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
             width=width,
             color=color,
             layout=layout,
-            resize=_enum(ResizeMode, _get(pre, "resize", str, f"{where}.preprocessing", "stretch"), f"{where}.preprocessing.resize"),
+            resize=_enum(
+                ResizeMode,
+                _get(pre, "resize", str, f"{where}.preprocessing", "stretch"),
+                f"{where}.preprocessing.resize",
+            ),
             mean=tuple(float(v) for v in _get(pre, "mean", list, f"{where}.preprocessing", [0.0])),
             std=tuple(float(v) for v in _get(pre, "std", list, f"{where}.preprocessing", [1.0])),
         )
@@ -130,7 +136,9 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     labels = tuple(str(x) for x in _get(out, "labels", list, f"{where}.output"))
     colors_raw = _get(out, "colors", list, f"{where}.output")
     if len(labels) < 2 or len(colors_raw) != len(labels):
-        raise PackageError(f"{where}.output: need >= 2 labels and one color per label ({len(labels)} labels, {len(colors_raw)} colors)")
+        raise PackageError(
+            f"{where}.output: need >= 2 labels and one color per label ({len(labels)} labels, {len(colors_raw)} colors)"
+        )
     if len(set(labels)) != len(labels):
         raise PackageError(f"{where}.output.labels: duplicate names in {labels}")
     try:
@@ -181,14 +189,22 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
     inputs = {i.name: i for i in graph.input if i.name not in initializers}
     outputs = {o.name: o for o in graph.output}
     if card.input_name not in inputs:
-        raise PackageError(f"{where}: card input '{card.input_name}' is not a graph input; the graph has {sorted(inputs)}")
+        raise PackageError(
+            f"{where}: card input '{card.input_name}' is not a graph input; the graph has {sorted(inputs)}"
+        )
     if len(inputs) != 1:
-        raise PackageError(f"{where}: the graph has {len(inputs)} inputs {sorted(inputs)}; one image input is supported")
+        raise PackageError(
+            f"{where}: the graph has {len(inputs)} inputs {sorted(inputs)}; one image input is supported"
+        )
     if card.output.name not in outputs:
-        raise PackageError(f"{where}: card output '{card.output.name}' is not a graph output; the graph has {sorted(outputs)}")
+        raise PackageError(
+            f"{where}: card output '{card.output.name}' is not a graph output; the graph has {sorted(outputs)}"
+        )
     inp = inputs[card.input_name]
     if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise PackageError(f"{where}: input '{card.input_name}' is {onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type)}, card says float32")
+        raise PackageError(
+            f"{where}: input '{card.input_name}' is {onnx.TensorProto.DataType.Name(inp.type.tensor_type.elem_type)}, card says float32"
+        )
     want = card.preprocess.input_shape
     have = _dims(inp)
     if len(have) != 4 or any(isinstance(h, int) and h != w for h, w in zip(have, want)):
@@ -245,7 +261,9 @@ def load_package(path: str | Path) -> ModelPackage:
         model = onnx.load_from_string(blob)
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises several unrelated types for a broken file
-        raise PackageError(f"{onnx_path}: not a valid ONNX model ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+        raise PackageError(
+            f"{onnx_path}: not a valid ONNX model ({exc.__class__.__name__}: {str(exc)[:200]})"
+        ) from None
     _check_graph(model, card, str(onnx_path))
     return ModelPackage(root=root, card=card, sha256=sha)
 

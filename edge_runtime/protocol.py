@@ -16,7 +16,7 @@ import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,7 @@ MAGIC = b"EDGR"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 _PREFIX = struct.Struct("<4sBBHBBH")  # magic, major, minor, header_len, msg_type, flags, reserved
 _FRAME = struct.Struct("<IQQQIIHBBIff")  # after the prefix
@@ -250,7 +250,7 @@ def encode_frame(
         stream_id, seq, capture_ts_ns, send_ts_ns, width, height, fmt.channels, fmt.dtype, fmt,
         width * fmt.channels * fmt.dtype.numpy.itemsize, sx, sy,
     )  # fmt: skip
-    parts: list[Buffer] = [header, memoryview(pixels).cast("B")]
+    parts: list[Buffer] = [header, pixels.data.cast("B")]
     if meta:
         parts.append(_json_part(meta))
     return parts
@@ -263,7 +263,9 @@ def _check_prefix(header: Buffer, expected: MessageType, body_size: int) -> None
     if magic != MAGIC:
         raise ProtocolError(RejectReason.BAD_MAGIC, f"magic {bytes(magic)!r}, expected {MAGIC!r}")
     if major != VERSION_MAJOR:
-        raise ProtocolError(RejectReason.UNSUPPORTED_VERSION, f"major version {major}, this reader speaks {VERSION_MAJOR}")
+        raise ProtocolError(
+            RejectReason.UNSUPPORTED_VERSION, f"major version {major}, this reader speaks {VERSION_MAJOR}"
+        )
     if msg_type not in MessageType._value2member_map_:
         raise ProtocolError(RejectReason.UNKNOWN_MESSAGE_TYPE, f"message type {msg_type}")
     if msg_type != expected:
@@ -294,7 +296,9 @@ def _decode_meta(part: Buffer, limit: int) -> Mapping[str, Any]:
     try:
         meta = json.loads(bytes(part).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(RejectReason.BAD_METADATA, f"metadata is not UTF-8 JSON ({exc.__class__.__name__})") from None
+        raise ProtocolError(
+            RejectReason.BAD_METADATA, f"metadata is not UTF-8 JSON ({exc.__class__.__name__})"
+        ) from None
     if not isinstance(meta, dict):
         raise ProtocolError(RejectReason.BAD_METADATA, f"metadata must be a JSON object, got {type(meta).__name__}")
     return meta
@@ -337,7 +341,9 @@ def decode_frame(parts: Sequence[Buffer], limits: Limits = Limits()) -> Frame:
         raise ProtocolError(RejectReason.BAD_SPACING, f"pixel spacing ({sx}, {sy}) mm")
     meta = _decode_meta(parts[2], limits.max_meta_bytes) if len(parts) == 3 else None
     shape: tuple[int, ...] = (height, width) if channels == 1 else (height, width, channels)
-    strides: tuple[int, ...] = (stride, channels * itemsize) if channels == 1 else (stride, channels * itemsize, itemsize)
+    strides: tuple[int, ...] = (
+        (stride, channels * itemsize) if channels == 1 else (stride, channels * itemsize, itemsize)
+    )
     pixels = np.ndarray(shape, dtype=dt.numpy, buffer=memoryview(pixels_part), strides=strides)
     pixels.flags.writeable = False
     return Frame(
@@ -371,7 +377,7 @@ def encode_result(result: Result) -> list[Buffer]:
         "contours": {k: [[list(p) for p in poly] for poly in polys] for k, polys in result.contours.items()},
         "error": result.error,
     }
-    return [header, _json_part(body), memoryview(np.ascontiguousarray(mask)).cast("B") if mask is not None else b""]
+    return [header, _json_part(body), np.ascontiguousarray(mask).data.cast("B") if mask is not None else b""]
 
 
 def stamp_publish_time(header: bytearray, ts_ns: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(f"onnxruntime[{Path(model_path).name}]")
         self.model_path = Path(model_path)
         self.threads = threads
-        self._session = None
+        self._session: Any = None  # onnxruntime.InferenceSession once active; ORT is imported lazily
         self._outputs: list[str] = []
 
     def _activate(self) -> None:
@@ -27,10 +28,11 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self._session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own untyped exceptions for a broken or unsupported graph
             raise BackendError(f"{self.name}: cannot load {self.model_path}: {exc}") from exc
-        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._outputs = [o.name for o in session.get_outputs()]
+        self._session = session
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None

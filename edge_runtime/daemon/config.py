@@ -83,7 +83,7 @@ class DaemonConfig:
         return self.limits.max_width * self.limits.max_height * 4 * 3 + 4096
 
 
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+_SCHEMA: dict[str, dict[str, type]] = {
     "model": {"package": str, "backend": str, "threads": int, "warmup": int},
     "ingest": {"endpoint": str, "mode": str, "pattern": str},
     "results": {"endpoint": str},

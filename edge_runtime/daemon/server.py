@@ -81,7 +81,9 @@ class Daemon:
             pipeline.runner.deactivate()
             raise
         self._pipeline = pipeline
-        log.info("model %s loaded on %s (warm-up %.1f ms/inference)", package.model_id, cfg.backend.value, self._warmup_ms)
+        log.info(
+            "model %s loaded on %s (warm-up %.1f ms/inference)", package.model_id, cfg.backend.value, self._warmup_ms
+        )
         self._ctx = zmq.Context()
         try:
             sockets = self._open_sockets()
@@ -106,7 +108,9 @@ class Daemon:
             t.start()
         if cfg.ready_file:
             self._write_ready_file(cfg.ready_file)
-        log.info("ready: ingest %s, results %s, control %s", *(self.endpoints[k] for k in ("ingest", "results", "control")))
+        log.info(
+            "ready: ingest %s, results %s, control %s", *(self.endpoints[k] for k in ("ingest", "results", "control"))
+        )
 
     def _open_sockets(self) -> dict[str, zmq.Socket]:
         assert self._ctx is not None
@@ -128,7 +132,9 @@ class Daemon:
                 raise DaemonError(f"cannot {mode.value} the {name} socket to {endpoint}: {exc}") from None
             self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT) if mode is SocketMode.BIND else endpoint
             if mode is SocketMode.BIND and any(h in endpoint for h in ("0.0.0.0", "://*", "[::]")):
-                log.warning("%s socket listens on all interfaces (%s): configure CURVE keys on a shared network", name, endpoint)
+                log.warning(
+                    "%s socket listens on all interfaces (%s): configure CURVE keys on a shared network", name, endpoint
+                )
 
         try:
             kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
@@ -229,8 +235,12 @@ class Daemon:
                 result = pipeline.run(pending.frame, pending.recv_ts_ns)
                 ok = result.status is ResultStatus.OK
                 if not ok:
-                    log.warning("inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error)
-                self.stats.inferred(result.infer_start_ns - pending.recv_ts_ns, result.infer_end_ns - result.infer_start_ns, ok)
+                    log.warning(
+                        "inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error
+                    )
+                self.stats.inferred(
+                    result.infer_start_ns - pending.recv_ts_ns, result.infer_end_ns - result.infer_start_ns, ok
+                )
                 push.send_multipart(encode_result(result), copy=False)
         finally:
             push.close(linger=1000)  # hand the last result to the I/O thread
@@ -312,7 +322,9 @@ class Daemon:
 
     def _counts(self) -> dict[str, int]:
         snap = self.stats.snapshot()
-        return {k: snap[k] for k in ("frames_in", "frames_out", "frames_dropped", "frames_rejected", "inference_errors")}
+        return {
+            k: snap[k] for k in ("frames_in", "frames_out", "frames_dropped", "frames_rejected", "inference_errors")
+        }
 
     def _heartbeat(self) -> Heartbeat:
         s = self.stats

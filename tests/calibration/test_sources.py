@@ -22,7 +22,9 @@ def test_synthetic_source_with_options() -> None:
     assert [f.meta["frame"] for f in frames] == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("spec", ["synthetic:frames=x", "synthetic:colour=red", "synthetic:frames=0", "synthetic:size=8x8"])
+@pytest.mark.parametrize(
+    "spec", ["synthetic:frames=x", "synthetic:colour=red", "synthetic:frames=0", "synthetic:size=8x8"]
+)
 def test_bad_synthetic_options(spec: str) -> None:
     with pytest.raises(SourceError):
         list(open_source(spec))

@@ -38,7 +38,9 @@ def test_refuses_results_that_do_not_fit_the_frame() -> None:
     with pytest.raises(ValueError, match="does not match frame"):
         draw_overlay(np.zeros((4, 4, 3), np.uint8), _result(np.zeros((4, 5), np.uint8)))
     with pytest.raises(ValueError, match="not among the result's labels"):
-        draw_overlay(np.zeros((4, 4, 3), np.uint8), _result(np.zeros((4, 4), np.uint8), contours={"tumour": [[(0, 0), (1, 1)]]}))
+        draw_overlay(
+            np.zeros((4, 4, 3), np.uint8), _result(np.zeros((4, 4), np.uint8), contours={"tumour": [[(0, 0), (1, 1)]]})
+        )
 
 
 def test_error_result_draws_nothing() -> None:

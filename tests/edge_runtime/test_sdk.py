@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import zmq
 
-from edge_runtime.protocol import DaemonState, Heartbeat, ModelId, Result, ResultStatus, Task, encode_heartbeat, encode_result
+from edge_runtime.protocol import (
+    DaemonState,
+    Heartbeat,
+    ModelId,
+    Result,
+    ResultStatus,
+    Task,
+    encode_heartbeat,
+    encode_result,
+)
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
 from tests.conftest import wait_until

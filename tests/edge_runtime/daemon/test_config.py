@@ -14,7 +14,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_full_config_with_relative_package(tmp_path: Path) -> None:
-    path = _write(tmp_path, """
+    path = _write(
+        tmp_path,
+        """
 [model]
 package = "models/us"
 threads = 2
@@ -28,7 +30,8 @@ endpoint = "ipc:///tmp/edgert-results"
 interval_ms = 250
 [limits]
 max_width = 1920
-""")
+""",
+    )
     cfg = load_config(path)
     assert cfg.model == tmp_path / "models/us"
     assert cfg.threads == 2
@@ -55,7 +58,7 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
     [
         ('[model]\npackage = "/m"\n[ingest]\nendpont = "x"\n', "unknown key ingest.endpont"),
         ('[model]\npackage = "/m"\n[metrics]\nport = 1\n', r"unknown section \[metrics\]"),
-        ('[model]\nthreads = 1\n', "model.package is required"),
+        ("[model]\nthreads = 1\n", "model.package is required"),
         ('[model]\npackage = "/m"\nthreads = "two"\n', "model.threads = 'two' should be int"),
         ('[model]\npackage = "/m"\n[ingest]\nmode = "listen"\n', "ingest.mode: 'listen' is not one of"),
         ('[model]\npackage = "/m"\nbackend = "tensorflow"\n', "model.backend"),

@@ -39,9 +39,10 @@ def test_every_result_matches_its_frame(start_daemon: StartDaemon, zmq_ctx: zmq.
     daemon = start_daemon()
     model_id = load_package(demo_model).model_id
     gen = SyntheticUltrasound(240, 320, seed=77)
-    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(
-        daemon.endpoints["ingest"], stream_id=4, context=zmq_ctx
-    ) as sender:
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        FrameSender(daemon.endpoints["ingest"], stream_id=4, context=zmq_ctx) as sender,
+    ):
         for seq in range(20):
             img, truth = gen.sample()
             capture = time.time_ns()
@@ -69,9 +70,14 @@ def test_overloaded_daemon_drops_old_frames_and_keeps_latency_bounded(
     frames = [img for img, _ in (SyntheticUltrasound(480, 640, seed=s).sample() for s in range(4))]
     results: list[Result] = []
     n = 300
-    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(
-        daemon.endpoints["ingest"], high_water_mark=1000, context=zmq_ctx  # a source that does not drop by itself
-    ) as sender:
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        FrameSender(
+            daemon.endpoints["ingest"],
+            high_water_mark=1000,
+            context=zmq_ctx,  # a source that does not drop by itself
+        ) as sender,
+    ):
         wait_until(lambda: sender.send(frames[0], seq=0))  # connected (IMMEDIATE drops until then)
         for seq in range(1, n):  # as fast as possible: many times faster than the model runs
             assert sender.send(frames[seq % 4], seq=seq)
@@ -98,7 +104,12 @@ def test_malformed_messages_are_counted_and_serving_continues(
     start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
 ) -> None:
     daemon = start_daemon(tiny_models["seg_tiny"])
-    good = [bytes(p) for p in encode_frame(np.zeros((16, 16), np.uint8), stream_id=0, seq=0, capture_ts_ns=time.time_ns(), send_ts_ns=0)]
+    good = [
+        bytes(p)
+        for p in encode_frame(
+            np.zeros((16, 16), np.uint8), stream_id=0, seq=0, capture_ts_ns=time.time_ns(), send_ts_ns=0
+        )
+    ]
     bad = [
         [b"short"],
         [b"XXXX" + good[0][4:], good[1]],
@@ -125,7 +136,10 @@ def test_inference_failure_gives_an_error_result_and_the_daemon_goes_on(
     start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
 ) -> None:
     daemon = start_daemon(tiny_models["seg_bad_runtime"], warmup=0)
-    with _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub, FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender:
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender,
+    ):
         for seq in range(3):
             wait_until(lambda: sender.send(np.zeros((16, 16), np.uint8), seq=seq))
             r = wait_until(lambda: sub.recv(100), timeout=5)
