@@ -135,3 +135,17 @@ def test_bad_endpoints_are_reported() -> None:
         FrameSender("nonsense://x")
     with pytest.raises(ValueError, match="cannot connect result subscriber"):
         ResultSubscriber("nonsense://x")
+
+
+def test_iterating_yields_fresh_results(publisher: zmq.Socket, zmq_ctx: zmq.Context) -> None:
+    endpoint = publisher.getsockopt_string(zmq.LAST_ENDPOINT)
+    with ResultSubscriber(endpoint, max_age_ms=1000, context=zmq_ctx) as sub:
+        _joined(publisher, sub)
+        for seq in (5, 6):
+            publisher.send_multipart(_result(seq, time.time_ns()))
+        seen = []
+        for result in sub:
+            seen.append(result.seq)
+            if len(seen) == 2:
+                break
+        assert seen == [5, 6]
