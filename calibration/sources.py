@@ -1,6 +1,7 @@
 """Frame sources named the same way on every command: a DICOM file or folder, or `synthetic`.
 
-`synthetic` takes options after a colon: `synthetic:frames=300,size=240x320,seed=0,fps=30`.
+`synthetic` takes options after a colon: `synthetic:frames=300,size=240x320,seed=0,fps=30,clip=60` (clip: frames
+per scene; 1 gives independent images).
 Sources yield display-ready frames (uint8 gray or RGB) with their color order and pixel spacing.
 """
 
@@ -44,21 +45,20 @@ class FrameSource:
 
 class SyntheticSource(FrameSource):
     def __init__(
-        self, frames: int = 300, height: int = 240, width: int = 320, seed: int = 0, fps: float = 30.0
+        self, frames: int = 300, height: int = 240, width: int = 320, seed: int = 0, fps: float = 30.0, clip: int = 60
     ) -> None:
-        if frames <= 0 or fps <= 0:
-            raise SourceError("synthetic: frames and fps must be positive")
+        if frames <= 0 or fps <= 0 or clip <= 0:
+            raise SourceError("synthetic: frames, fps and clip must be positive")
         if height < 32 or width < 32:
             raise SourceError(f"synthetic: size must be at least 32x32, got {height}x{width}")
-        self.frames, self.height, self.width, self.seed, self.fps = frames, height, width, seed, fps
-        self.description = f"synthetic ultrasound cine, {frames} frames {width}x{height} at {fps:g} fps (seed {seed})"
+        self.frames, self.height, self.width, self.seed, self.fps, self.clip = frames, height, width, seed, fps, clip
+        self.description = f"synthetic ultrasound, {frames} frames {width}x{height} at {fps:g} fps, a new scene every {clip} (seed {seed})"
 
     def __iter__(self) -> Iterator[SourceFrame]:
         gen = SyntheticUltrasound(self.height, self.width, seed=self.seed)
-        clip = 60  # a new scene every 2 s, as when the probe moves to another view
         produced = 0
-        while produced < self.frames:
-            for image, _mask in gen.cine(min(clip, self.frames - produced)):
+        while produced < self.frames:  # clip=1 gives independent images, as calibration and evaluation want
+            for image, _mask in gen.cine(min(self.clip, self.frames - produced)):
                 yield SourceFrame(image, Color.GRAY, None, 1.0 / self.fps, {"source": "synthetic", "frame": produced})
                 produced += 1
 
@@ -104,12 +104,12 @@ def _synthetic(options: str) -> SyntheticSource:
             if key == "size":
                 h, w = value.lower().split("x")
                 kwargs["height"], kwargs["width"] = int(h), int(w)
-            elif key in ("frames", "seed"):
+            elif key in ("frames", "seed", "clip"):
                 kwargs[key] = int(value)
             elif key == "fps":
                 kwargs[key] = float(value)
             else:
-                raise SourceError(f"synthetic: unknown option '{key}' (frames, size=HxW, seed, fps)")
+                raise SourceError(f"synthetic: unknown option '{key}' (frames, size=HxW, seed, fps, clip)")
         except ValueError:
             raise SourceError(f"synthetic: bad value '{value}' for '{key}'") from None
     try:

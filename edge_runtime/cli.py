@@ -113,6 +113,93 @@ def _package(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of integers, e.g. 1,3,224,224"
+        ) from None
+    if not dims or any(d <= 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"'{text}': every dimension must be a positive integer")
+    return dims
+
+
+def _progress(started: float) -> Callable[[str], None]:
+    import time
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import time
+
+    from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
+    from converters.graph import ConversionError
+
+    options = ConvertOptions(
+        precision=Precision(args.precision),
+        data=args.data,
+        samples=args.samples,
+        tolerance=args.tolerance,
+        target_opset=args.opset,
+        input_shape=args.input_shape,
+        fix_shapes=args.fix_shapes,
+        range_margin=args.range_margin,
+        max_fallback=args.max_fallback,
+    )
+    try:
+        result = convert_model(args.model, options, card_path=args.card, progress=_progress(time.perf_counter()))
+        files = write_result(result, args.out)
+    except (ConversionError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(summary_text(result.report))
+    print("wrote   " + ", ".join(str(f) for f in files))
+    if result.model is not None and result.card is None:
+        print("note    no card was given (--card), so the output is model.onnx without a model.json", file=sys.stderr)
+    return EXIT_OK if result.passed else EXIT_FAILURE
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from converters.compare import compare_models, format_table
+    from converters.graph import ConversionError
+
+    try:
+        mc = compare_models(
+            args.reference, args.candidate, args.data, samples=args.samples, card_path=args.card, task=args.task,
+            input_shape=args.input_shape, emulate=not args.no_emulate,
+        )  # fmt: skip
+    except (ConversionError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(format_table(mc))
+    passed = args.tolerance is None or mc.comparison.metric >= 1.0 - args.tolerance
+    if args.json:
+        report = {
+            "reference": str(args.reference),
+            "candidate": str(args.candidate),
+            "data": {
+                "description": mc.data.description,
+                "samples": len(mc.data.feeds),
+                "representative": mc.data.representative,
+            },
+            "task": mc.task,
+            "emulated_fp16": mc.emulated_fp16,
+            "tolerance": args.tolerance,
+            "passed": passed,
+            **mc.comparison.to_json(),
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if not passed:
+        print(
+            f"FAILED: {mc.comparison.metric_name} {mc.comparison.metric:.5f} < {1.0 - args.tolerance:.5f}",
+            file=sys.stderr,
+        )
+    return EXIT_OK if passed else EXIT_FAILURE
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edge_runtime.demo import DemoError, run_demo
 
@@ -165,6 +252,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="start again at the end")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--stream-id", type=int, default=0)
+
+    p = command("convert", "prepare a model and convert it to FP32 or FP16 behind an accuracy gate", _convert)
+    p.add_argument("model", help="ONNX file or model package")
+    p.add_argument(
+        "-o", "--out", type=Path, required=True, help="output folder (model package, report.json, summary.txt)"
+    )
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--card", type=Path, help="model.json for a bare ONNX file (preprocessing, task)")
+    p.add_argument("--data", help="DICOM file/folder, synthetic[:...] or random[:seed=N]; required for fp16")
+    p.add_argument("--samples", type=int, default=32, help="samples from --data (default 32)")
+    p.add_argument("--tolerance", type=float, help="allowed drop of the task metric below 1.0 (default: 0.01 "
+                   "segmentation Dice / classification top-1, 0.001 cosine otherwise)")  # fmt: skip
+    p.add_argument("--opset", type=int, default=17, help="target opset (>= 13, default 17)")
+    p.add_argument("--input-shape", type=_shape, help="fix the input's dims, e.g. 1,3,224,224")
+    p.add_argument("--fix-shapes", action="store_true", help="fix dynamic dims to the card's input shape")
+    p.add_argument("--range-margin", type=float, default=2.0, help="keep FP32 where max |x| > 65504 / margin")
+    p.add_argument("--max-fallback", type=int, help="most nodes the gate may keep FP32 (default max(4, 25%% of nodes))")
+
+    p = command("compare", "run two models on the same inputs and report their differences", _compare)
+    p.add_argument("reference", help="ONNX file or model package")
+    p.add_argument("candidate", help="ONNX file or model package")
+    p.add_argument("--data", required=True, help="DICOM file/folder, synthetic[:...] or random[:seed=N]")
+    p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--card", type=Path, help="model.json when neither model is a package")
+    p.add_argument("--task", choices=["segmentation", "classification", "numeric"], help="override the card's task")
+    p.add_argument("--input-shape", type=_shape, help="input dims for random data on a dynamic model")
+    p.add_argument("--tolerance", type=float, help="exit 1 if the task metric is below 1 - tolerance")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument(
+        "--no-emulate",
+        action="store_true",
+        help="run an FP16 candidate as is (ONNX Runtime CPU runs most FP16 ops in FP32)",
+    )
 
     p = command("ctl", "query a running daemon over its control socket", _ctl)
     p.add_argument("command", choices=["status", "stats"])

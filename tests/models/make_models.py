@@ -6,6 +6,13 @@
 - `seg_bad_runtime`: a valid package whose output channel count is symbolic and is really 2 while the card
   promises 3 labels: it passes load-time checks and fails on every frame at decode time.
 - `seg_wrong_input`: the card says [1,1,16,16] but the graph takes [1,1,32,32].
+
+Converter test models (random fixed weights, seeded):
+- `unet_bn`: U-Net with BatchNorm (after Conv and ConvTranspose), MaxPool, Concat and a Resize, opset 17.
+- `residual.onnx`: residual block (Conv-BN-Relu-Conv-BN + skip Add), no card: numeric checks on random data.
+- `old_dynamic.onnx`: opset 11 classifier with dynamic N/H/W, Dropout, Identity and a Shape->Reshape chain.
+- `fp16_overflow`: activations reach ~1e5, beyond FP16's 65504, then scale back: naive FP16 gives inf.
+- `fp16_cancellation`: (x + 1000) - 1000 stays in FP16 range but loses x's fraction: only the accuracy gate sees it.
 """
 
 from __future__ import annotations
@@ -65,8 +72,153 @@ def write_package(root: Path, model: onnx.ModelProto, card_data: dict) -> Path:
     return root
 
 
+def _bn(rng: np.random.Generator, name: str, x: str, y: str, c: int) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    params = {
+        "scale": rng.uniform(0.5, 1.5, c), "bias": rng.normal(0, 0.2, c),
+        "mean": rng.normal(0, 0.3, c), "var": rng.uniform(0.5, 2.0, c),
+    }  # fmt: skip
+    inits = [numpy_helper.from_array(v.astype(np.float32), f"{name}_{k}") for k, v in params.items()]
+    return helper.make_node("BatchNormalization", [x, *(t.name for t in inits)], [y], name=name, epsilon=1e-5), inits
+
+
+def _w(rng: np.random.Generator, name: str, *shape: int, scale: float = 1.0) -> onnx.TensorProto:
+    fan_in = int(np.prod(shape[1:])) or 1
+    return numpy_helper.from_array((rng.normal(0, scale / np.sqrt(fan_in), shape)).astype(np.float32), name)
+
+
+def _finish(nodes: list, inputs: list, outputs: list, inits: list, opset: int = 17) -> onnx.ModelProto:
+    model = helper.make_model(
+        helper.make_graph(nodes, "test", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", opset)]
+    )
+    model.ir_version = 8 if opset >= 13 else 6
+    onnx.checker.check_model(model)
+    return model
+
+
+def unet_bn() -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    F = TensorProto.FLOAT
+    inits = [_w(rng, "w1", 8, 1, 3, 3), _w(rng, "w2", 16, 8, 3, 3), _w(rng, "wt", 16, 8, 2, 2),
+             _w(rng, "w3", 8, 16, 3, 3), _w(rng, "w4", 3, 8, 1, 1),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1])]
+    for name, x, y, c in (("bn1", "c1", "b1", 8),):
+        node, params = _bn(rng, name, x, y, c)
+        nodes.append(node)
+        inits += params
+    nodes += [
+        helper.make_node("Relu", ["b1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    for name, x, y, c in (("bn2", "c2", "b2", 16),):
+        node, params = _bn(rng, name, x, y, c)
+        nodes.append(node)
+        inits += params
+    nodes += [
+        helper.make_node("Relu", ["b2"], ["r2"], name="relu2"),
+        helper.make_node("ConvTranspose", ["r2", "wt"], ["u"], name="up", strides=[2, 2]),
+    ]
+    node, params = _bn(rng, "bn3", "u", "bu", 8)
+    nodes.append(node)
+    inits += params
+    nodes += [
+        helper.make_node("Concat", ["bu", "r1"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "w3"], ["c3"], name="conv3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("Conv", ["r3", "w4"], ["c4"], name="head", strides=[2, 2]),
+        helper.make_node("Resize", ["c4", "", "scales"], ["logits"], name="resize", mode="linear"),
+    ]
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 32, 32])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 32, 32])], inits)  # fmt: skip
+
+
+def residual() -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    F = TensorProto.FLOAT
+    inits = [_w(rng, "ws", 8, 4, 3, 3), _w(rng, "wa", 8, 8, 3, 3), _w(rng, "wb", 8, 8, 3, 3), _w(rng, "wh", 3, 8, 1, 1)]
+    nodes = [helper.make_node("Conv", ["x", "ws"], ["s"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["s"], ["a"], name="stem_relu"),
+             helper.make_node("Conv", ["a", "wa"], ["ca"], name="conv_a", pads=[1, 1, 1, 1])]  # fmt: skip
+    for name, x, y in (("bn_a", "ca", "ba"),):
+        node, params = _bn(rng, name, x, y, 8)
+        nodes.append(node)
+        inits += params
+    nodes += [helper.make_node("Relu", ["ba"], ["ra"], name="relu_a"),
+              helper.make_node("Conv", ["ra", "wb"], ["cb"], name="conv_b", pads=[1, 1, 1, 1])]  # fmt: skip
+    node, params = _bn(rng, "bn_b", "cb", "bb", 8)
+    nodes.append(node)
+    inits += params
+    nodes += [helper.make_node("Add", ["bb", "a"], ["sum"], name="residual_add"),
+              helper.make_node("Relu", ["sum"], ["out"], name="relu_out"),
+              helper.make_node("Conv", ["out", "wh"], ["y"], name="head")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("x", F, [1, 4, 16, 16])],
+                   [helper.make_tensor_value_info("y", F, [1, 3, 16, 16])], inits)  # fmt: skip
+
+
+def old_dynamic() -> onnx.ModelProto:
+    """Opset 11, dynamic batch and spatial dims, weights also listed as graph inputs (as old exporters did)."""
+    rng = np.random.default_rng(3)
+    F = TensorProto.FLOAT
+    inits = [_w(rng, "w", 8, 3, 3, 3), _w(rng, "fc_w", 5, 8), numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(np.float32), "fc_b"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1])]
+    node, params = _bn(rng, "bn", "c", "b", 8)
+    nodes.append(node)
+    inits += params
+    nodes += [
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("Dropout", ["r"], ["d"], name="dropout", ratio=0.3),
+        helper.make_node("Identity", ["d"], ["i"], name="identity"),
+        helper.make_node("GlobalAveragePool", ["i"], ["g"], name="gap"),
+        helper.make_node("Shape", ["g"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], name="gather", axis=0),
+        helper.make_node("Unsqueeze", ["n"], ["n1"], name="unsqueeze", axes=[0]),
+        helper.make_node("Concat", ["n1", "minus_one"], ["flat_shape"], name="concat_shape", axis=0),
+        helper.make_node("Reshape", ["g", "flat_shape"], ["flat"], name="reshape"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], name="fc", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
+    ]
+    weight_inputs = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in inits]
+    return _finish(nodes, [helper.make_tensor_value_info("x", F, ["N", 3, "H", "W"]), *weight_inputs],
+                   [helper.make_tensor_value_info("probs", F, ["N", 5])], inits, opset=11)  # fmt: skip
+
+
+def fp16_overflow() -> onnx.ModelProto:
+    rng = np.random.default_rng(4)
+    F = TensorProto.FLOAT
+    inits = [numpy_helper.from_array((rng.normal(0, 1, (4, 1, 3, 3)) * 3e4).astype(np.float32), "w_big"),
+             numpy_helper.from_array((rng.normal(0, 1, (3, 4, 1, 1)) * 1e-4).astype(np.float32), "w_small")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_big"], ["big"], name="amplify", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["big"], ["big_r"], name="relu_big"),
+             helper.make_node("Conv", ["big_r", "w_small"], ["logits"], name="attenuate")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
+
+
+def fp16_cancellation() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array(1000.0, np.float32), "offset"),
+             numpy_helper.from_array(np.array([0.0, -8.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w"),
+             numpy_helper.from_array(np.array([0.0, -4.0, -4.0], np.float32), "b")]  # fmt: skip
+    nodes = [helper.make_node("Add", ["image", "offset"], ["shifted"], name="add_offset"),
+             helper.make_node("Sub", ["shifted", "offset"], ["restored"], name="sub_offset"),
+             helper.make_node("Conv", ["restored", "w", "b"], ["logits"], name="classify")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
+
+
 def build(out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(residual(), str(out / "residual.onnx"))
+    onnx.save(old_dynamic(), str(out / "old_dynamic.onnx"))
     return {
+        "unet_bn": write_package(out / "unet_bn", unet_bn(), card("unet-bn", size=32)),
+        "residual": out / "residual.onnx",
+        "old_dynamic": out / "old_dynamic.onnx",
+        "fp16_overflow": write_package(out / "fp16_overflow", fp16_overflow(), card("fp16-overflow")),
+        "fp16_cancellation": write_package(out / "fp16_cancellation", fp16_cancellation(), card("fp16-cancellation")),
         "seg_tiny": write_package(out / "seg_tiny", _conv_model(3, 16), card("seg-tiny")),
         "seg_bad_runtime": write_package(
             out / "seg_bad_runtime", _conv_model(2, 16, out_channels_param="classes"), card("seg-bad-runtime")

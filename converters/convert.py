@@ -1,0 +1,385 @@
+"""`edgert convert`: prepare a model, convert its precision, and refuse to hand over a model that lost accuracy.
+
+Steps: load (ONNX file, or a model package with its card) -> prepare (converters.prepare) -> check that the
+prepared FP32 model still matches the original -> for FP16: measure activation ranges on the data, plan, convert,
+and run the accuracy gate on the FP16 emulation. If the gate fails, bisect over the FP16 nodes in graph order to
+find the node whose FP32 fallback makes it pass, keep it FP32, and repeat until the gate passes or the fallback
+budget is spent. A model that fails its gate is not written; the report says which nodes were tried and by how much.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from converters.data import EvalData, load_feeds
+from converters.evaluate import DEFAULT_TOLERANCE, Comparison, Outputs, activation_ranges, compare, run_model
+from converters.fp16 import Fp16Options, convert_fp16, emulate_fp16, plan_fp16
+from converters.graph import ConversionError, model_size, real_inputs
+from converters.prepare import DEFAULT_OPSET, PrepareOptions, PrepareReport, prepare
+from edge_runtime import __version__
+from edge_runtime.package import CARD_FILE, ONNX_FILE, ModelCard, PackageError, load_package, parse_card
+
+PREPARE_MIN_COSINE = 0.99999  # preparation must not change results beyond float rounding
+
+Progress = Callable[[str], None]
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    precision: Precision = Precision.FP32
+    data: str | None = None
+    samples: int = 32
+    tolerance: float | None = None  # allowed shortfall of the task metric below 1.0; default per task
+    target_opset: int = DEFAULT_OPSET
+    input_shape: Sequence[int] | None = None  # fix the model input's dims to this shape
+    fix_shapes: bool = False  # fix dynamic dims to the card's input shape
+    range_margin: float = 2.0
+    use_ranges: bool = True  # False: convert every registry op (naive), for comparison and tests
+    gate: bool = True
+    max_fallback: int | None = None  # FP32 fallbacks the gate may add; default max(4, 25% of nodes)
+
+
+@dataclass
+class Fallback:
+    node: str
+    op: str
+    metric_before: float
+    metric_after: float
+
+
+@dataclass
+class ConversionResult:
+    passed: bool
+    model: onnx.ModelProto | None  # None when the accuracy gate failed
+    card: dict[str, Any] | None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(
+    path: Path, card_path: Path | None
+) -> tuple[onnx.ModelProto, ModelCard | None, dict[str, Any] | None, Path]:
+    """(model, parsed card, raw card JSON, onnx path) from an ONNX file or a package."""
+    if path.is_dir() or path.suffix in (".zip", ".tar", ".gz"):
+        try:
+            pkg = load_package(path)
+        except PackageError as exc:
+            raise ConversionError(str(exc)) from None
+        raw = json.loads((pkg.root / CARD_FILE).read_text())
+        return onnx.load(str(pkg.onnx_path)), pkg.card, raw, pkg.onnx_path
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such ONNX file or model package")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors
+        raise ConversionError(f"{path}: not an ONNX model ({exc.__class__.__name__})") from None
+    if card_path is None:
+        return model, None, None, path
+    try:
+        raw = json.loads(card_path.read_text())
+        return model, parse_card(raw, where=str(card_path)), raw, path
+    except (OSError, json.JSONDecodeError, PackageError) as exc:
+        raise ConversionError(f"{card_path}: {exc}") from None
+
+
+def _sha256(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+class _Gate:
+    """Evaluates FP16 plans against the FP32 reference outputs."""
+
+    def __init__(
+        self,
+        prepared: onnx.ModelProto,
+        data: EvalData,
+        reference: list[Outputs],
+        card: ModelCard | None,
+        tolerance: float,
+    ) -> None:
+        self.prepared, self.data, self.reference = prepared, data, reference
+        self.task = card.task.name.lower() if card else "numeric"
+        self.output = card.output.name if card else None
+        self.labels = card.output.labels if card else None
+        self.required = 1.0 - tolerance
+        self.evaluations = 0
+
+    def evaluate(self, fp16_nodes: Sequence[str]) -> Comparison:
+        self.evaluations += 1
+        emulated = emulate_fp16(convert_fp16(self.prepared, fp16_nodes))
+        outputs = run_model(emulated, self.data.feeds, optimize=False)
+        return compare(self.reference, outputs, self.task, self.output, self.labels)
+
+    def passes(self, c: Comparison) -> bool:
+        return c.metric >= self.required
+
+
+def _bisect_culprit(gate: _Gate, fp16: list[str]) -> int | None:
+    """Index of the node in `fp16` such that keeping fp16[:index + 1] in FP32 is the shortest prefix that passes."""
+    if not gate.passes(gate.evaluate([])):
+        return None  # even all-FP32 fails: not an FP16 problem
+    lo, hi = 1, len(fp16)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if gate.passes(gate.evaluate(fp16[mid:])):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo - 1
+
+
+def convert_model(
+    path: str | Path,
+    options: ConvertOptions = ConvertOptions(),
+    card_path: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ConversionResult:
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    original, card, raw_card, onnx_path = load_model(Path(path), Path(card_path) if card_path else None)
+    report: dict[str, Any] = {
+        "edgert_version": __version__,
+        "input": {"path": str(onnx_path), "sha256": _sha256(original), "size_bytes": model_size(original)},
+        "options": {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(options).items()},
+        "precision": options.precision.value,
+    }
+    shapes: Mapping[str, Sequence[int]] | None = None
+    inputs = real_inputs(original.graph)
+    if options.input_shape is not None:
+        if len(inputs) != 1:
+            raise ConversionError(f"--input-shape needs a single-input model; this one has {[i.name for i in inputs]}")
+        shapes = {inputs[0].name: list(options.input_shape)}
+    elif options.fix_shapes:
+        if card is None:
+            raise ConversionError("fixing shapes to the card needs a card (a model package or --card)")
+        shapes = {card.input_name: list(card.preprocess.input_shape)}
+    say(f"preparing the graph (target opset {options.target_opset})")
+    prepared, prep = prepare(
+        original, PrepareOptions(target_opset=options.target_opset, input_shapes=shapes), lambda s: say(f"  {s}")
+    )
+    report["prepare"] = asdict(prep)
+    data = None
+    if options.data:
+        say(f"loading evaluation data from {options.data}")
+        data = load_feeds(options.data, prepared, card, options.samples)
+        report["data"] = {
+            "description": data.description,
+            "samples": len(data.feeds),
+            "representative": data.representative,
+        }
+    elif options.precision is Precision.FP16:
+        raise ConversionError(
+            "--precision fp16 needs --data SOURCE: activation ranges and the accuracy gate are measured on it"
+        )
+
+    reference: list[Outputs] = []
+    if data is not None:
+        say(f"running the original model on {len(data.feeds)} samples")
+        reference = run_model(original, data.feeds)
+        check = compare(reference, run_model(prepared, data.feeds))
+        report["prepare_check"] = check.to_json()
+        if check.metric < PREPARE_MIN_COSINE:
+            raise ConversionError(
+                f"preparation changed the model's outputs (cosine {check.metric:.6f}); please report this model"
+            )
+    model = prepared
+    passed = True
+    if options.precision is Precision.FP16:
+        assert data is not None
+        model, passed = _to_fp16(prepared, data, reference, card, options, report, say)
+    report["output"] = None
+    if model is not None:
+        report["output"] = {
+            "sha256": _sha256(model),
+            "size_bytes": model_size(model),
+            "size_ratio": round(model_size(model) / max(1, report["input"]["size_bytes"]), 4),
+        }
+    report["passed"] = passed
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    out_card = None
+    if raw_card is not None and model is not None:
+        out_card = {**raw_card, "onnx_sha256": report["output"]["sha256"], "conversion": _card_note(report)}
+    return ConversionResult(passed, model, out_card, report)
+
+
+def _to_fp16(
+    prepared: onnx.ModelProto,
+    data: EvalData,
+    reference: list[Outputs],
+    card: ModelCard | None,
+    options: ConvertOptions,
+    report: dict[str, Any],
+    say: Progress,
+) -> tuple[onnx.ModelProto | None, bool]:
+    ranges = None
+    if options.use_ranges:
+        say("measuring activation ranges")
+        ranges = activation_ranges(prepared, data.feeds)
+    fp16_opts = Fp16Options(range_margin=options.range_margin)
+    plan = plan_fp16(prepared, ranges, fp16_opts)
+    say(f"planned {len(plan.fp16_nodes)} of {len(prepared.graph.node)} nodes in FP16")
+    ops = {n.name: n.op_type for n in prepared.graph.node}
+    task = card.task.name.lower() if card else "numeric"
+    tolerance = options.tolerance if options.tolerance is not None else DEFAULT_TOLERANCE[task]
+    gate = _Gate(prepared, data, reference, card, tolerance)
+    fp16 = list(plan.fp16_nodes)
+    fallbacks: list[Fallback] = []
+    result = None
+    if options.gate:
+        say("accuracy gate: FP16 emulation vs the FP32 original")
+        result = gate.evaluate(fp16)
+        first = result.metric
+        budget = options.max_fallback if options.max_fallback is not None else max(4, len(prepared.graph.node) // 4)
+        while not gate.passes(result) and fp16 and len(fallbacks) < budget:
+            say(
+                f"  {result.metric_name} {result.metric:.4f} < {gate.required:.4f}: searching for the node to keep FP32"
+            )
+            index = _bisect_culprit(gate, fp16)
+            if index is None:
+                break
+            node = fp16.pop(index)
+            after = gate.evaluate(fp16)
+            fallbacks.append(Fallback(node, ops[node], result.metric, after.metric))
+            plan.fp32_nodes[node] = (
+                f"accuracy: {result.metric_name} {result.metric:.4f} -> {after.metric:.4f} with this node in FP32"
+            )
+            say(f"  kept {ops[node]} '{node}' in FP32: {result.metric:.4f} -> {after.metric:.4f}")
+            result = after
+        passed = gate.passes(result)
+        report["accuracy"] = {
+            "metric_name": result.metric_name,
+            "metric": result.metric,
+            "required": gate.required,
+            "tolerance": tolerance,
+            "before_fallback": first,
+            "passed": passed,
+            "evaluations": gate.evaluations,
+            "comparison": result.to_json(),
+        }
+    else:
+        passed = True
+    report["fp16"] = {
+        "nodes": len(prepared.graph.node),
+        "fp16_nodes": len(fp16),
+        "fp32_nodes": [{"node": n, "op": ops.get(n, "?"), "reason": r} for n, r in plan.fp32_nodes.items()],
+        "range_margin": options.range_margin,
+        "ranges_measured": options.use_ranges,
+    }
+    report["fallback"] = [asdict(f) for f in fallbacks]
+    if not passed:
+        assert result is not None
+        culprits = (
+            ", ".join(f"{f.op} '{f.node}' ({f.metric_before:.4f} -> {f.metric_after:.4f})" for f in fallbacks)
+            or "none found"
+        )
+        report["failure"] = (
+            f"FP16 accuracy gate failed: {result.metric_name} {result.metric:.4f} < required {gate.required:.4f} "
+            f"after keeping {len(fallbacks)} node(s) in FP32: {culprits}"
+        )
+        return None, False
+    return convert_fp16(prepared, fp16), True
+
+
+def _card_note(report: Mapping[str, Any]) -> dict[str, Any]:
+    note: dict[str, Any] = {
+        "precision": report["precision"],
+        "from_sha256": report["input"]["sha256"],
+        "tool": f"edgert {report['edgert_version']}",
+    }
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        note["accuracy_vs_original"] = {acc["metric_name"]: round(acc["metric"], 6)}
+        note["fp32_nodes"] = len(report["fp16"]["fp32_nodes"])
+    return note
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """The report as a few readable lines, for the terminal and summary.txt."""
+    prep = report["prepare"]
+    lines = [
+        f"edgert convert -> {report['precision'].upper()}: {'PASSED' if report['passed'] else 'FAILED'}",
+        f"  input      {report['input']['path']} ({report['input']['size_bytes'] / 1024:.1f} KiB)",
+        f"  prepare    opset {prep['opset_before']} -> {prep['opset_after']}, nodes {prep['nodes_before']} -> {prep['nodes_after']} "
+        f"(constants folded {prep['constants_folded']}, BatchNorm folded {prep['batchnorms_folded']}, "
+        f"Identity/Dropout removed {prep['identities_removed']}, dead removed {prep['dead_nodes_removed']})",
+    ]
+    if prep["shapes_fixed"]:
+        lines.append(f"  shapes     fixed {prep['shapes_fixed']}")
+    if "data" in report:
+        lines.append(f"  data       {report['data']['description']}")
+    if "prepare_check" in report:
+        c = report["prepare_check"]
+        lines.append(
+            f"  check      prepared FP32 vs original: min cosine {c['metric']:.7f}, max |diff| {max(o['max_abs'] for o in c['outputs']):.3g}"
+        )
+    if "fp16" in report:
+        f = report["fp16"]
+        lines.append(f"  fp16       {f['fp16_nodes']} of {f['nodes']} nodes in FP16, {len(f['fp32_nodes'])} kept FP32")
+        for item in f["fp32_nodes"]:
+            lines.append(f"               {item['op']} '{item['node']}': {item['reason']}")
+    if "accuracy" in report:
+        a = report["accuracy"]
+        lines.append(
+            f"  accuracy   {a['metric_name']} {a['metric']:.4f} (required >= {a['required']:.4f}; "
+            f"before fallback {a['before_fallback']:.4f}; {a['evaluations']} evaluations)"
+        )
+    if report.get("output"):
+        o = report["output"]
+        lines.append(f"  output     {o['size_bytes'] / 1024:.1f} KiB ({o['size_ratio']:.2f}x the input)")
+    if report.get("failure"):
+        lines.append(f"  failure    {report['failure']}")
+    lines.append(f"  time       {report['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def write_result(result: ConversionResult, out_dir: str | Path) -> list[Path]:
+    """Write the package (if the conversion passed), report.json and summary.txt; returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if result.model is not None:
+        onnx.save(result.model, str(out / ONNX_FILE))
+        written.append(out / ONNX_FILE)
+        if result.card is not None:
+            (out / CARD_FILE).write_text(json.dumps(result.card, indent=2) + "\n")
+            written.append(out / CARD_FILE)
+            try:
+                load_package(out)  # what we hand over must load like any package
+            except PackageError as exc:
+                raise ConversionError(f"converted package does not validate: {exc}") from None
+    else:
+        for stale in (out / ONNX_FILE, out / CARD_FILE):
+            stale.unlink(missing_ok=True)  # never leave an older model beside a failed report
+    (out / "report.json").write_text(json.dumps(result.report, indent=2, default=_json_default) + "\n")
+    (out / "summary.txt").write_text(summary_text(result.report) + "\n")
+    return [*written, out / "report.json", out / "summary.txt"]
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, float):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+__all__ = [
+    "ConvertOptions",
+    "ConversionResult",
+    "Precision",
+    "PrepareReport",
+    "convert_model",
+    "summary_text",
+    "write_result",
+]

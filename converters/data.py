@@ -1,0 +1,71 @@
+"""Evaluation and range-measurement feeds from a named source, preprocessed exactly as the daemon does.
+
+A source is a DICOM file or folder or `synthetic[:...]` (with a model card, through the shared `Preprocessor`),
+or `random[:seed=S]`: standard-normal tensors of the model's input shapes. Random feeds do not represent real
+data; they suit numeric equivalence checks, and reports say so.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from calibration.preprocessing import Preprocessor
+from calibration.sources import SourceError, open_source
+from converters.evaluate import Feed
+from converters.graph import ConversionError, real_inputs
+from edge_runtime.package import ModelCard
+
+
+@dataclass(frozen=True)
+class EvalData:
+    feeds: list[Feed]
+    description: str
+    representative: bool  # False for random tensors
+
+
+def _random_feeds(model: onnx.ModelProto, samples: int, options: str) -> EvalData:
+    seed = 0
+    for item in filter(None, options.split(",")):
+        key, _, value = item.partition("=")
+        if key != "seed" or not value.isdigit():
+            raise ConversionError(f"random: unknown option '{item}' (only seed=N)")
+        seed = int(value)
+    rng = np.random.default_rng(seed)
+    specs = []
+    for inp in real_inputs(model.graph):
+        dims = inp.type.tensor_type.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            raise ConversionError(
+                f"random data needs static input shapes; '{inp.name}' is {[d.dim_param or d.dim_value for d in dims]} (use --input-shape)"
+            )
+        if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise ConversionError(f"random data supports float inputs only; '{inp.name}' is not float")
+        specs.append((inp.name, [d.dim_value for d in dims]))
+    feeds = [{name: rng.standard_normal(shape).astype(np.float32) for name, shape in specs} for _ in range(samples)]
+    return EvalData(feeds, f"{samples} random standard-normal inputs (seed {seed}); not representative data", False)
+
+
+def load_feeds(source: str, model: onnx.ModelProto, card: ModelCard | None, samples: int) -> EvalData:
+    """Up to `samples` feeds from `source` (fewer if the source is shorter)."""
+    if samples <= 0:
+        raise ConversionError("the number of samples must be positive")
+    if source == "random" or source.startswith("random:"):
+        return _random_feeds(model, samples, source.partition(":")[2])
+    if card is None:
+        raise ConversionError(
+            f"data source '{source}' gives images, which need a model card for preprocessing: pass --card model.json "
+            "or a model package, or use --data random"
+        )
+    try:
+        frames = list(itertools.islice(iter(open_source(source)), samples))
+    except (SourceError, ValueError) as exc:
+        raise ConversionError(str(exc)) from None
+    if not frames:
+        raise ConversionError(f"data source '{source}' gave no frames")
+    pre = Preprocessor(card.preprocess)
+    feeds = [{card.input_name: pre(f.pixels, f.color)[0]} for f in frames]
+    return EvalData(feeds, f"{len(feeds)} frames from {source}", True)
