@@ -49,6 +49,8 @@ def compare_models(
     and task) comes from `card_path`, else the reference's package, else the candidate's. An FP16 candidate is
     run through the FP16 emulation unless `emulate` is False: ONNX Runtime's CPU provider computes most FP16 ops
     in FP32, so running the FP16 file directly would understate its error."""
+    if task not in (None, "segmentation", "classification", "numeric"):
+        raise ConversionError(f"unknown task '{task}': segmentation, classification or numeric")
     ref, ref_card, _, _ = load_model(Path(reference), Path(card_path) if card_path else None)
     cand, cand_card, _, _ = load_model(Path(candidate), None)
     card: ModelCard | None = ref_card or cand_card
@@ -64,8 +66,6 @@ def compare_models(
         run_model(emulate_fp16(cand), eval_data.feeds, optimize=False) if emulated else run_model(cand, eval_data.feeds)
     )
     kind = task or (card.task.name.lower() if card else "numeric")
-    if kind not in ("segmentation", "classification", "numeric"):
-        raise ConversionError(f"unknown task '{kind}': segmentation, classification or numeric")
     result = compare(ref_out, cand_out, kind, card.output.name if card else None, card.output.labels if card else None)
     return ModelComparison(result, eval_data, kind, emulated)
 

@@ -195,7 +195,7 @@ def convert_model(
             raise ConversionError(
                 f"preparation changed the model's outputs (cosine {check.metric:.6f}); please report this model"
             )
-    model = prepared
+    model: onnx.ModelProto | None = prepared
     passed = True
     if options.precision is Precision.FP16:
         assert data is not None
@@ -314,7 +314,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
         f"  input      {report['input']['path']} ({report['input']['size_bytes'] / 1024:.1f} KiB)",
         f"  prepare    opset {prep['opset_before']} -> {prep['opset_after']}, nodes {prep['nodes_before']} -> {prep['nodes_after']} "
         f"(constants folded {prep['constants_folded']}, BatchNorm folded {prep['batchnorms_folded']}, "
-        f"Identity/Dropout removed {prep['identities_removed']}, dead removed {prep['dead_nodes_removed']})",
+        f"pass-through nodes removed {prep['identities_removed']}, dead removed {prep['dead_nodes_removed']})",
     ]
     if prep["shapes_fixed"]:
         lines.append(f"  shapes     fixed {prep['shapes_fixed']}")

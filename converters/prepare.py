@@ -60,7 +60,7 @@ class PrepareReport:
     initializer_inputs_dropped: int = 0
     constants_folded: int = 0
     batchnorms_folded: int = 0
-    identities_removed: int = 0
+    identities_removed: int = 0  # Identity, inference Dropout and no-op reshapes
     dead_nodes_removed: int = 0
     shapes_fixed: dict[str, list[int]] = field(default_factory=dict)
 
@@ -276,16 +276,29 @@ def fold_batchnorm(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelP
     return model
 
 
+def _is_noop_reshape(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
+    """A Reshape/Flatten/Squeeze/Unsqueeze whose static output shape equals its input's (opset upgrades add these)."""
+    if node.op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") or not node.input:
+        return False
+    before, after = _static_shape(model, node.input[0]), _static_shape(model, node.output[0])
+    return before is not None and before == after
+
+
 def remove_identities(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
-    """Identity, and Dropout whose mask is unused (inference), pass their input through: bypass them."""
+    """Identity, Dropout whose mask is unused (inference) and no-op reshapes pass their input through: bypass them."""
     g = model.graph
     outputs = graph_output_names(g)
     inputs = {i.name for i in g.input} | {t.name for t in g.initializer}
     users = consumers(g)
     keep = []
     for node in g.node:
-        passthrough = node.op_type == "Identity" or (
-            node.op_type == "Dropout" and (len(node.output) < 2 or not node.output[1] or not users.get(node.output[1]))
+        passthrough = (
+            node.op_type == "Identity"
+            or (
+                node.op_type == "Dropout"
+                and (len(node.output) < 2 or not node.output[1] or not users.get(node.output[1]))
+            )
+            or _is_noop_reshape(model, node)
         )
         src, dst = node.input[0] if node.input else "", node.output[0]
         if not passthrough or not src:

@@ -103,3 +103,46 @@ def test_serve_runs_answers_control_and_stops_cleanly_on_signal(
 def test_ctl_without_a_daemon_fails_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ctl", "status", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"]) == 1
     assert "no answer from the daemon" in capsys.readouterr().err
+
+
+def test_convert_fp16_command(tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fp16"
+    code = main(["convert", str(tiny_models["fp16_cancellation"]), "--precision", "fp16", "--data",
+                 "synthetic:clip=1,size=64x64", "--samples", "8", "-o", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "PASSED" in captured.out and "add_offset" in captured.out
+    assert "accuracy gate" in captured.err  # progress goes to stderr
+    assert json.loads((out / "report.json").read_text())["passed"] is True
+
+
+def test_convert_gate_failure_exits_nonzero(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["convert", str(tiny_models["fp16_cancellation"]), "--precision", "fp16", "--data",
+                 "synthetic:clip=1,size=64x64", "--samples", "8", "--max-fallback", "0", "-o", str(tmp_path)])  # fmt: skip
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "FP16 accuracy gate failed" in out
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_convert_usage_errors(tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", str(tiny_models["unet_bn"]), "--precision", "fp16", "-o", str(tmp_path)]) == 1
+    assert "needs --data" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", str(tiny_models["unet_bn"]), "--input-shape", "1,x", "-o", str(tmp_path)])
+    assert "comma-separated" in capsys.readouterr().err
+
+
+def test_compare_command_tolerance_and_json(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "cmp.json"
+    args = ["compare", str(tiny_models["fp16_overflow"]), str(tiny_models["fp16_cancellation"]), "--data",
+            "synthetic:clip=1,size=64x64", "--samples", "4", "--json", str(report)]  # fmt: skip
+    assert main(args) == 0  # no tolerance: report only
+    assert "mean foreground Dice" in capsys.readouterr().out
+    assert main([*args, "--tolerance", "0.01"]) == 1  # two unrelated models do not agree
+    data = json.loads(report.read_text())
+    assert data["passed"] is False and data["task"] == "segmentation" and "per_class" in data

@@ -1,0 +1,91 @@
+"""Preparation keeps every model's results: the prepared FP32 graph matches the original within float rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from converters.evaluate import run_model
+from converters.graph import ConversionError
+from converters.prepare import PrepareOptions, opset_of, prepare
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _feeds(model: onnx.ModelProto, shape: list[int], n: int = 4) -> list[dict[str, np.ndarray]]:
+    name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    rng = np.random.default_rng(0)
+    return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _assert_same(original: onnx.ModelProto, prepared: onnx.ModelProto, shape: list[int]) -> None:
+    feeds = _feeds(original, shape)
+    for a, b in zip(run_model(original, feeds), run_model(prepared, feeds)):
+        assert a.keys() == b.keys()  # output names are kept
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, shape, folded_bn",
+    [("unet_bn/model.onnx", [1, 1, 32, 32], 3), ("residual.onnx", [1, 4, 16, 16], 2)],
+)
+def test_prepared_models_give_the_same_outputs(
+    tiny_models: dict[str, Path], name: str, shape: list[int], folded_bn: int
+) -> None:
+    root = tiny_models["residual"].parent
+    original = onnx.load(str(root / name))
+    prepared, report = prepare(original)
+    assert report.batchnorms_folded == folded_bn
+    assert not [n for n in prepared.graph.node if n.op_type == "BatchNormalization"]
+    _assert_same(original, prepared, shape)
+
+
+def test_old_opset_dynamic_model_is_upgraded_fixed_and_folded(tiny_models: dict[str, Path]) -> None:
+    original = onnx.load(str(tiny_models["old_dynamic"]))
+    prepared, report = prepare(original, PrepareOptions(input_shapes={"x": [2, 3, 24, 24]}))
+    assert (report.opset_before, report.opset_after, opset_of(prepared)) == (11, 17, 17)
+    assert report.initializer_inputs_dropped == 9
+    assert report.identities_removed == 4  # Identity, inference Dropout, and the no-op Flatten/Reshape pair
+    # that the opset 11 -> 13 Softmax adaptation adds around a 2-D input
+    assert report.batchnorms_folded == 1
+    assert report.constants_folded >= 4  # Shape -> Gather -> Unsqueeze -> Concat became one constant
+    ops = [n.op_type for n in prepared.graph.node]
+    assert ops == ["Conv", "Relu", "GlobalAveragePool", "Reshape", "Gemm", "Softmax"]
+    dims = [d.dim_value for d in prepared.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [2, 3, 24, 24] and [i.name for i in prepared.graph.input] == ["x"]
+    assert [o.name for o in prepared.graph.output] == ["probs"]
+    _assert_same(original, prepared, [2, 3, 24, 24])
+
+
+def test_demo_model_prepares_to_the_same_outputs(demo_model: Path) -> None:
+    original = onnx.load(str(demo_model / "model.onnx"))
+    prepared, _ = prepare(original)
+    _assert_same(original, prepared, [1, 1, 192, 256])
+
+
+def test_identity_feeding_a_graph_output_keeps_the_output_name() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    prepared, report = prepare(model)
+    assert report.identities_removed == 1
+    assert [(n.op_type, list(n.output)) for n in prepared.graph.node] == [("Relu", ["y"])]
+
+
+def test_bad_requests_are_explained(tiny_models: dict[str, Path]) -> None:
+    original = onnx.load(str(tiny_models["old_dynamic"]))
+    with pytest.raises(ConversionError, match="graph inputs are"):
+        prepare(original, PrepareOptions(input_shapes={"image": [1, 3, 8, 8]}))
+    with pytest.raises(ConversionError, match="rank 4"):
+        prepare(original, PrepareOptions(input_shapes={"x": [1, 3]}))
+    with pytest.raises(ValueError, match="below the minimum 13"):
+        PrepareOptions(target_opset=11)
