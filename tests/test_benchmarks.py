@@ -20,3 +20,13 @@ def test_demo_model_speed_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["inference_per_s"] > 0 and report["pipeline_ms"]["p50"] > 0
+
+
+def test_fp16_accuracy_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "fp16.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fp16_accuracy.py"), "--samples", "2", "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 6 and all(r["passed"] for r in rows)

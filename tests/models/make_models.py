@@ -129,8 +129,24 @@ def unet_bn() -> onnx.ModelProto:
         helper.make_node("Conv", ["r3", "w4"], ["c4"], name="head", strides=[2, 2]),
         helper.make_node("Resize", ["c4", "", "scales"], ["logits"], name="resize", mode="linear"),
     ]
-    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 32, 32])],
-                   [helper.make_tensor_value_info("logits", F, [1, 3, 32, 32])], inits)  # fmt: skip
+    model = _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 32, 32])],
+                    [helper.make_tensor_value_info("logits", F, [1, 3, 32, 32])], inits)  # fmt: skip
+    return _balance_head(model, "head", (1, 1, 32, 32))
+
+
+def _balance_head(model: onnx.ModelProto, head: str, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Give the head conv a bias that centres each class's logit, so every class wins somewhere: random weights
+    alone make one class win almost everywhere, and a segmentation test on one class checks little."""
+    import onnxruntime as ort
+
+    probe = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    node = next(n for n in model.graph.node if n.name == head)
+    x = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    logits = probe.run(None, {model.graph.input[0].name: x})[0]
+    bias = -logits.mean(axis=(0, 2, 3)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(bias, f"{head}_bias"))
+    node.input.append(f"{head}_bias")
+    return model
 
 
 def residual() -> onnx.ModelProto:
