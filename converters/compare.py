@@ -13,7 +13,7 @@ from converters.convert import load_model
 from converters.data import EvalData, load_feeds
 from converters.evaluate import Comparison, compare, run_model
 from converters.fp16 import emulate_fp16
-from converters.graph import ConversionError, real_inputs
+from converters.graph import ConversionError, copy_model, real_inputs
 from converters.prepare import PrepareReport, fix_input_shapes
 from edge_runtime.package import ModelCard
 
@@ -56,8 +56,7 @@ def compare_models(
     card: ModelCard | None = ref_card or cand_card
     feed_model = ref
     if input_shape is not None:
-        feed_model = onnx.ModelProto()
-        feed_model.CopyFrom(ref)
+        feed_model = copy_model(ref)
         fix_input_shapes(feed_model, {real_inputs(feed_model.graph)[0].name: input_shape}, PrepareReport())
     eval_data = load_feeds(data, feed_model, card, samples)
     emulated = emulate and has_fp16(cand)

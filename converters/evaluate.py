@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from converters.graph import ConversionError, elem_types
+from converters.graph import ConversionError, copy_model, elem_types
 
 Feed = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -44,8 +44,7 @@ def run_model(model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = Tr
 def activation_ranges(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str, float]:
     """Max |x| over the feeds for every float tensor: inputs, initializers and every node output."""
     types = elem_types(model)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe = copy_model(model)
     outputs = {o.name for o in probe.graph.output}
     for node in probe.graph.node:
         for out in node.output:

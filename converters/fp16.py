@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.graph import ConversionError, all_names, elem_types, unique_name
+from converters.graph import ConversionError, all_names, copy_model, elem_types, unique_name
 
 FP16_MAX = 65504.0
 
@@ -164,12 +164,20 @@ def _topological(nodes: list[onnx.NodeProto], available: Iterable[str]) -> list[
     return ordered
 
 
+def _add_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Add nodes, restore topological order, and drop value_info that the change made stale."""
+    available = [i.name for i in graph.input] + [t.name for t in graph.initializer]
+    ordered = _topological([*graph.node, *nodes], available)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    del graph.value_info[:]
+
+
 def convert_fp16(model: onnx.ModelProto, fp16_nodes: Iterable[str], keep_io_types: bool = True) -> onnx.ModelProto:
     """The typed FP16 model for a set of nodes; every other node stays FP32, with casts where they meet."""
     fp16 = set(fp16_nodes)
     types = elem_types(model)
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = copy_model(model)
     g = m.graph
     taken = all_names(g)
     FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -250,11 +258,7 @@ def convert_fp16(model: onnx.ModelProto, fp16_nodes: Iterable[str], keep_io_type
             helper.make_node("Cast", [inner], [original], to=FLOAT, name=unique_name(taken, f"Cast_{original}"))
         )
 
-    available = [i.name for i in g.input] + [t.name for t in g.initializer]
-    ordered = _topological([*g.node, *new_nodes], available)
-    del g.node[:]
-    g.node.extend(ordered)
-    del g.value_info[:]
+    _add_nodes(g, new_nodes)
     try:
         m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
         onnx.checker.check_model(m, full_check=True)
@@ -267,8 +271,7 @@ def emulate_fp16(typed: onnx.ModelProto) -> onnx.ModelProto:
     """An FP32 graph with the FP16 model's rounding: FP16 weights as exact FP32 values, and every FP16 tensor
     rounded through Cast(FP16) -> Cast(FP32), so overflow becomes inf and precision is lost where FP16 loses it."""
     types = elem_types(typed)
-    m = onnx.ModelProto()
-    m.CopyFrom(typed)
+    m = copy_model(typed)
     g = m.graph
     taken = all_names(g)
     HALF, FLOAT = TensorProto.FLOAT16, TensorProto.FLOAT
@@ -294,8 +297,5 @@ def emulate_fp16(typed: onnx.ModelProto) -> onnx.ModelProto:
                 rounded.append(
                     helper.make_node("Cast", [half], [out], to=FLOAT, name=unique_name(taken, f"Round32_{out}"))
                 )
-    ordered = _topological([*g.node, *rounded], [i.name for i in g.input] + [t.name for t in g.initializer])
-    del g.node[:]
-    g.node.extend(ordered)
-    del g.value_info[:]
+    _add_nodes(g, rounded)
     return m

@@ -16,6 +16,12 @@ class ConversionError(RuntimeError):
     """A conversion step that cannot be done; the message names the stage, node or tensor."""
 
 
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     out: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:

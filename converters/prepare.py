@@ -20,6 +20,7 @@ from onnx.reference import ReferenceEvaluator
 from converters.graph import (
     ConversionError,
     consumers,
+    copy_model,
     ensure_node_names,
     graph_output_names,
     initializers,
@@ -351,8 +352,7 @@ def prepare(
 ) -> tuple[onnx.ModelProto, PrepareReport]:
     """Run every preparation stage; returns a new model and what each stage did."""
     report = PrepareReport(nodes_before=len(model.graph.node))
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    work = copy_model(model)
     stages: list[tuple[str, Stage]] = [
         ("drop initializer inputs", lambda m: drop_initializer_inputs(m, report)),
         ("upgrade opset", lambda m: upgrade_opset(m, options.target_opset, report)),
