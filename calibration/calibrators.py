@@ -1,0 +1,160 @@
+"""Activation calibrators: per-tensor amax (the symmetric INT8 range) from data seen once.
+
+Each tensor gets a histogram of |x| with a fixed number of bins over [0, edge]. When a batch exceeds the edge, the
+edge doubles (as often as needed) and neighbouring bins merge. One pass over the data, memory independent of how
+much data there is. From the histogram:
+- minmax: the largest |x| seen (exact, tracked beside the histogram);
+- percentile: the given percentile of |x|;
+- entropy: the clipping threshold whose 128-level quantized distribution is closest to the original in KL
+  divergence, as TensorRT's entropy calibrator chooses it;
+- mse: the threshold that minimizes the expected squared error of rounding inside it and clipping beyond it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class CalibrationMethod(str, enum.Enum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+
+@dataclass(frozen=True)
+class CalibratorOptions:
+    method: CalibrationMethod = CalibrationMethod.ENTROPY
+    percentile: float = 99.99
+    bins: int = 2048
+    quantized_bins: int = 128  # levels on one side of zero for symmetric INT8
+
+    def __post_init__(self) -> None:
+        if not 50.0 <= self.percentile <= 100.0:
+            raise ValueError(f"percentile must be within 50..100, got {self.percentile}")
+        if self.bins < 2 * self.quantized_bins or self.bins & (self.bins - 1):
+            raise ValueError(f"bins must be a power of two and at least {2 * self.quantized_bins}, got {self.bins}")
+
+
+class TensorHistogram:
+    """|x| histogram over [0, edge] with a fixed bin count; the edge doubles to take larger values."""
+
+    def __init__(self, bins: int = 2048) -> None:
+        self.bins = bins
+        self.counts = np.zeros(bins, np.int64)
+        self.edge = 0.0
+        self.max = 0.0
+        self.total = 0
+
+    def update(self, values: np.ndarray) -> None:
+        a = np.abs(np.asarray(values, np.float32).ravel())
+        if a.size == 0:
+            return
+        if not np.isfinite(a).all():
+            raise ValueError("calibration data produced NaN or inf in this tensor")
+        peak = float(a.max())
+        self.max = max(self.max, peak)
+        if self.edge == 0.0:
+            if peak == 0.0:
+                self.counts[0] += a.size  # all zeros so far: any positive edge will do later
+                self.total += a.size
+                return
+            self.edge = peak
+        if peak > self.edge:
+            factor = 2 ** math.ceil(math.log2(peak / self.edge))
+            merged = np.zeros_like(self.counts)
+            np.add.at(merged, np.arange(self.bins) // min(factor, self.bins), self.counts)
+            self.counts, self.edge = merged, self.edge * factor
+        index = np.minimum((a * (self.bins / self.edge)).astype(np.int64), self.bins - 1)
+        self.counts += np.bincount(index, minlength=self.bins)
+        self.total += a.size
+
+    @property
+    def width(self) -> float:
+        return self.edge / self.bins
+
+    def amax(self, options: CalibratorOptions) -> float:
+        if self.max == 0.0:
+            return 0.0
+        method = options.method
+        if method is CalibrationMethod.MINMAX:
+            return self.max
+        if method is CalibrationMethod.PERCENTILE:
+            cdf = np.cumsum(self.counts) / self.total
+            index = int(np.searchsorted(cdf, options.percentile / 100.0))
+            return min(self.max, (index + 1) * self.width)
+        if method is CalibrationMethod.ENTROPY:
+            return min(self.max, _entropy_threshold(self.counts, options.quantized_bins) * self.width)
+        return min(self.max, _mse_threshold(self.counts, self.width, options.quantized_bins))
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    p = p / p.sum()
+    q = q / q.sum()
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def _entropy_threshold(counts: np.ndarray, levels: int) -> float:
+    """Threshold in bins: TensorRT's entropy calibration (clip, quantize to `levels` bins, minimize KL)."""
+    hist = counts.astype(np.float64)
+    nonzero = np.flatnonzero(hist)
+    last = int(nonzero[-1]) + 1 if nonzero.size else levels
+    if last <= levels:
+        return float(last)
+    best_kl, best_i = math.inf, last
+    tail = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])  # tail[i] = sum(hist[i:])
+    for i in range(levels, last + 1):
+        p = hist[:i].copy()
+        p[i - 1] += tail[i]  # outliers are clipped into the last bin
+        present = p > 0
+        chunk = (np.arange(i) * levels) // i
+        sums = np.bincount(chunk, weights=hist[:i], minlength=levels)
+        filled = np.bincount(chunk, weights=present, minlength=levels)
+        q = np.where(present, sums[chunk] / np.maximum(filled[chunk], 1), 0.0)
+        q = np.where(present & (q == 0), 1e-12, q)  # a clipped bin whose chunk held nothing unclipped
+        kl = _kl(p, q)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i + 0.5
+
+
+def _mse_threshold(counts: np.ndarray, width: float, levels: int) -> float:
+    centers = (np.arange(counts.size) + 0.5) * width
+    weights = counts.astype(np.float64)
+    candidates = np.linspace(width, counts.size * width, 256)
+    errors = []
+    for amax in candidates:
+        step = amax / (levels - 1)
+        inside = centers <= amax
+        err = np.where(inside, step * step / 12.0, (centers - amax) ** 2)
+        errors.append(float((weights * err).sum()))
+    return float(candidates[int(np.argmin(errors))])
+
+
+class Calibrator:
+    """Collects histograms for named tensors over any number of batches, then gives each one's amax."""
+
+    def __init__(self, options: CalibratorOptions = CalibratorOptions()) -> None:
+        self.options = options
+        self.histograms: dict[str, TensorHistogram] = {}
+        self.batches = 0
+
+    def collect(self, tensors: Mapping[str, np.ndarray]) -> None:
+        for name, values in tensors.items():
+            hist = self.histograms.setdefault(name, TensorHistogram(self.options.bins))
+            try:
+                hist.update(values)
+            except ValueError as exc:
+                raise ValueError(f"tensor '{name}': {exc}") from None
+        self.batches += 1
+
+    def amax(self) -> dict[str, float]:
+        if not self.batches:
+            raise ValueError("no calibration data was collected")
+        return {name: hist.amax(self.options) for name, hist in self.histograms.items()}
