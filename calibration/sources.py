@@ -1,18 +1,22 @@
-"""Frame sources named the same way on every command: a DICOM file or folder, or `synthetic`.
+"""Frame sources named the same way on every command (`replay`, `--data`, `--calib`).
 
-`synthetic` takes options after a colon: `synthetic:frames=300,size=240x320,seed=0,fps=30,clip=60` (clip: frames
-per scene; 1 gives independent images).
-Sources yield display-ready frames (uint8 gray or RGB) with their color order and pixel spacing.
+A source is a path or `synthetic[:frames=300,size=240x320,seed=0,fps=30,clip=60]` (clip: frames per scene; 1 gives
+independent images). A path is a DICOM file (single or multi-frame), an image (PNG, JPEG, BMP, TIFF), a video
+(needs the optional `av` package: `pip install edgert[video]`), a `.npy`/`.npz` array of frames, or a folder of
+any of these. In a folder, unreadable files are skipped with a warning; a source with no frames is an error.
+Sources yield display-ready frames (uint8/uint16 gray or uint8 RGB) with their color order and pixel spacing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
 from calibration.preprocessing import Color
@@ -63,8 +67,79 @@ class SyntheticSource(FrameSource):
                 produced += 1
 
 
-class DicomSource(FrameSource):
-    """One DICOM file or every DICOM file in a folder (sorted by name); unreadable files in a folder are skipped."""
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
+NUMPY_SUFFIXES = {".npy", ".npz"}
+
+
+def _image_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                yield np.clip(np.asarray(img), 0, 65535).astype(np.uint16), Color.GRAY
+            elif img.mode == "L":
+                yield np.asarray(img, np.uint8), Color.GRAY
+            else:
+                yield np.asarray(img.convert("RGB"), np.uint8), Color.RGB
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SourceError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+
+
+def _array_frames(array: np.ndarray, where: str) -> Iterator[tuple[np.ndarray, Color]]:
+    """(H, W) -> one gray frame; (H, W, 3) -> one RGB frame; (N, H, W) and (N, H, W, 3) -> N frames."""
+    if array.dtype not in (np.uint8, np.uint16, np.float32):
+        raise SourceError(f"{where}: frames must be uint8, uint16 or float32 in [0, 1], not {array.dtype}")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3):
+        array = array[None]
+    if array.ndim == 3:
+        yield from ((frame, Color.GRAY) for frame in array)
+    elif array.ndim == 4 and array.shape[-1] == 3 and array.dtype == np.uint8:
+        yield from ((frame, Color.RGB) for frame in array)
+    else:
+        raise SourceError(f"{where}: cannot read frames from an array of shape {array.shape}")
+
+
+def _numpy_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
+    try:
+        if path.suffix == ".npy":
+            yield from _array_frames(np.load(path, allow_pickle=False), str(path))
+            return
+        with np.load(path, allow_pickle=False) as archive:
+            for key in sorted(archive.files):
+                yield from _array_frames(archive[key], f"{path}[{key}]")
+    except (ValueError, OSError, EOFError) as exc:  # pickled object arrays are refused too
+        raise SourceError(f"{path}: cannot load array ({exc})") from None
+
+
+def _video_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
+    try:
+        import av
+    except ImportError:
+        raise SourceError(
+            f"{path}: reading video needs the optional 'av' package (pip install edgert[video])"
+        ) from None
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24"), Color.RGB
+    except av.FFmpegError as exc:
+        raise SourceError(f"{path}: cannot decode video ({exc})") from None
+
+
+def _video_interval(path: Path) -> float | None:
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate
+            return float(1 / rate) if rate else None
+    except Exception:  # unreadable here is reported when the frames are decoded
+        return None
+
+
+class PathSource(FrameSource):
+    """A file (DICOM, image, video, array) or a folder of them, read in name order."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -72,28 +147,77 @@ class DicomSource(FrameSource):
             self.files = sorted(p for p in path.rglob("*") if p.is_file())
             if not self.files:
                 raise SourceError(f"{path}: folder is empty")
-            self.description = f"DICOM folder ({len(self.files)} files)"
+            self.description = f"folder of {len(self.files)} files"
         else:
-            read_info(path)  # fail now, with the file's name, if it cannot be replayed
             self.files = [path]
-            self.description = "DICOM file"
+            kind = self._kind(path)
+            if kind == "dicom":
+                read_info(path)  # fail now, with the file's name, if it cannot be replayed
+            self.description = f"{kind} file"
+
+    @staticmethod
+    def _kind(path: Path) -> str:
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            return "image"
+        if suffix in VIDEO_SUFFIXES:
+            return "video"
+        if suffix in NUMPY_SUFFIXES:
+            return "array"
+        return "dicom"
+
+    def _file_frames(self, file: Path) -> Iterator[SourceFrame]:
+        kind = self._kind(file)
+        if kind == "dicom":
+            info, frames = iter_dicom_frames(file)
+            interval = info.frame_time_ms / 1000.0 if info.frame_time_ms else None
+            meta: dict[str, object] = {"source": "dicom", "modality": info.modality, "frames": info.frames}
+            for i, pixels in enumerate(frames):
+                yield SourceFrame(pixels, info.color, info.spacing_mm, interval, {**meta, "frame": i})
+            return
+        readers = {"image": _image_frames, "video": _video_frames, "array": _numpy_frames}
+        interval = _video_interval(file) if kind == "video" else None
+        for i, (pixels, color) in enumerate(readers[kind](file)):
+            yield SourceFrame(pixels, color, None, interval, {"source": kind, "frame": i})
 
     def __iter__(self) -> Iterator[SourceFrame]:
         usable = 0
         for file in self.files:
             try:
-                info, frames = iter_dicom_frames(file)
-                interval = info.frame_time_ms / 1000.0 if info.frame_time_ms else None
-                meta: dict[str, object] = {"source": "dicom", "modality": info.modality, "frames": info.frames}
-                for i, pixels in enumerate(frames):
+                for frame in self._file_frames(file):
                     usable += 1
-                    yield SourceFrame(pixels, info.color, info.spacing_mm, interval, {**meta, "frame": i})
-            except DicomError as exc:
+                    yield frame
+            except (DicomError, SourceError) as exc:
                 if not self.path.is_dir():
                     raise
                 log.warning("skipped %s", exc)
         if usable == 0:
-            raise SourceError(f"{self.path}: no readable DICOM frames")
+            raise SourceError(f"{self.path}: no readable frames")
+
+
+def sample_frames(
+    frames: Iterable[SourceFrame], count: int, stride: int = 1, shuffle: bool = False, seed: int = 0
+) -> list[SourceFrame]:
+    """Every `stride`-th frame, the first `count` of them, or with `shuffle` a uniform random `count` of them
+    (reservoir sampling: one pass, at most `count` frames held)."""
+    if count <= 0 or stride <= 0:
+        raise SourceError(f"count and stride must be positive, got {count} and {stride}")
+    chosen: list[SourceFrame] = []
+    rng = random.Random(seed)
+    for seen, frame in enumerate(f for i, f in enumerate(frames) if i % stride == 0):
+        if len(chosen) < count:
+            chosen.append(frame)
+        elif shuffle:
+            j = rng.randrange(seen + 1)
+            if j < count:
+                chosen[j] = frame
+        else:
+            break
+    if shuffle:
+        rng.shuffle(chosen)
+    if not chosen:
+        raise SourceError("the source gave no frames")
+    return chosen
 
 
 def _synthetic(options: str) -> SyntheticSource:
@@ -119,10 +243,10 @@ def _synthetic(options: str) -> SyntheticSource:
 
 
 def open_source(spec: str) -> FrameSource:
-    """A source from its name: a path to a DICOM file or folder, or `synthetic[:options]`."""
+    """A source from its name: a path (file or folder) or `synthetic[:options]`."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return _synthetic(spec.partition(":")[2])
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder (or use 'synthetic')")
-    return DicomSource(path)
+    return PathSource(path)

@@ -7,14 +7,13 @@ data; they suit numeric equivalence checks, and reports say so.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from calibration.preprocessing import Preprocessor
-from calibration.sources import SourceError, open_source
+from calibration.sources import SourceError, open_source, sample_frames
 from converters.evaluate import Feed
 from converters.graph import ConversionError, real_inputs
 from edge_runtime.package import ModelCard
@@ -49,8 +48,17 @@ def _random_feeds(model: onnx.ModelProto, samples: int, options: str) -> EvalDat
     return EvalData(feeds, f"{samples} random standard-normal inputs (seed {seed}); not representative data", False)
 
 
-def load_feeds(source: str, model: onnx.ModelProto, card: ModelCard | None, samples: int) -> EvalData:
-    """Up to `samples` feeds from `source` (fewer if the source is shorter)."""
+def load_feeds(
+    source: str,
+    model: onnx.ModelProto,
+    card: ModelCard | None,
+    samples: int,
+    stride: int = 1,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> EvalData:
+    """Up to `samples` feeds from `source` (fewer if it is shorter): every `stride`-th frame, or with `shuffle`
+    a seeded uniform sample of them."""
     if samples <= 0:
         raise ConversionError("the number of samples must be positive")
     if source == "random" or source.startswith("random:"):
@@ -61,11 +69,11 @@ def load_feeds(source: str, model: onnx.ModelProto, card: ModelCard | None, samp
             "or a model package, or use --data random"
         )
     try:
-        frames = list(itertools.islice(iter(open_source(source)), samples))
+        frames = sample_frames(open_source(source), samples, stride, shuffle, seed)
     except (SourceError, ValueError) as exc:
-        raise ConversionError(str(exc)) from None
-    if not frames:
-        raise ConversionError(f"data source '{source}' gave no frames")
+        raise ConversionError(f"data source '{source}': {exc}") from None
     pre = Preprocessor(card.preprocess)
     feeds = [{card.input_name: pre(f.pixels, f.color)[0]} for f in frames]
-    return EvalData(feeds, f"{len(feeds)} frames from {source}", True)
+    how = f"stride {stride}, " if stride > 1 else ""
+    how += f"shuffled (seed {seed}), " if shuffle else ""
+    return EvalData(feeds, f"{len(feeds)} frames from {source} ({how or ''}preprocessed as the daemon does)", True)

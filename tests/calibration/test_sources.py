@@ -55,9 +55,75 @@ def test_missing_and_unusable_sources(tmp_path: Path) -> None:
         open_source(str(tmp_path / "empty"))
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.bin").write_bytes(b"\0" * 10)
-    with pytest.raises(SourceError, match="no readable DICOM frames"):
+    with pytest.raises(SourceError, match="no readable frames"):
         list(open_source(str(tmp_path / "junk")))
     bad = tmp_path / "bad.dcm"
     bad.write_text("garbage")
     with pytest.raises(DicomError, match="bad.dcm"):
         open_source(str(bad))
+
+
+def test_image_folder_with_gray_rgb_16bit_and_a_corrupt_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 10), 7, np.uint8)).save(tmp_path / "a_gray.png")
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "b_rgb.jpg")
+    Image.fromarray(np.full((8, 10), 40000, np.uint16)).save(tmp_path / "c_16bit.png")
+    (tmp_path / "d_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with caplog.at_level(logging.WARNING):
+        frames = list(open_source(str(tmp_path)))
+    assert [(f.pixels.dtype.name, f.color) for f in frames] == [
+        ("uint8", Color.GRAY), ("uint8", Color.RGB), ("uint16", Color.GRAY),
+    ]  # fmt: skip
+    assert int(frames[2].pixels[0, 0]) == 40000
+    assert "d_broken.png" in caplog.text
+
+
+def test_numpy_sources(tmp_path: Path) -> None:
+    import numpy as np
+
+    np.save(tmp_path / "stack.npy", np.zeros((4, 6, 8), np.uint8))
+    np.savez(tmp_path / "mixed.npz", one=np.zeros((6, 8, 3), np.uint8), many=np.ones((2, 6, 8), np.uint16))
+    assert len(list(open_source(str(tmp_path / "stack.npy")))) == 4
+    frames = list(open_source(str(tmp_path / "mixed.npz")))
+    assert [f.color for f in frames] == [Color.GRAY, Color.GRAY, Color.RGB]  # keys in name order: many, one
+    np.save(tmp_path / "bad.npy", np.zeros((2, 2), np.int64))
+    with pytest.raises(SourceError, match="uint8, uint16 or float32"):
+        list(open_source(str(tmp_path / "bad.npy")))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(SourceError, match="cannot load array"):  # no pickle, ever
+        list(open_source(str(tmp_path / "objects.npy")))
+
+
+def test_video_source(tmp_path: Path) -> None:
+    av = pytest.importorskip("av", reason="video sources need the optional 'av' package")
+    import numpy as np
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(6):
+            img = np.full((48, 64, 3), i * 40, np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(stream.encode())
+    frames = list(open_source(str(path)))
+    assert len(frames) == 6 and frames[0].pixels.shape == (48, 64, 3) and frames[0].color is Color.RGB
+    assert frames[0].frame_interval_s == pytest.approx(0.04)
+    assert frames[5].pixels.mean() > frames[0].pixels.mean() + 100
+
+
+def test_sampling_count_stride_and_seeded_shuffle() -> None:
+    from calibration.sources import sample_frames
+
+    def frames():
+        return open_source("synthetic:frames=40,size=32x32,clip=1")
+
+    assert [f.meta["frame"] for f in sample_frames(frames(), count=4, stride=3)] == [0, 3, 6, 9]
+    a = [f.meta["frame"] for f in sample_frames(frames(), count=5, shuffle=True, seed=7)]
+    b = [f.meta["frame"] for f in sample_frames(frames(), count=5, shuffle=True, seed=7)]
+    c = [f.meta["frame"] for f in sample_frames(frames(), count=5, shuffle=True, seed=8)]
+    assert a == b != c and len(set(a)) == 5 and max(a) > 4  # drawn from the whole source
+    with pytest.raises(SourceError, match="positive"):
+        sample_frames(frames(), count=0)
