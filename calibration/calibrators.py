@@ -49,14 +49,17 @@ class TensorHistogram:
         self.counts = np.zeros(bins, np.int64)
         self.edge = 0.0
         self.max = 0.0
+        self.min = math.inf  # signed minimum: tells non-negative tensors (ReLU outputs) from signed ones
         self.total = 0
 
     def update(self, values: np.ndarray) -> None:
-        a = np.abs(np.asarray(values, np.float32).ravel())
-        if a.size == 0:
+        raw = np.asarray(values, np.float32).ravel()
+        if raw.size == 0:
             return
-        if not np.isfinite(a).all():
+        if not np.isfinite(raw).all():
             raise ValueError("calibration data produced NaN or inf in this tensor")
+        self.min = min(self.min, float(raw.min()))
+        a = np.abs(raw)
         peak = float(a.max())
         self.max = max(self.max, peak)
         if self.edge == 0.0:
@@ -158,3 +161,7 @@ class Calibrator:
         if not self.batches:
             raise ValueError("no calibration data was collected")
         return {name: hist.amax(self.options) for name, hist in self.histograms.items()}
+
+    def non_negative(self) -> set[str]:
+        """Tensors never seen below zero (ReLU outputs and the like)."""
+        return {name for name, hist in self.histograms.items() if hist.min >= 0.0}

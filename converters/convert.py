@@ -21,8 +21,9 @@ from typing import Any
 import onnx
 
 from converters.data import EvalData, load_feeds
-from converters.evaluate import DEFAULT_TOLERANCE, Comparison, Outputs, activation_ranges, compare, run_model
+from converters.evaluate import DEFAULT_TOLERANCE, Outputs, activation_ranges, compare, run_model
 from converters.fp16 import Fp16Options, convert_fp16, emulate_fp16, plan_fp16
+from converters.gate import Fallback, Gate, SearchResult
 from converters.graph import ConversionError, model_size, real_inputs
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, PrepareReport, prepare
 from edge_runtime import __version__
@@ -51,14 +52,6 @@ class ConvertOptions:
     use_ranges: bool = True  # False: convert every registry op (naive), for comparison and tests
     gate: bool = True
     max_fallback: int | None = None  # FP32 fallbacks the gate may add; default max(4, 25% of nodes)
-
-
-@dataclass
-class Fallback:
-    node: str
-    op: str
-    metric_before: float
-    metric_after: float
 
 
 @dataclass
@@ -97,48 +90,6 @@ def load_model(
 
 def _sha256(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString()).hexdigest()
-
-
-class _Gate:
-    """Evaluates FP16 plans against the FP32 reference outputs."""
-
-    def __init__(
-        self,
-        prepared: onnx.ModelProto,
-        data: EvalData,
-        reference: list[Outputs],
-        card: ModelCard | None,
-        tolerance: float,
-    ) -> None:
-        self.prepared, self.data, self.reference = prepared, data, reference
-        self.task = card.task.name.lower() if card else "numeric"
-        self.output = card.output.name if card else None
-        self.labels = card.output.labels if card else None
-        self.required = 1.0 - tolerance
-        self.evaluations = 0
-
-    def evaluate(self, fp16_nodes: Sequence[str]) -> Comparison:
-        self.evaluations += 1
-        emulated = emulate_fp16(convert_fp16(self.prepared, fp16_nodes))
-        outputs = run_model(emulated, self.data.feeds, optimize=False)
-        return compare(self.reference, outputs, self.task, self.output, self.labels)
-
-    def passes(self, c: Comparison) -> bool:
-        return c.metric >= self.required
-
-
-def _bisect_culprit(gate: _Gate, fp16: list[str]) -> int | None:
-    """Index of the node in `fp16` such that keeping fp16[:index + 1] in FP32 is the shortest prefix that passes."""
-    if not gate.passes(gate.evaluate([])):
-        return None  # even all-FP32 fails: not an FP16 problem
-    lo, hi = 1, len(fp16)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if gate.passes(gate.evaluate(fp16[mid:])):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo - 1
 
 
 def convert_model(
@@ -228,49 +179,20 @@ def _to_fp16(
     if options.use_ranges:
         say("measuring activation ranges")
         ranges = activation_ranges(prepared, data.feeds)
-    fp16_opts = Fp16Options(range_margin=options.range_margin)
-    plan = plan_fp16(prepared, ranges, fp16_opts)
+    plan = plan_fp16(prepared, ranges, Fp16Options(range_margin=options.range_margin))
     say(f"planned {len(plan.fp16_nodes)} of {len(prepared.graph.node)} nodes in FP16")
     ops = {n.name: n.op_type for n in prepared.graph.node}
-    task = card.task.name.lower() if card else "numeric"
-    tolerance = options.tolerance if options.tolerance is not None else DEFAULT_TOLERANCE[task]
-    gate = _Gate(prepared, data, reference, card, tolerance)
     fp16 = list(plan.fp16_nodes)
+    passed = True
     fallbacks: list[Fallback] = []
-    result = None
     if options.gate:
         say("accuracy gate: FP16 emulation vs the FP32 original")
-        result = gate.evaluate(fp16)
-        first = result.metric
-        budget = options.max_fallback if options.max_fallback is not None else max(4, len(prepared.graph.node) // 4)
-        while not gate.passes(result) and fp16 and len(fallbacks) < budget:
-            say(
-                f"  {result.metric_name} {result.metric:.4f} < {gate.required:.4f}: searching for the node to keep FP32"
-            )
-            index = _bisect_culprit(gate, fp16)
-            if index is None:
-                break
-            node = fp16.pop(index)
-            after = gate.evaluate(fp16)
-            fallbacks.append(Fallback(node, ops[node], result.metric, after.metric))
-            plan.fp32_nodes[node] = (
-                f"accuracy: {result.metric_name} {result.metric:.4f} -> {after.metric:.4f} with this node in FP32"
-            )
-            say(f"  kept {ops[node]} '{node}' in FP32: {result.metric:.4f} -> {after.metric:.4f}")
-            result = after
-        passed = gate.passes(result)
-        report["accuracy"] = {
-            "metric_name": result.metric_name,
-            "metric": result.metric,
-            "required": gate.required,
-            "tolerance": tolerance,
-            "before_fallback": first,
-            "passed": passed,
-            "evaluations": gate.evaluations,
-            "comparison": result.to_json(),
-        }
-    else:
-        passed = True
+        gate = Gate(lambda nodes: emulate_fp16(convert_fp16(prepared, nodes)), data, reference, card, _tolerance(card, options), optimize=False)
+        found = gate.search(fp16, _budget(prepared, options), ops, say)
+        fp16, fallbacks, passed = found.lowered, found.fallbacks, found.passed
+        for f in fallbacks:
+            plan.fp32_nodes[f.node] = f"accuracy: {found.final.metric_name} {f.metric_before:.4f} -> {f.metric_after:.4f} with this node in FP32"
+        report["accuracy"] = _accuracy(found, gate)
     report["fp16"] = {
         "nodes": len(prepared.graph.node),
         "fp16_nodes": len(fp16),
@@ -280,17 +202,39 @@ def _to_fp16(
     }
     report["fallback"] = [asdict(f) for f in fallbacks]
     if not passed:
-        assert result is not None
-        culprits = (
-            ", ".join(f"{f.op} '{f.node}' ({f.metric_before:.4f} -> {f.metric_after:.4f})" for f in fallbacks)
-            or "none found"
-        )
-        report["failure"] = (
-            f"FP16 accuracy gate failed: {result.metric_name} {result.metric:.4f} < required {gate.required:.4f} "
-            f"after keeping {len(fallbacks)} node(s) in FP32: {culprits}"
-        )
+        report["failure"] = _failure("FP16", report["accuracy"], fallbacks)
         return None, False
     return convert_fp16(prepared, fp16), True
+
+
+def _tolerance(card: ModelCard | None, options: ConvertOptions) -> float:
+    task = card.task.name.lower() if card else "numeric"
+    return options.tolerance if options.tolerance is not None else DEFAULT_TOLERANCE[task]
+
+
+def _budget(prepared: onnx.ModelProto, options: ConvertOptions) -> int:
+    return options.max_fallback if options.max_fallback is not None else max(4, len(prepared.graph.node) // 4)
+
+
+def _accuracy(found: SearchResult, gate: Gate) -> dict[str, Any]:
+    return {
+        "metric_name": found.final.metric_name,
+        "metric": found.final.metric,
+        "required": gate.required,
+        "tolerance": 1.0 - gate.required,
+        "before_fallback": found.first.metric,
+        "passed": found.passed,
+        "evaluations": found.evaluations,
+        "comparison": found.final.to_json(),
+    }
+
+
+def _failure(precision: str, accuracy: Mapping[str, Any], fallbacks: Sequence[Fallback]) -> str:
+    culprits = ", ".join(f"{f.op} '{f.node}' ({f.metric_before:.4f} -> {f.metric_after:.4f})" for f in fallbacks) or "none found"
+    return (
+        f"{precision} accuracy gate failed: {accuracy['metric_name']} {accuracy['metric']:.4f} < required "
+        f"{accuracy['required']:.4f} after keeping {len(fallbacks)} node(s) in higher precision: {culprits}"
+    )
 
 
 def _card_note(report: Mapping[str, Any]) -> dict[str, Any]:

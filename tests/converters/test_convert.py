@@ -63,7 +63,7 @@ def test_gate_failure_names_the_nodes_and_writes_no_model(tiny_models: dict[str,
     result = convert_model(tiny_models["fp16_cancellation"], _fp16(max_fallback=1))
     assert not result.passed and result.model is None
     failure = result.report["failure"]
-    assert "FP16 accuracy gate failed" in failure and "after keeping 1 node(s) in FP32" in failure
+    assert "FP16 accuracy gate failed" in failure and "after keeping 1 node(s) in higher precision" in failure
     assert "->" in failure  # by how much
     out = tmp_path / "out"
     out.mkdir()
