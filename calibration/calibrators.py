@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -157,10 +157,12 @@ class Calibrator:
                 raise ValueError(f"tensor '{name}': {exc}") from None
         self.batches += 1
 
-    def amax(self) -> dict[str, float]:
+    def amax(self, method: CalibrationMethod | None = None) -> dict[str, float]:
+        """Per-tensor amax by the configured method, or by `method` from the same histograms."""
         if not self.batches:
             raise ValueError("no calibration data was collected")
-        return {name: hist.amax(self.options) for name, hist in self.histograms.items()}
+        options = self.options if method is None else replace(self.options, method=method)
+        return {name: hist.amax(options) for name, hist in self.histograms.items()}
 
     def non_negative(self) -> set[str]:
         """Tensors never seen below zero (ReLU outputs and the like)."""

@@ -20,15 +20,19 @@ from typing import Any
 
 import onnx
 
+from calibration.cache import format_cache
+from calibration.calibrators import CalibrationMethod, CalibratorOptions
 from converters.data import EvalData, load_feeds
 from converters.evaluate import DEFAULT_TOLERANCE, Outputs, activation_ranges, compare, run_model
 from converters.fp16 import Fp16Options, convert_fp16, emulate_fp16, plan_fp16
 from converters.gate import Fallback, Gate, SearchResult
 from converters.graph import ConversionError, model_size, real_inputs
+from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, PrepareReport, prepare
 from edge_runtime import __version__
 from edge_runtime.package import CARD_FILE, ONNX_FILE, ModelCard, PackageError, load_package, parse_card
 
+INT8_FILES = ("calibration.cache", "calibration.json", "prepared_fp32.onnx")
 PREPARE_MIN_COSINE = 0.99999  # preparation must not change results beyond float rounding
 
 Progress = Callable[[str], None]
@@ -37,6 +41,10 @@ Progress = Callable[[str], None]
 class Precision(str, enum.Enum):
     FP32 = "fp32"
     FP16 = "fp16"
+    INT8 = "int8"
+
+
+AUTO = "auto"  # calibration method: try every method and keep the one the gate scores best
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,16 @@ class ConvertOptions:
     range_margin: float = 2.0
     use_ranges: bool = True  # False: convert every registry op (naive), for comparison and tests
     gate: bool = True
-    max_fallback: int | None = None  # FP32 fallbacks the gate may add; default max(4, 25% of nodes)
+    max_fallback: int | None = None  # fallbacks the gate may add; default max(4, 25% of nodes)
+    calib: str | None = None  # INT8 calibration source (default: --data); evaluation stays on --data
+    calib_method: str = AUTO  # auto | minmax | percentile | entropy | mse
+    percentile: float = 99.99
+    target: QuantTarget = QuantTarget.ONNXRUNTIME
+    fallback: Precision = Precision.FP32  # precision of INT8 layers the gate sends back (fp32 or fp16)
+    trt_version: str = "10.3.0"  # version written into calibration.cache
+    stride: int = 1
+    shuffle: bool = False
+    seed: int = 0
 
 
 @dataclass
@@ -60,6 +77,7 @@ class ConversionResult:
     model: onnx.ModelProto | None  # None when the accuracy gate failed
     card: dict[str, Any] | None
     report: dict[str, Any] = field(default_factory=dict)
+    extra_files: dict[str, str | bytes] = field(default_factory=dict)  # calibration cache, amax table, ...
 
 
 def load_model(
@@ -123,9 +141,10 @@ def convert_model(
     )
     report["prepare"] = asdict(prep)
     data = None
-    if options.data:
-        say(f"loading evaluation data from {options.data}")
-        data = load_feeds(options.data, prepared, card, options.samples)
+    source = options.data or (options.calib if options.precision is Precision.INT8 else None)
+    if source:
+        say(f"loading evaluation data from {source}")
+        data = load_feeds(source, prepared, card, options.samples, options.stride, options.shuffle, options.seed)
         report["data"] = {
             "description": data.description,
             "samples": len(data.feeds),
@@ -135,6 +154,8 @@ def convert_model(
         raise ConversionError(
             "--precision fp16 needs --data SOURCE: activation ranges and the accuracy gate are measured on it"
         )
+    elif options.precision is Precision.INT8:
+        raise ConversionError("--precision int8 needs --calib SOURCE (and optionally --data for evaluation)")
 
     reference: list[Outputs] = []
     if data is not None:
@@ -148,9 +169,19 @@ def convert_model(
             )
     model: onnx.ModelProto | None = prepared
     passed = True
+    extra: dict[str, str | bytes] = {}
     if options.precision is Precision.FP16:
         assert data is not None
         model, passed = _to_fp16(prepared, data, reference, card, options, report, say)
+    elif options.precision is Precision.INT8:
+        assert data is not None
+        calib = data
+        if options.calib and options.data and options.calib != options.data:
+            say(f"loading calibration data from {options.calib}")
+            calib = load_feeds(
+                options.calib, prepared, card, options.samples, options.stride, options.shuffle, options.seed
+            )
+        model, passed = _to_int8(prepared, calib, data, reference, card, options, report, extra, say)
     report["output"] = None
     if model is not None:
         report["output"] = {
@@ -163,7 +194,7 @@ def convert_model(
     out_card = None
     if raw_card is not None and model is not None:
         out_card = {**raw_card, "onnx_sha256": report["output"]["sha256"], "conversion": _card_note(report)}
-    return ConversionResult(passed, model, out_card, report)
+    return ConversionResult(passed, model, out_card, report, extra)
 
 
 def _to_fp16(
@@ -187,11 +218,20 @@ def _to_fp16(
     fallbacks: list[Fallback] = []
     if options.gate:
         say("accuracy gate: FP16 emulation vs the FP32 original")
-        gate = Gate(lambda nodes: emulate_fp16(convert_fp16(prepared, nodes)), data, reference, card, _tolerance(card, options), optimize=False)
+        gate = Gate(
+            lambda nodes: emulate_fp16(convert_fp16(prepared, nodes)),
+            data,
+            reference,
+            card,
+            _tolerance(card, options),
+            optimize=False,
+        )
         found = gate.search(fp16, _budget(prepared, options), ops, say)
         fp16, fallbacks, passed = found.lowered, found.fallbacks, found.passed
         for f in fallbacks:
-            plan.fp32_nodes[f.node] = f"accuracy: {found.final.metric_name} {f.metric_before:.4f} -> {f.metric_after:.4f} with this node in FP32"
+            plan.fp32_nodes[f.node] = (
+                f"accuracy: {found.final.metric_name} {f.metric_before:.4f} -> {f.metric_after:.4f} with this node in FP32"
+            )
         report["accuracy"] = _accuracy(found, gate)
     report["fp16"] = {
         "nodes": len(prepared.graph.node),
@@ -205,6 +245,103 @@ def _to_fp16(
         report["failure"] = _failure("FP16", report["accuracy"], fallbacks)
         return None, False
     return convert_fp16(prepared, fp16), True
+
+
+def _to_int8(
+    prepared: onnx.ModelProto,
+    calib: EvalData,
+    data: EvalData,
+    reference: list[Outputs],
+    card: ModelCard | None,
+    options: ConvertOptions,
+    report: dict[str, Any],
+    extra: dict[str, str | bytes],
+    say: Progress,
+) -> tuple[onnx.ModelProto | None, bool]:
+    methods = list(CalibrationMethod) if options.calib_method == AUTO else [CalibrationMethod(options.calib_method)]
+    say(f"calibrating on {calib.description}")
+    calibrator = calibrate(prepared, calib.feeds, CalibratorOptions(percentile=options.percentile))
+    positive = calibrator.non_negative()
+    units = quantizable_nodes(prepared)
+    if not units:
+        raise ConversionError("the model has no Conv/ConvTranspose/Gemm/MatMul with constant weights to quantize")
+    ops = {n.name: n.op_type for n in prepared.graph.node}
+    tolerance = _tolerance(card, options)
+
+    def gate_for(amax: dict[str, float]) -> Gate:
+        return Gate(
+            lambda on: insert_qdq(prepared, amax, on, options.target, positive), data, reference, card, tolerance
+        )
+
+    scores: dict[str, float] = {}
+    best: tuple[float, CalibrationMethod, dict[str, float]] | None = None
+    for method in methods:
+        amax = calibrator.amax(method)
+        result = gate_for(amax).evaluate(units)
+        scores[method.value] = round(result.metric, 6)
+        say(f"  {method.value:<10} every op INT8: {result.metric_name} {result.metric:.4f}")
+        if best is None or result.metric > best[0]:
+            best = (result.metric, method, amax)
+    assert best is not None
+    _, method, amax = best
+    say(f"calibration: {method.value}, {options.target.value} placement; accuracy gate")
+    gate = gate_for(amax)
+    found = gate.search(units, _budget(prepared, options), ops, say)
+    report["accuracy"] = _accuracy(found, gate)
+    report["fallback"] = [asdict(f) for f in found.fallbacks]
+    report["int8"] = {
+        "target": options.target.value,
+        "method": method.value,
+        "method_scores": scores,
+        "calibration": calib.description,
+        "quantizable_ops": len(units),
+        "int8_ops": len(found.lowered),
+        "kept_higher_precision": [
+            {"node": f.node, "op": f.op, "reason": f"accuracy: {f.metric_before:.4f} -> {f.metric_after:.4f}"}
+            for f in found.fallbacks
+        ],
+        "fallback_precision": Precision.FP32.value,
+        "trt_version": options.trt_version,
+    }
+    if not found.passed:
+        report["failure"] = _failure("INT8", report["accuracy"], found.fallbacks)
+        return None, False
+    model = insert_qdq(prepared, amax, found.lowered, options.target, positive)
+    if options.fallback is Precision.FP16:
+        model = _int8_with_fp16(prepared, model, found.lowered, data, reference, card, tolerance, report, say)
+    table = {name: {"amax": value, "scale": value / 127.0} for name, value in amax.items()}
+    extra["calibration.cache"] = format_cache(amax, options.trt_version)
+    extra["calibration.json"] = json.dumps({"method": method.value, "tensors": table}, indent=2) + "\n"
+    extra["prepared_fp32.onnx"] = prepared.SerializeToString()  # the graph whose tensor names the cache uses
+    return model, True
+
+
+def _int8_with_fp16(
+    prepared: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    quantized: Sequence[str],
+    data: EvalData,
+    reference: list[Outputs],
+    card: ModelCard | None,
+    tolerance: float,
+    report: dict[str, Any],
+    say: Progress,
+) -> onnx.ModelProto:
+    """Mixed precision: what is not INT8 runs in FP16 where the gate allows; quantized ops keep their DQ inputs."""
+    say("mixed precision: layers outside INT8 in FP16")
+    plan = plan_fp16(int8, activation_ranges(prepared, data.feeds), Fp16Options(force_fp32=frozenset(quantized)))
+    gate = Gate(lambda nodes: emulate_fp16(convert_fp16(int8, nodes)), data, reference, card, tolerance, optimize=False)
+    result = gate.evaluate(plan.fp16_nodes)
+    mixed = gate.passes(result)
+    report["int8"]["fallback_precision"] = (Precision.FP16 if mixed else Precision.FP32).value
+    report["int8"]["fp16_nodes"] = len(plan.fp16_nodes) if mixed else 0
+    report["int8"]["mixed_metric"] = result.metric
+    if not mixed:
+        say(f"  FP16 for the rest fails the gate ({result.metric:.4f}); it stays FP32")
+        return int8
+    report["accuracy"]["metric"] = result.metric
+    report["accuracy"]["comparison"] = result.to_json()
+    return convert_fp16(int8, plan.fp16_nodes)
 
 
 def _tolerance(card: ModelCard | None, options: ConvertOptions) -> float:
@@ -230,7 +367,10 @@ def _accuracy(found: SearchResult, gate: Gate) -> dict[str, Any]:
 
 
 def _failure(precision: str, accuracy: Mapping[str, Any], fallbacks: Sequence[Fallback]) -> str:
-    culprits = ", ".join(f"{f.op} '{f.node}' ({f.metric_before:.4f} -> {f.metric_after:.4f})" for f in fallbacks) or "none found"
+    culprits = (
+        ", ".join(f"{f.op} '{f.node}' ({f.metric_before:.4f} -> {f.metric_after:.4f})" for f in fallbacks)
+        or "none found"
+    )
     return (
         f"{precision} accuracy gate failed: {accuracy['metric_name']} {accuracy['metric']:.4f} < required "
         f"{accuracy['required']:.4f} after keeping {len(fallbacks)} node(s) in higher precision: {culprits}"
@@ -246,7 +386,13 @@ def _card_note(report: Mapping[str, Any]) -> dict[str, Any]:
     if "accuracy" in report:
         acc = report["accuracy"]
         note["accuracy_vs_original"] = {acc["metric_name"]: round(acc["metric"], 6)}
+    if "fp16" in report:
         note["fp32_nodes"] = len(report["fp16"]["fp32_nodes"])
+    if "int8" in report:
+        q = report["int8"]
+        note.update(
+            target=q["target"], calibration=q["method"], int8_ops=q["int8_ops"], fallback=q["fallback_precision"]
+        )
     return note
 
 
@@ -274,6 +420,15 @@ def summary_text(report: Mapping[str, Any]) -> str:
         lines.append(f"  fp16       {f['fp16_nodes']} of {f['nodes']} nodes in FP16, {len(f['fp32_nodes'])} kept FP32")
         for item in f["fp32_nodes"]:
             lines.append(f"               {item['op']} '{item['node']}': {item['reason']}")
+    if "int8" in report:
+        q = report["int8"]
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in q["method_scores"].items())
+        lines.append(f"  int8       {q['int8_ops']} of {q['quantizable_ops']} weighted ops INT8 ({q['target']} placement), "
+                     f"calibration {q['method']} (gate scores: {scores})")  # fmt: skip
+        for item in q["kept_higher_precision"]:
+            lines.append(
+                f"               {item['op']} '{item['node']}' kept {q['fallback_precision'].upper()}: {item['reason']}"
+            )
     if "accuracy" in report:
         a = report["accuracy"]
         lines.append(
@@ -294,6 +449,9 @@ def write_result(result: ConversionResult, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    for name in INT8_FILES:
+        if name not in result.extra_files:
+            (out / name).unlink(missing_ok=True)  # never leave another conversion's cache beside this model
     if result.model is not None:
         onnx.save(result.model, str(out / ONNX_FILE))
         written.append(out / ONNX_FILE)
@@ -304,6 +462,10 @@ def write_result(result: ConversionResult, out_dir: str | Path) -> list[Path]:
                 load_package(out)  # what we hand over must load like any package
             except PackageError as exc:
                 raise ConversionError(f"converted package does not validate: {exc}") from None
+        for name, content in result.extra_files.items():
+            path = out / name
+            path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+            written.append(path)
     else:
         for stale in (out / ONNX_FILE, out / CARD_FILE):
             stale.unlink(missing_ok=True)  # never leave an older model beside a failed report

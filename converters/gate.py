@@ -76,7 +76,9 @@ class Gate:
                 lo = mid + 1
         return lo - 1
 
-    def search(self, units: Sequence[str], budget: int, op_of: dict[str, str], say: Callable[[str], None]) -> SearchResult:
+    def search(
+        self, units: Sequence[str], budget: int, op_of: dict[str, str], say: Callable[[str], None]
+    ) -> SearchResult:
         lowered = list(units)
         first = result = self.evaluate(lowered)
         fallbacks: list[Fallback] = []
@@ -88,6 +90,8 @@ class Gate:
             node = lowered.pop(index)
             after = self.evaluate(lowered)
             fallbacks.append(Fallback(node, op_of.get(node, "?"), result.metric, after.metric))
-            say(f"  kept {op_of.get(node, '?')} '{node}' in higher precision: {result.metric:.4f} -> {after.metric:.4f}")
+            say(
+                f"  kept {op_of.get(node, '?')} '{node}' in higher precision: {result.metric:.4f} -> {after.metric:.4f}"
+            )
             result = after
         return SearchResult(lowered, fallbacks, first, result, self.passes(result), self.evaluations)

@@ -64,7 +64,10 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     return [
         n.name
         for n in model.graph.node
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits and inits[n.input[1]].data_type == TensorProto.FLOAT
+        if n.op_type in WEIGHTED_OPS
+        and len(n.input) > 1
+        and n.input[1] in inits
+        and inits[n.input[1]].data_type == TensorProto.FLOAT
     ]
 
 
@@ -105,8 +108,12 @@ class _Builder:
             z = self.const(f"{tensor}_zero_point", zero_point)
             q = unique_name(self.taken, f"{tensor}_quantized")
             dq = unique_name(self.taken, f"{tensor}_dequantized")
-            self.new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=unique_name(self.taken, f"Q_{tensor}")))
-            self.new_nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [dq], name=unique_name(self.taken, f"DQ_{tensor}")))
+            self.new_nodes.append(
+                helper.make_node("QuantizeLinear", [tensor, s, z], [q], name=unique_name(self.taken, f"Q_{tensor}"))
+            )
+            self.new_nodes.append(
+                helper.make_node("DequantizeLinear", [q, s, z], [dq], name=unique_name(self.taken, f"DQ_{tensor}"))
+            )
             self.qdq_of[tensor] = dq
         return self.qdq_of[tensor]
 
@@ -125,7 +132,11 @@ class _Builder:
         s = self.const(f"{node.input[1]}_scale", scale)
         z = self.const(f"{node.input[1]}_zero_point", np.zeros(scale.shape, np.int8))
         out = unique_name(self.taken, f"{node.input[1]}_dequantized")
-        self.new_nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [out], axis=axis, name=unique_name(self.taken, f"DQ_{node.input[1]}")))
+        self.new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [q, s, z], [out], axis=axis, name=unique_name(self.taken, f"DQ_{node.input[1]}")
+            )
+        )
         node.input[1] = out
         return scale
 
@@ -140,7 +151,11 @@ class _Builder:
         s = self.const(f"{node.input[2]}_scale", scale)
         z = self.const(f"{node.input[2]}_zero_point", np.zeros(scale.shape, np.int32))
         out = unique_name(self.taken, f"{node.input[2]}_dequantized")
-        self.new_nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [out], axis=0, name=unique_name(self.taken, f"DQ_{node.input[2]}")))
+        self.new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [q, s, z], [out], axis=0, name=unique_name(self.taken, f"DQ_{node.input[2]}")
+            )
+        )
         node.input[2] = out
 
     def rewire(self, node: onnx.NodeProto, index: int, tensor: str) -> None:
@@ -225,16 +240,16 @@ def insert_qdq(
                 quantized.add(node.output[0])
     graph_outputs = {o.name for o in b.g.output}
     for node in nodes:
+        activation = node.input[0] if node.input else ""
         for i, t in enumerate(node.input):
             if t in quantized:
                 scale, zp = _uint8(amax[t], t in positive)
                 b.qdq(t, scale, zp)
                 b.rewire(node, i, t)
-        if node.name in on and node.input[0] in quantized:
-            input_scale = _uint8(amax[node.input[0]], node.input[0] in positive)[0]
-            b.bias_int32(node, input_scale, b.weight(node))
-        elif node.name in on:
-            b.weight(node)
+        if node.name in on:
+            weight_scale = b.weight(node)
+            if activation in quantized:  # INT32 bias on the input x weight scale, as QLinearConv wants it
+                b.bias_int32(node, _uint8(amax[activation], activation in positive)[0], weight_scale)
     for out in b.g.output:  # quantized graph outputs: Q -> DQ in front, keeping the output's name
         if out.name in quantized and out.name in graph_outputs:
             inner = unique_name(b.taken, f"{out.name}_float")
@@ -248,5 +263,7 @@ def insert_qdq(
                         node.input[i] = inner
             scale, zp = _uint8(amax[out.name], out.name in positive)
             dq = b.qdq(inner, scale, zp)
-            b.new_nodes.append(helper.make_node("Identity", [dq], [out.name], name=unique_name(b.taken, f"Out_{out.name}")))
+            b.new_nodes.append(
+                helper.make_node("Identity", [dq], [out.name], name=unique_name(b.taken, f"Out_{out.name}"))
+            )
     return b.finish()

@@ -139,9 +139,19 @@ def _convert(args: argparse.Namespace) -> int:
 
     from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
     from converters.graph import ConversionError
+    from converters.int8 import QuantTarget
 
     options = ConvertOptions(
         precision=Precision(args.precision),
+        calib=args.calib,
+        calib_method=args.calib_method,
+        percentile=args.percentile,
+        target=QuantTarget(args.target),
+        fallback=Precision(args.fallback),
+        trt_version=args.trt_version,
+        stride=args.stride,
+        shuffle=args.shuffle,
+        seed=args.seed,
         data=args.data,
         samples=args.samples,
         tolerance=args.tolerance,
@@ -258,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--out", type=Path, required=True, help="output folder (model package, report.json, summary.txt)"
     )
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--card", type=Path, help="model.json for a bare ONNX file (preprocessing, task)")
     p.add_argument("--data", help="DICOM file/folder, synthetic[:...] or random[:seed=N]; required for fp16")
     p.add_argument("--samples", type=int, default=32, help="samples from --data (default 32)")
@@ -269,6 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fix-shapes", action="store_true", help="fix dynamic dims to the card's input shape")
     p.add_argument("--range-margin", type=float, default=2.0, help="keep FP32 where max |x| > 65504 / margin")
     p.add_argument("--max-fallback", type=int, help="most nodes the gate may keep FP32 (default max(4, 25%% of nodes))")
+    p.add_argument("--stride", type=int, default=1, help="take every Nth frame of the data source")
+    p.add_argument("--shuffle", action="store_true", help="a seeded random sample of the source instead of its start")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("int8")
+    g.add_argument("--calib", help="calibration source (same forms as --data; default: --data)")
+    g.add_argument("--calib-method", choices=["auto", "minmax", "percentile", "entropy", "mse"], default="auto",
+                   help="activation range method; auto tries each and keeps the most accurate (default)")  # fmt: skip
+    g.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
+    g.add_argument("--target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="Q/DQ placement: ONNX Runtime CPU kernels, or TensorRT explicit quantization")  # fmt: skip
+    g.add_argument("--fallback", choices=["fp32", "fp16"], default="fp32", help="precision of layers kept out of INT8")
+    g.add_argument("--trt-version", default="10.3.0", help="TensorRT version for calibration.cache (e.g. 8.6.1)")
 
     p = command("compare", "run two models on the same inputs and report their differences", _compare)
     p.add_argument("reference", help="ONNX file or model package")

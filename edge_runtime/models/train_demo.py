@@ -55,7 +55,9 @@ class EdgeUNet(nn.Module):
     def __init__(self, classes: int, widths: tuple[int, ...] = (24, 48, 96, 192)) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(1, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(1, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
         )
         self.down = nn.ModuleList()
         cin = widths[0]

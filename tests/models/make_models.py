@@ -13,6 +13,8 @@ Converter test models (random fixed weights, seeded):
 - `old_dynamic.onnx`: opset 11 classifier with dynamic N/H/W, Dropout, Identity and a Shape->Reshape chain.
 - `fp16_overflow`: activations reach ~1e5, beyond FP16's 65504, then scale back: naive FP16 gives inf.
 - `fp16_cancellation`: (x + 1000) - 1000 stays in FP16 range but loses x's fraction: only the accuracy gate sees it.
+- `int8_sensitive`: one conv writes a x1000 channel beside the x1 channel the classifier reads; per-tensor INT8 on
+  that shared tensor rounds the small channel away, so the classifier must stay out of INT8.
 """
 
 from __future__ import annotations
@@ -225,6 +227,17 @@ def fp16_cancellation() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
 
 
+def int8_sensitive() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([1000.0, 1.0], np.float32).reshape(2, 1, 1, 1), "w_split"),
+             numpy_helper.from_array(np.array([[0, 0], [0, -8], [0, 8]], np.float32).reshape(3, 2, 1, 1), "w_cls"),
+             numpy_helper.from_array(np.array([0.0, -4.0, -4.0], np.float32), "b_cls")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_split"], ["split"], name="split_scales"),
+             helper.make_node("Conv", ["split", "w_cls", "b_cls"], ["logits"], name="classify")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
+
+
 def build(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(residual(), str(out / "residual.onnx"))
@@ -235,6 +248,7 @@ def build(out: Path) -> dict[str, Path]:
         "old_dynamic": out / "old_dynamic.onnx",
         "fp16_overflow": write_package(out / "fp16_overflow", fp16_overflow(), card("fp16-overflow")),
         "fp16_cancellation": write_package(out / "fp16_cancellation", fp16_cancellation(), card("fp16-cancellation")),
+        "int8_sensitive": write_package(out / "int8_sensitive", int8_sensitive(), card("int8-sensitive")),
         "seg_tiny": write_package(out / "seg_tiny", _conv_model(3, 16), card("seg-tiny")),
         "seg_bad_runtime": write_package(
             out / "seg_bad_runtime", _conv_model(2, 16, out_channels_param="classes"), card("seg-bad-runtime")

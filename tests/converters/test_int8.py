@@ -1,0 +1,133 @@
+"""INT8: Q/DQ placement per target, calibration artefacts, and the accuracy gate with fallback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from calibration.cache import read_cache
+from calibration.calibrators import CalibrationMethod, CalibratorOptions
+from converters.convert import ConvertOptions, Precision, convert_model, write_result
+from converters.graph import ConversionError, consumers, initializers, producers
+from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
+from converters.prepare import prepare
+
+DATA = "synthetic:clip=1,size=64x64"
+
+
+def _quantized(path: Path, target: QuantTarget, shape: list[int]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    prepared, _ = prepare(onnx.load(str(path)))
+    rng = np.random.default_rng(0)
+    name = prepared.graph.input[0].name
+    feeds = [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(4)]
+    cal = calibrate(prepared, feeds, CalibratorOptions(method=CalibrationMethod.MINMAX))
+    return prepared, insert_qdq(prepared, cal.amax(), quantizable_nodes(prepared), target, cal.non_negative())
+
+
+def _dq_weight_axes(model: onnx.ModelProto) -> dict[str, int]:
+    """Weighted op -> axis of the DequantizeLinear feeding its weight (with INT8 per-channel values)."""
+    made, inits = producers(model.graph), initializers(model.graph)
+    axes = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in made:
+            dq = made[node.input[1]]
+            assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].data_type == TensorProto.INT8
+            assert numpy_helper.to_array(inits[dq.input[1]]).ndim == 1  # per-channel scales
+            axes[node.op_type] = next(a.i for a in dq.attribute if a.name == "axis")
+    return axes
+
+
+def test_tensorrt_placement_on_a_residual_block(tiny_models: dict[str, Path]) -> None:
+    prepared, q = _quantized(tiny_models["residual"], QuantTarget.TENSORRT, [1, 4, 16, 16])
+    g = q.graph
+    made, uses = producers(g), consumers(g)
+    quantized = {n.input[0] for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] not in initializers(g)}
+    # Activations are quantized where a weighted op (or the residual Add) reads them, never elsewhere.
+    for tensor in quantized:
+        dqs = [dq for q in uses[tensor] if q.op_type == "QuantizeLinear" for dq in uses[q.output[0]]]
+        readers = {r.op_type for dq in dqs for r in uses[dq.output[0]]}
+        assert readers and readers <= {"Conv", "Add"}, (tensor, readers)
+    add = next(n for n in g.node if n.op_type == "Add")
+    identity, branch = (
+        (add.input[0], add.input[1])
+        if made[add.input[0]].op_type == "DequantizeLinear"
+        else (add.input[1], add.input[0])
+    )
+    assert made[identity].op_type == "DequantizeLinear"  # the skip connection is quantized ...
+    assert made[branch].op_type == "Conv"  # ... the conv branch is not: TensorRT fuses conv + add
+    zero_points = [initializers(g)[n.input[2]] for n in g.node if n.op_type == "QuantizeLinear"]
+    assert all(z.data_type == TensorProto.INT8 and not numpy_helper.to_array(z).any() for z in zero_points)  # symmetric
+    assert _dq_weight_axes(q) == {"Conv": 0}
+    assert all(n.op_type != "DequantizeLinear" or initializers(g).get(n.input[0]) is None or
+               initializers(g)[n.input[0]].data_type != TensorProto.INT32 for n in g.node)  # float bias  # fmt: skip
+
+
+def test_weights_of_conv_transpose_are_per_channel_on_axis_1(tiny_models: dict[str, Path]) -> None:
+    _, q = _quantized(tiny_models["unet_bn"] / "model.onnx", QuantTarget.TENSORRT, [1, 1, 32, 32])
+    assert _dq_weight_axes(q) == {"Conv": 0, "ConvTranspose": 1}
+
+
+def test_onnxruntime_placement_uses_uint8_with_zero_point_0_after_relu(tiny_models: dict[str, Path]) -> None:
+    _, q = _quantized(tiny_models["residual"], QuantTarget.ONNXRUNTIME, [1, 4, 16, 16])
+    g = q.graph
+    made, inits = producers(g), initializers(g)
+    for node in g.node:
+        if node.op_type == "QuantizeLinear":
+            zp = inits[node.input[2]]
+            assert zp.data_type == TensorProto.UINT8
+            source = made.get(node.input[0])
+            expected = 0 if source is not None and source.op_type == "Relu" else 128
+            assert int(numpy_helper.to_array(zp)) == expected
+    assert any(inits.get(n.input[0]) is not None and inits[n.input[0]].data_type == TensorProto.INT32
+               for n in g.node if n.op_type == "DequantizeLinear")  # INT32 bias for QLinearConv  # fmt: skip
+
+
+@pytest.mark.parametrize("target", list(QuantTarget))
+def test_gate_keeps_the_sensitive_op_out_of_int8(tiny_models: dict[str, Path], target: QuantTarget) -> None:
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, target=target, calib_method="minmax")
+    result = convert_model(tiny_models["int8_sensitive"], options)
+    assert result.passed
+    acc = result.report["accuracy"]
+    assert acc["before_fallback"] < 0.5 and acc["metric"] >= 0.99
+    kept = {k["node"] for k in result.report["int8"]["kept_higher_precision"]}
+    assert "classify" in kept
+
+
+def test_int8_package_with_cache_and_table(demo_model: Path, tmp_path: Path) -> None:
+    options = ConvertOptions(precision=Precision.INT8, calib="synthetic:clip=1", samples=8, trt_version="8.6.1")
+    result = convert_model(demo_model, options)
+    assert result.passed and result.report["int8"]["method"] != "entropy" or result.report["accuracy"]["metric"] >= 0.99
+    files = {f.name for f in write_result(result, tmp_path)}
+    assert {"model.onnx", "model.json", "calibration.cache", "calibration.json", "prepared_fp32.onnx"} <= files
+    cache = read_cache(tmp_path / "calibration.cache")
+    assert cache.version == 8601
+    table = json.loads((tmp_path / "calibration.json").read_text())["tensors"]
+    assert set(cache.amax) == set(table)
+    for name, row in table.items():
+        assert cache.amax[name] == pytest.approx(row["amax"], rel=1e-6)
+    prepared = onnx.load(str(tmp_path / "prepared_fp32.onnx"))
+    names = {i.name for i in prepared.graph.input} | {o for n in prepared.graph.node for o in n.output}
+    assert set(cache.amax) <= names  # the cache speaks the prepared graph's tensor names
+    assert result.report["output"]["size_ratio"] < 0.4
+    assert json.loads((tmp_path / "model.json").read_text())["conversion"]["precision"] == "int8"
+
+
+def test_mixed_precision_int8_with_fp16_elsewhere(tiny_models: dict[str, Path]) -> None:
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, fallback=Precision.FP16,
+                             calib_method="minmax", target=QuantTarget.TENSORRT)  # fmt: skip
+    result = convert_model(tiny_models["unet_bn"], options)
+    assert result.passed and result.model is not None
+    assert result.report["int8"]["fallback_precision"] == "fp16"
+    types = {t.data_type for t in result.model.graph.initializer}
+    assert TensorProto.INT8 in types and TensorProto.FLOAT16 in types
+    assert any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
+
+
+def test_int8_needs_calibration_data(tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(ConversionError, match="needs --calib"):
+        convert_model(tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8))
