@@ -30,3 +30,15 @@ def test_fp16_accuracy_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 6 and all(r["passed"] for r in rows)
+
+
+def test_precision_benchmark_smoke(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--rounds", "1", "--iters", "3", "--samples", "4",
+         "--out", str(tmp_path)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600,
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "precision.json").read_text())["rows"]
+    assert {(r["model"], r["precision"]) for r in rows} >= {("us-seg-demo", p) for p in ("fp32", "fp16", "int8")}
+    assert all(r["p50_ms"] > 0 and r["bytes"] > 0 for r in rows)
+    assert (tmp_path / "precision.png").stat().st_size > 0
