@@ -26,7 +26,7 @@ import onnxruntime as ort
 from PIL import Image, ImageDraw
 
 from calibration.synthetic import SyntheticUltrasound
-from converters.convert import ConvertOptions, Precision, convert_model
+from converters.convert import ConvertOptions, Precision, convert_model, write_result
 from converters.data import load_feeds
 from converters.evaluate import compare, run_model
 from converters.int8 import QuantTarget
@@ -119,10 +119,13 @@ def main() -> None:
         cases = [
             ("us-seg-demo", demo_package_path(), "synthetic:clip=1"),
             ("unet_bn", models["unet_bn"], "synthetic:clip=1,size=64x64"),
+            ("residual", models["residual"], "random"),  # no card: random inputs, cosine similarity
         ]
         for name, path, calib in cases:
-            pkg = load_package(path)
-            variants: dict[str, onnx.ModelProto] = {"fp32": onnx.load(str(pkg.onnx_path))}
+            card = load_package(path).card if Path(path).is_dir() else None
+            variants: dict[str, onnx.ModelProto] = {
+                "fp32": onnx.load(str(load_package(path).onnx_path if card else path))
+            }
             dirs = {"fp32": Path(path)}
             for prec, options in (
                 ("fp16", ConvertOptions(precision=Precision.FP16, data=calib, samples=args.samples)),
@@ -137,20 +140,21 @@ def main() -> None:
                 assert result.model is not None, result.report.get("failure")
                 variants[prec] = result.model
                 dirs[prec] = Path(tmp) / f"{name}-{prec}"
-                from converters.convert import write_result
-
                 write_result(result, dirs[prec])
-                print(
-                    f"{name} {prec}: {result.report['accuracy']['metric_name']} {result.report['accuracy']['metric']:.4f} (calibration data)",
-                    flush=True,
-                )
-            held_out = load_feeds(HELD_OUT, variants["fp32"], pkg.card, args.samples).feeds
+                acc = result.report["accuracy"]
+                print(f"{name} {prec}: {acc['metric_name']} {acc['metric']:.4f} (calibration data)", flush=True)
+            held_out = load_feeds(
+                "random:seed=77" if card is None else HELD_OUT, variants["fp32"], card, args.samples
+            ).feeds
             reference = run_model(variants["fp32"], held_out)
             sessions = {k: _session(m, args.threads) for k, m in variants.items()}
             samples = _time(sessions, held_out[0], args.rounds, args.iters)
             for prec, model in variants.items():
                 outputs = run_model(model, held_out)
-                vs = compare(reference, outputs, "segmentation", pkg.card.output.name, pkg.card.output.labels)
+                task = "segmentation" if card else "numeric"
+                vs = compare(
+                    reference, outputs, task, card.output.name if card else None, card.output.labels if card else None
+                )
                 row = {
                     "model": name,
                     "precision": prec,
