@@ -210,6 +210,70 @@ def _compare(args: argparse.Namespace) -> int:
     return EXIT_OK if passed else EXIT_FAILURE
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import onnx
+
+    from converters.convert import ConvertOptions, Precision, convert_model, load_model
+    from converters.data import load_feeds
+    from converters.graph import ConversionError
+    from converters.prepare import PrepareReport, fix_input_shapes
+    from edge_runtime.backends import BackendError, BackendKind, create_runner
+    from edge_runtime.bench import BenchOptions, ProgressBar, bench_runner
+
+    try:
+        model, card, _, _ = load_model(Path(args.model), None)
+        conversion = None
+        data = args.data or ("synthetic:clip=1" if card else "random")
+        if args.precision != "fp32":
+            print(f"converting to {args.precision} (accuracy gate on {data}) ...", file=sys.stderr, flush=True)
+            options = ConvertOptions(
+                precision=Precision(args.precision), data=data, calib=data, input_shape=args.shape, samples=16
+            )
+            result = convert_model(args.model, options)
+            if result.model is None:
+                raise CliError(result.report.get("failure", "conversion failed"))
+            model = result.model
+            acc = result.report["accuracy"]
+            conversion = {"precision": args.precision, acc["metric_name"]: acc["metric"], "data": result.report["data"]}
+        elif args.shape is not None:
+            inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+            fix_input_shapes(model, {inputs[0].name: args.shape}, PrepareReport())
+        feed = load_feeds(data, model, card, 1).feeds[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, str(path))
+            runner = create_runner(BackendKind(args.backend), path, threads=args.threads)
+            bench = BenchOptions(warmup_ms=args.warmup_ms, duration_s=args.duration_s, min_iterations=args.iterations)
+            bar = ProgressBar(args.duration_s)
+            with runner:
+                result_json = bench_runner(runner, feed, bench, bar.update)
+            bar.close()
+    except (ConversionError, BackendError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    result_json.update(
+        model=str(args.model), backend=args.backend, precision=args.precision, threads=args.threads,
+        input_shapes={k: list(v.shape) for k, v in feed.items()}, conversion=conversion,
+    )  # fmt: skip
+    lat = result_json["latency_ms"]
+    print(
+        f"{args.model} on {args.backend} ({args.precision}, threads {args.threads or 'auto'}), input {result_json['input_shapes']}"
+    )
+    print(f"  {result_json['iterations']} iterations in {result_json['duration_s']:.2f} s after {result_json['warmup']['iterations']} warm-up: "
+          f"{result_json['throughput_per_s']:.1f} inferences/s")  # fmt: skip
+    print("  latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()))
+    print(f"  coefficient of variation {result_json['cv'] * 100:.2f}%")
+    if result_json["cv_warning"]:
+        print(f"  warning: latency varies by more than {bench.cv_warn * 100:.0f}%: the machine is busy or throttling; "
+              "numbers from this run are not comparable", file=sys.stderr)  # fmt: skip
+    if conversion:
+        print(f"  conversion: {conversion}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result_json, indent=2) + "\n")
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edge_runtime.demo import DemoError, run_demo
 
@@ -307,6 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run an FP16 candidate as is (ONNX Runtime CPU runs most FP16 ops in FP32)",
     )
+
+    p = command("bench", "measure a model's latency and throughput on a backend (warm-up, then timed runs)", _bench)
+    p.add_argument("model", help="ONNX file or model package")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="convert first (behind the accuracy gate) and measure that")  # fmt: skip
+    p.add_argument("--backend", choices=["onnxruntime"], default="onnxruntime")
+    p.add_argument("--shape", type=_shape, help="input dims for a dynamic model, e.g. 1,3,224,224")
+    p.add_argument("--data", help="input source (default: synthetic for a package, random otherwise)")
+    p.add_argument("--warmup-ms", type=float, default=200.0)
+    p.add_argument("--duration-s", type=float, default=3.0, help="minimum timed duration (default 3)")
+    p.add_argument("--iterations", type=int, default=10, help="minimum timed iterations (default 10)")
+    p.add_argument("--threads", type=int, default=0, help="backend threads (0 = one per core)")
+    p.add_argument("--json", type=Path, help="write the results here")
 
     p = command("ctl", "query a running daemon over its control socket", _ctl)
     p.add_argument("command", choices=["status", "stats"])

@@ -1,0 +1,134 @@
+"""`edgert bench`: model latency and throughput on a backend, measured the way trtexec measures.
+
+Warm up for `warmup_ms`, then run at least `min_iterations` and for at least `duration_s`. Report throughput and
+latency min / mean / median / p90 / p95 / p99 / max, and the coefficient of variation with a warning above
+`cv_warn`. Every backend fills the same JSON schema. Host-to-device, compute and device-to-host times are reported
+separately where the backend has them. A CPU backend has no transfers: compute is the whole latency, and the
+transfer fields are null.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import numpy as np
+
+from edge_runtime.backends import Runner
+
+SCHEMA = "edgert.bench/1"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    warmup_ms: float = 200.0
+    duration_s: float = 3.0
+    min_iterations: int = 10
+    cv_warn: float = 0.05  # CPUs shared with other work vary more than trtexec's 1% GPU threshold
+
+    def __post_init__(self) -> None:
+        if self.warmup_ms < 0 or self.duration_s <= 0 or self.min_iterations <= 0:
+            raise ValueError("warm-up must be >= 0, duration and iterations > 0")
+
+
+def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
+    p = np.percentile(samples_ms, [50, 90, 95, 99])
+    return {
+        "min": round(float(samples_ms.min()), 4),
+        "mean": round(float(samples_ms.mean()), 4),
+        "median": round(float(p[0]), 4),
+        "p90": round(float(p[1]), 4),
+        "p95": round(float(p[2]), 4),
+        "p99": round(float(p[3]), 4),
+        "max": round(float(samples_ms.max()), 4),
+    }
+
+
+class ProgressBar:
+    """A one-line bar on stderr, redrawn at most 5 times a second; silent when stderr is not a terminal."""
+
+    def __init__(self, total_s: float, stream: TextIO = sys.stderr) -> None:
+        self.total_s, self.stream = total_s, stream
+        self.enabled = stream.isatty()
+        self._last = 0.0
+
+    def update(self, elapsed_s: float, iterations: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        done = min(1.0, elapsed_s / self.total_s)
+        bar = "#" * int(done * 30)
+        self.stream.write(f"\r[{bar:<30}] {elapsed_s:5.1f}/{self.total_s:.1f} s {iterations:7d} it")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def bench_runner(
+    runner: Runner,
+    feed: Mapping[str, np.ndarray],
+    options: BenchOptions = BenchOptions(),
+    on_progress: Callable[[float, int], None] | None = None,
+) -> dict[str, Any]:
+    """Time `runner.infer(feed)` (the runner must be active); returns the common result dict."""
+    warm_end = time.perf_counter() + options.warmup_ms / 1000.0
+    warm = 0
+    while time.perf_counter() < warm_end or warm == 0:
+        runner.infer(feed)
+        warm += 1
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        runner.infer(feed)
+        t1 = time.perf_counter()
+        samples.append((t1 - t0) * 1000.0)
+        elapsed = t1 - start
+        if on_progress:
+            on_progress(elapsed, len(samples))
+        if elapsed >= options.duration_s and len(samples) >= options.min_iterations:
+            break
+    wall = time.perf_counter() - start
+    arr = np.asarray(samples)
+    cv = float(arr.std() / arr.mean()) if arr.mean() > 0 else 0.0
+    lat = latency_stats(arr)
+    return {
+        "schema": SCHEMA,
+        "warmup": {"ms": options.warmup_ms, "iterations": warm},
+        "iterations": len(samples),
+        "duration_s": round(wall, 3),
+        "throughput_per_s": round(len(samples) / wall, 2),
+        "latency_ms": lat,
+        "h2d_ms": None,  # no host-device transfers on a CPU backend
+        "compute_ms": lat,
+        "d2h_ms": None,
+        "cv": round(cv, 5),
+        "cv_warning": cv > options.cv_warn,
+        "machine": machine_info(),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+    }
