@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def bundled_cine() -> str:
 class DaemonProcess:
     """`edgert serve` in a child process on ephemeral loopback ports; stopped with SIGTERM like a service."""
 
-    def __init__(self, package: Path, workdir: Path, log_path: Path) -> None:
+    def __init__(self, package: Path, workdir: Path, log_path: Path, extra_args: Sequence[str] = ()) -> None:
         self.ready_file = workdir / "daemon-ready.json"
         self.log_path = log_path
         root = Path(__file__).resolve().parent.parent  # so a source checkout works without installing
@@ -65,7 +66,7 @@ class DaemonProcess:
         cmd = [
             sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(package),
             "--ingest", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
-            "--ready-file", str(self.ready_file),
+            "--ready-file", str(self.ready_file), *extra_args,
         ]  # fmt: skip
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
