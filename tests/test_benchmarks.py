@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,3 +44,18 @@ def test_precision_benchmark_smoke(tmp_path: Path) -> None:
     assert {(r["model"], r["precision"]) for r in rows} >= {("us-seg-demo", p) for p in ("fp32", "fp16", "int8")}
     assert all(r["p50_ms"] > 0 and r["bytes"] > 0 for r in rows)
     assert (tmp_path / "precision.png").stat().st_size > 0
+
+
+def test_pipeline_benchmark_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("imagezmq", reason="the pipeline benchmark's peer needs the 'bench' extra")
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pipeline" / "run.py"), "--frames", "12", "--sizes", "120x160",
+         "--rates", "30", "--rounds", "1", "--overload-frames", "20", "--out", str(tmp_path)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "pipeline.json").read_text())
+    assert {r["pipeline"] for r in report["runs"]} == {"floor", "edgert", "imagezmq-reqrep", "imagezmq-pubsub"}
+    assert all(r["received"] > 0 and r["latency_ms"]["p50"] > 0 for r in report["runs"])
+    assert report["overload"] and all(r["series"] for r in report["overload"])
+    assert report["machine"]["cores"] >= 1 and "daemon_peak_rss_mb" in report["targets"]
+    assert (tmp_path / "pipeline_latency.png").stat().st_size > 0 and (tmp_path / "pipeline_overload.png").exists()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only h
 RESULTS_SNDHWM = 16
 POLL_MS = 50
 CONTROL_COMMANDS = ("status", "stats")
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class DaemonError(RuntimeError):
@@ -186,6 +188,9 @@ class Daemon:
             stop.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # A thread waiting for the GIL waits up to the switch interval (5 ms by default) while the inference thread
+        # runs Python code: far too long for the receive and publish paths. This process is ours, so shorten it.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
             self.start()
             while not stop.wait(0.2):
