@@ -402,16 +402,16 @@ def _report(runs: list[Run], overload: list[Run], args: argparse.Namespace) -> d
         d50, f50 = daemon.latency_ms["p50"], floor.latency_ms["p50"]
         targets[f"daemon_p50_vs_floor_{size}_{rate}fps"] = {
             "daemon_ms": d50, "floor_ms": f50, "ratio": round(d50 / f50, 3), "diff_ms": round(d50 - f50, 3),
-            "met": d50 <= max(1.1 * f50, f50 + 1.0),
+            "met": bool(d50 <= max(1.1 * f50, f50 + 1.0)),
         }  # fmt: skip
         targets["daemon_p99_over_p50"] = {
             "ratio": round(daemon.latency_ms["p99"] / d50, 3),
-            "met": daemon.latency_ms["p99"] <= 1.3 * d50,
+            "met": bool(daemon.latency_ms["p99"] <= 1.3 * d50),
             "floor_ratio_same_run": round(floor.latency_ms["p99"] / f50, 3),  # the machine's own jitter, no transport
         }
     rss = [r.peak_rss_mb for r in runs + overload if r.pipeline == "edgert" and r.peak_rss_mb]
     if rss:
-        targets["daemon_peak_rss_mb"] = {"max": max(rss), "met": max(rss) < 250}
+        targets["daemon_peak_rss_mb"] = {"max": max(rss), "met": bool(max(rss) < 250)}
     for run in overload:
         if run.latency_ms:
             targets[f"overload_{run.pipeline}_p99_ms"] = run.latency_ms["p99"]
