@@ -30,6 +30,7 @@ from edge_runtime.protocol import (
     DaemonState,
     Heartbeat,
     ProtocolError,
+    RejectReason,
     ResultStatus,
     decode_frame,
     encode_heartbeat,
@@ -221,13 +222,19 @@ class Daemon:
                     try:
                         frame = decode_frame([p.buffer for p in parts], limits)
                     except ProtocolError as exc:
-                        n = self.stats.reject(exc.reason)
-                        if _is_power_of_two(n):  # bounded logging under a flood, never silent
-                            log.warning("rejected message (%s, %d so far): %s", exc.reason.value, n, exc.detail)
+                        self._rejected(exc.reason, exc.detail)
+                        continue
+                    except Exception as exc:  # a decoder bug must not end the receive loop
+                        self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
                         continue
                     self.stats.accepted(self._slots.put(frame, recv_ts))
         finally:
             sock.close(linger=0)
+
+    def _rejected(self, reason: RejectReason, detail: str) -> None:
+        n = self.stats.reject(reason)
+        if _is_power_of_two(n):  # bounded logging under a flood, never silent
+            log.warning("rejected message (%s, %d so far): %s", reason.value, n, detail)
 
     def _inference_loop(self, push: zmq.Socket) -> None:
         pipeline = self._pipeline
