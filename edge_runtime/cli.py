@@ -86,10 +86,17 @@ def _ctl(args: argparse.Namespace) -> int:
     with sock:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(args.control)
-        sock.send_string(args.command)
+        sock.send_string("status" if args.command == "health" else args.command)
         if not sock.poll(int(args.timeout * 1000)):
+            if args.command == "health":
+                print(f"unhealthy: no answer from {args.control} within {args.timeout:g} s")
+                return EXIT_FAILURE
             raise CliError(f"no answer from the daemon at {args.control} within {args.timeout:g} s")
         reply = json.loads(sock.recv())
+    if args.command == "health":  # for scripts and service managers: one line, and the exit status
+        healthy = bool(reply.get("ok")) and reply.get("state") == "ready"
+        print(f"{'healthy' if healthy else 'unhealthy'}: {reply.get('state', reply.get('error'))}")
+        return EXIT_OK if healthy else EXIT_FAILURE
     print(json.dumps(reply, indent=2))
     return EXIT_OK if reply.get("ok") else EXIT_FAILURE
 
@@ -386,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the results here")
 
     p = command("ctl", "query a running daemon over its control socket", _ctl)
-    p.add_argument("command", choices=["status", "stats"])
+    p.add_argument("command", choices=["status", "stats", "health"], help="health: exit 0 only if ready")
     p.add_argument("--control", default="tcp://127.0.0.1:5557")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
 

@@ -59,7 +59,7 @@ class ResultSubscriber:
         self.limits = limits
         self.stats = SubscriberStats()
         self.last_heartbeat: Heartbeat | None = None
-        self._last_heartbeat_at: float | None = None  # monotonic seconds
+        self._last_heartbeat_at: float | None = None  # monotonic seconds of the last heartbeat or result
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -73,11 +73,21 @@ class ResultSubscriber:
 
     @property
     def daemon_alive(self) -> bool:
-        if self._last_heartbeat_at is None or self.last_heartbeat is None:
+        """A heartbeat or a result within the timeout, and no STOPPING heartbeat since."""
+        if self._last_heartbeat_at is None:
             return False
-        if self.last_heartbeat.state is DaemonState.STOPPING:
+        if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:
             return False
         return (time.monotonic() - self._last_heartbeat_at) * 1000.0 < self.heartbeat_timeout_ms
+
+    @property
+    def status_text(self) -> str:
+        """What a display shows beside the image: never an old overlay without saying the AI is offline."""
+        if self.daemon_alive:
+            return "AI live"
+        if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:
+            return "AI offline (stopped)"
+        return "AI offline"
 
     def _handle(self, parts: list[bytes]) -> Result | None:
         kind = message_type(parts)
@@ -92,6 +102,9 @@ class ResultSubscriber:
             self.stats.rejected += 1
             log.warning("ignored undecodable message: %s", exc)
             return None
+        self._last_heartbeat_at = time.monotonic()  # a result is as good a sign of life as a heartbeat
+        if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:
+            self.last_heartbeat = None  # results again: a restarted daemon
         if self.stream_id is not None and result.stream_id != self.stream_id:
             return None
         if self.max_age_ms is not None:

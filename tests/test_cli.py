@@ -146,3 +146,11 @@ def test_compare_command_tolerance_and_json(
     assert main([*args, "--tolerance", "0.01"]) == 1  # two unrelated models do not agree
     data = json.loads(report.read_text())
     assert data["passed"] is False and data["task"] == "segmentation" and "per_class" in data
+
+
+def test_ctl_health_exit_status(start_daemon, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    daemon = start_daemon(tiny_models["seg_tiny"])
+    assert main(["ctl", "health", "--control", daemon.endpoints["control"]]) == 0
+    assert capsys.readouterr().out.strip() == "healthy: ready"
+    assert main(["ctl", "health", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"]) == 1
+    assert "unhealthy: no answer" in capsys.readouterr().out

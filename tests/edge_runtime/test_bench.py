@@ -43,7 +43,9 @@ def test_progress_bar_draws_only_on_a_terminal() -> None:
     assert "[###############" in tty.getvalue() and pipe.getvalue() == ""
 
 
-def test_bench_command_writes_json(tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_command_writes_json(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "bench.json"
     code = main(["bench", str(tiny_models["seg_tiny"]), "--duration-s", "0.2", "--warmup-ms", "10", "--threads", "1",
                  "--json", str(out)])  # fmt: skip
@@ -61,7 +63,9 @@ def test_bench_of_a_converted_precision_reports_its_accuracy(tiny_models: dict[s
     assert conversion["precision"] == "int8" and conversion["mean foreground Dice vs reference"] >= 0.99
 
 
-def test_bench_of_a_dynamic_model_needs_a_shape(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_of_a_dynamic_model_needs_a_shape(
+    tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["bench", str(tiny_models["old_dynamic"]), "--duration-s", "0.1"]) == 1
     assert "static input shapes" in capsys.readouterr().err
     assert main(["bench", str(tiny_models["old_dynamic"]), "--shape", "1,3,32,32", "--duration-s", "0.1"]) == 0

@@ -118,6 +118,7 @@ def test_liveness_follows_heartbeats(publisher: zmq.Socket, zmq_ctx: zmq.Context
         wait_until(lambda: sub.recv(20) is None and sub.daemon_alive)
         publisher.send_multipart(_heartbeat(DaemonState.STOPPING))
         wait_until(lambda: sub.recv(20) is None and not sub.daemon_alive)
+        assert sub.status_text == "AI offline (stopped)"
 
 
 def test_garbage_on_the_result_socket_is_ignored(publisher: zmq.Socket, zmq_ctx: zmq.Context) -> None:
