@@ -82,11 +82,19 @@ def _replay(args: argparse.Namespace) -> int:
 def _ctl(args: argparse.Namespace) -> int:
     import zmq
 
+    if args.timeout is None:
+        args.timeout = 60.0 if args.command == "reload" else 2.0
+
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
     with sock:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(args.control)
-        sock.send_string("status" if args.command == "health" else args.command)
+        if args.command == "reload":
+            if not args.package:
+                raise CliError("reload needs a model package path")
+            sock.send_string(json.dumps({"cmd": "reload", "package": str(Path(args.package).resolve())}))
+        else:
+            sock.send_string("status" if args.command == "health" else args.command)
         if not sock.poll(int(args.timeout * 1000)):
             if args.command == "health":
                 print(f"unhealthy: no answer from {args.control} within {args.timeout:g} s")
@@ -393,9 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the results here")
 
     p = command("ctl", "query a running daemon over its control socket", _ctl)
-    p.add_argument("command", choices=["status", "stats", "health"], help="health: exit 0 only if ready")
+    p.add_argument("command", choices=["status", "stats", "health", "reload"],
+                   help="health: exit 0 only if ready; reload PACKAGE: swap the model without stopping")  # fmt: skip
+    p.add_argument("package", nargs="?", help="for reload: the model package to load")
     p.add_argument("--control", default="tcp://127.0.0.1:5557")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (2, or 60 for reload)")
 
     p = command("package", "validate a model package and show its card", _package)
     p.add_argument("package", nargs="?", help="package folder or archive (default: bundled demo model)")

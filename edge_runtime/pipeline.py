@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibration.preprocessing import Color, Placement, Preprocessor, resize_labels
-from edge_runtime.backends import BackendKind, Runner, create_runner
+from edge_runtime.backends import BackendError, BackendKind, Runner, create_runner
 from edge_runtime.contours import outer_contours
 from edge_runtime.package import ModelPackage, OutputSpec
 from edge_runtime.protocol import Frame, PixelFormat, Result, ResultStatus
@@ -119,6 +119,15 @@ class InferencePipeline:
         for _ in range(iterations):
             self.runner.infer(feed)
         return (time.perf_counter() - start) * 1000.0 / iterations
+
+    def self_test(self) -> None:
+        """Run a blank frame through the whole pipeline; raise if the model cannot produce a result."""
+        spec = self.card.preprocess
+        shape = (spec.height, spec.width, 3) if spec.color.channels == 3 else (spec.height, spec.width)
+        fmt = PixelFormat.GRAY8 if spec.color.channels == 1 else PixelFormat.RGB8
+        result = self.run(Frame(0, 0, 0, 0, fmt, np.zeros(shape, np.uint8)), 0)
+        if result.status is not ResultStatus.OK:
+            raise BackendError(f"{self.model_id}: self-test failed: {result.error}")
 
     def run(self, frame: Frame, recv_ts_ns: int) -> Result:
         """Infer one frame. Failures become an ERROR result for this frame, never an exception."""

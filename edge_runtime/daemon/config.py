@@ -60,6 +60,11 @@ class DaemonConfig:
     heartbeat_ms: int = 500
     limits: Limits = field(default_factory=Limits)
     ready_file: Path | None = None
+    reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
+
+    @property
+    def allowed_reload_dirs(self) -> tuple[Path, ...]:
+        return self.reload_dirs or (self.model.resolve().parent,)
 
     def __post_init__(self) -> None:
         for name, endpoint in (
@@ -87,7 +92,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "model": {"package": str, "backend": str, "threads": int, "warmup": int},
     "ingest": {"endpoint": str, "mode": str, "pattern": str},
     "results": {"endpoint": str},
-    "control": {"endpoint": str},
+    "control": {"endpoint": str, "reload_dirs": list},
     "heartbeat": {"interval_ms": int},
     "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
 }
@@ -118,6 +123,8 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
     """Config from parsed TOML-shaped data; relative paths are taken from `base_dir`."""
     _check_types(data, where)
     model = data.get("model", {})
+    if not all(isinstance(d, str) for d in data.get("control", {}).get("reload_dirs", [])):
+        raise ConfigError(f"{where}: control.reload_dirs must be a list of folder paths")
     if "package" not in model:
         raise ConfigError(f"{where}: model.package is required (a model package folder or archive)")
     package = Path(model["package"])
@@ -136,6 +143,10 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             ),
             results_endpoint=data.get("results", {}).get("endpoint", DEFAULT_RESULTS),
             control_endpoint=data.get("control", {}).get("endpoint", DEFAULT_CONTROL),
+            reload_dirs=tuple(
+                Path(d) if Path(d).is_absolute() else base_dir / d
+                for d in data.get("control", {}).get("reload_dirs", [])
+            ),
             heartbeat_ms=data.get("heartbeat", {}).get("interval_ms", 500),
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
         )

@@ -20,7 +20,6 @@ from typing import Any
 
 import zmq
 
-from edge_runtime.backends import BackendError
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.slots import LatestFrameSlots
 from edge_runtime.daemon.stats import DaemonStats
@@ -43,7 +42,7 @@ log = logging.getLogger("edgert.daemon")
 INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
 RESULTS_SNDHWM = 16
 POLL_MS = 50
-CONTROL_COMMANDS = ("status", "stats")
+CONTROL_COMMANDS = ("status", "stats", "reload")
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -70,22 +69,19 @@ class Daemon:
         self._pipeline: InferencePipeline | None = None
         self._started_at = time.monotonic()
         self._warmup_ms = 0.0
+        self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
+        self._swapped = threading.Event()
+        self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
+        self.reloads = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Load and warm up the model, open the sockets, start serving. Raises on any failure, leaving nothing open."""
         cfg = self.config
-        package = load_package(cfg.model)
-        pipeline = InferencePipeline(package, cfg.backend, threads=cfg.threads)
-        try:
-            pipeline.runner.activate()
-            self._warmup_ms = pipeline.warm_up(cfg.warmup) if cfg.warmup else 0.0
-        except BackendError:
-            pipeline.runner.deactivate()
-            raise
+        pipeline = self._load_pipeline(cfg.model)
         self._pipeline = pipeline
         log.info(
-            "model %s loaded on %s (warm-up %.1f ms/inference)", package.model_id, cfg.backend.value, self._warmup_ms
+            "model %s loaded on %s (warm-up %.1f ms/inference)", pipeline.model_id, cfg.backend.value, self._warmup_ms
         )
         self._ctx = zmq.Context()
         try:
@@ -114,6 +110,19 @@ class Daemon:
         log.info(
             "ready: ingest %s, results %s, control %s", *(self.endpoints[k] for k in ("ingest", "results", "control"))
         )
+
+    def _load_pipeline(self, path: Path) -> InferencePipeline:
+        """Load, activate, warm up and self-test a model; nothing is left active if any step fails."""
+        pipeline = InferencePipeline(load_package(path), self.config.backend, threads=self.config.threads)
+        try:
+            pipeline.runner.activate()
+            if self.config.warmup:
+                self._warmup_ms = pipeline.warm_up(self.config.warmup)
+                pipeline.self_test()  # a model that cannot produce a result is refused, never served
+        except BaseException:
+            pipeline.runner.deactivate()
+            raise
+        return pipeline
 
     def _open_sockets(self) -> dict[str, zmq.Socket]:
         assert self._ctx is not None
@@ -241,6 +250,12 @@ class Daemon:
         assert pipeline is not None
         try:
             while not self._stop.is_set():
+                if self._swap_to is not None:  # between two frames: no frame ever sees half a model change
+                    old, pipeline = pipeline, self._swap_to
+                    self._pipeline, self._swap_to = pipeline, None
+                    old.runner.deactivate()
+                    self._swapped.set()
+                    log.info("now serving %s (was %s)", pipeline.model_id, old.model_id)
                 pending = self._slots.take(POLL_MS / 1000.0)
                 if pending is None:
                     continue
@@ -276,7 +291,10 @@ class Daemon:
                 events = dict(poller.poll(min(POLL_MS, max(0, (next_beat - now) // 1_000_000))))
                 if pull in events:
                     self._publish_pending(pull, pub)
-                if rep in events:
+                if self._reload is not None and self._reload[0].is_set():  # the deferred reply to `reload`
+                    rep.send(json.dumps(self._reload[1]).encode())
+                    self._reload = None
+                if rep in events and self._reload is None:
                     self._answer_control(rep)
         finally:
             for sock in (pull, rep, pub):
@@ -304,21 +322,59 @@ class Daemon:
         except Exception as exc:  # a control request must always get an answer, and never stop the daemon
             log.exception("control request failed")
             reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
-        rep.send(json.dumps(reply).encode())
+        if reply is not None:  # None: a reload is under way and answers when it is done
+            rep.send(json.dumps(reply).encode())
 
-    def handle_command(self, text: str) -> dict[str, Any]:
-        """Answer a control request: a bare command name or JSON {"cmd": name}."""
-        cmd = text
+    def handle_command(self, text: str) -> dict[str, Any] | None:
+        """Answer a control request: a bare command name or JSON {"cmd": name, ...}. None means "answered later"."""
+        cmd, request = text, {}
         if text.startswith("{"):
             try:
-                cmd = str(json.loads(text).get("cmd", ""))
+                request = json.loads(text)
+                cmd = str(request.get("cmd", ""))
             except (json.JSONDecodeError, AttributeError):
                 return {"ok": False, "error": "request is not valid JSON"}
+        if cmd == "reload":
+            return self._begin_reload(str(request.get("package", "")))
         if cmd == "status":
             return {"ok": True, **self.status()}
         if cmd == "stats":
             return {"ok": True, **self.stats.snapshot()}
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}; known: {', '.join(CONTROL_COMMANDS)}"}
+
+    def _begin_reload(self, package: str) -> dict[str, Any] | None:
+        """Load a new model beside the serving one; it takes over at the next frame boundary if it loads and
+        passes its self-test, otherwise the current model keeps serving. The reply comes when that is decided."""
+        if not package:
+            return {"ok": False, "error": 'reload needs {"cmd": "reload", "package": PATH}'}
+        path = Path(package).resolve()
+        allowed = [d.resolve() for d in self.config.allowed_reload_dirs]
+        if not any(path == d or d in path.parents for d in allowed):
+            return {"ok": False, "error": f"{path} is outside the folders reload may use: {[str(d) for d in allowed]}"}
+        done, reply = threading.Event(), {}
+        self._reload = (done, reply)
+        current = self._pipeline.model_id if self._pipeline else None
+
+        def work() -> None:
+            try:
+                new = self._load_pipeline(path)
+            except Exception as exc:  # any failure: refuse, keep serving the old model
+                reply.update(
+                    ok=False, error=f"reload refused, {current} keeps serving: {exc.__class__.__name__}: {exc}"
+                )
+                log.warning("%s", reply["error"])
+            else:
+                self._swapped.clear()
+                self._swap_to = new
+                if not self._swapped.wait(10.0):
+                    reply.update(ok=False, error="the inference thread did not take the new model within 10 s")
+                else:
+                    self.reloads += 1
+                    reply.update(ok=True, model=str(new.model_id), previous=str(current))
+            done.set()
+
+        threading.Thread(target=work, name="edgert-reload", daemon=True).start()
+        return None
 
     def status(self) -> dict[str, Any]:
         model = self._pipeline.model_id if self._pipeline else None
@@ -329,6 +385,7 @@ class Daemon:
             "endpoints": dict(self.endpoints),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "warmup_ms": round(self._warmup_ms, 3),
+            "reloads": self.reloads,
             "pid": os.getpid(),
         }
 

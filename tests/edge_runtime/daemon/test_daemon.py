@@ -162,7 +162,7 @@ def test_control_socket(start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_mo
     status = ask("status")
     assert status["ok"] and status["state"] == "ready" and status["model"]["name"] == "seg-tiny"
     assert ask('{"cmd": "stats"}')["frames_in"] == 0
-    assert ask("reboot") == {"ok": False, "error": "unknown command 'reboot'; known: status, stats"}
+    assert ask("reboot") == {"ok": False, "error": "unknown command 'reboot'; known: status, stats, reload"}
     assert ask("{broken json")["ok"] is False
     assert ask("status")["ok"]  # still answering after bad requests
 
