@@ -351,7 +351,8 @@ class Daemon:
         allowed = [d.resolve() for d in self.config.allowed_reload_dirs]
         if not any(path == d or d in path.parents for d in allowed):
             return {"ok": False, "error": f"{path} is outside the folders reload may use: {[str(d) for d in allowed]}"}
-        done, reply = threading.Event(), dict[str, Any]()
+        done = threading.Event()
+        reply: dict[str, Any] = {}
         self._reload = (done, reply)
         current = self._pipeline.model_id if self._pipeline else None
 
