@@ -36,6 +36,8 @@ def _serve(args: argparse.Namespace) -> int:
         "results.endpoint": args.results,
         "control.endpoint": args.control,
         "heartbeat.interval_ms": args.heartbeat_ms,
+        "security.server_key": str(args.server_key) if args.server_key else None,
+        "security.authorized_clients": str(args.authorized_clients) if args.authorized_clients else None,
     }
     try:
         if args.config:
@@ -64,7 +66,7 @@ def _replay(args: argparse.Namespace) -> int:
     print(f"replaying {source.description} to {args.to}" + (" (looping)" if args.loop else ""), file=sys.stderr)
     started = time.perf_counter()
     try:
-        with FrameSender(args.to, stream_id=args.stream_id) as sender:
+        with FrameSender(args.to, stream_id=args.stream_id, keys=_client_keys(args)) as sender:
             stats = replay(source, sender, fps=args.fps, loop=args.loop, max_frames=args.frames)
     except (SourceError, DicomError, ValueError) as exc:
         raise CliError(str(exc)) from None
@@ -88,6 +90,9 @@ def _ctl(args: argparse.Namespace) -> int:
     sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
     with sock:
         sock.setsockopt(zmq.LINGER, 0)
+        keys = _client_keys(args)
+        if keys is not None:
+            keys.apply(sock)
         sock.connect(args.control)
         if args.command == "reload":
             if not args.package:
@@ -107,6 +112,36 @@ def _ctl(args: argparse.Namespace) -> int:
         return EXIT_OK if healthy else EXIT_FAILURE
     print(json.dumps(reply, indent=2))
     return EXIT_OK if reply.get("ok") else EXIT_FAILURE
+
+
+def _key_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-key", type=Path, help="CURVE: the daemon's public .key file")
+    p.add_argument("--client-key", type=Path, help="CURVE: this client's .key_secret file")
+
+
+def _client_keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from edge_runtime.security import ClientKeys, SecurityError
+
+    if not args.server_key and not args.client_key:
+        return None
+    if not (args.server_key and args.client_key):
+        raise CliError("CURVE needs both --server-key (the daemon's .key) and --client-key (your .key_secret)")
+    try:
+        return ClientKeys.from_files(args.server_key, args.client_key)
+    except SecurityError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from edge_runtime.security import SecurityError, generate_keys
+
+    try:
+        public, secret = generate_keys(args.name, args.dir)
+    except SecurityError as exc:
+        raise CliError(str(exc)) from None
+    print(f"public key  {public}   (give to the other side: the daemon's authorized_clients folder, or clients)")
+    print(f"secret key  {secret}   (stays on this device, mode 600)")
+    return EXIT_OK
 
 
 def _package(args: argparse.Namespace) -> int:
@@ -333,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", help="control REP endpoint, e.g. tcp://127.0.0.1:5557")
     p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval in ms (50..1000)")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once ready")
+    p.add_argument("--server-key", type=Path, help="CURVE: this daemon's .key_secret (with --authorized-clients)")
+    p.add_argument("--authorized-clients", type=Path, help="CURVE: folder of client .key files allowed to connect")
 
     p = command("replay", "play a DICOM file/folder or a synthetic cine to a daemon, as a scanner would", _replay)
     p.add_argument("source", help="DICOM file or folder, or synthetic[:frames=N,size=HxW,seed=S,fps=F]")
@@ -341,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="start again at the end")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--stream-id", type=int, default=0)
+    _key_arguments(p)
 
     p = command("convert", "prepare a model and convert it to FP32 or FP16 behind an accuracy gate", _convert)
     p.add_argument("model", help="ONNX file or model package")
@@ -404,8 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=["status", "stats", "health", "reload"],
                    help="health: exit 0 only if ready; reload PACKAGE: swap the model without stopping")  # fmt: skip
     p.add_argument("package", nargs="?", help="for reload: the model package to load")
+    _key_arguments(p)
     p.add_argument("--control", default="tcp://127.0.0.1:5557")
     p.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (2, or 60 for reload)")
+
+    p = command("keys", "generate a CURVE key pair for the daemon or a client", _keys)
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("name", help="key name, e.g. daemon or scanner-1")
+    p.add_argument("--dir", type=Path, required=True, help="folder to write NAME.key and NAME.key_secret into")
 
     p = command("package", "validate a model package and show its card", _package)
     p.add_argument("package", nargs="?", help="package folder or archive (default: bundled demo model)")

@@ -117,7 +117,8 @@ class RejectReason(str, enum.Enum):
     BAD_SPACING = "bad_spacing"
     BAD_METADATA = "bad_metadata"
     BAD_PAYLOAD = "bad_payload"
-    DECODER_ERROR = "decoder_error"  # anything else the decoder raised: a bug, counted instead of crashing
+    DECODER_ERROR = "decoder_error"
+    UNAUTHORIZED = "unauthorized"  # a CURVE client whose key is not in the allow-list  # anything else the decoder raised: a bug, counted instead of crashing
 
 
 class ProtocolError(ValueError):

@@ -13,6 +13,7 @@ import numpy as np
 import zmq
 
 from edge_runtime.protocol import PixelFormat, encode_frame
+from edge_runtime.security import ClientKeys
 
 
 class SenderPattern(str, enum.Enum):
@@ -43,7 +44,9 @@ class FrameSender:
         bind: bool = False,
         high_water_mark: int = 2,
         context: zmq.Context | None = None,
+        keys: ClientKeys | None = None,
     ) -> None:
+        """`keys`: CURVE keys when the daemon requires them (see `edgert keys generate`)."""
         self.stream_id = stream_id
         self.stats = SenderStats()
         self._next_seq = 0
@@ -52,7 +55,9 @@ class FrameSender:
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, high_water_mark)
         if pattern is SenderPattern.PUSH:
-            self._sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards a daemon that is not connected
+            self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        if keys is not None:
+            keys.apply(self._sock)  # no queueing towards a daemon that is not connected
         try:
             self._sock.bind(endpoint) if bind else self._sock.connect(endpoint)
         except zmq.ZMQError as exc:

@@ -61,6 +61,10 @@ class DaemonConfig:
     limits: Limits = field(default_factory=Limits)
     ready_file: Path | None = None
     reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
+    server_key: Path | None = (
+        None  # CURVE: the daemon's .key_secret; with authorized_clients, secures ingest and control
+    )
+    authorized_clients: Path | None = None  # folder of client public certificates allowed to connect
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -78,6 +82,8 @@ class DaemonConfig:
             raise ConfigError(f"heartbeat.interval_ms: {self.heartbeat_ms} outside 50..1000 (at least once a second)")
         if self.threads < 0 or self.warmup < 0:
             raise ConfigError("model.threads and model.warmup must be >= 0")
+        if (self.server_key is None) != (self.authorized_clients is None):
+            raise ConfigError("security.server_key and security.authorized_clients go together")
         lim = self.limits
         if min(lim.max_width, lim.max_height, lim.max_meta_bytes) <= 0:
             raise ConfigError("limits: max_width, max_height and max_meta_bytes must be positive")
@@ -95,6 +101,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "control": {"endpoint": str, "reload_dirs": list},
     "heartbeat": {"interval_ms": int},
     "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
+    "security": {"server_key": str, "authorized_clients": str},
 }
 
 
@@ -148,10 +155,18 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
                 for d in data.get("control", {}).get("reload_dirs", [])
             ),
             heartbeat_ms=data.get("heartbeat", {}).get("interval_ms", 500),
+            server_key=_path(data.get("security", {}).get("server_key"), base_dir),
+            authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
         )
     except ConfigError as exc:  # raised by DaemonConfig's own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _path(value: str | None, base_dir: Path) -> Path | None:
+    if value is None:
+        return None
+    return Path(value) if Path(value).is_absolute() else base_dir / value
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:

@@ -36,6 +36,7 @@ from edge_runtime.protocol import (
     encode_result,
     stamp_publish_time,
 )
+from edge_runtime.security import SecurityError, ServerSecurity
 
 log = logging.getLogger("edgert.daemon")
 
@@ -69,6 +70,7 @@ class Daemon:
         self._pipeline: InferencePipeline | None = None
         self._started_at = time.monotonic()
         self._warmup_ms = 0.0
+        self._security: ServerSecurity | None = None
         self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
         self._swapped = threading.Event()
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
@@ -84,6 +86,14 @@ class Daemon:
             "model %s loaded on %s (warm-up %.1f ms/inference)", pipeline.model_id, cfg.backend.value, self._warmup_ms
         )
         self._ctx = zmq.Context()
+        if cfg.server_key is not None and cfg.authorized_clients is not None:
+            try:
+                self._security = ServerSecurity(cfg.server_key, cfg.authorized_clients)
+            except SecurityError as exc:
+                pipeline.runner.deactivate()
+                self._ctx.destroy(linger=0)
+                raise DaemonError(str(exc)) from None
+            self._security.start(self._ctx, lambda: self.stats.reject(RejectReason.UNAUTHORIZED))
         try:
             sockets = self._open_sockets()
         except BaseException:
@@ -151,6 +161,8 @@ class Daemon:
         try:
             kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
             ingest = make(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cfg.max_message_bytes)
+            if self._security is not None:
+                self._security.apply(ingest)
             if kind == zmq.SUB:
                 ingest.setsockopt(zmq.SUBSCRIBE, b"")
             attach(ingest, "ingest", cfg.ingest.endpoint, cfg.ingest.mode)
@@ -158,6 +170,8 @@ class Daemon:
             pub.setsockopt(zmq.LINGER, 200)  # let the final results and the STOPPING heartbeat leave, but never hang
             attach(pub, "results", cfg.results_endpoint)
             rep = make(zmq.REP, MAXMSGSIZE=4096)
+            if self._security is not None:
+                self._security.apply(rep)
             attach(rep, "control", cfg.control_endpoint)
             handoff = f"inproc://edgert-results-{id(self)}"
             pull = make(zmq.PULL)
@@ -183,6 +197,8 @@ class Daemon:
                 log.error("thread %s did not stop within %.1f s", t.name, timeout)
         if self._pipeline:
             self._pipeline.runner.deactivate()
+        if self._security is not None:
+            self._security.stop()
         if self._ctx:
             self._ctx.destroy(linger=0)
         if self.config.ready_file:
@@ -384,6 +400,7 @@ class Daemon:
             "model": {"name": model.name, "version": model.version, "sha256": model.sha256} if model else None,
             "backend": self.config.backend.value,
             "endpoints": dict(self.endpoints),
+            "curve": self._security is not None,
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "warmup_ms": round(self._warmup_ms, 3),
             "reloads": self.reloads,

@@ -1,0 +1,97 @@
+"""CURVE on ingest and control: allowed keys get through, unknown keys are refused and counted."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from edge_runtime.cli import main
+from edge_runtime.daemon.server import Daemon, DaemonError
+from edge_runtime.security import ClientKeys, SecurityError, generate_keys
+from edge_runtime.sender import FrameSender
+from edge_runtime.subscriber import ResultSubscriber
+from tests.conftest import wait_until
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, Path]:
+    authorized = tmp_path / "authorized"
+    server_pub, server_secret = generate_keys("daemon", tmp_path / "daemon")
+    scanner_pub, scanner_secret = generate_keys("scanner", tmp_path / "scanner")
+    _, stranger_secret = generate_keys("stranger", tmp_path / "stranger")
+    authorized.mkdir()
+    (authorized / "scanner.key").write_bytes(scanner_pub.read_bytes())  # deployment: copy the public half only
+    return {"server_pub": server_pub, "server_secret": server_secret, "authorized": authorized,
+            "scanner": scanner_secret, "stranger": stranger_secret}  # fmt: skip
+
+
+def test_generated_secret_is_private_and_never_overwritten(tmp_path: Path) -> None:
+    public, secret = generate_keys("cart", tmp_path)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert b"secret-key" not in public.read_bytes()
+    with pytest.raises(SecurityError, match="not overwriting"):
+        generate_keys("cart", tmp_path)
+
+
+def test_allowed_sender_flows_and_unknown_keys_are_refused_and_counted(
+    start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], keys: dict[str, Path], zmq_ctx: zmq.Context
+) -> None:
+    daemon = start_daemon(
+        tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=keys["authorized"]
+    )
+    assert daemon.status()["curve"] is True
+    frame = np.zeros((16, 16), np.uint8)
+    with ResultSubscriber(daemon.endpoints["results"], max_age_ms=None, context=zmq_ctx) as sub:
+        wait_until(lambda: sub.recv(50) is None and sub.daemon_alive)
+        stranger = FrameSender(daemon.endpoints["ingest"], context=zmq_ctx,
+                               keys=ClientKeys.from_files(keys["server_pub"], keys["stranger"]))  # fmt: skip
+        plain = FrameSender(daemon.endpoints["ingest"], context=zmq_ctx)  # no CURVE at all
+        for _ in range(20):
+            stranger.send(frame, seq=1000)
+            plain.send(frame, seq=2000)
+        wait_until(lambda: daemon.stats.snapshot()["rejected_by_reason"].get("unauthorized", 0) >= 1, timeout=5)
+        with FrameSender(daemon.endpoints["ingest"], context=zmq_ctx,
+                         keys=ClientKeys.from_files(keys["server_pub"], keys["scanner"])) as scanner:  # fmt: skip
+            first = wait_until(lambda: scanner.send(frame, seq=7) and sub.recv(100), timeout=10)
+            seqs = {first.seq}
+            for _ in range(20):  # keep all three sending for a while: only the scanner may get through
+                stranger.send(frame, seq=1000)
+                plain.send(frame, seq=2000)
+                scanner.send(frame, seq=7)
+                r = sub.recv(30)
+                if r is not None:
+                    seqs.add(r.seq)
+        stranger.close()
+        plain.close()
+    assert seqs == {7}
+    assert daemon.stats.snapshot()["rejected_by_reason"]["unauthorized"] >= 1
+
+
+def test_control_requires_an_allowed_key(start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path],
+                                         keys: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    daemon = start_daemon(
+        tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=keys["authorized"]
+    )
+    control = daemon.endpoints["control"]
+    assert main(["ctl", "status", "--control", control, "--server-key", str(keys["server_pub"]),
+                 "--client-key", str(keys["scanner"])]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["state"] == "ready"
+    assert main(["ctl", "health", "--control", control, "--timeout", "0.5", "--server-key", str(keys["server_pub"]),
+                 "--client-key", str(keys["stranger"])]) == 1  # fmt: skip
+    assert main(["ctl", "health", "--control", control, "--timeout", "0.5"]) == 1  # no keys: no answer
+    assert main(["ctl", "status", "--control", control, "--server-key", str(keys["server_pub"])]) == 1
+    assert "needs both" in capsys.readouterr().err
+
+
+def test_bad_security_config(start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], keys: dict[str, Path],
+                             tmp_path: Path) -> None:  # fmt: skip
+    with pytest.raises(DaemonError, match="does not exist"):
+        start_daemon(tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=tmp_path / "nope")
+    with pytest.raises(DaemonError, match="no secret key"):
+        start_daemon(tiny_models["seg_tiny"], server_key=keys["server_pub"], authorized_clients=keys["authorized"])
