@@ -58,6 +58,7 @@ class DaemonConfig:
     results_endpoint: str = DEFAULT_RESULTS
     control_endpoint: str = DEFAULT_CONTROL
     heartbeat_ms: int = 500
+    inference_deadline_ms: int = 500  # an inference running longer makes the daemon DEGRADED (a hung backend)
     limits: Limits = field(default_factory=Limits)
     ready_file: Path | None = None
     reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
@@ -80,6 +81,8 @@ class DaemonConfig:
                 raise ConfigError(f"{name}: '{endpoint}' must start with one of {', '.join(_TRANSPORTS)}")
         if not 50 <= self.heartbeat_ms <= 1000:
             raise ConfigError(f"heartbeat.interval_ms: {self.heartbeat_ms} outside 50..1000 (at least once a second)")
+        if self.inference_deadline_ms <= 0:
+            raise ConfigError("watchdog.inference_deadline_ms must be positive")
         if self.threads < 0 or self.warmup < 0:
             raise ConfigError("model.threads and model.warmup must be >= 0")
         if (self.server_key is None) != (self.authorized_clients is None):
@@ -100,6 +103,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "results": {"endpoint": str},
     "control": {"endpoint": str, "reload_dirs": list},
     "heartbeat": {"interval_ms": int},
+    "watchdog": {"inference_deadline_ms": int},
     "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
     "security": {"server_key": str, "authorized_clients": str},
 }
@@ -155,6 +159,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
                 for d in data.get("control", {}).get("reload_dirs", [])
             ),
             heartbeat_ms=data.get("heartbeat", {}).get("interval_ms", 500),
+            inference_deadline_ms=data.get("watchdog", {}).get("inference_deadline_ms", 500),
             server_key=_path(data.get("security", {}).get("server_key"), base_dir),
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),

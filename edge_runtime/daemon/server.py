@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.slots import LatestFrameSlots
 from edge_runtime.daemon.stats import DaemonStats
@@ -71,6 +72,7 @@ class Daemon:
         self._started_at = time.monotonic()
         self._warmup_ms = 0.0
         self._security: ServerSecurity | None = None
+        self._busy_since: float | None = None  # monotonic start of the inference in progress, for the watchdog
         self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
         self._swapped = threading.Event()
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
@@ -189,6 +191,7 @@ class Daemon:
         if self._stop.is_set():
             return
         self.state = DaemonState.STOPPING
+        systemd.notify("STOPPING=1")
         self._stop.set()
         self.stats.dropped_at_shutdown(self._slots.close())
         for t in self._threads:
@@ -219,6 +222,7 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
             self.start()
+            systemd.notify("READY=1")
             while not stop.wait(0.2):
                 if not all(t.is_alive() for t in self._threads):
                     log.error("a daemon thread died; shutting down")
@@ -275,14 +279,19 @@ class Daemon:
                 pending = self._slots.take(POLL_MS / 1000.0)
                 if pending is None:
                     continue
+                self._busy_since = time.monotonic()
                 result = pipeline.run(pending.frame, pending.recv_ts_ns)
+                self._busy_since = None
                 ok = result.status is ResultStatus.OK
                 if not ok:
                     log.warning(
                         "inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error
                     )
                 self.stats.inferred(
-                    result.infer_start_ns - pending.recv_ts_ns, result.infer_end_ns - result.infer_start_ns, ok
+                    result.infer_start_ns - pending.recv_ts_ns,
+                    result.infer_end_ns - result.infer_start_ns,
+                    ok,
+                    self.config.inference_deadline_ms * 1_000_000,
                 )
                 push.send_multipart(encode_result(result), copy=False)
         finally:
@@ -302,7 +311,10 @@ class Daemon:
                     return
                 now = time.monotonic_ns()
                 if now >= next_beat:
-                    pub.send_multipart(encode_heartbeat(self._heartbeat()))
+                    beat = self._heartbeat()
+                    pub.send_multipart(encode_heartbeat(beat))
+                    if beat.state is DaemonState.READY:
+                        systemd.notify("WATCHDOG=1")  # withheld while inference hangs: systemd then restarts us
                     next_beat = now + interval_ns
                 events = dict(poller.poll(min(POLL_MS, max(0, (next_beat - now) // 1_000_000))))
                 if pull in events:
@@ -393,10 +405,22 @@ class Daemon:
         threading.Thread(target=work, name="edgert-reload", daemon=True).start()
         return None
 
+    def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:
+        """The state to report: DEGRADED while an inference has run past its deadline (a hung backend)."""
+        busy = self._busy_since
+        if self.state is DaemonState.READY and busy is not None:
+            busy_ms = (time.monotonic() - busy) * 1000.0
+            if busy_ms > self.config.inference_deadline_ms:
+                detail = {"busy_ms": round(busy_ms, 1), "deadline_ms": self.config.inference_deadline_ms}
+                return DaemonState.DEGRADED, {"watchdog": detail}
+        return self.state, {}
+
     def status(self) -> dict[str, Any]:
         model = self._pipeline.model_id if self._pipeline else None
+        state, watchdog = self._watchdog()
         return {
-            "state": self.state.name.lower(),
+            **watchdog,
+            "state": state.name.lower(),
             "model": {"name": model.name, "version": model.version, "sha256": model.sha256} if model else None,
             "backend": self.config.backend.value,
             "endpoints": dict(self.endpoints),
@@ -415,15 +439,16 @@ class Daemon:
 
     def _heartbeat(self) -> Heartbeat:
         s = self.stats
+        state, watchdog = self._watchdog()
         return Heartbeat(
-            state=self.state,
+            state=state,
             ts_ns=time.time_ns(),
             frames_in=s.frames_in,
             frames_out=s.frames_out,
             frames_dropped=s.frames_dropped,
             frames_rejected=s.frames_rejected,
             model=self._pipeline.model_id if self._pipeline else None,
-            info={"interval_ms": self.config.heartbeat_ms, "backend": self.config.backend.value},
+            info={"interval_ms": self.config.heartbeat_ms, "backend": self.config.backend.value, **watchdog},
         )
 
     def _write_ready_file(self, path: Path) -> None:

@@ -28,6 +28,7 @@ class DaemonStats:
         self.frames_out = 0  # results published
         self.frames_dropped = 0  # accepted but superseded by a newer frame of the same stream before inference
         self.inference_errors = 0
+        self.deadline_misses = 0  # inferences that took longer than the watchdog deadline
         self.rejected: Counter[str] = Counter()
         self._queue_ns: deque[int] = deque(maxlen=_WINDOW)
         self._infer_ns: deque[int] = deque(maxlen=_WINDOW)
@@ -42,8 +43,9 @@ class DaemonStats:
             self.rejected[reason.value] += 1
             return self.rejected[reason.value]
 
-    def inferred(self, queue_ns: int, infer_ns: int, ok: bool) -> None:
+    def inferred(self, queue_ns: int, infer_ns: int, ok: bool, deadline_ns: int | None = None) -> None:
         with self._lock:
+            self.deadline_misses += int(deadline_ns is not None and infer_ns > deadline_ns)
             self._queue_ns.append(queue_ns)
             self._infer_ns.append(infer_ns)
             self.inference_errors += int(not ok)
@@ -71,5 +73,6 @@ class DaemonStats:
                 "frames_rejected": sum(self.rejected.values()),
                 "rejected_by_reason": dict(self.rejected),
                 "inference_errors": self.inference_errors,
+                "deadline_misses": self.deadline_misses,
                 "latency_ms": {"queue": percentiles_ms(queue), "inference": percentiles_ms(infer)},
             }
