@@ -22,7 +22,6 @@ from edge_runtime.package import demo_package_path
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
 
-
 IN_FLIGHT = 2  # frames sent ahead of their results
 
 

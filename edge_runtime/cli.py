@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         "results.endpoint": args.results,
         "control.endpoint": args.control,
         "heartbeat.interval_ms": args.heartbeat_ms,
+        "metrics.endpoint": args.metrics,
         "security.server_key": str(args.server_key) if args.server_key else None,
         "security.authorized_clients": str(args.authorized_clients) if args.authorized_clients else None,
     }
@@ -368,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control", help="control REP endpoint, e.g. tcp://127.0.0.1:5557")
     p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval in ms (50..1000)")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once ready")
+    p.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (off by default)")
     p.add_argument("--server-key", type=Path, help="CURVE: this daemon's .key_secret (with --authorized-clients)")
     p.add_argument("--authorized-clients", type=Path, help="CURVE: folder of client .key files allowed to connect")
 

@@ -59,3 +59,13 @@ def test_pipeline_benchmark_smoke(tmp_path: Path) -> None:
     assert report["overload"] and all(r["series"] for r in report["overload"])
     assert report["machine"]["cores"] >= 1 and "daemon_peak_rss_mb" in report["targets"]
     assert (tmp_path / "pipeline_latency.png").stat().st_size > 0 and (tmp_path / "pipeline_overload.png").exists()
+
+
+def test_soak_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--frames", "60", "--warmup-frames", "10", "--out", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["daemon"]["frames_out"] >= 60 and report["rss_mb"]["end"] > 0 and report["exit_status"] == 0

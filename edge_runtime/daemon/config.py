@@ -58,7 +58,10 @@ class DaemonConfig:
     results_endpoint: str = DEFAULT_RESULTS
     control_endpoint: str = DEFAULT_CONTROL
     heartbeat_ms: int = 500
-    inference_deadline_ms: int = 500  # an inference running longer makes the daemon DEGRADED (a hung backend)
+    inference_deadline_ms: int = 500
+    metrics_endpoint: str | None = (
+        None  # HOST:PORT for Prometheus; off unless set (127.0.0.1:9464 is customary)  # an inference running longer makes the daemon DEGRADED (a hung backend)
+    )
     limits: Limits = field(default_factory=Limits)
     ready_file: Path | None = None
     reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
@@ -104,6 +107,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "control": {"endpoint": str, "reload_dirs": list},
     "heartbeat": {"interval_ms": int},
     "watchdog": {"inference_deadline_ms": int},
+    "metrics": {"endpoint": str},
     "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
     "security": {"server_key": str, "authorized_clients": str},
 }
@@ -160,6 +164,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             ),
             heartbeat_ms=data.get("heartbeat", {}).get("interval_ms", 500),
             inference_deadline_ms=data.get("watchdog", {}).get("inference_deadline_ms", 500),
+            metrics_endpoint=data.get("metrics", {}).get("endpoint"),
             server_key=_path(data.get("security", {}).get("server_key"), base_dir),
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),

@@ -72,7 +72,8 @@ class Daemon:
         self._started_at = time.monotonic()
         self._warmup_ms = 0.0
         self._security: ServerSecurity | None = None
-        self._busy_since: float | None = None  # monotonic start of the inference in progress, for the watchdog
+        self._busy_since: float | None = None
+        self._metrics: Any = None  # monotonic start of the inference in progress, for the watchdog
         self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
         self._swapped = threading.Event()
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
@@ -117,6 +118,15 @@ class Daemon:
         self.state = DaemonState.READY
         for t in self._threads:
             t.start()
+        if cfg.metrics_endpoint:
+            from edge_runtime.daemon.metrics import MetricsServer
+
+            try:
+                self._metrics = MetricsServer(self, cfg.metrics_endpoint)
+            except (OSError, ValueError) as exc:
+                self.stop()
+                raise DaemonError(f"cannot serve metrics on {cfg.metrics_endpoint}: {exc}") from None
+            self.endpoints["metrics"] = f"http://{self._metrics.address}/metrics"
         if cfg.ready_file:
             self._write_ready_file(cfg.ready_file)
         log.info(
@@ -202,6 +212,8 @@ class Daemon:
             self._pipeline.runner.deactivate()
         if self._security is not None:
             self._security.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if self._ctx:
             self._ctx.destroy(linger=0)
         if self.config.ready_file:

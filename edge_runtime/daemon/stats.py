@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from edge_runtime.protocol import RejectReason
 
 _WINDOW = 1024  # latencies kept for the percentiles reported by `stats`
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # Prometheus histogram bounds
 
 
 def percentiles_ms(values_ns: list[int] | np.ndarray) -> dict[str, float] | None:
@@ -19,6 +21,23 @@ def percentiles_ms(values_ns: list[int] | np.ndarray) -> dict[str, float] | None
     arr = np.asarray(values_ns, np.float64) / 1e6
     p50, p95, p99 = np.percentile(arr, [50, 95, 99])
     return {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3), "max": round(float(arr.max()), 3)}
+
+
+@dataclass
+class LatencyHistogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[next((i for i, bound in enumerate(BUCKETS_S) if seconds <= bound), len(BUCKETS_S))] += 1
+        self.total_s += seconds
+
+    def cumulative(self) -> tuple[list[tuple[str, int]], float]:
+        running, buckets = 0, []
+        for bound, count in zip([*(str(b) for b in BUCKETS_S), "+Inf"], self.counts):
+            running += count
+            buckets.append((bound, running))
+        return buckets, self.total_s
 
 
 class DaemonStats:
@@ -30,6 +49,7 @@ class DaemonStats:
         self.inference_errors = 0
         self.deadline_misses = 0  # inferences that took longer than the watchdog deadline
         self.rejected: Counter[str] = Counter()
+        self._hist = {stage: LatencyHistogram() for stage in ("queue", "inference")}
         self._queue_ns: deque[int] = deque(maxlen=_WINDOW)
         self._infer_ns: deque[int] = deque(maxlen=_WINDOW)
 
@@ -48,6 +68,8 @@ class DaemonStats:
             self.deadline_misses += int(deadline_ns is not None and infer_ns > deadline_ns)
             self._queue_ns.append(queue_ns)
             self._infer_ns.append(infer_ns)
+            self._hist["queue"].observe(queue_ns / 1e9)
+            self._hist["inference"].observe(infer_ns / 1e9)
             self.inference_errors += int(not ok)
 
     def published(self) -> None:
@@ -57,6 +79,11 @@ class DaemonStats:
     def dropped_at_shutdown(self, n: int) -> None:
         with self._lock:
             self.frames_dropped += n
+
+    def histograms(self) -> dict[str, tuple[list[tuple[str, int]], float]]:
+        """Per stage: cumulative Prometheus buckets [(upper bound, count)] and the sum of observations."""
+        with self._lock:
+            return {stage: h.cumulative() for stage, h in self._hist.items()}
 
     @property
     def frames_rejected(self) -> int:
