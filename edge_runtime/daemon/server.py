@@ -116,6 +116,7 @@ class Daemon:
             ),
         ]
         self.state = DaemonState.READY
+        systemd.notify("READY=1")  # before the I/O thread's first WATCHDOG=1; a no-op outside systemd
         for t in self._threads:
             t.start()
         if cfg.metrics_endpoint:
@@ -234,7 +235,6 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         try:
             self.start()
-            systemd.notify("READY=1")
             while not stop.wait(0.2):
                 if not all(t.is_alive() for t in self._threads):
                     log.error("a daemon thread died; shutting down")

@@ -57,7 +57,7 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
     "text, message",
     [
         ('[model]\npackage = "/m"\n[ingest]\nendpont = "x"\n', "unknown key ingest.endpont"),
-        ('[model]\npackage = "/m"\n[metrics]\nport = 1\n', r"unknown section \[metrics\]"),
+        ('[model]\npackage = "/m"\n[telemetry]\nport = 1\n', r"unknown section \[telemetry\]"),
         ("[model]\nthreads = 1\n", "model.package is required"),
         ('[model]\npackage = "/m"\nthreads = "two"\n', "model.threads = 'two' should be int"),
         ('[model]\npackage = "/m"\n[ingest]\nmode = "listen"\n', "ingest.mode: 'listen' is not one of"),
