@@ -67,8 +67,11 @@ def _replay(args: argparse.Namespace) -> int:
     print(f"replaying {source.description} to {args.to}" + (" (looping)" if args.loop else ""), file=sys.stderr)
     started = time.perf_counter()
     try:
-        with FrameSender(args.to, stream_id=args.stream_id, keys=_client_keys(args)) as sender:
+        sender = FrameSender(args.to, stream_id=args.stream_id, keys=_client_keys(args))
+        try:
             stats = replay(source, sender, fps=args.fps, loop=args.loop, max_frames=args.frames)
+        finally:
+            sender.close(flush_ms=500)  # let the last queued frames leave; never more than half a second
     except (SourceError, DicomError, ValueError) as exc:
         raise CliError(str(exc)) from None
     except KeyboardInterrupt:

@@ -204,10 +204,13 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
         print(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
 
         def scanner() -> None:
-            with FrameSender(endpoints["ingest"]) as sender:
+            sender = FrameSender(endpoints["ingest"])
+            try:
                 stats_box.append(
                     replay(source, sender, fps=args.fps, loop=True, max_frames=args.frames, stop=stop, on_send=rec.sent)
                 )
+            finally:
+                sender.close(flush_ms=500)  # the last frames of a finite run still reach the daemon
 
         thread = threading.Thread(target=scanner, name="demo-scanner", daemon=True)
         started = time.perf_counter()

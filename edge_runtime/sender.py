@@ -100,8 +100,10 @@ class FrameSender:
         self.stats.sent += 1
         return True
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
+    def close(self, flush_ms: int = 0) -> None:
+        """Close the socket. By default frames still queued are discarded (a scanner must never hang on close);
+        `flush_ms` gives them that long to leave, for the end of a finite stream such as a replay."""
+        self._sock.close(linger=flush_ms)
 
     def __enter__(self) -> FrameSender:
         return self

@@ -150,3 +150,18 @@ def test_iterating_yields_fresh_results(publisher: zmq.Socket, zmq_ctx: zmq.Cont
             if len(seen) == 2:
                 break
         assert seen == [5, 6]
+
+
+def test_close_with_flush_delivers_the_last_frames(zmq_ctx: zmq.Context) -> None:
+    with zmq_ctx.socket(zmq.PULL) as pull:
+        pull.bind("tcp://127.0.0.1:*")
+        sender = FrameSender(pull.getsockopt_string(zmq.LAST_ENDPOINT), high_water_mark=10, context=zmq_ctx)
+        frame = np.zeros((480, 640), np.uint8)
+        wait_until(lambda: sender.send(frame, seq=0))
+        for seq in range(1, 5):
+            assert sender.send(frame, seq=seq)
+        sender.close(flush_ms=2000)  # closed at once: the queued frames still leave
+        got = []
+        while pull.poll(1000):
+            got.append(pull.recv_multipart())
+        assert len(got) == 5
