@@ -41,8 +41,8 @@ def run_model(model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = Tr
     return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
 
 
-def activation_ranges(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str, float]:
-    """Max |x| over the feeds for every float tensor: inputs, initializers and every node output."""
+def with_float_activations_as_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose outputs include every float node output, to observe activations on real data."""
     types = elem_types(model)
     probe = copy_model(model)
     outputs = {o.name for o in probe.graph.output}
@@ -51,6 +51,12 @@ def activation_ranges(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str
             if out and out not in outputs and types.get(out) == TensorProto.FLOAT:
                 probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
                 outputs.add(out)
+    return probe
+
+
+def activation_ranges(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str, float]:
+    """Max |x| over the feeds for every float tensor: inputs, initializers and every node output."""
+    probe = with_float_activations_as_outputs(model)
     ranges: dict[str, float] = {}
     for t in model.graph.initializer:
         if t.data_type == TensorProto.FLOAT:

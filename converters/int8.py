@@ -26,13 +26,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.calibrators import Calibrator, CalibratorOptions
-from converters.evaluate import Feed, run_model
+from converters.evaluate import Feed, run_model, with_float_activations_as_outputs
 from converters.graph import (
     ConversionError,
     all_names,
     consumers,
     copy_model,
-    elem_types,
     initializers,
     producers,
     unique_name,
@@ -73,14 +72,7 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
 
 def calibrate(model: onnx.ModelProto, feeds: Sequence[Feed], options: CalibratorOptions) -> Calibrator:
     """Histograms of every float activation (graph inputs and node outputs), one pass over the feeds."""
-    types = elem_types(model)
-    probe = copy_model(model)
-    outputs = {o.name for o in probe.graph.output}
-    for node in probe.graph.node:
-        for out in node.output:
-            if out and out not in outputs and types.get(out) == TensorProto.FLOAT:
-                probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
-                outputs.add(out)
+    probe = with_float_activations_as_outputs(model)
     calibrator = Calibrator(options)
     for feed in feeds:
         (result,) = run_model(probe, [feed], optimize=False)
@@ -128,17 +120,20 @@ class _Builder:
         shape = [1] * w.ndim
         shape[axis] = -1
         wq = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-        q = self.const(f"{node.input[1]}_int8", wq)
-        s = self.const(f"{node.input[1]}_scale", scale)
-        z = self.const(f"{node.input[1]}_zero_point", np.zeros(scale.shape, np.int8))
-        out = unique_name(self.taken, f"{node.input[1]}_dequantized")
-        self.new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear", [q, s, z], [out], axis=axis, name=unique_name(self.taken, f"DQ_{node.input[1]}")
-            )
-        )
-        node.input[1] = out
+        node.input[1] = self.dequantized_constant(node.input[1], wq, scale, axis)
         return scale
+
+    def dequantized_constant(self, base: str, values: np.ndarray, scale: np.ndarray, axis: int) -> str:
+        """Integer initializer + per-channel scale + zero point -> DequantizeLinear; returns its output's name."""
+        q = self.const(f"{base}_{values.dtype.name}", values)
+        s = self.const(f"{base}_scale", scale)
+        z = self.const(f"{base}_zero_point", np.zeros(scale.shape, values.dtype))
+        out = unique_name(self.taken, f"{base}_dequantized")
+        dq = helper.make_node(
+            "DequantizeLinear", [q, s, z], [out], axis=axis, name=unique_name(self.taken, f"DQ_{base}")
+        )
+        self.new_nodes.append(dq)
+        return out
 
     def bias_int32(self, node: onnx.NodeProto, input_scale: float, weight_scale: np.ndarray) -> None:
         inits = initializers(self.g)
@@ -147,16 +142,7 @@ class _Builder:
         b = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
         scale = (input_scale * weight_scale).astype(np.float32)
         bq = np.clip(np.round(b / scale), -(2**31), 2**31 - 1).astype(np.int32)
-        q = self.const(f"{node.input[2]}_int32", bq)
-        s = self.const(f"{node.input[2]}_scale", scale)
-        z = self.const(f"{node.input[2]}_zero_point", np.zeros(scale.shape, np.int32))
-        out = unique_name(self.taken, f"{node.input[2]}_dequantized")
-        self.new_nodes.append(
-            helper.make_node(
-                "DequantizeLinear", [q, s, z], [out], axis=0, name=unique_name(self.taken, f"DQ_{node.input[2]}")
-            )
-        )
-        node.input[2] = out
+        node.input[2] = self.dequantized_constant(node.input[2], bq, scale, axis=0)
 
     def rewire(self, node: onnx.NodeProto, index: int, tensor: str) -> None:
         node.input[index] = self.qdq_of[tensor]
