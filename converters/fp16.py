@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from converters.graph import ConversionError, all_names, copy_model, elem_types, unique_name
+from converters.graph import ConversionError, add_nodes, all_names, copy_model, elem_types, unique_name
 
 FP16_MAX = 65504.0
 
@@ -146,33 +146,6 @@ def _wants_fp16(node: onnx.NodeProto, index: int, fp16: set[str]) -> bool:
     return rule.data_inputs is None or index in rule.data_inputs
 
 
-def _topological(nodes: list[onnx.NodeProto], available: Iterable[str]) -> list[onnx.NodeProto]:
-    ready = set(available) | {""}
-    pending = list(nodes)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in ready for i in node.input):
-                ordered.append(node)
-                ready.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ConversionError(f"graph has a cycle or a missing input near {rest[0].name}")
-        pending = rest
-    return ordered
-
-
-def _add_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
-    """Add nodes, restore topological order, and drop value_info that the change made stale."""
-    available = [i.name for i in graph.input] + [t.name for t in graph.initializer]
-    ordered = _topological([*graph.node, *nodes], available)
-    del graph.node[:]
-    graph.node.extend(ordered)
-    del graph.value_info[:]
-
-
 def convert_fp16(model: onnx.ModelProto, fp16_nodes: Iterable[str], keep_io_types: bool = True) -> onnx.ModelProto:
     """The typed FP16 model for a set of nodes; every other node stays FP32, with casts where they meet."""
     fp16 = set(fp16_nodes)
@@ -258,7 +231,7 @@ def convert_fp16(model: onnx.ModelProto, fp16_nodes: Iterable[str], keep_io_type
             helper.make_node("Cast", [inner], [original], to=FLOAT, name=unique_name(taken, f"Cast_{original}"))
         )
 
-    _add_nodes(g, new_nodes)
+    add_nodes(g, new_nodes)
     try:
         m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
         onnx.checker.check_model(m, full_check=True)
@@ -297,5 +270,5 @@ def emulate_fp16(typed: onnx.ModelProto) -> onnx.ModelProto:
                 rounded.append(
                     helper.make_node("Cast", [half], [out], to=FLOAT, name=unique_name(taken, f"Round32_{out}"))
                 )
-    _add_nodes(g, rounded)
+    add_nodes(g, rounded)
     return m

@@ -105,3 +105,31 @@ def ensure_node_names(graph: onnx.GraphProto) -> None:
     for i, node in enumerate(graph.node):
         if not node.name:
             node.name = unique_name(taken, f"{node.op_type}_{i}")
+
+
+def topological(nodes: list[onnx.NodeProto], available: Iterable[str]) -> list[onnx.NodeProto]:
+    """Nodes in an order where every input is produced before it is read."""
+    ready = set(available) | {""}
+    pending = list(nodes)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ConversionError(f"graph has a cycle or a missing input near {rest[0].name}")
+        pending = rest
+    return ordered
+
+
+def add_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Add nodes, restore topological order, and drop value_info that the change made stale."""
+    available = [i.name for i in graph.input] + [t.name for t in graph.initializer]
+    ordered = topological([*graph.node, *nodes], available)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    del graph.value_info[:]

@@ -29,6 +29,7 @@ from calibration.calibrators import Calibrator, CalibratorOptions
 from converters.evaluate import Feed, run_model, with_float_activations_as_outputs
 from converters.graph import (
     ConversionError,
+    add_nodes,
     all_names,
     consumers,
     copy_model,
@@ -148,9 +149,7 @@ class _Builder:
         node.input[index] = self.qdq_of[tensor]
 
     def finish(self) -> onnx.ModelProto:
-        from converters.fp16 import _add_nodes  # one topological re-ordering for every graph rewrite
-
-        _add_nodes(self.g, self.new_nodes)
+        add_nodes(self.g, self.new_nodes)
         used = {i for n in self.g.node for i in n.input} | {o.name for o in self.g.output}
         live = [t for t in self.g.initializer if t.name in used]
         del self.g.initializer[:]
