@@ -376,8 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-key", type=Path, help="CURVE: this daemon's .key_secret (with --authorized-clients)")
     p.add_argument("--authorized-clients", type=Path, help="CURVE: folder of client .key files allowed to connect")
 
-    p = command("replay", "play a DICOM file/folder or a synthetic cine to a daemon, as a scanner would", _replay)
-    p.add_argument("source", help="DICOM file or folder, or synthetic[:frames=N,size=HxW,seed=S,fps=F]")
+    p = command("replay", "play DICOM, images, video or a synthetic cine to a daemon, as a scanner would", _replay)
+    p.add_argument(
+        "source", help="a file or folder (DICOM, images, video, .npy), or synthetic[:frames=N,size=HxW,seed=S,fps=F]"
+    )
     p.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon ingest endpoint")
     p.add_argument("--fps", type=float, help="frame rate (default: the recording's Frame Time / Cine Rate, else 30)")
     p.add_argument("--loop", action="store_true", help="start again at the end")
@@ -385,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-id", type=int, default=0)
     _key_arguments(p)
 
-    p = command("convert", "prepare a model and convert it to FP32 or FP16 behind an accuracy gate", _convert)
+    p = command("convert", "prepare a model and convert it to FP32, FP16 or INT8 behind an accuracy gate", _convert)
     p.add_argument("model", help="ONNX file or model package")
     p.add_argument(
         "-o", "--out", type=Path, required=True, help="output folder (model package, report.json, summary.txt)"
@@ -443,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="backend threads (0 = one per core)")
     p.add_argument("--json", type=Path, help="write the results here")
 
-    p = command("ctl", "query a running daemon over its control socket", _ctl)
+    p = command("ctl", "status, stats, health or model reload of a running daemon", _ctl)
     p.add_argument("command", choices=["status", "stats", "health", "reload"],
                    help="health: exit 0 only if ready; reload PACKAGE: swap the model without stopping")  # fmt: skip
     p.add_argument("package", nargs="?", help="for reload: the model package to load")

@@ -31,7 +31,7 @@ def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for name in ("demo", "serve", "replay", "ctl", "package"):
+    for name in ("demo", "serve", "replay", "convert", "compare", "bench", "ctl", "keys", "package"):
         assert f"    {name} " in out
 
 
