@@ -207,3 +207,27 @@ def test_start_fails_cleanly(start_daemon: StartDaemon, zmq_ctx: zmq.Context, ti
     with pytest.raises(PackageError, match="card says"):
         start_daemon(tiny_models["seg_wrong_input"])
     assert not [t for t in threading.enumerate() if t.name.startswith("edgert-")]  # nothing left running
+
+
+def test_oversized_message_is_dropped_by_zeromq_and_serving_continues(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    from edge_runtime.protocol import Limits
+
+    daemon = start_daemon(tiny_models["seg_tiny"], limits=Limits(max_width=32, max_height=32))
+    assert daemon.config.max_message_bytes < 100_000
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        zmq_ctx.socket(zmq.PUSH) as big,
+        FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender,
+    ):
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(daemon.endpoints["ingest"])
+        huge = np.zeros((1000, 1000), np.uint8)  # 1 MB: over MAXMSGSIZE, refused before the daemon sees a byte
+        big.send_multipart(encode_frame(huge, stream_id=9, seq=1, capture_ts_ns=time.time_ns(), send_ts_ns=0))
+        r = wait_until(lambda: sender.send(np.zeros((16, 16), np.uint8), seq=5) and sub.recv(100), timeout=10)
+        streams = {r.stream_id}
+        while (more := sub.recv(300)) is not None:  # whatever else arrives: never the oversized stream
+            streams.add(more.stream_id)
+    assert r.seq == 5 and streams == {0}
+    assert daemon.state is DaemonState.READY
