@@ -89,7 +89,11 @@ def read_cache(path: str | Path) -> CalibrationCache:
         raise CacheError(f"{path}: cannot read calibration cache ({exc})") from None
 
 
-def write_amax_json(path: str | Path, amax: Mapping[str, float], method: str) -> None:
+def format_amax_json(amax: Mapping[str, float], method: str) -> str:
     """The same table for people and other tools: amax and scale (amax / 127) per tensor."""
     table = {name: {"amax": value, "scale": value / INT8_MAX} for name, value in amax.items()}
-    Path(path).write_text(json.dumps({"method": method, "tensors": table}, indent=2) + "\n")
+    return json.dumps({"method": method, "tensors": table}, indent=2) + "\n"
+
+
+def write_amax_json(path: str | Path, amax: Mapping[str, float], method: str) -> None:
+    Path(path).write_text(format_amax_json(amax, method))

@@ -20,10 +20,10 @@ from typing import Any
 
 import onnx
 
-from calibration.cache import format_cache
+from calibration.cache import format_amax_json, format_cache
 from calibration.calibrators import CalibrationMethod, CalibratorOptions
 from converters.data import EvalData, load_feeds
-from converters.evaluate import DEFAULT_TOLERANCE, Outputs, activation_ranges, compare, run_model
+from converters.evaluate import DEFAULT_TOLERANCE, Comparison, Outputs, activation_ranges, compare, run_model
 from converters.fp16 import Fp16Options, convert_fp16, emulate_fp16, plan_fp16
 from converters.gate import Fallback, Gate, SearchResult
 from converters.graph import ConversionError, model_size, real_inputs
@@ -274,19 +274,19 @@ def _to_int8(
         )
 
     scores: dict[str, float] = {}
-    best: tuple[float, CalibrationMethod, dict[str, float]] | None = None
+    best: tuple[Comparison, CalibrationMethod, dict[str, float]] | None = None
     for method in methods:
         amax = calibrator.amax(method)
         result = gate_for(amax).evaluate(units)
         scores[method.value] = round(result.metric, 6)
         say(f"  {method.value:<10} every op INT8: {result.metric_name} {result.metric:.4f}")
-        if best is None or result.metric > best[0]:
-            best = (result.metric, method, amax)
+        if best is None or result.metric > best[0].metric:
+            best = (result, method, amax)
     assert best is not None
-    _, method, amax = best
+    all_int8, method, amax = best
     say(f"calibration: {method.value}, {options.target.value} placement; accuracy gate")
     gate = gate_for(amax)
-    found = gate.search(units, _budget(prepared, options), ops, say)
+    found = gate.search(units, _budget(prepared, options), ops, say, first=all_int8)  # already measured
     report["accuracy"] = _accuracy(found, gate)
     report["fallback"] = [asdict(f) for f in found.fallbacks]
     report["int8"] = {
@@ -309,9 +309,8 @@ def _to_int8(
     model = insert_qdq(prepared, amax, found.lowered, options.target, positive)
     if options.fallback is Precision.FP16:
         model = _int8_with_fp16(prepared, model, found.lowered, data, reference, card, tolerance, report, say)
-    table = {name: {"amax": value, "scale": value / 127.0} for name, value in amax.items()}
     extra["calibration.cache"] = format_cache(amax, options.trt_version)
-    extra["calibration.json"] = json.dumps({"method": method.value, "tensors": table}, indent=2) + "\n"
+    extra["calibration.json"] = format_amax_json(amax, method.value)
     extra["prepared_fp32.onnx"] = prepared.SerializeToString()  # the graph whose tensor names the cache uses
     return model, True
 

@@ -77,10 +77,15 @@ class Gate:
         return lo - 1
 
     def search(
-        self, units: Sequence[str], budget: int, op_of: dict[str, str], say: Callable[[str], None]
+        self,
+        units: Sequence[str],
+        budget: int,
+        op_of: dict[str, str],
+        say: Callable[[str], None],
+        first: Comparison | None = None,  # the comparison with every unit lowered, if already measured
     ) -> SearchResult:
         lowered = list(units)
-        first = result = self.evaluate(lowered)
+        first = result = first if first is not None else self.evaluate(lowered)
         fallbacks: list[Fallback] = []
         while not self.passes(result) and lowered and len(fallbacks) < budget:
             say(f"  {result.metric_name} {result.metric:.4f} < {self.required:.4f}: searching for the node to keep")

@@ -271,7 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     from converters.convert import ConvertOptions, Precision, convert_model, load_model
     from converters.data import load_feeds
-    from converters.graph import ConversionError
+    from converters.graph import ConversionError, real_inputs
     from converters.prepare import PrepareReport, fix_input_shapes
     from edge_runtime.backends import BackendError, BackendKind, create_runner
     from edge_runtime.bench import BenchOptions, ProgressBar, bench_runner
@@ -292,8 +292,7 @@ def _bench(args: argparse.Namespace) -> int:
             acc = result.report["accuracy"]
             conversion = {"precision": args.precision, acc["metric_name"]: acc["metric"], "data": result.report["data"]}
         elif args.shape is not None:
-            inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-            fix_input_shapes(model, {inputs[0].name: args.shape}, PrepareReport())
+            fix_input_shapes(model, {real_inputs(model.graph)[0].name: args.shape}, PrepareReport())
         feed = load_feeds(data, model, card, 1).feeds[0]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
