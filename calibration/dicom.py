@@ -1,29 +1,78 @@
-"""DICOM files and cines to display-ready frames, as a scanner would show them.
+"""DICOM files and cines to frames, rendered the way the standard's display pipeline defines them.
 
-Handles MONOCHROME1/2 (rescale slope/intercept and windowing where present), RGB, YBR_* (JPEG-compressed
-included), PALETTE COLOR, multi-frame cines with their recorded frame rate, and pixel spacing. Output frames are
-uint8, (H, W) gray or (H, W, 3) RGB. No patient identifier leaves this module: errors name the file only.
+Gray images pass through the grayscale pipeline of PS3.3 C.11 once, in order: the modality LUT or rescale, then the
+VOI transform (the first window with the function the file names, LINEAR, LINEAR_EXACT or SIGMOID, else the first
+VOI LUT), then presentation (MONOCHROME1 is inverted), then the output range. Enhanced multi-frame objects take
+rescale and window per frame from their functional groups. A frame without a window is mapped by one range for the
+whole object, never per frame, so a cine's brightness changes stay visible: Smallest/Largest Pixel Value in Series or
+Image Pixel Value where the file has them; else, for data of at most 8 bits, the range its bits can hold (8-bit
+ultrasound is shown as stored, 1-bit masks as 0/255); else the smallest and largest values of all its frames.
+
+Color images become 8-bit RGB: YBR data is converted by the decoder, PALETTE COLOR through its LUT. Photometric
+interpretations that cannot be displayed as stored (YBR_ICT, YBR_RCT or YBR_PARTIAL_* outside the codecs that
+define them) are refused. Compressed transfer syntaxes other than RLE and 8-bit JPEG need the `dicom` extra.
+
+Nothing that identifies a patient leaves this module: errors and warnings name the file, and values that pydicom
+quotes in its own messages are redacted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import logging
+import re
+import struct
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
+from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
-from calibration.preprocessing import Color
+from calibration.preprocessing import Color, DicomOutput
 
+log = logging.getLogger("edgert.dicom")
+# pydicom sends every warning both to `warnings` and to its logger, and logs decoder failures with tracebacks. We
+# report its warnings once (below) and its failures as DicomError, so its logger would only repeat them.
+logging.getLogger("pydicom").propagate = False
+
+DECODERS_EXTRA = "pip install 'edgert[dicom]'"
 _CM_UNITS = 3  # Physical Units X/Y Direction code for centimetres in ultrasound regions
+_FLOAT_PIXELS = ("FloatPixelData", "DoubleFloatPixelData")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 class DicomError(ValueError):
-    """A DICOM file that cannot be replayed; the message names the file and the reason."""
+    """A DICOM file that cannot be read or shown; the message names the file and the reason."""
+
+
+def _safe(text: str) -> str:
+    """pydicom's messages may quote element values (a name, an ID): redact them all, and keep one line."""
+    return " ".join(_QUOTED.sub("'...'", text).split())
+
+
+@contextlib.contextmanager
+def _reported_warnings(path: Path) -> Iterator[None]:
+    """pydicom warns (and logs) about each problem it meets; report each distinct one once, through our logger."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for message in dict.fromkeys(_safe(str(w.message)) for w in caught):
+        log.warning("%s: %s", path, message)
 
 
 @dataclass(frozen=True)
@@ -31,11 +80,14 @@ class DicomInfo:
     path: Path
     modality: str
     photometric: str
-    frames: int
+    frames: int  # frames that can be played (fewer than the header says when the file was cut short)
     rows: int
     columns: int
     frame_time_ms: float | None
     spacing_mm: tuple[float, float] | None  # (x, y)
+    transfer_syntax: str = ""
+    bits_stored: int = 8
+    signed: bool = False
 
     @property
     def color(self) -> Color:
@@ -56,9 +108,14 @@ def _frame_time_ms(ds: Dataset) -> float | None:
 
 
 def _spacing_mm(ds: Dataset) -> tuple[float, float] | None:
-    """PixelSpacing, else a single ultrasound region in cm that fits the image; None when unknown or inconsistent."""
-    if ds.get("PixelSpacing"):
-        row, col = (float(v) for v in ds.PixelSpacing)
+    """PixelSpacing (top level or shared functional group), else a single ultrasound region in cm that fits the
+    image; None when unknown or inconsistent."""
+    spacing = ds.get("PixelSpacing")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if not spacing and shared and shared[0].get("PixelMeasuresSequence"):
+        spacing = shared[0].PixelMeasuresSequence[0].get("PixelSpacing")
+    if spacing:
+        row, col = (float(v) for v in spacing)
         return (col, row) if row > 0 and col > 0 else None
     regions = ds.get("SequenceOfUltrasoundRegions")
     if not regions:
@@ -72,82 +129,469 @@ def _spacing_mm(ds: Dataset) -> tuple[float, float] | None:
     return spacings.pop() if len(spacings) == 1 else None
 
 
-def read_info(path: str | Path) -> tuple[DicomInfo, Dataset]:
-    path = Path(path)
+# ---------------------------------------------------------------------------------------------------------------
+# Reading: preamble-less files, truncated pixel data, decoder availability
+
+
+def _looks_like_dicom(ds: Dataset) -> bool:
+    return "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)
+
+
+def _read_forced(path: Path) -> Dataset:
+    """A file without the 128-byte preamble and 'DICM' may still be a DICOM data set: read it as one if it parses
+    into image attributes, and give it the transfer syntax its encoding shows (it has no file meta to say so)."""
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        raise DicomError(f"{path}: not a DICOM file (no DICM preamble)") from None
-    except Exception as exc:  # truncated or garbled files raise many unrelated types inside pydicom
-        raise DicomError(f"{path}: cannot parse DICOM ({exc.__class__.__name__}: {exc})") from None
-    if "PixelData" not in ds:
-        raise DicomError(f"{path}: no pixel data (not an image object)")
+        ds = pydicom.dcmread(path, force=True)
+    except Exception:  # whatever pydicom makes of arbitrary bytes
+        ds = Dataset()
+    if not _looks_like_dicom(ds):
+        raise DicomError(f"{path}: not a DICOM file (no DICM preamble, and its content is not a DICOM data set)")
+    log.info("%s: no DICOM preamble; read as a bare data set", path)
+    return ds
+
+
+def _read_dataset(path: Path) -> Dataset:
     try:
-        info = DicomInfo(
-            path=path,
-            modality=str(ds.get("Modality", "")),
-            photometric=str(ds.PhotometricInterpretation),
-            frames=int(ds.get("NumberOfFrames", 1) or 1),
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
-            frame_time_ms=_frame_time_ms(ds),
-            spacing_mm=_spacing_mm(ds),
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError:
+            ds = _read_forced(path)
+        if "TransferSyntaxUID" not in ds.file_meta:  # no file meta, or meta without it: the encoding tells
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            )
+        return ds
+    except DicomError:
+        raise
+    except (EOFError, struct.error) as exc:
+        raise DicomError(f"{path}: truncated: the file ends inside its header ({_safe(str(exc))})") from None
+    except Exception as exc:  # garbled files raise many unrelated types inside pydicom
+        raise DicomError(f"{path}: cannot parse DICOM ({exc.__class__.__name__}: {_safe(str(exc))})") from None
+
+
+def _salvage_native(path: Path, ds: Dataset, frames: int) -> int:
+    """Native pixel data shorter than its header says: keep the whole frames that are there."""
+    expected = int(get_expected_length(ds, "bytes"))
+    if len(ds.PixelData) >= expected:
+        return frames
+    # bits per frame: 1-bit frames are packed back to back, YBR_FULL_422 holds two samples per pixel
+    frame_bits = expected * 8 // frames if int(ds.BitsAllocated) > 1 else int(get_expected_length(ds, "pixels")) // frames
+    whole = min(frames, len(ds.PixelData) * 8 // frame_bits)
+    if whole == 0:
+        raise DicomError(
+            f"{path}: truncated: pixel data has {len(ds.PixelData)} of {expected} bytes, not one whole frame"
         )
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DicomError(f"{path}: missing or invalid image attribute ({exc})") from None
-    supported = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR") + tuple(
-        p for p in (info.photometric,) if p.startswith("YBR_")
-    )
-    if info.photometric not in supported:
-        raise DicomError(f"{path}: photometric interpretation {info.photometric} is not supported")
-    return info, ds
+    ds.PixelData = bytes(ds.PixelData[: (frame_bits * whole + 7) // 8])
+    if "NumberOfFrames" in ds:
+        ds.NumberOfFrames = whole
+    return whole
 
 
-def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return np.clip((values.astype(np.float32) - lo) * scale + 0.5, 0, 255).astype(np.uint8)
+def _pixel_element(path: Path) -> bytes | None:
+    """The file's bytes from its top-level Pixel Data element on, or None where it has none."""
+    with path.open("rb") as f:
+        pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        raw = f.read()
+    return raw if raw[:4] == b"\xe0\x7f\x10\x00" else None
 
 
-def _display_frame(arr: np.ndarray, ds: Dataset, info: DicomInfo, gray_range: tuple[float, float] | None) -> np.ndarray:
-    if info.photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
-        return rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)  # 16-bit LUT entries
-    if info.color is Color.RGB:  # RGB, or YBR already converted to RGB by iter_pixels
-        if arr.dtype == np.uint8:
-            return arr
-        return _to_uint8(arr, 0, float((1 << int(ds.BitsStored)) - 1))
-    values = apply_modality_lut(arr, ds)
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        values = apply_voi_lut(values, ds, prefer_lut=False)
-        center = float(np.atleast_1d(ds.WindowCenter)[0])
-        width = float(np.atleast_1d(ds.WindowWidth)[0])
-        lo, hi = center - width / 2.0, center + width / 2.0
-    elif gray_range is not None:
-        lo, hi = gray_range
+def _salvage_encapsulated(path: Path, ds: Dataset, frames: int) -> int:
+    """Compressed pixel data cut short: pydicom drops the whole element. Read its items up to the cut, keep the
+    frames whose last fragment is complete (JPEG, JPEG-LS and JPEG 2000 codestreams end in FFD9; RLE has one
+    fragment per frame), and give them back to the data set."""
+    raw = _pixel_element(path) or b""
+    items: list[bytes] = []
+    pos = 12  # tag, VR 'OB', two reserved bytes, undefined length
+    while pos + 8 <= len(raw):
+        group, element, length = struct.unpack_from("<HHI", raw, pos)
+        if (group, element) != (0xFFFE, 0xE000) or pos + 8 + length > len(raw):
+            break
+        items.append(raw[pos + 8 : pos + 8 + length])
+        pos += 8 + length
+    one_per_frame = ds.file_meta.TransferSyntaxUID == RLELossless
+    whole: list[bytes] = []
+    pending: list[bytes] = []
+    for fragment in items[1:]:  # items[0] is the basic offset table
+        pending.append(fragment)
+        if one_per_frame or fragment.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            whole.append(b"".join(pending))
+            pending = []
+    whole = whole[:frames]
+    if whole:
+        ds.add_new(0x7FE00010, "OB", encapsulate(whole))
+        ds["PixelData"].is_undefined_length = True
+        if "NumberOfFrames" in ds:
+            ds.NumberOfFrames = len(whole)
+    return len(whole)
+
+
+def _playable_frames(path: Path, ds: Dataset, frames: int) -> int:
+    syntax = ds.file_meta.TransferSyntaxUID
+    if "PixelData" in ds:
+        played = frames if syntax.is_encapsulated else _salvage_native(path, ds, frames)
+    elif syntax.is_encapsulated:
+        played = _salvage_encapsulated(path, ds, frames)
+        if played == 0:
+            raise DicomError(f"{path}: truncated: the file ends inside its pixel data before one whole frame")
     else:
-        lo, hi = float(values.min()), float(values.max())
-    out = _to_uint8(values, lo, hi)
-    return 255 - out if info.photometric == "MONOCHROME1" else out
+        return frames  # float pixel data: checked by the decoder
+    if played < frames:
+        log.warning("%s: truncated: %d of %d frames are whole; playing those", path, played, frames)
+    return played
 
 
-def iter_dicom_frames(path: str | Path) -> tuple[DicomInfo, Iterator[np.ndarray]]:
-    """Header info now, display frames lazily (one decoded frame in memory at a time)."""
-    info, ds = read_info(path)
-    # Without a window, stretch gray data over the range its bits can hold (8-bit data is left as it is), so
-    # that every frame of a cine maps the same way and the display does not flicker.
-    gray_range: tuple[float, float] | None = None
-    if info.color is Color.GRAY and ds.get("WindowCenter") is None and int(ds.BitsStored) <= 8:
-        gray_range = (0.0, 255.0)
+def _check_decoder(path: Path, syntax: UID) -> None:
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise DicomError(f"{path}: pixel data in {syntax.name} cannot be decoded (no decoder exists for it)") from None
+    if not decoder.is_available:
+        raise DicomError(
+            f"{path}: pixel data in {syntax.name} needs a decoder plugin that is not installed ({DECODERS_EXTRA})"
+        )
+
+
+def read_info(path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8) -> tuple[DicomInfo, Dataset]:
+    """Parse the header, check that the image can be shown as `output`, and salvage a truncated file's whole frames."""
+    path = Path(path)
+    with _reported_warnings(path):
+        return _read_info(path, output)
+
+
+def _read_info(path: Path, output: DicomOutput) -> tuple[DicomInfo, Dataset]:
+    ds = _read_dataset(path)
+    if "PixelData" not in ds and not any(k in ds for k in _FLOAT_PIXELS):
+        cut_short = ds.file_meta.get("TransferSyntaxUID", UID("")).is_encapsulated and _pixel_element(path)
+        if not cut_short:  # pydicom drops compressed pixel data that the file's end cuts short
+            raise DicomError(f"{path}: no pixel data (not an image object)")
+    missing = [k for k in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated") if ds.get(k) in (None, "")]
+    if missing:
+        raise DicomError(f"{path}: image attributes missing or empty: {', '.join(missing)}")
+
+    def positive(keyword: str, default: int | None = None) -> int:
+        value = ds.get(keyword, default)
+        try:
+            number = int(value if value not in (None, "") else default)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = 0
+        if number <= 0:
+            raise DicomError(f"{path}: image attribute {keyword} is not a positive integer")
+        return number
+
+    bits_allocated = positive("BitsAllocated")
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        spacing, frame_time = _spacing_mm(ds), _frame_time_ms(ds)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        log.warning("%s: invalid pixel spacing or frame timing attributes; ignored", path)
+        spacing, frame_time = None, None
+    info = DicomInfo(
+        path=path,
+        modality=str(ds.get("Modality", "")),
+        photometric=str(ds.PhotometricInterpretation).strip().upper(),
+        frames=positive("NumberOfFrames", 1),
+        rows=positive("Rows"),
+        columns=positive("Columns"),
+        frame_time_ms=frame_time,
+        spacing_mm=spacing,
+        transfer_syntax=syntax.name,
+        bits_stored=positive("BitsStored", bits_allocated),
+        signed=ds.get("PixelRepresentation", 0) == 1,
+    )
+    if info.photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR") and not (
+        info.photometric.startswith("YBR_")
+    ):
+        raise DicomError(f"{path}: photometric interpretation {info.photometric} is not supported")
+    is_float = any(k in ds for k in _FLOAT_PIXELS)
+    if output is DicomOutput.STORED and info.color is Color.GRAY and (info.signed or is_float or info.bits_stored > 16):
+        kind = "float" if is_float else f"{'signed' if info.signed else 'unsigned'} {info.bits_stored}-bit"
+        raise DicomError(
+            f"{path}: stored values are {kind} and cannot be sent as unsigned 16-bit; use display8 or display16"
+        )
+    _check_decoder(path, syntax)
+    frames = _playable_frames(path, ds, info.frames)
+    return DicomInfo(**{**info.__dict__, "frames": frames}), ds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The grayscale pipeline
+
+
+@dataclass(frozen=True)
+class _Lut:
+    """A modality or VOI LUT: entries for stored (or modality) values first, first + 1, ..."""
+
+    first: int
+    entries: np.ndarray
+    bits: int
+
+    @classmethod
+    def parse(cls, item: Dataset, little_endian: bool) -> _Lut:
+        count, first, bits = (int(v) for v in item.LUTDescriptor)
+        count = count or 65536
+        elem = item["LUTData"]
+        if isinstance(elem.value, bytes | bytearray):
+            data = np.frombuffer(elem.value, dtype="<u2" if little_endian else ">u2")
+        else:
+            data = np.asarray(elem.value if isinstance(elem.value, list) else [elem.value], dtype=np.int64)
+        if len(data) < count or not 1 <= bits <= 16:
+            raise ValueError(f"LUT of {len(data)} entries and {bits} bits; the descriptor says {count} entries")
+        return cls(first, data[:count].astype(np.float64), bits)
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        index = np.clip(np.rint(values).astype(np.int64) - self.first, 0, len(self.entries) - 1)
+        return self.entries[index]
+
+    @property
+    def top(self) -> float:
+        return float((1 << self.bits) - 1)
+
+
+@dataclass(frozen=True)
+class _Window:
+    center: float
+    width: float
+    function: str  # LINEAR | LINEAR_EXACT | SIGMOID
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """PS3.3 C.11.2.1.2 and C.11.2.1.3, onto [0, 1]."""
+        c, w = self.center, self.width
+        if self.function == "SIGMOID":
+            return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -700.0, 700.0)))
+        if self.function == "LINEAR":
+            c, w = c - 0.5, w - 1.0
+        if w <= 0:  # LINEAR with width 1: a threshold at the center
+            return (x > c).astype(np.float64)
+        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _FrameTransform:
+    """Stored values to [0, 1] for one frame: modality (LUT, or slope and intercept), then VOI (window or LUT)."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    modality_lut: _Lut | None = None
+    voi: _Window | _Lut | None = None
+
+    def modality(self, stored: np.ndarray) -> np.ndarray:
+        if self.modality_lut is not None:
+            return self.modality_lut(stored)
+        values = stored.astype(np.float64)
+        if self.slope != 1.0 or self.intercept != 0.0:
+            values = values * self.slope + self.intercept
+        return values
+
+    def modality_range(self, lo: float, hi: float) -> tuple[float, float]:
+        """The modality values that stored values lo..hi can take."""
+        if self.modality_lut is not None:
+            reached = self.modality_lut(np.arange(int(lo), int(hi) + 1))
+            return float(reached.min()), float(reached.max())
+        ends = (lo * self.slope + self.intercept, hi * self.slope + self.intercept)
+        return min(ends), max(ends)
+
+
+def _number(value: Any) -> float:
+    """A DS/IS value that may be multi-valued: the first (the producer's default view)."""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def _window(source: Dataset, where: str) -> _Window | None:
+    if source.get("WindowCenter") is None or source.get("WindowWidth") is None:
+        return None
+    function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    center, width = _number(source.WindowCenter), _number(source.WindowWidth)
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise ValueError(f"{where}: VOI LUT Function {function} is not LINEAR, LINEAR_EXACT or SIGMOID")
+    if width < (1.0 if function == "LINEAR" else np.finfo(float).tiny):
+        raise ValueError(f"{where}: Window Width {width:g} is not valid for a {function} window")
+    return _Window(center, width, function)
+
+
+def _frame_transforms(ds: Dataset) -> Callable[[int], _FrameTransform]:
+    """The transform for each frame: the frame's functional group first, then the shared one, then the top level."""
+    little = ds.file_meta.TransferSyntaxUID.is_little_endian
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    cache: dict[int, _FrameTransform] = {}
+
+    def for_frame(index: int) -> _FrameTransform:
+        key = index if per_frame else 0
+        if key in cache:
+            return cache[key]
+        groups = ([per_frame[index]] if per_frame and index < len(per_frame) else []) + ([shared[0]] if shared else [])
+        rescale: Dataset | None = None
+        voi: _Window | _Lut | None = None
+        for group in groups:
+            if rescale is None and group.get("PixelValueTransformationSequence"):
+                rescale = group.PixelValueTransformationSequence[0]
+            if voi is None and group.get("FrameVOILUTSequence"):
+                item = group.FrameVOILUTSequence[0]
+                voi = _window(item, f"frame {index + 1} VOI")
+                if voi is None and item.get("VOILUTSequence"):
+                    voi = _Lut.parse(item.VOILUTSequence[0], little)
+        if rescale is None and ds.get("ModalityLUTSequence"):
+            transform = _FrameTransform(modality_lut=_Lut.parse(ds.ModalityLUTSequence[0], little))
+        else:
+            source = rescale if rescale is not None else ds
+            slope = source.get("RescaleSlope")
+            intercept = source.get("RescaleIntercept")
+            transform = _FrameTransform(
+                slope=1.0 if slope in (None, "") else _number(slope),
+                intercept=0.0 if intercept in (None, "") else _number(intercept),
+            )
+        if voi is None:
+            voi = _window(ds, "VOI")
+        if voi is None and ds.get("VOILUTSequence"):
+            voi = _Lut.parse(ds.VOILUTSequence[0], little)
+        cache[key] = _FrameTransform(transform.slope, transform.intercept, transform.modality_lut, voi)
+        return cache[key]
+
+    return for_frame
+
+
+class _Renderer:
+    """Decodes and renders the frames of one file. Built by `iter_dicom_frames`; holds the data set."""
+
+    def __init__(self, info: DicomInfo, ds: Dataset, output: DicomOutput) -> None:
+        self.info, self.ds, self.output = info, ds, output
+        self.decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
+        self.is_float = any(k in ds for k in _FLOAT_PIXELS)
+        try:
+            self.transform = _frame_transforms(ds)
+            self.transform(0)  # a malformed LUT or window is reported once, up front
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise DicomError(f"{info.path}: invalid grayscale transform ({_safe(str(exc))})") from None
+        self._series: tuple[float, float] | None = None
+
+    def decode(self, index: int) -> tuple[np.ndarray, str]:
+        """The frame's pixels and the photometric interpretation they are in (decoders convert YBR to RGB)."""
+        arr, changes = self.decoder.as_array(self.ds, index=index, as_rgb=True)
+        return arr, str(changes.get("photometric_interpretation", self.info.photometric))
+
+    # -- range for frames without a VOI transform: one for the whole object
+    def _declared_range(self) -> tuple[float, float] | None:
+        for low, high in (
+            ("SmallestPixelValueInSeries", "LargestPixelValueInSeries"),
+            ("SmallestImagePixelValue", "LargestImagePixelValue"),
+        ):
+            lo, hi = self.ds.get(low), self.ds.get(high)
+            if isinstance(lo, int) and isinstance(hi, int) and hi > lo:
+                return self.transform(0).modality_range(lo, hi)
+        return None
+
+    def series_range(self, first: np.ndarray | None) -> tuple[float, float]:
+        if self._series is not None:
+            return self._series
+        declared = self._declared_range()
+        if declared is not None:
+            self._series = declared
+        elif not self.is_float and self.info.bits_stored <= 8:
+            bits = self.info.bits_stored
+            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if self.info.signed else (0, (1 << bits) - 1)
+            self._series = self.transform(0).modality_range(lo, hi)
+        else:
+            self._series = self._measured_range(first)
+        return self._series
+
+    def _measured_range(self, first: np.ndarray | None) -> tuple[float, float]:
+        """Smallest and largest modality values over every frame (one extra decoding pass for a cine)."""
+        lo, hi = np.inf, -np.inf
+        for index in range(self.info.frames):
+            try:
+                stored = first if (index == 0 and first is not None) else self.decode(index)[0]
+            except Exception:  # reported when the frame itself is played
+                continue
+            values = self.transform(index).modality(stored)
+            finite = values[np.isfinite(values)] if self.is_float else values
+            if finite.size:
+                lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+        return (lo, hi) if lo <= hi else (0.0, 1.0)
+
+    # -- one frame
+    def render(self, index: int) -> np.ndarray:
+        stored, photometric = self.decode(index)
+        if photometric == "PALETTE COLOR":
+            return self._palette(stored)
+        if photometric == "RGB":
+            return self._rgb(stored)
+        if not photometric.startswith("MONOCHROME"):
+            raise DicomError(
+                f"{self.info.path}: {photometric} pixel data in {self.info.transfer_syntax} cannot be shown "
+                "(this photometric interpretation is only defined inside the codecs that use it)"
+            )
+        if self.is_float and not np.isfinite(stored).all():
+            raise DicomError(f"{self.info.path}: frame {index + 1} has NaN or infinite float pixel values")
+        if self.output is DicomOutput.STORED:
+            return stored.astype(np.uint16)
+        return self._gray(stored, index)
+
+    def _gray(self, stored: np.ndarray, index: int) -> np.ndarray:
+        transform = self.transform(index)
+        values = transform.modality(stored)
+        voi = transform.voi
+        if isinstance(voi, _Window):
+            unit = voi(values)
+        elif isinstance(voi, _Lut):
+            unit = voi(values) / voi.top
+        else:
+            lo, hi = self.series_range(stored if index == 0 else None)
+            unit = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
+        if self.info.photometric == "MONOCHROME1":
+            unit = 1.0 - unit
+        return _quantize(unit, self.output)
+
+    def _rgb(self, rgb: np.ndarray) -> np.ndarray:
+        if rgb.dtype == np.uint8:
+            return rgb
+        top = float((1 << min(self.info.bits_stored, 32)) - 1)
+        return _quantize(rgb.astype(np.float64) / top, DicomOutput.DISPLAY8)
+
+    def _palette(self, indices: np.ndarray) -> np.ndarray:
+        rgb = apply_color_lut(indices, self.ds)
+        bits = int(self.ds.RedPaletteColorLookupTableDescriptor[2])
+        return rgb if bits <= 8 else _quantize(rgb.astype(np.float64) / 65535.0, DicomOutput.DISPLAY8)
+
+
+def _quantize(unit: np.ndarray, output: DicomOutput) -> np.ndarray:
+    if output is DicomOutput.DISPLAY16:
+        return np.rint(np.clip(unit, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def iter_dicom_frames(
+    path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8
+) -> tuple[DicomInfo, Iterator[np.ndarray]]:
+    """Header info now, rendered frames lazily (one decoded frame in memory at a time).
+
+    A frame that fails to decode or render is skipped with one warning naming the file and the frame; the file
+    fails (DicomError) only if no frame at all could be shown.
+    """
+    info, ds = read_info(path, output)
+    renderer = _Renderer(info, ds, output)
 
     def frames() -> Iterator[np.ndarray]:
-        try:
-            for arr in iter_pixels(ds):
-                yield _display_frame(arr, ds, info, gray_range)
-        except DicomError:
-            raise
-        except Exception as exc:  # decoder plugins raise their own types
-            syntax = ds.file_meta.get("TransferSyntaxUID")
-            name = syntax.name if syntax is not None else "unknown transfer syntax"
-            raise DicomError(f"{info.path}: cannot decode pixel data ({name}): {exc}") from None
+        shown, first_error = 0, ""
+        for index in range(info.frames):
+            try:
+                with _reported_warnings(info.path):
+                    frame = renderer.render(index)
+            except DicomError as exc:
+                reason = str(exc).removeprefix(f"{info.path}: ")
+            except Exception as exc:  # decoder plugins raise their own types
+                reason = f"cannot decode pixel data ({info.transfer_syntax}): {_safe(str(exc))}"
+            else:
+                shown += 1
+                yield frame
+                continue
+            first_error = first_error or reason
+            if info.frames == 1:
+                break
+            log.warning("%s: frame %d of %d skipped: %s", info.path, index + 1, info.frames, reason)
+        if shown == 0:
+            raise DicomError(f"{info.path}: {first_error}")
 
     return info, frames()

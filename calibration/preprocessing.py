@@ -28,6 +28,20 @@ class Color(str, enum.Enum):
         return 1 if self is Color.GRAY else 3
 
 
+class DicomOutput(str, enum.Enum):
+    """What a gray DICOM image becomes before it is sent or preprocessed.
+
+    DISPLAY8 and DISPLAY16 are the image as the standard's display pipeline defines it (modality LUT or rescale,
+    VOI window or LUT, MONOCHROME1 inversion), on 0..255 or 0..65535: the same picture, at two precisions.
+    STORED is the stored pixel values unchanged, as uint16, for models trained on raw values; only unsigned gray
+    data of at most 16 bits can be sent that way. Color images are always 8-bit RGB.
+    """
+
+    DISPLAY8 = "display8"
+    DISPLAY16 = "display16"
+    STORED = "stored"
+
+
 class ResizeMode(str, enum.Enum):
     STRETCH = "stretch"  # fill the input, aspect ratio not kept
     LETTERBOX = "letterbox"  # keep aspect ratio, pad with zeros (after normalization: pad_value)
