@@ -70,9 +70,11 @@ def _reported_warnings(path: Path) -> Iterator[None]:
     """pydicom warns (and logs) about each problem it meets; report each distinct one once, through our logger."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        yield
-    for message in dict.fromkeys(_safe(str(w.message)) for w in caught):
-        log.warning("%s: %s", path, message)
+        try:
+            yield
+        finally:  # also when the file is refused: the warnings may say why
+            for message in dict.fromkeys(_safe(str(w.message).replace(f" in file {path}", "")) for w in caught):
+                log.warning("%s: %s", path, message)
 
 
 @dataclass(frozen=True)
@@ -150,20 +152,47 @@ def _read_forced(path: Path) -> Dataset:
     return ds
 
 
-def _read_dataset(path: Path) -> Dataset:
+def _cut_short(path: Path, ds: Dataset, caught: list[warnings.WarningMessage]) -> bool:
+    """Did the file end inside an element? pydicom warns for an unterminated sequence, keeps a last value short,
+    and stops without a word at a partial tag, leaving bytes after the last element it read."""
+    if any(str(w.message).startswith("End of file reached") for w in caught):
+        return True
+    if not len(ds):
+        return False
+    last = ds.get_item(max(ds.keys()))  # still the raw element: nothing has read it yet
+    length, value, tell = (getattr(last, k, None) for k in ("length", "value", "value_tell"))
+    if not isinstance(value, bytes) or not isinstance(length, int) or length == 0xFFFFFFFF:
+        return False
+    return len(value) < length or (isinstance(tell, int) and tell + length < path.stat().st_size)
+
+
+def _read_dataset(path: Path) -> tuple[Dataset, bool]:
+    """The data set, and whether the file was cut short."""
     try:
-        try:
-            ds = pydicom.dcmread(path)
-        except InvalidDicomError:
-            ds = _read_forced(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ds = pydicom.dcmread(path)
+            except InvalidDicomError:
+                ds = _read_forced(path)
+            truncated = _cut_short(path, ds, caught)
+        for w in caught:  # back to the reporting context around us
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if "PixelData" not in ds and not any(k in ds for k in _FLOAT_PIXELS):
+            # Compressed pixel data cut short by the end of the file makes pydicom drop the whole data set: the
+            # header before it is still there to read (and the frames are salvaged later).
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            ds = header if len(header) > len(ds) else ds
         if "TransferSyntaxUID" not in ds.file_meta:  # no file meta, or meta without it: the encoding tells
             implicit, little = ds.original_encoding
             ds.file_meta.TransferSyntaxUID = (
                 ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
             )
-        return ds
+        return ds, truncated
     except DicomError:
         raise
+    except OSError as exc:
+        raise DicomError(f"{path}: cannot read the file ({exc.strerror or exc.__class__.__name__})") from None
     except (EOFError, struct.error) as exc:
         raise DicomError(f"{path}: truncated: the file ends inside its header ({_safe(str(exc))})") from None
     except Exception as exc:  # garbled files raise many unrelated types inside pydicom
@@ -260,10 +289,13 @@ def read_info(path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8) -> t
 
 
 def _read_info(path: Path, output: DicomOutput) -> tuple[DicomInfo, Dataset]:
-    ds = _read_dataset(path)
+    ds, truncated = _read_dataset(path)
     if "PixelData" not in ds and not any(k in ds for k in _FLOAT_PIXELS):
-        cut_short = ds.file_meta.get("TransferSyntaxUID", UID("")).is_encapsulated and _pixel_element(path)
-        if not cut_short:  # pydicom drops compressed pixel data that the file's end cuts short
+        # pydicom drops compressed pixel data that the file's end cuts short: its frames may still be salvaged
+        salvage = truncated and ds.file_meta.get("TransferSyntaxUID", UID("")).is_encapsulated and _pixel_element(path)
+        if truncated and not salvage:
+            raise DicomError(f"{path}: truncated: the file ends before its pixel data")
+        if not salvage:
             raise DicomError(f"{path}: no pixel data (not an image object)")
     missing = [k for k in ("Rows", "Columns", "PhotometricInterpretation", "BitsAllocated") if ds.get(k) in (None, "")]
     if missing:

@@ -60,7 +60,8 @@ def write(ds: Dataset, path: Path) -> Path:
 
 
 def _ramp(rows: int = 16, cols: int = 24, lo: float = 0, hi: float = 1, dtype: str = "uint16") -> np.ndarray:
-    return np.linspace(lo, hi, rows * cols).reshape(rows, cols).round().astype(dtype)
+    ramp = np.linspace(lo, hi, rows * cols).reshape(rows, cols)
+    return (ramp if np.dtype(dtype).kind == "f" else ramp.round()).astype(dtype)
 
 
 def signed8_rescale() -> Dataset:
