@@ -205,7 +205,9 @@ def _salvage_native(path: Path, ds: Dataset, frames: int) -> int:
     if len(ds.PixelData) >= expected:
         return frames
     # bits per frame: 1-bit frames are packed back to back, YBR_FULL_422 holds two samples per pixel
-    frame_bits = expected * 8 // frames if int(ds.BitsAllocated) > 1 else int(get_expected_length(ds, "pixels")) // frames
+    frame_bits = (
+        expected * 8 // frames if int(ds.BitsAllocated) > 1 else int(get_expected_length(ds, "pixels")) // frames
+    )
     whole = min(frames, len(ds.PixelData) * 8 // frame_bits)
     if whole == 0:
         raise DicomError(
@@ -562,7 +564,10 @@ class _Renderer:
         return self._gray(stored, index)
 
     def _gray(self, stored: np.ndarray, index: int) -> np.ndarray:
-        transform = self.transform(index)
+        try:
+            transform = self.transform(index)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise DicomError(f"{self.info.path}: invalid grayscale transform ({_safe(str(exc))})") from None
         values = transform.modality(stored)
         voi = transform.voi
         if isinstance(voi, _Window):

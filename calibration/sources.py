@@ -5,6 +5,7 @@ independent images). A path is a DICOM file (single or multi-frame), an image (P
 (needs the optional `av` package: `pip install edgert[video]`), a `.npy`/`.npz` array of frames, or a folder of
 any of these. In a folder, unreadable files are skipped with a warning; a source with no frames is an error.
 Sources yield display-ready frames (uint8/uint16 gray or uint8 RGB) with their color order and pixel spacing.
+DICOM images are rendered as `dicom_output` says (8-bit display by default; see `DicomOutput`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
-from calibration.preprocessing import Color
+from calibration.preprocessing import Color, DicomOutput
 from calibration.synthetic import SyntheticUltrasound
 
 log = logging.getLogger("edgert.sources")
@@ -141,8 +142,9 @@ def _video_interval(path: Path) -> float | None:
 class PathSource(FrameSource):
     """A file (DICOM, image, video, array) or a folder of them, read in name order."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dicom_output: DicomOutput = DicomOutput.DISPLAY8) -> None:
         self.path = path
+        self.dicom_output = dicom_output
         if path.is_dir():
             self.files = sorted(p for p in path.rglob("*") if p.is_file())
             if not self.files:
@@ -152,7 +154,7 @@ class PathSource(FrameSource):
             self.files = [path]
             kind = self._kind(path)
             if kind == "dicom":
-                read_info(path)  # fail now, with the file's name, if it cannot be replayed
+                read_info(path, dicom_output)  # fail now, with the file's name, if it cannot be replayed
             self.description = f"{kind} file"
 
     @staticmethod
@@ -169,7 +171,7 @@ class PathSource(FrameSource):
     def _file_frames(self, file: Path) -> Iterator[SourceFrame]:
         kind = self._kind(file)
         if kind == "dicom":
-            info, frames = iter_dicom_frames(file)
+            info, frames = iter_dicom_frames(file, self.dicom_output)
             interval = info.frame_time_ms / 1000.0 if info.frame_time_ms else None
             meta: dict[str, object] = {"source": "dicom", "modality": info.modality, "frames": info.frames}
             for i, pixels in enumerate(frames):
@@ -242,11 +244,12 @@ def _synthetic(options: str) -> SyntheticSource:
         raise SourceError(str(exc)) from None
 
 
-def open_source(spec: str) -> FrameSource:
-    """A source from its name: a path (file or folder) or `synthetic[:options]`."""
+def open_source(spec: str, dicom_output: DicomOutput = DicomOutput.DISPLAY8) -> FrameSource:
+    """A source from its name: a path (file or folder) or `synthetic[:options]`. DICOM images in it are rendered
+    as `dicom_output` says."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
         return _synthetic(spec.partition(":")[2])
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder (or use 'synthetic')")
-    return PathSource(path)
+    return PathSource(path, dicom_output)

@@ -69,7 +69,7 @@ def load_feeds(
             "or a model package, or use --data random"
         )
     try:
-        frames = sample_frames(open_source(source), samples, stride, shuffle, seed)
+        frames = sample_frames(open_source(source, card.dicom_output), samples, stride, shuffle, seed)
     except (SourceError, ValueError) as exc:
         raise ConversionError(f"data source '{source}': {exc}") from None
     pre = Preprocessor(card.preprocess)

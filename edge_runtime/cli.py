@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from calibration.preprocessing import DicomOutput
 from edge_runtime import __version__
 
 log = logging.getLogger("edgert")
@@ -61,7 +62,7 @@ def _replay(args: argparse.Namespace) -> int:
     from edge_runtime.sender import FrameSender
 
     try:
-        source = open_source(args.source)
+        source = open_source(args.source, DicomOutput(args.dicom))
     except (SourceError, DicomError) as exc:
         raise CliError(str(exc)) from None
     print(f"replaying {source.description} to {args.to}" + (" (looping)" if args.loop else ""), file=sys.stderr)
@@ -79,9 +80,13 @@ def _replay(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"sent {stats.sent} frames in {elapsed:.1f} s ({stats.sent / max(elapsed, 1e-9):.1f} fps), "
-        f"dropped {stats.dropped} (daemon absent or behind), late {stats.late}",
+        f"dropped {stats.dropped} (daemon absent or behind), late {stats.late}"
+        + (f", refused {stats.refused} (over the daemon's limits)" if stats.refused else ""),
         file=sys.stderr,
     )
+    if stats.refused and not (stats.sent or stats.dropped):
+        print("error: no frame of this source can be sent to the daemon", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
 
 
@@ -336,6 +341,17 @@ def _demo(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+def _dicom_argument(p: argparse.ArgumentParser, from_card: bool = False) -> None:
+    p.add_argument(
+        "--dicom",
+        choices=[o.value for o in DicomOutput],
+        default=None if from_card else DicomOutput.DISPLAY8.value,
+        help="how gray DICOM images are sent: the displayed image in 8 or 16 bits (modality, window and "
+        "MONOCHROME1 applied), or the stored values unchanged "
+        + ("(default: the model card's preprocessing.dicom, else display8)" if from_card else "(default display8)"),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgert",
@@ -355,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="DICOM file/folder or 'synthetic' (default: bundled US cine)")
     p.add_argument("--model", default=None, help="model package (default: bundled demo model)")
     p.add_argument("--fps", type=float, default=None, help="replay rate (default: the recording's)")
+    _dicom_argument(p, from_card=True)
     p.add_argument(
         "--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)"
     )
@@ -384,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="start again at the end")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--stream-id", type=int, default=0)
+    _dicom_argument(p)
     _key_arguments(p)
 
     p = command("convert", "prepare a model and convert it to FP32, FP16 or INT8 behind an accuracy gate", _convert)

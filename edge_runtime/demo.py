@@ -26,12 +26,12 @@ import zmq
 from PIL import Image, ImageDraw
 
 from calibration.dicom import DicomError
-from calibration.preprocessing import Color
+from calibration.preprocessing import Color, DicomOutput
 from calibration.sources import SourceError, SourceFrame, open_source
 from edge_runtime.daemon.stats import percentiles_ms
 from edge_runtime.overlay import draw_overlay, to_display_rgb
 from edge_runtime.package import PackageError, demo_package_path, load_package
-from edge_runtime.protocol import PixelFormat, Result, ResultStatus
+from edge_runtime.protocol import Result, ResultStatus, pixel_format_for
 from edge_runtime.replay import ReplayStats, replay
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
@@ -176,7 +176,8 @@ def run_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     try:
         package = load_package(args.model or demo_package_path())
-        source = open_source(args.source or bundled_cine())
+        dicom = DicomOutput(args.dicom) if args.dicom else package.card.dicom_output
+        source = open_source(args.source or bundled_cine(), dicom)
     except (PackageError, SourceError, DicomError) as exc:
         raise DemoError(str(exc)) from None
     print(f"model   {package.model_id} ({package.card.task.name.lower()}, {len(package.card.output.labels)} classes)")
@@ -196,6 +197,7 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
     rec = Recorder()
     stop = threading.Event()
     stats_box: list[ReplayStats] = []
+    failure: list[str] = []  # what stopped the scanner thread, reported by the main thread
     gif: list[Image.Image] = []
     gif_every = max(1, args.frames // GIF_MAX_FRAMES)
     stills: dict[str, Image.Image] = {}
@@ -209,6 +211,10 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
                 stats_box.append(
                     replay(source, sender, fps=args.fps, loop=True, max_frames=args.frames, stop=stop, on_send=rec.sent)
                 )
+            except (SourceError, DicomError, ValueError) as exc:  # a source that fails part-way
+                failure.append(str(exc))
+            except Exception as exc:  # never a traceback from a thread; the demo exits non-zero instead
+                failure.append(f"replay failed: {exc.__class__.__name__}: {exc}")
             finally:
                 sender.close(flush_ms=500)  # the last frames of a finite run still reach the daemon
 
@@ -235,7 +241,7 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
                 frame = rec.frame(r.seq)
                 if frame is None or not (r.seq % gif_every == 0 or len(stills) < 1 or r.seq >= args.frames - 1):
                     continue
-                fmt = PixelFormat.GRAY8 if frame.color is Color.GRAY else PixelFormat.RGB8
+                fmt = pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
                 img = _annotate(draw_overlay(to_display_rgb(frame.pixels, fmt), r), r, (now - r.capture_ts_ns) / 1e6)
                 stills.setdefault("first", img)
                 stills["last"] = img
@@ -286,6 +292,9 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
     print(_row("queue", rec.queue_ns))
     print(_row("transport", rec.transport_ns))
     print("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        return 1
     if received == 0:
         print("no results arrived: see the daemon log", file=sys.stderr)
         return 1

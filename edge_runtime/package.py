@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from calibration.preprocessing import Color, Layout, PreprocessSpec, ResizeMode
+from calibration.preprocessing import Color, DicomOutput, Layout, PreprocessSpec, ResizeMode
 from edge_runtime.protocol import ModelId, Task
 
 CARD_SCHEMA = "edgert.model/1"
@@ -52,6 +52,7 @@ class ModelCard:
     onnx_sha256: str | None = None
     description: str = ""
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    dicom_output: DicomOutput = DicomOutput.DISPLAY8  # how DICOM training images were rendered (preprocessing.dicom)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,9 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
             threshold=float(_get(out, "threshold", (int, float), f"{where}.output", 0.5)),
         ),
         onnx_sha256=sha,
+        dicom_output=_enum(
+            DicomOutput, _get(pre, "dicom", str, f"{where}.preprocessing", "display8"), f"{where}.preprocessing.dicom"
+        ),
         description=str(data.get("description", "")),
         metrics=data.get("metrics", {}) or {},
     )

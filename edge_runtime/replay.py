@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from calibration.preprocessing import Color
 from calibration.sources import FrameSource, SourceFrame
-from edge_runtime.protocol import PixelFormat
+from edge_runtime.protocol import Limits, pixel_format_for
 from edge_runtime.sender import FrameSender
 
 log = logging.getLogger("edgert.replay")
@@ -24,6 +24,19 @@ class ReplayStats:
     sent: int = 0
     dropped: int = 0  # refused by the sender's queue (daemon absent or behind)
     late: int = 0  # frames sent more than one interval behind schedule (this machine could not keep up)
+    refused: int = 0  # not sent: the daemon's limits would reject them (too large, or not a sendable array)
+
+
+def _unsendable(frame: SourceFrame, limits: Limits) -> str | None:
+    """Why the daemon would refuse this frame, or None. Checked here so that it is never counted as sent."""
+    height, width = frame.pixels.shape[:2]
+    if width > limits.max_width or height > limits.max_height:
+        return f"{width}x{height} pixels exceed the daemon's limit of {limits.max_width}x{limits.max_height}"
+    try:
+        pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _frames(source: FrameSource, loop: bool) -> Iterator[SourceFrame]:
@@ -54,14 +67,18 @@ def replay(
     max_frames: int | None = None,
     stop: threading.Event | None = None,
     on_send: Callable[[int, SourceFrame], None] | None = None,
+    limits: Limits = Limits(),
 ) -> ReplayStats:
     """Send frames on a fixed schedule; a frame that cannot be queued is dropped, never waited for.
 
     The rate is `fps` if given, else the source's recorded frame interval, else 30 fps. Falling behind does not
     cause a burst of catch-up frames: the schedule restarts from now, as a scanner's would.
-    `on_send(seq, frame)` is called just before each frame is sent.
+    `on_send(seq, frame)` is called just before each frame is sent. A frame the daemon's `limits` would reject is
+    not sent: it is counted as refused, with one warning per reason. Gray frames go as GRAY8, GRAY16 or GRAY32F
+    after their array type, color frames as RGB8 or BGR8.
     """
     stats = ReplayStats()
+    warned: set[str] = set()
     next_at = time.perf_counter()
     for seq, frame in enumerate(_frames(source, loop)):
         if (max_frames is not None and seq >= max_frames) or (stop is not None and stop.is_set()):
@@ -77,9 +94,17 @@ def replay(
         elif delay < -interval:
             stats.late += 1
             next_at = time.perf_counter()
+        problem = _unsendable(frame, limits)
+        if problem is not None:
+            stats.refused += 1
+            if problem not in warned:
+                warned.add(problem)
+                log.warning("frame %d not sent: %s (later frames refused for this reason are only counted)", seq, problem)
+            next_at += interval
+            continue
         if on_send:
             on_send(seq, frame)
-        fmt = PixelFormat.GRAY8 if frame.color is Color.GRAY else PixelFormat.RGB8
+        fmt = pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
         if sender.send(frame.pixels, seq=seq, spacing=frame.spacing_mm, meta=frame.meta, pixel_format=fmt):
             stats.sent += 1
         else:

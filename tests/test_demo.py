@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -36,3 +37,24 @@ def test_demo_streams_the_bundled_cine_and_writes_overlays(tmp_path: Path) -> No
         assert gif.n_frames > 10 and gif.size == (320, 240 + 28)
     with Image.open(out / "overlay_first.png") as png:
         assert png.mode == "RGB"
+
+
+@pytest.mark.slow
+def test_demo_whose_source_fails_part_way_exits_1_without_a_traceback(tmp_path: Path) -> None:
+    """Every frame of this DICOM fails to render after its header was read: the failure happens in the scanner
+    thread, and the demo reports it in one line and exits 1."""
+    sys.path.insert(0, str(ROOT))
+    from tests.calibration import make_dicom
+
+    ds = make_dicom.float_pixels_nan()
+    frames = np.full((3, 16, 24), np.nan, np.float32)
+    ds.FloatPixelData = frames.tobytes()
+    path = make_dicom.write(ds, tmp_path / "all_nan.dcm")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "demo", "--frames", "10", "--source", str(path),
+         "--out", str(tmp_path / "demo")],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert f"error: {path}: frame 1 has NaN or infinite float pixel values" in proc.stderr

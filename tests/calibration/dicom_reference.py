@@ -45,8 +45,9 @@ def _windowed_range(ds: Dataset) -> tuple[float, float]:
     bits = int(ds.BitsStored)
     lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if ds.PixelRepresentation else (0, 2**bits - 1)
     if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
-        lo, hi = lo * float(ds.RescaleSlope) + float(ds.RescaleIntercept), hi * float(ds.RescaleSlope) + float(
-            ds.RescaleIntercept
+        lo, hi = (
+            lo * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
+            hi * float(ds.RescaleSlope) + float(ds.RescaleIntercept),
         )
     return float(lo), float(hi)
 

@@ -16,7 +16,9 @@ from tests.calibration.make_dicom import RENDERED, write
 
 BUNDLED_ROOT = Path(pydicom.data.__file__).parent
 BUNDLED = sorted(
-    p for p in BUNDLED_ROOT.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    p
+    for p in BUNDLED_ROOT.rglob("*")
+    if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
 )
 
 

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from pydicom.data import get_testdata_file
 
-from calibration.preprocessing import Color
+from calibration.preprocessing import Color, DicomOutput
 from calibration.sources import open_source
 from converters.data import load_feeds
 from edge_runtime.package import load_package
@@ -23,7 +23,9 @@ from edge_runtime.protocol import PixelFormat, decode_frame, encode_frame
 FORMAT = {Color.GRAY: PixelFormat.GRAY8, Color.RGB: PixelFormat.RGB8}
 
 
-def _daemon_inputs(package_path: Path, source: str, n: int) -> list[np.ndarray]:
+def _daemon_inputs(
+    package_path: Path, source: str, n: int, dicom: DicomOutput = DicomOutput.DISPLAY8
+) -> list[np.ndarray]:
     captured: list[np.ndarray] = []
     with InferencePipeline(load_package(package_path)) as pipe:
         original = pipe.runner.infer
@@ -33,7 +35,7 @@ def _daemon_inputs(package_path: Path, source: str, n: int) -> list[np.ndarray]:
             return original(feed)
 
         pipe.runner.infer = capture  # type: ignore[method-assign]
-        for seq, frame in enumerate(open_source(source)):
+        for seq, frame in enumerate(open_source(source, dicom)):
             if seq == n:
                 break
             parts = encode_frame(frame.pixels, stream_id=0, seq=seq, capture_ts_ns=0, send_ts_ns=0,
@@ -56,3 +58,24 @@ def test_calibration_and_daemon_inputs_are_bit_identical(demo_model: Path, sourc
         x = feed[pkg.card.input_name]
         assert x.dtype == seen.dtype == np.float32 and x.shape == seen.shape
         assert x.tobytes() == seen.tobytes()  # bit for bit, not merely close
+
+
+def test_card_dicom_display16_feeds_match_the_daemons_gray16_inputs(demo_model: Path, tmp_path: Path) -> None:
+    """A card saying preprocessing.dicom = display16: calibration renders 16-bit, the daemon gets GRAY16 frames,
+    and the model sees the same bits on both sides (and not the 8-bit rendering)."""
+    import json
+    import shutil
+
+    pkg_dir = tmp_path / "pkg16"
+    shutil.copytree(demo_model, pkg_dir)
+    card = json.loads((pkg_dir / "model.json").read_text())
+    card["preprocessing"]["dicom"] = "display16"
+    (pkg_dir / "model.json").write_text(json.dumps(card))
+    pkg = load_package(pkg_dir)
+    assert pkg.card.dicom_output is DicomOutput.DISPLAY16
+    source = get_testdata_file("MR_small.dcm")
+    feeds = load_feeds(source, onnx.load(str(pkg.onnx_path)), pkg.card, samples=1).feeds
+    (daemon16,) = _daemon_inputs(pkg_dir, source, 1, DicomOutput.DISPLAY16)
+    (daemon8,) = _daemon_inputs(pkg_dir, source, 1, DicomOutput.DISPLAY8)
+    assert feeds[0][pkg.card.input_name].tobytes() == daemon16.tobytes()
+    assert daemon16.tobytes() != daemon8.tobytes() and np.abs(daemon16 - daemon8).max() < 0.05  # same picture
