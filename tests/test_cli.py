@@ -58,6 +58,20 @@ def test_replay_of_a_corrupt_file_names_it(tmp_path: Path, capsys: pytest.Captur
     assert "broken_cine.dcm" in err and "not a DICOM file" in err
 
 
+def test_replay_of_an_undecodable_file_prints_one_line_and_no_traceback() -> None:
+    """JPEG-lossy.dcm's codestream defeats every decoder plugin; pydicom logs each failure with a traceback.
+    Run as a real process: under pytest the root logger already has handlers and would hide a leak."""
+    path = get_testdata_file("JPEG-lossy.dcm")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "replay", path, "--to", "tcp://127.0.0.1:9", "--frames", "1"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"error: {path}: cannot decode pixel data (JPEG Extended (Process 2 and 4))" in proc.stderr
+
+
 def test_replay_without_a_daemon_drops_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
     cine = get_testdata_file("examples_ybr_color.dcm")
     assert main(["replay", cine, "--to", "tcp://127.0.0.1:9", "--fps", "200", "--frames", "10"]) == 0
