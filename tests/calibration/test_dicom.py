@@ -315,3 +315,14 @@ def test_decoders_extra_decodes_jpeg_ls_jpeg_lossless_and_12_bit_jpeg() -> None:
     assert twelve.shape == (1024, 256) and len(np.unique(twelve)) > 100
     (lossless,) = frames_of(bundled("SC_rgb_jpeg_gdcm.dcm"))  # JPEG Lossless, Non-Hierarchical
     assert lossless.shape == (100, 100, 3)
+
+
+def test_compressed_cine_without_offset_table_gives_the_same_frames(tmp_path: Path) -> None:
+    """Frames are indexed once at open (no walk over all earlier fragments per frame); the pictures are unchanged."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(bundled("examples_ybr_color.dcm"))
+    ds.PixelData = encapsulate(list(generate_frames(ds.PixelData, number_of_frames=30)), has_bot=False)
+    ds.save_as(tmp_path / "no_bot.dcm")
+    for a, b in zip(frames_of(tmp_path / "no_bot.dcm"), frames_of(bundled("examples_ybr_color.dcm")), strict=True):
+        np.testing.assert_array_equal(a, b)
