@@ -117,8 +117,10 @@ class RejectReason(str, enum.Enum):
     BAD_SPACING = "bad_spacing"
     BAD_METADATA = "bad_metadata"
     BAD_PAYLOAD = "bad_payload"
-    DECODER_ERROR = "decoder_error"
-    UNAUTHORIZED = "unauthorized"  # a CURVE client whose key is not in the allow-list  # anything else the decoder raised: a bug, counted instead of crashing
+    DECODER_ERROR = "decoder_error"  # anything else the decoder raised: a bug, counted instead of crashing
+    UNAUTHORIZED = "unauthorized"  # a CURVE client whose key is not in the allow-list
+    STREAM_LIMIT = "stream_limit"  # a frame on a new stream while the daemon's maximum of live streams is reached
+    PENDING_BYTES = "pending_bytes"  # waiting frames would exceed the daemon's byte budget
 
 
 class ProtocolError(ValueError):

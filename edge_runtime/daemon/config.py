@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backends import BackendKind
+from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.protocol import Limits
 
 if sys.version_info >= (3, 11):
@@ -63,6 +64,7 @@ class DaemonConfig:
         None  # HOST:PORT for Prometheus; off unless set (127.0.0.1:9464 is customary)  # an inference running longer makes the daemon DEGRADED (a hung backend)
     )
     limits: Limits = field(default_factory=Limits)
+    streams: StreamLimits = field(default_factory=StreamLimits)
     ready_file: Path | None = None
     reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
     server_key: Path | None = (
@@ -109,6 +111,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "watchdog": {"inference_deadline_ms": int},
     "metrics": {"endpoint": str},
     "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
+    "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int},
     "security": {"server_key": str, "authorized_clients": str},
 }
 
@@ -168,8 +171,9 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             server_key=_path(data.get("security", {}).get("server_key"), base_dir),
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
+            streams=StreamLimits(**data.get("streams", {})),
         )
-    except ConfigError as exc:  # raised by DaemonConfig's own checks, which do not know the file
+    except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file  # raised by DaemonConfig's own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
 
 

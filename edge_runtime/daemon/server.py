@@ -1,7 +1,8 @@
-"""The inference daemon: ingest -> newest-frame-wins slots -> inference -> results PUB, plus control and heartbeats.
+"""The inference daemon: ingest -> bounded stream table -> inference -> results PUB, plus control and heartbeats.
 
 Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-safe):
-- receiver: drains the ingest socket, validates each message, keeps the newest frame per stream;
+- receiver: drains the ingest socket, validates each message, keeps the newest frame per stream (within the
+  stream table's limits: live streams, waiting bytes, frame age; see slots.py);
 - inference: takes the newest pending frame, runs the pipeline, hands the encoded result over inproc;
 - I/O: stamps and publishes results, answers control requests, sends heartbeats even while inference is busy.
 """
@@ -22,7 +23,7 @@ import zmq
 
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
-from edge_runtime.daemon.slots import LatestFrameSlots
+from edge_runtime.daemon.slots import Admission, StreamTable
 from edge_runtime.daemon.stats import DaemonStats
 from edge_runtime.package import load_package
 from edge_runtime.pipeline import InferencePipeline
@@ -46,6 +47,7 @@ RESULTS_SNDHWM = 16
 POLL_MS = 50
 CONTROL_COMMANDS = ("status", "stats", "reload")
 GIL_SWITCH_INTERVAL_S = 0.0005
+PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
 
 
 class DaemonError(RuntimeError):
@@ -65,7 +67,7 @@ class Daemon:
         self.state = DaemonState.STARTING
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
-        self._slots = LatestFrameSlots()
+        self._slots = StreamTable(config.streams, on_stale=self.stats.stale)
         self._ctx: zmq.Context | None = None
         self._threads: list[threading.Thread] = []
         self._pipeline: InferencePipeline | None = None
@@ -268,7 +270,16 @@ class Daemon:
                     except Exception as exc:  # a decoder bug must not end the receive loop
                         self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
                         continue
-                    self.stats.accepted(self._slots.put(frame, recv_ts))
+                    admission = self._slots.put(frame, recv_ts)
+                    if admission.accepted:
+                        self.stats.accepted(admission is Admission.REPLACED)
+                    else:
+                        limits_now = self.config.streams
+                        self._rejected(
+                            RejectReason(admission.value),
+                            f"stream {frame.stream_id}: {self._slots.live_streams} of {limits_now.max_streams} live "
+                            f"streams, {self._slots.pending_bytes} of {limits_now.max_pending_bytes} bytes waiting",
+                        )
         finally:
             sock.close(linger=0)
 
@@ -418,13 +429,25 @@ class Daemon:
         return None
 
     def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:
-        """The state to report: DEGRADED while an inference has run past its deadline (a hung backend)."""
+        """The state to report: DEGRADED while an inference has run past its deadline (a hung backend), and for
+        a while after the stream table refused a frame or dropped a stale one (frames refused or starved)."""
+        if self.state is not DaemonState.READY:
+            return self.state, {}
         busy = self._busy_since
-        if self.state is DaemonState.READY and busy is not None:
+        if busy is not None:
             busy_ms = (time.monotonic() - busy) * 1000.0
             if busy_ms > self.config.inference_deadline_ms:
                 detail = {"busy_ms": round(busy_ms, 1), "deadline_ms": self.config.inference_deadline_ms}
                 return DaemonState.DEGRADED, {"watchdog": detail}
+        pressure = self._slots.last_pressure_ns
+        if pressure and time.monotonic_ns() - pressure < PRESSURE_WINDOW_NS:
+            snap = self.stats.snapshot()["rejected_by_reason"]
+            detail = {
+                "live_streams": self._slots.live_streams,
+                "refused": {k: snap.get(k, 0) for k in ("stream_limit", "pending_bytes")},
+                "stale": self.stats.frames_stale,
+            }
+            return DaemonState.DEGRADED, {"ingest": detail}
         return self.state, {}
 
     def status(self) -> dict[str, Any]:

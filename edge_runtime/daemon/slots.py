@@ -1,53 +1,132 @@
-"""Newest-frame-wins hand-off between the receiver thread and the inference thread.
+"""The bounded stream table between the receiver thread and the inference thread.
 
-Each stream has one slot. A frame arriving while its stream's slot is still full replaces the older frame, which
-is counted as dropped: inference always takes the newest frame, so latency stays bounded however fast frames come.
-Streams are served in the order their pending frames started waiting, so one busy stream cannot starve another.
+Each live stream has one slot: a frame arriving while its stream's slot is still full replaces the older frame
+(newest frame wins), so latency stays bounded however fast one stream sends. The table itself is bounded too,
+because stream ids are chosen by senders: at most `max_streams` live streams (a stream is forgotten once it has
+been idle for `idle_ms` with nothing waiting), at most `max_pending_bytes` of waiting pixels, and a frame that has
+waited longer than `max_age_ms` is dropped as stale, never served. A frame beyond those limits is refused, not
+queued. Streams are served round robin: a stream that was just served goes to the back, so no stream can starve
+another.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge_runtime.protocol import Frame
 
 
 @dataclass(frozen=True)
+class StreamLimits:
+    max_streams: int = 8  # a cart has a probe or two, an endoscope, maybe a second display
+    idle_ms: int = 5000  # a stream with no frame for this long is forgotten and its place freed
+    max_pending_bytes: int = 128 * 1024 * 1024  # pixels waiting for inference, all streams together
+    max_age_ms: int = 1000  # a frame that has waited longer is stale: dropped, never served
+
+    def __post_init__(self) -> None:
+        if min(self.max_streams, self.idle_ms, self.max_pending_bytes, self.max_age_ms) <= 0:
+            raise ValueError("streams: max_streams, idle_ms, max_pending_bytes and max_age_ms must be positive")
+
+
+class Admission(enum.Enum):
+    """What became of a frame offered to the table."""
+
+    ACCEPTED = "accepted"
+    REPLACED = "replaced"  # accepted; an older frame of the same stream was waiting and is dropped
+    STREAM_LIMIT = "stream_limit"  # refused: a new stream while `max_streams` are live
+    PENDING_BYTES = "pending_bytes"  # refused: waiting pixels would exceed `max_pending_bytes`
+
+    @property
+    def accepted(self) -> bool:
+        return self in (Admission.ACCEPTED, Admission.REPLACED)
+
+
+@dataclass(frozen=True)
 class Pending:
     frame: Frame
-    recv_ts_ns: int
+    recv_ts_ns: int  # wall clock, for latency reports
+    recv_mono_ns: int = 0  # monotonic, for the age limit
 
 
-class LatestFrameSlots:
-    def __init__(self) -> None:
+class StreamTable:
+    def __init__(self, limits: StreamLimits = StreamLimits(), on_stale: Callable[[], None] | None = None) -> None:
+        self.limits = limits
+        self._on_stale = on_stale
         self._cond = threading.Condition()
-        self._slots: OrderedDict[int, Pending] = OrderedDict()
+        self._pending: OrderedDict[int, Pending] = OrderedDict()  # round-robin order of streams with a frame
+        self._last_seen: dict[int, int] = {}  # live streams: monotonic ns of their last accepted frame
+        self._pending_bytes = 0
         self._closed = False
+        self.stale = 0  # frames dropped for age
+        self.last_pressure_ns = 0  # monotonic ns of the last refusal or stale drop; 0: never
 
-    def put(self, frame: Frame, recv_ts_ns: int) -> bool:
-        """Store the frame; True if it replaced one that was never inferred (that one is dropped)."""
+    def put(self, frame: Frame, recv_ts_ns: int, now_ns: int | None = None) -> Admission:
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        size = frame.pixels.nbytes
         with self._cond:
-            replaced = frame.stream_id in self._slots
-            self._slots[frame.stream_id] = Pending(frame, recv_ts_ns)  # a replaced stream keeps its turn
+            self._expire(now)
+            sid = frame.stream_id
+            old = self._pending.get(sid)
+            if sid not in self._last_seen and len(self._last_seen) >= self.limits.max_streams:
+                self.last_pressure_ns = now
+                return Admission.STREAM_LIMIT
+            freed = old.frame.pixels.nbytes if old is not None else 0
+            if self._pending_bytes - freed + size > self.limits.max_pending_bytes:
+                self.last_pressure_ns = now
+                return Admission.PENDING_BYTES
+            self._last_seen[sid] = now
+            self._pending_bytes += size - freed
+            self._pending[sid] = Pending(frame, recv_ts_ns, now)  # a replaced stream keeps its turn
             self._cond.notify()
-            return replaced
+            return Admission.REPLACED if old is not None else Admission.ACCEPTED
+
+    def _expire(self, now: int) -> None:
+        horizon = now - self.limits.idle_ms * 1_000_000
+        for sid in [s for s, seen in self._last_seen.items() if seen < horizon and s not in self._pending]:
+            del self._last_seen[sid]
 
     def take(self, timeout: float) -> Pending | None:
-        """The newest frame of the stream that has waited longest, or None on timeout or close."""
+        """The newest frame of the next stream in turn, or None on timeout or close. Stale frames are dropped."""
+        deadline = time.monotonic() + timeout
         with self._cond:
-            if not self._slots and not self._closed:
-                self._cond.wait(timeout)
-            if self._closed or not self._slots:
-                return None
-            return self._slots.popitem(last=False)[1]
+            while not self._closed:
+                now = time.monotonic_ns()
+                while self._pending:
+                    sid, pending = self._pending.popitem(last=False)
+                    self._pending_bytes -= pending.frame.pixels.nbytes
+                    if now - pending.recv_mono_ns <= self.limits.max_age_ms * 1_000_000:
+                        return pending
+                    self.stale += 1
+                    self.last_pressure_ns = now
+                    if self._on_stale is not None:
+                        self._on_stale()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return None
+
+    @property
+    def live_streams(self) -> int:
+        with self._cond:
+            return len(self._last_seen)
+
+    @property
+    def pending_bytes(self) -> int:
+        with self._cond:
+            return self._pending_bytes
 
     def close(self) -> int:
         """Wake the consumer and discard pending frames; returns how many were discarded."""
         with self._cond:
             self._closed = True
-            discarded = len(self._slots)
-            self._slots.clear()
+            discarded = len(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
             self._cond.notify_all()
             return discarded

@@ -48,6 +48,7 @@ class DaemonStats:
         self.frames_dropped = 0  # accepted but superseded by a newer frame of the same stream before inference
         self.inference_errors = 0
         self.deadline_misses = 0  # inferences that took longer than the watchdog deadline
+        self.frames_stale = 0  # accepted, but waited longer than the age limit: dropped, never served
         self.rejected: Counter[str] = Counter()
         self._hist = {stage: LatencyHistogram() for stage in ("queue", "inference")}
         self._queue_ns: deque[int] = deque(maxlen=_WINDOW)
@@ -71,6 +72,10 @@ class DaemonStats:
             self._hist["queue"].observe(queue_ns / 1e9)
             self._hist["inference"].observe(infer_ns / 1e9)
             self.inference_errors += int(not ok)
+
+    def stale(self) -> None:
+        with self._lock:
+            self.frames_stale += 1
 
     def published(self) -> None:
         with self._lock:
@@ -97,6 +102,7 @@ class DaemonStats:
                 "frames_in": self.frames_in,
                 "frames_out": self.frames_out,
                 "frames_dropped": self.frames_dropped,
+                "frames_stale": self.frames_stale,
                 "frames_rejected": sum(self.rejected.values()),
                 "rejected_by_reason": dict(self.rejected),
                 "inference_errors": self.inference_errors,

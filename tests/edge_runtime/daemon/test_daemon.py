@@ -231,3 +231,41 @@ def test_oversized_message_is_dropped_by_zeromq_and_serving_continues(
             streams.add(more.stream_id)
     assert r.seq == 5 and streams == {0}
     assert daemon.state is DaemonState.READY
+
+
+@pytest.mark.slow
+def test_spray_of_new_stream_ids_cannot_starve_a_real_stream(start_daemon: StartDaemon, zmq_ctx: zmq.Context) -> None:
+    """Regression (issue 10, item 1): valid 8x8 frames, each on a new stream id, used to queue without limit and
+    leave a 30 fps stream one result in 10 s. Now streams beyond the limit are refused, counted, and the state
+    says DEGRADED while it lasts; the real stream keeps getting results, and READY comes back afterwards."""
+    from edge_runtime.daemon.slots import StreamLimits
+
+    daemon = start_daemon(streams=StreamLimits(max_streams=4))
+    tiny = np.zeros((8, 8), np.uint8)
+    image = SyntheticUltrasound(240, 320, seed=3).sample()[0]
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        FrameSender(daemon.endpoints["ingest"], stream_id=0, context=zmq_ctx) as scanner,
+        FrameSender(daemon.endpoints["ingest"], stream_id=1, high_water_mark=1000, context=zmq_ctx) as attacker,
+    ):
+        wait_until(lambda: scanner.send(image, seq=0), timeout=5)
+        wait_until(lambda: sub.recv(100), timeout=10)
+        results, states = 0, set()
+        for seq in range(1, 31):  # one second of a 30 fps scanner with 200 new stream ids sprayed per frame
+            for k in range(200):
+                attacker.stream_id = 1000 + seq * 200 + k
+                attacker.send(tiny)
+            scanner.send(image, seq=seq)
+            time.sleep(1 / 30)
+            while (r := sub.recv(0)) is not None:
+                results += r.stream_id == 0
+            states.add(daemon.status()["state"])
+        end = time.monotonic() + 3
+        while time.monotonic() < end and results < 25:
+            results += sum(r.stream_id == 0 for r in iter(lambda: sub.recv(50), None))
+    assert results >= 25  # of 30 frames: at most a handful lost to newest-wins while inference runs
+    refused = daemon.stats.snapshot()["rejected_by_reason"].get("stream_limit", 0)
+    assert refused > 3000
+    assert daemon._slots.live_streams <= 4
+    assert "degraded" in states
+    wait_until(lambda: daemon.status()["state"] == "ready", timeout=10)  # pressure gone: ready again
