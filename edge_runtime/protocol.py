@@ -117,6 +117,7 @@ class RejectReason(str, enum.Enum):
     BAD_SPACING = "bad_spacing"
     BAD_METADATA = "bad_metadata"
     BAD_PAYLOAD = "bad_payload"
+    BAD_PIXELS = "bad_pixels"  # float pixels that are NaN, infinite or outside [0, 1]
     DECODER_ERROR = "decoder_error"  # anything else the decoder raised: a bug, counted instead of crashing
     UNAUTHORIZED = "unauthorized"  # a CURVE client whose key is not in the allow-list
     STREAM_LIMIT = "stream_limit"  # a frame on a new stream while the daemon's maximum of live streams is reached
@@ -294,14 +295,18 @@ def message_type(parts: Sequence[Buffer]) -> MessageType | None:
     return MessageType(msg_type)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _decode_meta(part: Buffer, limit: int) -> Mapping[str, Any]:
     if len(part) > limit:
         raise ProtocolError(RejectReason.BAD_METADATA, f"metadata has {len(part)} bytes, limit {limit}")
     try:
-        meta = json.loads(bytes(part).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = json.loads(bytes(part).decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, NaN/Infinity, too deep, a 5000-digit int
         raise ProtocolError(
-            RejectReason.BAD_METADATA, f"metadata is not UTF-8 JSON ({exc.__class__.__name__})"
+            RejectReason.BAD_METADATA, f"metadata is not UTF-8 JSON ({exc.__class__.__name__}: {str(exc)[:80]})"
         ) from None
     if not isinstance(meta, dict):
         raise ProtocolError(RejectReason.BAD_METADATA, f"metadata must be a JSON object, got {type(meta).__name__}")
@@ -350,6 +355,12 @@ def decode_frame(parts: Sequence[Buffer], limits: Limits = Limits()) -> Frame:
     )
     pixels = np.ndarray(shape, dtype=dt.numpy, buffer=memoryview(pixels_part), strides=strides)
     pixels.flags.writeable = False
+    if fmt is PixelFormat.GRAY32F:
+        lo, hi = float(pixels.min()), float(pixels.max())
+        if not (lo >= 0.0 and hi <= 1.0):  # NaN survives min and max, and fails both comparisons
+            raise ProtocolError(
+                RejectReason.BAD_PIXELS, f"GRAY32F values must be finite and within [0, 1], got {lo:g} .. {hi:g}"
+            )
     return Frame(
         stream_id=stream_id,
         seq=seq,

@@ -112,6 +112,14 @@ GOOD = _frame_parts(np.zeros((4, 4), np.uint8))
         ([GOOD[0], GOOD[1], b"\xff\xfe"], RejectReason.BAD_METADATA),
         ([GOOD[0], GOOD[1], b"[1, 2]"], RejectReason.BAD_METADATA),
         ([GOOD[0], GOOD[1], b'{"a": "' + b"x" * 70_000 + b'"}'], RejectReason.BAD_METADATA),
+        ([GOOD[0], GOOD[1], b'{"a": NaN}'], RejectReason.BAD_METADATA),
+        ([GOOD[0], GOOD[1], b'{"a": -Infinity}'], RejectReason.BAD_METADATA),
+        ([GOOD[0], GOOD[1], b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"], RejectReason.BAD_METADATA),
+        ([GOOD[0], GOOD[1], b'{"a": ' + b"9" * 5000 + b"}"], RejectReason.BAD_METADATA),
+        *[
+            (_frame_parts(np.full((4, 4), v, np.float32)), RejectReason.BAD_PIXELS)
+            for v in (np.nan, np.inf, -np.inf, 1e38, -0.5, 1.0001)
+        ],
     ],
 )
 def test_every_rejection_reason(parts: list[bytes], reason: RejectReason) -> None:
