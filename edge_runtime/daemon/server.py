@@ -80,6 +80,7 @@ class Daemon:
         self._swapped = threading.Event()
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
         self.reloads = 0
+        self.reloads_refused = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -397,11 +398,11 @@ class Daemon:
         """Load a new model beside the serving one; it takes over at the next frame boundary if it loads and
         passes its self-test, otherwise the current model keeps serving. The reply comes when that is decided."""
         if not package:
-            return {"ok": False, "error": 'reload needs {"cmd": "reload", "package": PATH}'}
+            return self._refuse_reload('reload needs {"cmd": "reload", "package": PATH}')
         path = Path(package).resolve()
-        allowed = [d.resolve() for d in self.config.allowed_reload_dirs]
-        if not any(path == d or d in path.parents for d in allowed):
-            return {"ok": False, "error": f"{path} is outside the folders reload may use: {[str(d) for d in allowed]}"}
+        outside = self._outside_reload_dirs(path)
+        if outside is not None:
+            return self._refuse_reload(outside)
         done = threading.Event()
         reply: dict[str, Any] = {}
         self._reload = (done, reply)
@@ -411,10 +412,7 @@ class Daemon:
             try:
                 new = self._load_pipeline(path)
             except Exception as exc:  # any failure: refuse, keep serving the old model
-                reply.update(
-                    ok=False, error=f"reload refused, {current} keeps serving: {exc.__class__.__name__}: {exc}"
-                )
-                log.warning("%s", reply["error"])
+                reply.update(self._refuse_reload(f"{current} keeps serving: {exc.__class__.__name__}: {exc}"))
             else:
                 self._swapped.clear()
                 self._swap_to = new
@@ -427,6 +425,28 @@ class Daemon:
 
         threading.Thread(target=work, name="edgert-reload", daemon=True).start()
         return None
+
+    def _outside_reload_dirs(self, path: Path) -> str | None:
+        """Why `path` may not be loaded, or None: the package and every file in it, with symlinks resolved, must lie
+        inside the allowed folders (a link inside the folder to a model outside it is refused)."""
+        allowed = [d.resolve() for d in self.config.allowed_reload_dirs]
+
+        def inside(p: Path) -> bool:
+            return any(p == d or d in p.parents for d in allowed)
+
+        if not inside(path):
+            return f"{path} is outside the folders reload may use: {[str(d) for d in allowed]}"
+        if path.is_dir():
+            for entry in path.rglob("*"):
+                target = entry.resolve()
+                if not inside(target):
+                    return f"{entry} resolves to {target}, outside the folders reload may use"
+        return None
+
+    def _refuse_reload(self, reason: str) -> dict[str, Any]:
+        self.reloads_refused += 1
+        log.warning("reload refused (%d so far): %r", self.reloads_refused, reason)  # repr: one line, whatever it holds
+        return {"ok": False, "error": f"reload refused: {reason}"}
 
     def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:
         """The state to report: DEGRADED while an inference has run past its deadline (a hung backend), and for
@@ -463,6 +483,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "warmup_ms": round(self._warmup_ms, 3),
             "reloads": self.reloads,
+            "reloads_refused": self.reloads_refused,
             "pid": os.getpid(),
         }
 

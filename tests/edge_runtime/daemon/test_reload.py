@@ -104,7 +104,9 @@ def test_reload_swaps_between_frames_while_streaming(start_daemon: Callable[...,
     assert daemon.stats.snapshot()["inference_errors"] == 0
 
 
-@pytest.mark.parametrize("which", ["fails_self_test", "outside_allowed_folder", "sha256_mismatch", "missing"])
+@pytest.mark.parametrize(
+    "which", ["fails_self_test", "outside_allowed_folder", "sha256_mismatch", "missing", "symlink_outside"]
+)
 def test_bad_reload_is_refused_and_the_old_model_keeps_serving(
     start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], zmq_ctx: zmq.Context, tmp_path: Path, which: str
 ) -> None:
@@ -117,6 +119,12 @@ def test_bad_reload_is_refused_and_the_old_model_keeps_serving(
         package = shutil.copytree(tiny_models["seg_tiny"], tiny_models["seg_tiny"].parent / f"tampered_{tmp_path.name}")
         (package / "model.onnx").write_bytes((package / "model.onnx").read_bytes() + b"\0")
         message = "does not match the card"
+    elif which == "symlink_outside":  # inside the allowed folder, but its model.onnx links to a file outside
+        package = shutil.copytree(tiny_models["seg_tiny"], tiny_models["seg_tiny"].parent / f"linked_{tmp_path.name}")
+        outside = shutil.copy(package / "model.onnx", tmp_path / "model.onnx")
+        (package / "model.onnx").unlink()
+        (package / "model.onnx").symlink_to(outside)
+        message = "outside the folders reload may use"
     else:
         package, message = tiny_models["seg_tiny"].parent / "no_such_package", "no such model package"
     stream = Stream(daemon, zmq_ctx)
@@ -126,12 +134,13 @@ def test_bad_reload_is_refused_and_the_old_model_keeps_serving(
         stream.collect(lambda: len(stream.results) >= 20)
     finally:
         stream.close()
-        if which == "sha256_mismatch":
+        if which in ("sha256_mismatch", "symlink_outside"):
             shutil.rmtree(package, ignore_errors=True)
     assert reply["ok"] is False and message in reply["error"]
     assert {r.model.version for r in stream.results} == {"0.0.1"}
     assert all(r.status is ResultStatus.OK for r in stream.results)
     assert daemon.reloads == 0 and daemon.status()["state"] == "ready"
+    assert daemon.status()["reloads_refused"] == 1
 
 
 def test_ctl_reload_command(start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], v2: Path,

@@ -86,3 +86,13 @@ def test_systemd_notifications(tiny_models: dict[str, Path], tmp_path: Path) -> 
             proc.kill()
         listener.close()
     assert seen.index("READY=1") < seen.index("WATCHDOG=1") < seen.index("STOPPING=1")
+
+
+def test_systemd_unit_raises_the_descriptor_limit() -> None:
+    """Regression (issue 10, item 8): 2,000 idle TCP connections exhausted the default 1,024 descriptors."""
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(Path(__file__).resolve().parents[3] / "deploy" / "edgert.service")
+    assert int(unit["Service"]["LimitNOFILE"]) >= 16384
