@@ -122,6 +122,8 @@ class RejectReason(str, enum.Enum):
     UNAUTHORIZED = "unauthorized"  # a CURVE client whose key is not in the allow-list
     STREAM_LIMIT = "stream_limit"  # a frame on a new stream while the daemon's maximum of live streams is reached
     PENDING_BYTES = "pending_bytes"  # waiting frames would exceed the daemon's byte budget
+    BAD_CONTROL_REQUEST = "bad_control_request"  # a control message that is not one request part (answered)
+    CONTROL_TOO_LARGE = "control_too_large"  # a control request over its size limit (answered, not executed)
 
 
 class ProtocolError(ValueError):

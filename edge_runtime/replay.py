@@ -99,7 +99,9 @@ def replay(
             stats.refused += 1
             if problem not in warned:
                 warned.add(problem)
-                log.warning("frame %d not sent: %s (later frames refused for this reason are only counted)", seq, problem)
+                log.warning(
+                    "frame %d not sent: %s (later frames refused for this reason are only counted)", seq, problem
+                )
             next_at += interval
             continue
         if on_send:

@@ -46,6 +46,8 @@ INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only h
 RESULTS_SNDHWM = 16
 POLL_MS = 50
 CONTROL_COMMANDS = ("status", "stats", "reload")
+CONTROL_MAX_REQUEST = 4096  # bytes of one control request; larger ones are answered with an error
+CONTROL_MAX_MESSAGE = 65536  # ZeroMQ drops (and disconnects) anything larger before we see it
 GIL_SWITCH_INTERVAL_S = 0.0005
 PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
 
@@ -79,6 +81,7 @@ class Daemon:
         self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
         self._swapped = threading.Event()
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
+        self._reload_envelope: list[bytes] = []  # who asked for it
         self.reloads = 0
         self.reloads_refused = 0
 
@@ -185,7 +188,9 @@ class Daemon:
             pub = make(zmq.PUB, SNDHWM=RESULTS_SNDHWM)
             pub.setsockopt(zmq.LINGER, 200)  # let the final results and the STOPPING heartbeat leave, but never hang
             attach(pub, "results", cfg.results_endpoint)
-            rep = make(zmq.REP, MAXMSGSIZE=4096)
+            # ROUTER, not REP: every reply goes to the peer that asked, by its routing id, so no peer can make the
+            # daemon answer another one's request (a REP socket's strict turn-taking can be desynchronised).
+            rep = make(zmq.ROUTER, MAXMSGSIZE=CONTROL_MAX_MESSAGE)
             if self._security is not None:
                 self._security.apply(rep)
             attach(rep, "control", cfg.control_endpoint)
@@ -287,7 +292,7 @@ class Daemon:
     def _rejected(self, reason: RejectReason, detail: str) -> None:
         n = self.stats.reject(reason)
         if _is_power_of_two(n):  # bounded logging under a flood, never silent
-            log.warning("rejected message (%s, %d so far): %s", reason.value, n, detail)
+            log.warning("rejected message (%s, %d so far): %r", reason.value, n, detail[:200])
 
     def _inference_loop(self, push: zmq.Socket) -> None:
         pipeline = self._pipeline
@@ -344,9 +349,9 @@ class Daemon:
                 if pull in events:
                     self._publish_pending(pull, pub)
                 if self._reload is not None and self._reload[0].is_set():  # the deferred reply to `reload`
-                    rep.send(json.dumps(self._reload[1]).encode())
+                    self._reply(rep, self._reload_envelope, self._reload[1])
                     self._reload = None
-                if rep in events and self._reload is None:
+                if rep in events:
                     self._answer_control(rep)
         finally:
             for sock in (pull, rep, pub):
@@ -364,18 +369,47 @@ class Daemon:
             self.stats.published()
 
     # -- control and status ------------------------------------------------------------------------------------
-    def _answer_control(self, rep: zmq.Socket) -> None:
+    def _answer_control(self, router: zmq.Socket) -> None:
+        """Answer every waiting control request, each to the peer that sent it."""
+        while True:
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # [routing id, b"" (REQ clients), request]; a DEALER client sends no empty delimiter
+            envelope = parts[:2] if len(parts) > 2 and parts[1] == b"" else parts[:1]
+            body = parts[len(envelope) :]
+            if len(body) != 1:
+                self._control_refused(RejectReason.BAD_CONTROL_REQUEST, f"{len(body)} request parts, expected 1")
+                self._reply(router, envelope, {"ok": False, "error": "a control request is one message part"})
+                continue
+            if len(body[0]) > CONTROL_MAX_REQUEST:
+                self._control_refused(RejectReason.CONTROL_TOO_LARGE, f"{len(body[0])} bytes")
+                error = f"request of {len(body[0])} bytes is over the {CONTROL_MAX_REQUEST}-byte limit"
+                self._reply(router, envelope, {"ok": False, "error": error})
+                continue
+            text = body[0].decode("utf-8", "replace").strip()
+            try:
+                reply = self.handle_command(text)
+            except Exception as exc:  # a control request must always get an answer, and never stop the daemon
+                self._control_refused(RejectReason.BAD_CONTROL_REQUEST, f"{exc.__class__.__name__}: {exc}")
+                reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+            if reply is None:  # a reload is under way and answers this peer when it is done
+                self._reload_envelope = envelope
+            else:
+                self._reply(router, envelope, reply)
+
+    @staticmethod
+    def _reply(router: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -> None:
         try:
-            request = rep.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        try:
-            reply = self.handle_command(request[0].decode("utf-8", "replace").strip())
-        except Exception as exc:  # a control request must always get an answer, and never stop the daemon
-            log.exception("control request failed")
-            reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
-        if reply is not None:  # None: a reload is under way and answers when it is done
-            rep.send(json.dumps(reply).encode())
+            router.send_multipart([*envelope, json.dumps(reply).encode()], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the peer is gone or not reading: nobody is left to answer
+            pass
+
+    def _control_refused(self, reason: RejectReason, detail: str) -> None:
+        n = self.stats.reject_control(reason)
+        if _is_power_of_two(n):  # bounded logging under a flood; repr keeps a client's bytes on one line
+            log.warning("control request refused (%s, %d so far): %r", reason.value, n, detail[:200])
 
     def handle_command(self, text: str) -> dict[str, Any] | None:
         """Answer a control request: a bare command name or JSON {"cmd": name, ...}. None means "answered later"."""
@@ -387,6 +421,8 @@ class Daemon:
             except (json.JSONDecodeError, AttributeError):
                 return {"ok": False, "error": "request is not valid JSON"}
         if cmd == "reload":
+            if self._reload is not None:
+                return {"ok": False, "error": "a reload is already in progress"}
             return self._begin_reload(str(request.get("package", "")))
         if cmd == "status":
             return {"ok": True, **self.status()}

@@ -49,7 +49,8 @@ class DaemonStats:
         self.inference_errors = 0
         self.deadline_misses = 0  # inferences that took longer than the watchdog deadline
         self.frames_stale = 0  # accepted, but waited longer than the age limit: dropped, never served
-        self.rejected: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()  # ingest messages, by reason
+        self.control_rejected: Counter[str] = Counter()  # control requests refused (each one answered), by reason
         self._hist = {stage: LatencyHistogram() for stage in ("queue", "inference")}
         self._queue_ns: deque[int] = deque(maxlen=_WINDOW)
         self._infer_ns: deque[int] = deque(maxlen=_WINDOW)
@@ -63,6 +64,11 @@ class DaemonStats:
         with self._lock:
             self.rejected[reason.value] += 1
             return self.rejected[reason.value]
+
+    def reject_control(self, reason: RejectReason) -> int:
+        with self._lock:
+            self.control_rejected[reason.value] += 1
+            return self.control_rejected[reason.value]
 
     def inferred(self, queue_ns: int, infer_ns: int, ok: bool, deadline_ns: int | None = None) -> None:
         with self._lock:
@@ -105,6 +111,7 @@ class DaemonStats:
                 "frames_stale": self.frames_stale,
                 "frames_rejected": sum(self.rejected.values()),
                 "rejected_by_reason": dict(self.rejected),
+                "control_rejected_by_reason": dict(self.control_rejected),
                 "inference_errors": self.inference_errors,
                 "deadline_misses": self.deadline_misses,
                 "latency_ms": {"queue": percentiles_ms(queue), "inference": percentiles_ms(infer)},

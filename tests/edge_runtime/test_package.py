@@ -68,7 +68,10 @@ def _copy(src: Path, dst: Path, **card_changes: object) -> Path:
         ({"output__labels": ["a", "a", "b"]}, "duplicate"),
         ({"output__colors": [[0, 0, 0], [1, 2, 300], [0, 0, 0]]}, "0..255"),
         ({"name": 5}, "name: expected str"),
-        ({"preprocessing__dicom": "raw12"}, r"preprocessing.dicom: 'raw12' is not one of \['display8', 'display16', 'stored'\]"),
+        (
+            {"preprocessing__dicom": "raw12"},
+            r"preprocessing.dicom: 'raw12' is not one of \['display8', 'display16', 'stored'\]",
+        ),
     ],
 )
 def test_bad_cards_name_the_field(tiny_models: dict[str, Path], tmp_path: Path, changes: dict, message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -269,3 +270,72 @@ def test_spray_of_new_stream_ids_cannot_starve_a_real_stream(start_daemon: Start
     assert daemon._slots.live_streams <= 4
     assert "degraded" in states
     wait_until(lambda: daemon.status()["state"] == "ready", timeout=10)  # pressure gone: ready again
+
+
+def _ask_control(ctx: zmq.Context, endpoint: str, parts: list[bytes], kind: int = zmq.REQ) -> dict | None:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send_multipart(parts)
+        if not sock.poll(3000):
+            return None
+        reply = sock.recv_multipart()
+        return json.loads(reply[-1])
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+def test_control_garbage_cannot_make_a_healthy_daemon_look_unhealthy(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 10, item 3): raw bytes and junk ZeroMQ messages on the control port made 8 to 19 of 20
+    health checks fail (a REP socket answered the wrong peer); requests over the limit vanished uncounted; a
+    newline in a request forged a log line."""
+    import socket
+    import threading
+
+    daemon = start_daemon()
+    endpoint = daemon.endpoints["control"]
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    stop = threading.Event()
+
+    def raw_garbage() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection((host, int(port)), timeout=1) as s:
+                    s.sendall(bytes(range(256)) * 4)
+            except OSError:  # ZeroMQ hangs up on garbage: connect again
+                pass
+
+    def zmq_garbage() -> None:
+        dealer = zmq_ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        while not stop.is_set():
+            dealer.send_multipart([b"\xff" * 10, b"stats", b"more"])  # three parts: not one request
+            time.sleep(0.001)
+        dealer.close()
+
+    attackers = [threading.Thread(target=raw_garbage), threading.Thread(target=zmq_garbage)]
+    for t in attackers:
+        t.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgert.daemon"):
+            healthy = [_ask_control(zmq_ctx, endpoint, [b"status"]) for _ in range(20)]
+            big = _ask_control(zmq_ctx, endpoint, [b"x" * 5000])
+            forged = _ask_control(
+                zmq_ctx, endpoint, [json.dumps({"cmd": "reload", "package": "/nowhere\nERROR forged line"}).encode()]
+            )
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join(5)
+    assert all(r is not None and r["ok"] and r["state"] == "ready" for r in healthy)
+    assert big is not None and not big["ok"] and "over the 4096-byte limit" in big["error"]
+    assert forged is not None and not forged["ok"]
+    counts = daemon.stats.snapshot()["control_rejected_by_reason"]
+    assert counts["control_too_large"] == 1 and counts["bad_control_request"] > 0
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+    assert any("forged line" in r.getMessage() for r in caplog.records)  # logged, as one line
