@@ -19,6 +19,7 @@ quotes in its own messages are redacted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import struct
@@ -355,7 +356,7 @@ def _read_info(path: Path, output: DicomOutput) -> tuple[DicomInfo, Dataset]:
         )
     _check_decoder(path, syntax)
     frames = _playable_frames(path, ds, info.frames)
-    return DicomInfo(**{**info.__dict__, "frames": frames}), ds
+    return dataclasses.replace(info, frames=frames), ds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -504,12 +505,15 @@ class _Renderer:
         self.info, self.ds, self.output = info, ds, output
         self.decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
         self.is_float = any(k in ds for k in _FLOAT_PIXELS)
-        try:
-            self.transform = _frame_transforms(ds)
-            self.transform(0)  # a malformed LUT or window is reported once, up front
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            raise DicomError(f"{info.path}: invalid grayscale transform ({_safe(str(exc))})") from None
+        self._transforms = _frame_transforms(ds)
+        self.transform(0)  # a malformed LUT or window refuses the file at once, not frame by frame
         self._series: tuple[float, float] | None = None
+
+    def transform(self, index: int) -> _FrameTransform:
+        try:
+            return self._transforms(index)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            raise DicomError(f"{self.info.path}: invalid grayscale transform ({_safe(str(exc))})") from None
 
     def decode(self, index: int) -> tuple[np.ndarray, str]:
         """The frame's pixels and the photometric interpretation they are in (decoders convert YBR to RGB)."""
@@ -574,10 +578,7 @@ class _Renderer:
         return self._gray(stored, index)
 
     def _gray(self, stored: np.ndarray, index: int) -> np.ndarray:
-        try:
-            transform = self.transform(index)
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            raise DicomError(f"{self.info.path}: invalid grayscale transform ({_safe(str(exc))})") from None
+        transform = self.transform(index)
         values = transform.modality(stored)
         voi = transform.voi
         if isinstance(voi, _Window):

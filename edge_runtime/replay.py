@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from calibration.preprocessing import Color
 from calibration.sources import FrameSource, SourceFrame
-from edge_runtime.protocol import Limits, pixel_format_for
+from edge_runtime.protocol import Limits, PixelFormat, pixel_format_for
 from edge_runtime.sender import FrameSender
 
 log = logging.getLogger("edgert.replay")
@@ -27,16 +27,16 @@ class ReplayStats:
     refused: int = 0  # not sent: the daemon's limits would reject them (too large, or not a sendable array)
 
 
-def _unsendable(frame: SourceFrame, limits: Limits) -> str | None:
-    """Why the daemon would refuse this frame, or None. Checked here so that it is never counted as sent."""
+def _wire_format(frame: SourceFrame, limits: Limits) -> PixelFormat | str:
+    """The pixel format the frame goes out in, or why the daemon would refuse it (checked here, so that such a
+    frame is never counted as sent)."""
     height, width = frame.pixels.shape[:2]
     if width > limits.max_width or height > limits.max_height:
         return f"{width}x{height} pixels exceed the daemon's limit of {limits.max_width}x{limits.max_height}"
     try:
-        pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
+        return pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
     except ValueError as exc:
         return str(exc)
-    return None
 
 
 def _frames(source: FrameSource, loop: bool) -> Iterator[SourceFrame]:
@@ -94,19 +94,16 @@ def replay(
         elif delay < -interval:
             stats.late += 1
             next_at = time.perf_counter()
-        problem = _unsendable(frame, limits)
-        if problem is not None:
+        fmt = _wire_format(frame, limits)
+        if isinstance(fmt, str):  # the reason it cannot be sent
             stats.refused += 1
-            if problem not in warned:
-                warned.add(problem)
-                log.warning(
-                    "frame %d not sent: %s (later frames refused for this reason are only counted)", seq, problem
-                )
+            if fmt not in warned:
+                warned.add(fmt)
+                log.warning("frame %d not sent: %s (later frames refused for this reason are only counted)", seq, fmt)
             next_at += interval
             continue
         if on_send:
             on_send(seq, frame)
-        fmt = pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
         if sender.send(frame.pixels, seq=seq, spacing=frame.spacing_mm, meta=frame.meta, pixel_format=fmt):
             stats.sent += 1
         else:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -280,19 +281,25 @@ class Daemon:
                     if admission.accepted:
                         self.stats.accepted(admission is Admission.REPLACED)
                     else:
-                        limits_now = self.config.streams
                         self._rejected(
-                            RejectReason(admission.value),
-                            f"stream {frame.stream_id}: {self._slots.live_streams} of {limits_now.max_streams} live "
-                            f"streams, {self._slots.pending_bytes} of {limits_now.max_pending_bytes} bytes waiting",
+                            RejectReason(admission.value), lambda sid=frame.stream_id: self._table_detail(sid)
                         )
         finally:
             sock.close(linger=0)
 
-    def _rejected(self, reason: RejectReason, detail: str) -> None:
+    def _rejected(self, reason: RejectReason, detail: str | Callable[[], str]) -> None:
+        """Count a refusal; log it at the 1st, 2nd, 4th... of its reason (a callable detail is built only then)."""
         n = self.stats.reject(reason)
         if _is_power_of_two(n):  # bounded logging under a flood, never silent
-            log.warning("rejected message (%s, %d so far): %r", reason.value, n, detail[:200])
+            text = detail() if callable(detail) else detail
+            log.warning("rejected message (%s, %d so far): %r", reason.value, n, text[:200])
+
+    def _table_detail(self, stream_id: int) -> str:
+        limits = self.config.streams
+        return (
+            f"stream {stream_id}: {self._slots.live_streams} of {limits.max_streams} live streams, "
+            f"{self._slots.pending_bytes} of {limits.max_pending_bytes} bytes waiting"
+        )
 
     def _inference_loop(self, push: zmq.Socket) -> None:
         pipeline = self._pipeline
@@ -497,10 +504,9 @@ class Daemon:
                 return DaemonState.DEGRADED, {"watchdog": detail}
         pressure = self._slots.last_pressure_ns
         if pressure and time.monotonic_ns() - pressure < PRESSURE_WINDOW_NS:
-            snap = self.stats.snapshot()["rejected_by_reason"]
             detail = {
                 "live_streams": self._slots.live_streams,
-                "refused": {k: snap.get(k, 0) for k in ("stream_limit", "pending_bytes")},
+                "refused": self.stats.rejected_count("stream_limit", "pending_bytes"),
                 "stale": self.stats.frames_stale,
             }
             return DaemonState.DEGRADED, {"ingest": detail}

@@ -65,6 +65,11 @@ class DaemonStats:
             self.rejected[reason.value] += 1
             return self.rejected[reason.value]
 
+    def rejected_count(self, *reasons: str) -> dict[str, int]:
+        """Counts for these reasons only: cheap enough for every heartbeat (no latency percentiles)."""
+        with self._lock:
+            return {r: self.rejected.get(r, 0) for r in reasons}
+
     def reject_control(self, reason: RejectReason) -> int:
         with self._lock:
             self.control_rejected[reason.value] += 1
