@@ -124,6 +124,12 @@ class RejectReason(str, enum.Enum):
     PENDING_BYTES = "pending_bytes"  # waiting frames would exceed the daemon's byte budget
     BAD_CONTROL_REQUEST = "bad_control_request"  # a control message that is not one request part (answered)
     CONTROL_TOO_LARGE = "control_too_large"  # a control request over its size limit (answered, not executed)
+    MESSAGE_TOO_LARGE = "message_too_large"  # all parts of an ingest message together over the size limit
+    STREAM_OWNER = "stream_owner"  # with CURVE, a frame on a stream that another client key owns
+    BAD_KEY = "bad_key"  # handshake: wrong server key or a client key pair that does not match
+    WRONG_MECHANISM = "wrong_mechanism"  # handshake: no CURVE, or PLAIN, against a CURVE socket
+    HANDSHAKE_FAILED = "handshake_failed"  # handshake: any other protocol error libzmq reports
+    INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # closed before the handshake ended: wrong socket type, not ZMTP
 
 
 class ProtocolError(ValueError):

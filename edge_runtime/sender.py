@@ -15,6 +15,8 @@ import zmq
 from edge_runtime.protocol import PixelFormat, encode_frame
 from edge_runtime.security import ClientKeys
 
+RECONNECT_IVL_MS = 10
+
 
 class SenderPattern(str, enum.Enum):
     PUSH = "push"  # to a daemon's PULL: drops are counted here
@@ -54,6 +56,10 @@ class FrameSender:
         self._sock = self._ctx.socket(zmq.PUSH if pattern is SenderPattern.PUSH else zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SNDHWM, high_water_mark)
+        # Reconnect quickly after the daemon drops the connection (a restart, or its ingest socket re-opened to
+        # shed a hostile message), backing off to once a second while it stays away.
+        self._sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         if pattern is SenderPattern.PUSH:
             self._sock.setsockopt(zmq.IMMEDIATE, 1)
         if keys is not None:

@@ -24,6 +24,7 @@ import zmq
 
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
+from edge_runtime.daemon.ingest import HANDSHAKE_IVL_MS, IngestSocket, MessageBounds, PeerEvents, Received
 from edge_runtime.daemon.slots import Admission, StreamTable
 from edge_runtime.daemon.stats import DaemonStats
 from edge_runtime.package import load_package
@@ -44,6 +45,7 @@ from edge_runtime.security import SecurityError, ServerSecurity
 log = logging.getLogger("edgert.daemon")
 
 INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
+FRAME_MAX_PARTS = 3  # header, pixels, optional metadata
 RESULTS_SNDHWM = 16
 POLL_MS = 50
 CONTROL_COMMANDS = ("status", "stats", "reload")
@@ -154,7 +156,7 @@ class Daemon:
             raise
         return pipeline
 
-    def _open_sockets(self) -> dict[str, zmq.Socket]:
+    def _open_sockets(self) -> dict[str, Any]:
         assert self._ctx is not None
         cfg, ctx = self.config, self._ctx
         opened: list[zmq.Socket] = []
@@ -171,6 +173,8 @@ class Daemon:
             try:
                 sock.bind(endpoint) if mode is SocketMode.BIND else sock.connect(endpoint)
             except zmq.ZMQError as exc:
+                if exc.errno == zmq.EADDRINUSE and name in self.endpoints:
+                    raise  # re-opening: the old listener is still closing, the caller retries
                 raise DaemonError(f"cannot {mode.value} the {name} socket to {endpoint}: {exc}") from None
             self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT) if mode is SocketMode.BIND else endpoint
             if mode is SocketMode.BIND and any(h in endpoint for h in ("0.0.0.0", "://*", "[::]")):
@@ -180,18 +184,34 @@ class Daemon:
 
         try:
             kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
-            ingest = make(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cfg.max_message_bytes)
-            if self._security is not None:
-                self._security.apply(ingest)
-            if kind == zmq.SUB:
-                ingest.setsockopt(zmq.SUBSCRIBE, b"")
-            attach(ingest, "ingest", cfg.ingest.endpoint, cfg.ingest.mode)
+
+            def make_ingest() -> zmq.Socket:
+                sock = ctx.socket(kind)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RCVHWM, INGEST_RCVHWM)
+                sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)  # per part: ZeroMQ has no whole-message bound
+                sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+                if self._security is not None:
+                    self._security.apply(sock)
+                if kind == zmq.SUB:
+                    sock.setsockopt(zmq.SUBSCRIBE, b"")
+                endpoint = self.endpoints.get("ingest")  # a re-opened socket keeps the endpoint (and port) it had
+                try:
+                    attach(sock, "ingest", endpoint or cfg.ingest.endpoint, cfg.ingest.mode)
+                except BaseException:
+                    sock.close(linger=0)
+                    raise
+                return sock
+
+            bounds = MessageBounds(FRAME_MAX_PARTS, cfg.max_message_bytes + cfg.limits.max_meta_bytes)
+            ingest = IngestSocket(make_ingest, bounds)
+            opened.append(ingest.socket)
             pub = make(zmq.PUB, SNDHWM=RESULTS_SNDHWM)
             pub.setsockopt(zmq.LINGER, 200)  # let the final results and the STOPPING heartbeat leave, but never hang
             attach(pub, "results", cfg.results_endpoint)
             # ROUTER, not REP: every reply goes to the peer that asked, by its routing id, so no peer can make the
             # daemon answer another one's request (a REP socket's strict turn-taking can be desynchronised).
-            rep = make(zmq.ROUTER, MAXMSGSIZE=CONTROL_MAX_MESSAGE)
+            rep = make(zmq.ROUTER, MAXMSGSIZE=CONTROL_MAX_MESSAGE, HANDSHAKE_IVL=HANDSHAKE_IVL_MS)
             if self._security is not None:
                 self._security.apply(rep)
             attach(rep, "control", cfg.control_endpoint)
@@ -255,44 +275,68 @@ class Daemon:
                 signal.signal(s, handler)
 
     # -- threads -----------------------------------------------------------------------------------------------
-    def _receive_loop(self, sock: zmq.Socket) -> None:
-        limits = self.config.limits
+    def _receive_loop(self, ingest: IngestSocket) -> None:
+        assert self._ctx is not None
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        peers = self._watch(ingest.socket, "ingest")
+        poller.register(ingest.socket, zmq.POLLIN)
+        poller.register(peers.pipe, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not poller.poll(POLL_MS):
+                ready = poller.poll(POLL_MS)
+                peers.drain()  # also when idle: incomplete handshakes are counted once they have settled
+                if not ready:
                     continue
                 while True:  # drain: only the newest frame per stream survives
-                    try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    message = ingest.receive()
+                    if message is None:
                         break
-                    recv_ts = time.time_ns()
-                    try:
-                        frame = decode_frame([p.buffer for p in parts], limits)
-                    except ProtocolError as exc:
-                        self._rejected(exc.reason, exc.detail)
+                    if isinstance(message, Received):
+                        self._admit(message)
                         continue
-                    except Exception as exc:  # a decoder bug must not end the receive loop
-                        self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
-                        continue
-                    admission = self._slots.put(frame, recv_ts)
-                    if admission.accepted:
-                        self.stats.accepted(admission is Admission.REPLACED)
-                    else:
-                        self._rejected(
-                            RejectReason(admission.value), lambda sid=frame.stream_id: self._table_detail(sid)
-                        )
+                    self._rejected(message.reason, message.detail)
+                    if message.reset:  # the socket was re-opened: watch and poll the new one
+                        self.stats.ingest_reset()
+                        log.warning("ingest socket re-opened to drop a message (%d so far)", ingest.resets)
+                        poller.unregister(peers.pipe)
+                        peers.close()
+                        poller = zmq.Poller()
+                        peers = self._watch(ingest.socket, "ingest")
+                        poller.register(ingest.socket, zmq.POLLIN)
+                        poller.register(peers.pipe, zmq.POLLIN)
         finally:
-            sock.close(linger=0)
+            peers.close()
+            ingest.close()
+
+    def _watch(self, sock: zmq.Socket, name: str) -> PeerEvents:
+        assert self._ctx is not None
+        return PeerEvents(self._ctx, sock, lambda reason, detail: self._rejected(reason, f"{name}: {detail}"))
+
+    def _admit(self, message: Received) -> None:
+        """Decode one message and offer it to the stream table; a refusal is counted. Holds no reference after."""
+        recv_ts = time.time_ns()
+        try:
+            frame = decode_frame([p.buffer for p in message.parts], self.config.limits)
+        except ProtocolError as exc:
+            self._rejected(exc.reason, exc.detail)
+            return
+        except Exception as exc:  # a decoder bug must not end the receive loop
+            self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
+            return
+        admission = self._slots.put(frame, recv_ts, owner=message.user_id)
+        if admission.accepted:
+            self.stats.accepted(admission is Admission.REPLACED)
+        elif admission is Admission.STREAM_OWNER:
+            self._rejected(RejectReason.STREAM_OWNER, f"stream {frame.stream_id} belongs to another client key")
+        else:
+            self._rejected(RejectReason(admission.value), lambda: self._table_detail(frame.stream_id))
 
     def _rejected(self, reason: RejectReason, detail: str | Callable[[], str]) -> None:
         """Count a refusal; log it at the 1st, 2nd, 4th... of its reason (a callable detail is built only then)."""
         n = self.stats.reject(reason)
         if _is_power_of_two(n):  # bounded logging under a flood, never silent
             text = detail() if callable(detail) else detail
-            log.warning("rejected message (%s, %d so far): %r", reason.value, n, text[:200])
+            log.warning("refused (%s, %d so far): %r", reason.value, n, text[:200])
 
     def _table_detail(self, stream_id: int) -> str:
         limits = self.config.streams
@@ -334,9 +378,11 @@ class Daemon:
             push.close(linger=1000)  # hand the last result to the I/O thread
 
     def _io_loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, infer: threading.Thread) -> None:
+        peers = self._watch(rep, "control")
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
         poller.register(rep, zmq.POLLIN)
+        poller.register(peers.pipe, zmq.POLLIN)
         interval_ns = self.config.heartbeat_ms * 1_000_000
         next_beat = time.monotonic_ns()
         try:
@@ -360,7 +406,9 @@ class Daemon:
                     self._reload = None
                 if rep in events:
                     self._answer_control(rep)
+                peers.drain()
         finally:
+            peers.close()
             for sock in (pull, rep, pub):
                 sock.close()
 

@@ -7,6 +7,10 @@ been idle for `idle_ms` with nothing waiting), at most `max_pending_bytes` of wa
 waited longer than `max_age_ms` is dropped as stale, never served. A frame beyond those limits is refused, not
 queued. Streams are served round robin: a stream that was just served goes to the back, so no stream can starve
 another.
+
+With CURVE, a live stream belongs to the client key that opened it: a frame from another key on that stream id is
+refused (`stream_owner`), so one authorized client cannot put its masks on another's display. Ownership ends with
+the stream (idle for `idle_ms`). Without CURVE there is no identity to check and any sender may use any stream id.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Admission(enum.Enum):
     REPLACED = "replaced"  # accepted; an older frame of the same stream was waiting and is dropped
     STREAM_LIMIT = "stream_limit"  # refused: a new stream while `max_streams` are live
     PENDING_BYTES = "pending_bytes"  # refused: waiting pixels would exceed `max_pending_bytes`
+    STREAM_OWNER = "stream_owner"  # refused: the stream belongs to another client key
 
     @property
     def accepted(self) -> bool:
@@ -60,19 +65,24 @@ class StreamTable:
         self._cond = threading.Condition()
         self._pending: OrderedDict[int, Pending] = OrderedDict()  # round-robin order of streams with a frame
         self._last_seen: dict[int, int] = {}  # live streams: monotonic ns of their last accepted frame
+        self._owner: dict[int, str] = {}  # live streams opened by an authenticated client: its key (z85)
         self._pending_bytes = 0
         self._closed = False
         self.stale = 0  # frames dropped for age
         self.last_pressure_ns = 0  # monotonic ns of the last refusal or stale drop; 0: never
 
-    def put(self, frame: Frame, recv_ts_ns: int, now_ns: int | None = None) -> Admission:
+    def put(self, frame: Frame, recv_ts_ns: int, now_ns: int | None = None, owner: str | None = None) -> Admission:
+        """Offer a frame; `owner` is the sender's authenticated identity (CURVE), None without one."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         size = frame.pixels.nbytes
         with self._cond:
             self._expire(now)
             sid = frame.stream_id
             old = self._pending.get(sid)
-            if sid not in self._last_seen and len(self._last_seen) >= self.limits.max_streams:
+            if sid in self._last_seen:
+                if self._owner.get(sid) != owner:
+                    return Admission.STREAM_OWNER
+            elif len(self._last_seen) >= self.limits.max_streams:
                 self.last_pressure_ns = now
                 return Admission.STREAM_LIMIT
             freed = old.frame.pixels.nbytes if old is not None else 0
@@ -80,6 +90,8 @@ class StreamTable:
                 self.last_pressure_ns = now
                 return Admission.PENDING_BYTES
             self._last_seen[sid] = now
+            if owner is not None:
+                self._owner[sid] = owner
             self._pending_bytes += size - freed
             self._pending[sid] = Pending(frame, recv_ts_ns, now)  # a replaced stream keeps its turn
             self._cond.notify()
@@ -89,6 +101,7 @@ class StreamTable:
         horizon = now - self.limits.idle_ms * 1_000_000
         for sid in [s for s, seen in self._last_seen.items() if seen < horizon and s not in self._pending]:
             del self._last_seen[sid]
+            self._owner.pop(sid, None)
 
     def take(self, timeout: float) -> Pending | None:
         """The newest frame of the next stream in turn, or None on timeout or close. Stale frames are dropped."""

@@ -49,6 +49,7 @@ class DaemonStats:
         self.inference_errors = 0
         self.deadline_misses = 0  # inferences that took longer than the watchdog deadline
         self.frames_stale = 0  # accepted, but waited longer than the age limit: dropped, never served
+        self.ingest_resets = 0  # times the ingest socket was re-opened to drop a message too long to read
         self.rejected: Counter[str] = Counter()  # ingest messages, by reason
         self.control_rejected: Counter[str] = Counter()  # control requests refused (each one answered), by reason
         self._hist = {stage: LatencyHistogram() for stage in ("queue", "inference")}
@@ -88,6 +89,10 @@ class DaemonStats:
         with self._lock:
             self.frames_stale += 1
 
+    def ingest_reset(self) -> None:
+        with self._lock:
+            self.ingest_resets += 1
+
     def published(self) -> None:
         with self._lock:
             self.frames_out += 1
@@ -114,6 +119,7 @@ class DaemonStats:
                 "frames_out": self.frames_out,
                 "frames_dropped": self.frames_dropped,
                 "frames_stale": self.frames_stale,
+                "ingest_resets": self.ingest_resets,
                 "frames_rejected": sum(self.rejected.values()),
                 "rejected_by_reason": dict(self.rejected),
                 "control_rejected_by_reason": dict(self.control_rejected),

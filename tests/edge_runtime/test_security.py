@@ -95,3 +95,65 @@ def test_bad_security_config(start_daemon: Callable[..., Daemon], tiny_models: d
         start_daemon(tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=tmp_path / "nope")
     with pytest.raises(DaemonError, match="no secret key"):
         start_daemon(tiny_models["seg_tiny"], server_key=keys["server_pub"], authorized_clients=keys["authorized"])
+
+
+def test_a_stream_belongs_to_the_key_that_opened_it(
+    start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], keys: dict[str, Path], zmq_ctx: zmq.Context,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Regression (issue 10, item 4): any authorized client could publish on another's stream id and its masks went
+    to that stream's display. Now a live stream belongs to the key that opened it; others are refused and counted."""
+    _, second_secret = generate_keys("second", tmp_path / "second")
+    (keys["authorized"] / "second.key").write_bytes((tmp_path / "second" / "second.key").read_bytes())
+    daemon = start_daemon(
+        tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=keys["authorized"]
+    )
+    frame = np.zeros((16, 16), np.uint8)
+    scanner_keys = ClientKeys.from_files(keys["server_pub"], keys["scanner"])
+    second_keys = ClientKeys.from_files(keys["server_pub"], second_secret)
+    with (
+        ResultSubscriber(daemon.endpoints["results"], max_age_ms=None, context=zmq_ctx) as sub,
+        FrameSender(daemon.endpoints["ingest"], stream_id=3, context=zmq_ctx, keys=scanner_keys) as scanner,
+        FrameSender(daemon.endpoints["ingest"], stream_id=3, context=zmq_ctx, keys=second_keys) as intruder,
+        FrameSender(daemon.endpoints["ingest"], stream_id=4, context=zmq_ctx, keys=second_keys) as own_stream,
+    ):
+        wait_until(lambda: scanner.send(frame, seq=1) and sub.recv(100), timeout=10)
+        wait_until(lambda: own_stream.send(frame, seq=500) and sub.recv(100), timeout=10)  # its own stream: fine
+        seqs: set[tuple[int, int]] = set()
+        for _ in range(20):
+            intruder.send(frame, seq=1000)
+            scanner.send(frame, seq=1)
+            while (r := sub.recv(30)) is not None:
+                seqs.add((r.stream_id, r.seq))
+        wait_until(lambda: daemon.stats.snapshot()["rejected_by_reason"].get("stream_owner", 0) >= 1, timeout=5)
+    assert (3, 1000) not in seqs and (3, 1) in seqs
+
+
+def test_handshake_failures_on_ingest_and_control_are_counted(
+    start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], keys: dict[str, Path], zmq_ctx: zmq.Context
+) -> None:
+    """Regression (issue 10, item 6): clients with a wrong server key or no CURVE were refused uncounted."""
+    daemon = start_daemon(
+        tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=keys["authorized"]
+    )
+
+    def refused(*reasons: str) -> int:
+        by_reason = daemon.stats.snapshot()["rejected_by_reason"]
+        return sum(by_reason.get(r, 0) for r in reasons)
+
+    # A client without CURVE is reported as a mechanism mismatch, or without detail when it hangs up first.
+    plain_client = ("wrong_mechanism", "handshake_failed")
+    control = zmq_ctx.socket(zmq.REQ)  # no CURVE on the control port
+    control.setsockopt(zmq.LINGER, 0)
+    control.connect(daemon.endpoints["control"])
+    control.send(b"status")
+    wait_until(lambda: refused(*plain_client) >= 1, timeout=10)
+    control.close()
+    wrong_server = ClientKeys.from_files(keys["scanner"].with_suffix(".key"), keys["scanner"])  # not the daemon's key
+    before = refused(*plain_client)
+    with (
+        FrameSender(daemon.endpoints["ingest"], context=zmq_ctx, keys=wrong_server),
+        FrameSender(daemon.endpoints["ingest"], context=zmq_ctx),
+    ):
+        wait_until(lambda: refused("bad_key") >= 1 and refused(*plain_client) > before, timeout=10)
+    assert refused("incomplete_handshake") == 0  # each failure counted once, under the reason libzmq gave

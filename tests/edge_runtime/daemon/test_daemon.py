@@ -339,3 +339,29 @@ def test_control_garbage_cannot_make_a_healthy_daemon_look_unhealthy(
     assert counts["control_too_large"] == 1 and counts["bad_control_request"] > 0
     assert all("\n" not in r.getMessage() for r in caplog.records)
     assert any("forged line" in r.getMessage() for r in caplog.records)  # logged, as one line
+
+
+@pytest.mark.slow
+def test_a_million_part_message_neither_stalls_nor_bloats_the_daemon(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    """Regression (issue 10, item 2): one message of 1,000,000 empty parts cost 768 MB and stalled the receive loop
+    for 4.8 s. Now it is refused at the part bound, dropped by re-opening the ingest socket, and counted; the
+    scanner's stream reconnects and goes on."""
+    daemon = start_daemon(tiny_models["seg_tiny"])
+    image = np.zeros((16, 16), np.uint8)
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as scanner,
+        zmq_ctx.socket(zmq.PUSH) as attacker,
+    ):
+        wait_until(lambda: scanner.send(image, seq=0) and sub.recv(100), timeout=10)
+        attacker.setsockopt(zmq.LINGER, 0)
+        attacker.connect(daemon.endpoints["ingest"])
+        attacker.send_multipart([b""] * 1_000_000)
+        wait_until(lambda: daemon.stats.snapshot()["ingest_resets"] >= 1, timeout=30)
+        r = wait_until(lambda: scanner.send(image, seq=99) and sub.recv(50), timeout=10)
+    snap = daemon.stats.snapshot()
+    assert r.seq == 99
+    assert snap["rejected_by_reason"]["bad_part_count"] >= 1
+    assert not daemon._stop.is_set() and daemon.state is DaemonState.READY

@@ -101,3 +101,15 @@ def test_streams_are_served_round_robin_under_a_flood() -> None:
         assert pending is not None
         served.append(pending.frame.stream_id)
     assert {s: served.count(s) for s in (1, 2, 3)} == {1: 10, 2: 10, 3: 10}
+
+
+def test_a_live_stream_belongs_to_the_key_that_opened_it_until_it_expires() -> None:
+    slots = StreamTable(StreamLimits(idle_ms=100))
+    ms = 1_000_000
+    assert slots.put(_frame(5, 1), 0, now_ns=0, owner="scanner").accepted
+    assert slots.put(_frame(5, 2), 0, now_ns=1 * ms, owner="intruder") is Admission.STREAM_OWNER
+    assert slots.put(_frame(5, 3), 0, now_ns=2 * ms, owner="scanner") is Admission.REPLACED
+    assert slots.put(_frame(6, 1), 0, now_ns=3 * ms, owner="intruder").accepted  # its own stream
+    assert slots.last_pressure_ns == 0  # an ownership refusal is not load: the owner's stream is served as usual
+    slots.take(0.0), slots.take(0.0)
+    assert slots.put(_frame(5, 4), 0, now_ns=500 * ms, owner="intruder").accepted  # the stream idled out: free again
