@@ -69,3 +69,15 @@ def test_soak_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     report = json.loads(out.read_text())
     assert report["daemon"]["frames_out"] >= 60 and report["rss_mb"]["end"] > 0 and report["exit_status"] == 0
+
+
+def test_attack_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "attack.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "attack.py"), "--seconds", "1.5", "--scenarios", "alone", "parts",
+         "--out", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=180,
+    )  # fmt: skip
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert scenarios["alone"]["results"] > 0 and scenarios["alone"]["health"]["failed"] == 0
+    assert scenarios["parts"]["rss_mb"]["peak"] > 0 and "p99_vs_alone" in scenarios["parts"]

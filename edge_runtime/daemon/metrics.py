@@ -42,6 +42,9 @@ class _DaemonCollector:
             "edgert_deadline_misses", "Inferences longer than the watchdog deadline", value=snap["deadline_misses"]
         )
         yield CounterMetricFamily("edgert_reloads", "Successful model reloads", value=d.reloads)
+        yield CounterMetricFamily(
+            "edgert_ingest_resets", "Ingest socket re-opened to drop a message", value=snap["ingest_resets"]
+        )
         for stage, (buckets, total) in d.stats.histograms().items():
             h = HistogramMetricFamily(f"edgert_{stage}_seconds", f"Latency of the {stage} stage")
             h.add_metric([], buckets=buckets, sum_value=total)

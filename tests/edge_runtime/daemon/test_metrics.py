@@ -34,6 +34,7 @@ def test_metrics_follow_the_stream(
     assert url.startswith("http://127.0.0.1:")  # localhost only
     before = _scrape(url)
     assert before[("edgert_ready", ())] == 1.0
+    assert before[("edgert_ingest_resets_total", ())] == 0
     assert before[("edgert_frames_total", (("outcome", "in"),))] == 0
     info = [k for k in before if k[0] == "edgert_model_info"]
     assert dict(info[0][1])["name"] == "seg-tiny" and dict(info[0][1])["backend"] == "onnxruntime"

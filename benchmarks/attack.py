@@ -1,0 +1,321 @@
+"""Attack benchmark: a daemon process under hostile input, with a well-behaved 30 fps stream alongside.
+
+    python benchmarks/attack.py [--seconds 10] [--checkout PATH] [--out benchmarks/results/attack.json]
+
+Each scenario starts a fresh `edgert serve` (the bundled model, loopback ports) and sends a 30 fps ultrasound stream
+on stream 0 for `--seconds`, while attacker processes do one of:
+
+- alone:   nothing (the reference);
+- spray:   4 processes x 2,000 valid 8x8 frames/s, each on a new stream id (issue 10, item 1);
+- spray_elsewhere: the same 4 processes sending to another process, not the daemon: what the attackers cost a
+           machine they share with the daemon (on a 2-core machine, most of the spray's effect);
+- parts:   one message of 1,000,000 empty parts, 2 s in (item 2); parts_elsewhere sends it to another process;
+- control: raw TCP garbage, oversize and multi-part requests on the control port, while `ctl health` is asked
+           every 250 ms the way the CLI asks it (item 3).
+
+Reported per scenario: the share of the stream's frames that got a result, its end-to-end latency (capture to result
+received) p50/p99/max, the daemon's peak RSS (VmRSS from /proc, sampled every 20 ms) and the growth over its RSS
+before the attack, failed health checks, and the bytes the daemon logged. `--checkout` runs the daemon from another
+source tree (for instance the release before the hardening) with the same clients, for a before/after comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from calibration.sources import open_source  # noqa: E402
+from edge_runtime.bench import machine_info  # noqa: E402
+from edge_runtime.demo import bundled_cine  # noqa: E402
+from edge_runtime.package import demo_package_path  # noqa: E402
+from edge_runtime.protocol import encode_frame  # noqa: E402
+from edge_runtime.sender import FrameSender  # noqa: E402
+from edge_runtime.subscriber import ResultSubscriber  # noqa: E402
+
+FPS = 30
+SCENARIOS = ("alone", "spray", "spray_elsewhere", "parts", "parts_elsewhere", "control")
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("VmRSS"))) / 1024.0
+    except (OSError, StopIteration):
+        return 0.0
+
+
+# -- attackers (each in its own process) -------------------------------------------------------------------------
+def spray(endpoint: str, rate: int, seconds: float, first_id: int) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    tiny = np.zeros((8, 8), np.uint8)
+    end, sid, batch = time.monotonic() + seconds, first_id, max(1, rate // 200)
+    while time.monotonic() < end:
+        tick = time.monotonic()
+        for _ in range(batch):
+            parts = encode_frame(tiny, stream_id=sid, seq=0, capture_ts_ns=time.time_ns(), send_ts_ns=0)
+            try:
+                sock.send_multipart(parts, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            sid += 1
+        time.sleep(max(0.0, 0.005 - (time.monotonic() - tick)))
+    ctx.destroy(linger=0)
+
+
+def sink(endpoint: str, seconds: float) -> None:
+    """Drains frames sent to it: where `spray_elsewhere` sends, to measure what the attackers cost the machine."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.bind(endpoint)
+    end = time.monotonic() + seconds + 1
+    while time.monotonic() < end:
+        if sock.poll(100):
+            sock.recv_multipart()
+    ctx.destroy(linger=0)
+
+
+def many_parts(endpoint: str, parts: int, delay: float) -> None:
+    time.sleep(delay)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.connect(endpoint)
+    sock.send_multipart([b""] * parts)
+    time.sleep(30)  # keep the connection; the parent terminates us
+
+
+def control_garbage(endpoint: str, seconds: float, kind: str) -> None:
+    ctx = zmq.Context()
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    end = time.monotonic() + seconds
+    rng = random.Random(kind)
+    while time.monotonic() < end:
+        if kind == "raw":
+            try:
+                with socket.create_connection((host, int(port)), timeout=1) as raw:
+                    raw.sendall(bytes(range(256)) * 4 if rng.random() < 0.5 else rng.randbytes(rng.randint(1, 300)))
+            except OSError:
+                pass
+        else:
+            sock = ctx.socket(zmq.REQ if kind in ("oversize", "newline") else zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            if kind == "oversize":
+                sock.send(b"x" * 100_000)  # over the control socket's message limit
+            elif kind == "newline":
+                sock.send(b'{"cmd": "reload", "package": "/x\\nFAKE LOG LINE"}' + b" " * 5000)
+            else:  # a DEALER sending parts a REP/ROUTER does not expect, for a while on one connection
+                for _ in range(200):
+                    sock.send_multipart([b"\xff" * 10, b"stats", b"more"])
+                    time.sleep(0.001)
+            time.sleep(0.002)
+            sock.close()
+        time.sleep(0.001)
+    ctx.destroy(linger=0)
+
+
+# -- one scenario -------------------------------------------------------------------------------------------------
+def run_scenario(name: str, seconds: float, checkout: Path, workdir: Path, threads: int) -> dict[str, Any]:
+    ready = workdir / f"{name}-ready.json"
+    log_path = workdir / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(demo_package_path()),
+           "--ingest", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
+           "--ready-file", str(ready), "--threads", str(threads)]  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=checkout)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"daemon did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        endpoints = json.loads(ready.read_text())["endpoints"]
+        return _measure(name, seconds, endpoints, proc.pid, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log_path: Path) -> dict[str, Any]:
+    images = [f.pixels for f in open_source(bundled_cine())]
+    ctx = zmq.Context()
+    sub = ResultSubscriber(endpoints["results"], max_age_ms=None, context=ctx)
+    sender = FrameSender(endpoints["ingest"], stream_id=0, context=ctx)
+    while not sender.send(images[0], seq=0) or sub.recv(200) is None:  # connected and serving
+        pass
+    while sub.recv(300) is not None:
+        pass
+    rss_before, log_before, cpu_before = rss_mb(pid), log_path.stat().st_size, cpu_s(pid)
+    rss_peak, stop = [rss_before], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            rss_peak.append(rss_mb(pid))
+
+    mp = multiprocessing.get_context("spawn")
+    attackers: list[Any] = []
+    if name == "spray":
+        attackers = [mp.Process(target=spray, args=(endpoints["ingest"], 2000, seconds, 1000 + k * 10_000_000))
+                     for k in range(4)]  # fmt: skip
+    elif name.endswith("_elsewhere"):  # the same load on the same machine, sent to another process
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            elsewhere = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        attackers = [mp.Process(target=sink, args=(elsewhere, seconds))]
+        if name == "spray_elsewhere":
+            attackers += [mp.Process(target=spray, args=(elsewhere, 2000, seconds, 1000 + k * 10_000_000))
+                          for k in range(4)]  # fmt: skip
+        else:
+            attackers += [mp.Process(target=many_parts, args=(elsewhere, 1_000_000, 2.0))]
+    elif name == "parts":
+        attackers = [mp.Process(target=many_parts, args=(endpoints["ingest"], 1_000_000, 2.0))]
+    elif name == "control":
+        attackers = [mp.Process(target=control_garbage, args=(endpoints["control"], seconds, kind))
+                     for kind in ("raw", "oversize", "newline", "dealer")]  # fmt: skip
+    threading.Thread(target=sample, daemon=True).start()
+    for a in attackers:
+        a.start()
+    health = {"asked": 0, "failed": 0}
+    health_thread = threading.Thread(target=_ask_health, args=(endpoints["control"], seconds, health), daemon=True)
+    health_thread.start()
+
+    latencies: dict[int, float] = {}
+    sent = 0
+    start = time.monotonic()
+    next_frame = start
+    while time.monotonic() < start + seconds:
+        now = time.monotonic()
+        if now >= next_frame:
+            sent += 1
+            sender.send(images[sent % len(images)], seq=sent)
+            next_frame += 1 / FPS
+        r = sub.recv(max(1, int((next_frame - time.monotonic()) * 1000)))
+        if r is not None and r.stream_id == 0 and r.seq > 0:
+            latencies[r.seq] = (time.time_ns() - r.capture_ts_ns) / 1e6
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        r = sub.recv(100)
+        if r is not None and r.stream_id == 0 and r.seq > 0:
+            latencies[r.seq] = (time.time_ns() - r.capture_ts_ns) / 1e6
+    health_thread.join()
+    stop.set()
+    daemon_cpu = cpu_s(pid) - cpu_before
+    attackers_cpu = sum(cpu_s(a.pid) for a in attackers if a.pid is not None)
+    for a in attackers:
+        a.terminate()
+        a.join()
+    sender.close()
+    sub.close()
+    ctx.destroy(linger=0)
+    lat = np.array(list(latencies.values())) if latencies else np.array([np.nan])
+    return {
+        "frames_sent": sent,
+        "results": len(latencies),
+        "results_share": round(len(latencies) / max(sent, 1), 3),
+        "latency_ms": {
+            "p50": round(float(np.percentile(lat, 50)), 1),
+            "p99": round(float(np.percentile(lat, 99)), 1),
+            "max": round(float(lat.max()), 1),
+        },  # fmt: skip
+        "rss_mb": {
+            "before": round(rss_before, 1),
+            "peak": round(max(rss_peak), 1),
+            "growth": round(max(rss_peak) - rss_before, 1),
+        },  # fmt: skip
+        "health": health,
+        "cpu_s": {"daemon": round(daemon_cpu, 2), "attackers": round(attackers_cpu, 2), "cores": os.cpu_count()},
+        "log_bytes": log_path.stat().st_size - log_before,
+    }
+
+
+def _ask_health(endpoint: str, seconds: float, tally: dict[str, int]) -> None:
+    """What `edgert ctl health` does, every 250 ms: a fresh REQ, 'status', 2 s to answer, state must be ready."""
+    ctx = zmq.Context()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send(b"status")
+        ok = False
+        if sock.poll(2000):
+            try:
+                reply = json.loads(sock.recv())
+                ok = bool(reply.get("ok")) and reply.get("state") == "ready"
+            except ValueError:
+                ok = False
+        tally["asked"] += 1
+        tally["failed"] += int(not ok)
+        sock.close()
+        time.sleep(0.25)
+    ctx.destroy(linger=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--checkout", type=Path, default=ROOT, help="source tree the daemon runs from")
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attack.json"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="the daemon's inference threads; 1 leaves the attackers and this script a core of their "
+                             "own on a small machine, as attackers on other hosts would be")  # fmt: skip
+    args = parser.parse_args()
+    report: dict[str, Any] = {"machine": machine_info(), "checkout": str(args.checkout.resolve()),
+                              "seconds": args.seconds, "daemon_threads": args.threads, "scenarios": {}}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.scenarios:
+            result = run_scenario(name, args.seconds, args.checkout.resolve(), Path(tmp), args.threads)
+            report["scenarios"][name] = result
+            lat, rss = result["latency_ms"], result["rss_mb"]
+            print(f"{name:8s} results {result['results']}/{result['frames_sent']} ({result['results_share']:.0%})  "
+                  f"latency p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms  "
+                  f"RSS {rss['before']} -> peak {rss['peak']} MB  "
+                  f"health failed {result['health']['failed']}/{result['health']['asked']}  "
+                  f"log {result['log_bytes']} B  CPU s daemon {result['cpu_s']['daemon']} "
+                  f"attackers {result['cpu_s']['attackers']}", flush=True)  # fmt: skip
+    alone = report["scenarios"].get("alone")
+    if alone:
+        for result in report["scenarios"].values():
+            result["p99_vs_alone"] = round(result["latency_ms"]["p99"] / alone["latency_ms"]["p99"], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
