@@ -90,7 +90,15 @@ class Daemon:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Load and warm up the model, open the sockets, start serving. Raises on any failure, leaving nothing open."""
+        """Load, warm up and self-test the model, open the sockets, start serving. All or nothing: if any step
+        fails, everything already opened or started is stopped and closed before the error is raised."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         cfg = self.config
         pipeline = self._load_pipeline(cfg.model)
         self._pipeline = pipeline
@@ -102,17 +110,9 @@ class Daemon:
             try:
                 self._security = ServerSecurity(cfg.server_key, cfg.authorized_clients)
             except SecurityError as exc:
-                pipeline.runner.deactivate()
-                self._ctx.destroy(linger=0)
                 raise DaemonError(str(exc)) from None
             self._security.start(self._ctx, lambda: self.stats.reject(RejectReason.UNAUTHORIZED))
-        try:
-            sockets = self._open_sockets()
-        except BaseException:
-            pipeline.runner.deactivate()
-            self._ctx.destroy(linger=0)
-            self._ctx = None
-            raise
+        sockets = self._open_sockets()
         infer = threading.Thread(target=self._inference_loop, args=(sockets["push"],), name="edgert-infer", daemon=True)
         self._threads = [
             threading.Thread(target=self._receive_loop, args=(sockets["ingest"],), name="edgert-receive", daemon=True),
@@ -124,8 +124,6 @@ class Daemon:
                 daemon=True,
             ),
         ]
-        self.state = DaemonState.READY
-        systemd.notify("READY=1")  # before the I/O thread's first WATCHDOG=1; a no-op outside systemd
         for t in self._threads:
             t.start()
         if cfg.metrics_endpoint:
@@ -134,11 +132,17 @@ class Daemon:
             try:
                 self._metrics = MetricsServer(self, cfg.metrics_endpoint)
             except (OSError, ValueError) as exc:
-                self.stop()
                 raise DaemonError(f"cannot serve metrics on {cfg.metrics_endpoint}: {exc}") from None
             self.endpoints["metrics"] = f"http://{self._metrics.address}/metrics"
         if cfg.ready_file:
-            self._write_ready_file(cfg.ready_file)
+            try:
+                self._write_ready_file(cfg.ready_file)
+            except OSError as exc:
+                raise DaemonError(f"cannot write the ready file {cfg.ready_file}: {exc}") from None
+        # Ready only now, with every step done: READY=1 precedes the I/O thread's first WATCHDOG=1, which it sends
+        # only in the READY state.
+        self.state = DaemonState.READY
+        systemd.notify("READY=1")
         log.info(
             "ready: ingest %s, results %s, control %s", *(self.endpoints[k] for k in ("ingest", "results", "control"))
         )
@@ -150,7 +154,7 @@ class Daemon:
             pipeline.runner.activate()
             if self.config.warmup:
                 self._warmup_ms = pipeline.warm_up(self.config.warmup)
-                pipeline.self_test()  # a model that cannot produce a result is refused, never served
+            pipeline.self_test()  # always, warm-up or not: a model that cannot produce a result is never served
         except BaseException:
             pipeline.runner.deactivate()
             raise
@@ -227,14 +231,19 @@ class Daemon:
         return {"ingest": ingest, "pub": pub, "rep": rep, "pull": pull, "push": push}
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving: the frame being inferred is finished and published, pending frames are abandoned."""
+        """Stop serving: the frame being inferred is finished and published, pending frames are abandoned.
+        Also undoes a start that failed part-way."""
         if self._stop.is_set():
             return
+        was_ready = self.state is DaemonState.READY
         self.state = DaemonState.STOPPING
-        systemd.notify("STOPPING=1")
+        if was_ready:
+            systemd.notify("STOPPING=1")
         self._stop.set()
         self.stats.dropped_at_shutdown(self._slots.close())
         for t in self._threads:
+            if t.ident is None:  # never started: start() failed before it
+                continue
             t.join(timeout)
             if t.is_alive():
                 log.error("thread %s did not stop within %.1f s", t.name, timeout)
@@ -599,5 +608,6 @@ class Daemon:
 
     def _write_ready_file(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": self.endpoints, **self.status()}))
+        status = {**self.status(), "state": DaemonState.READY.name.lower()}  # the last step before turning READY
+        tmp.write_text(json.dumps({"pid": os.getpid(), "endpoints": self.endpoints, **status}))
         tmp.replace(path)  # atomic: a watcher never reads half a file

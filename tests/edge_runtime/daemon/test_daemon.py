@@ -136,7 +136,17 @@ def test_malformed_messages_are_counted_and_serving_continues(
 def test_inference_failure_gives_an_error_result_and_the_daemon_goes_on(
     start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
 ) -> None:
-    daemon = start_daemon(tiny_models["seg_bad_runtime"], warmup=0)
+    from edge_runtime.backends.base import BackendError
+
+    daemon = start_daemon(tiny_models["seg_tiny"])
+    assert daemon._pipeline is not None
+    runner = daemon._pipeline.runner
+    working = runner.infer
+
+    def failing(feed: object) -> object:  # the backend fails at run time, after a good start (a device fault)
+        raise BackendError("device lost")
+
+    runner.infer = failing  # type: ignore[method-assign]
     with (
         _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
         FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender,
@@ -145,7 +155,11 @@ def test_inference_failure_gives_an_error_result_and_the_daemon_goes_on(
             wait_until(lambda: sender.send(np.zeros((16, 16), np.uint8), seq=seq))
             r = wait_until(lambda: sub.recv(100), timeout=5)
             assert (r.seq, r.status, r.mask) == (seq, ResultStatus.ERROR, None)
-            assert "expected [1, 3, H, W]" in (r.error or "")
+            assert "device lost" in (r.error or "")
+        runner.infer = working  # type: ignore[method-assign]
+        wait_until(lambda: sender.send(np.zeros((16, 16), np.uint8), seq=3))
+        r = wait_until(lambda: sub.recv(100), timeout=5)
+        assert (r.seq, r.status) == (3, ResultStatus.OK)
     assert daemon.stats.snapshot()["inference_errors"] == 3
 
 
@@ -208,6 +222,25 @@ def test_start_fails_cleanly(start_daemon: StartDaemon, zmq_ctx: zmq.Context, ti
     with pytest.raises(PackageError, match="card says"):
         start_daemon(tiny_models["seg_wrong_input"])
     assert not [t for t in threading.enumerate() if t.name.startswith("edgert-")]  # nothing left running
+
+
+def test_a_late_start_failure_leaves_nothing_running(
+    start_daemon: StartDaemon, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Regression (issue 11, bug 3): a step after the threads started (writing the ready file) failed and left the
+    threads running and the ports bound. Start-up is now all or nothing."""
+    import threading
+
+    with pytest.raises(DaemonError, match="cannot write the ready file"):
+        start_daemon(tiny_models["seg_tiny"], ready_file=tmp_path / "no-such-folder" / "ready.json")
+    assert not [t for t in threading.enumerate() if t.name.startswith("edgert-")]
+
+
+def test_the_self_test_runs_even_without_warm_up(start_daemon: StartDaemon, tiny_models: dict[str, Path]) -> None:
+    """Regression (issue 11, bug 3): with warm-up 0 the self-test was skipped and a model that cannot produce a
+    result was reported ready."""
+    with pytest.raises(Exception, match="self-test failed"):
+        start_daemon(tiny_models["seg_bad_runtime"], warmup=0)
 
 
 def test_oversized_message_is_dropped_by_zeromq_and_serving_continues(
