@@ -7,21 +7,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from edge_runtime.daemon.stats import DaemonStats
 from edge_runtime.protocol import DaemonState
-
-if TYPE_CHECKING:
-    from edge_runtime.daemon.server import Daemon
 
 log = logging.getLogger("edgert.metrics")
 
 
+class MetricsSource(Protocol):
+    """What metrics read from the daemon; the daemon satisfies it without metrics importing the daemon."""
+
+    stats: DaemonStats
+    reloads: int
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class _DaemonCollector:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: MetricsSource) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -64,10 +71,10 @@ class _DaemonCollector:
 
 
 class MetricsServer:
-    def __init__(self, daemon: Daemon, endpoint: str) -> None:
+    def __init__(self, daemon: MetricsSource, endpoint: str) -> None:
         host, _, port = endpoint.rpartition(":")
         self.registry = CollectorRegistry()
-        self.registry.register(_DaemonCollector(daemon))  # type: ignore[arg-type]
+        self.registry.register(_DaemonCollector(daemon))
         self._server: Any
         self._server, self._thread = start_http_server(int(port), addr=host or "127.0.0.1", registry=self.registry)
         self.address = f"{host or '127.0.0.1'}:{self._server.server_port}"

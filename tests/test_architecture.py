@@ -1,0 +1,52 @@
+"""The layering written down in docs/ARCHITECTURE.md, checked on the source: lower layers never import higher ones."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = {"edge_runtime.protocol", "calibration.preprocessing", "edge_runtime.package", "edge_runtime.backends.base"}
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n.split(".")[0] in ("edge_runtime", "calibration", "converters")}
+
+
+def _modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _modules("calibration"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_calibration_imports_only_calibration(path: Path) -> None:
+    assert {m for m in _imports(path) if not m.startswith("calibration")} == set()
+
+
+@pytest.mark.parametrize("path", _modules("converters"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_converters_import_only_the_core_and_calibration(path: Path) -> None:
+    allowed = CORE | {"edge_runtime"}  # the package itself: its version
+    outside = {m for m in _imports(path) if m.split(".")[0] == "edge_runtime" and m not in allowed}
+    assert outside == set()
+
+
+def test_the_core_imports_only_the_core() -> None:
+    for name in CORE:
+        path = ROOT / (name.replace(".", "/") + ".py")
+        assert _imports(path) <= CORE, name
+
+
+def test_only_the_cli_sees_the_converters_from_the_runtime() -> None:
+    seen = [p.name for p in _modules("edge_runtime") if any(m.startswith("converters") for m in _imports(p))]
+    assert seen == ["cli.py"]
+
+
+def test_metrics_does_not_import_the_daemon_server() -> None:
+    assert "edge_runtime.daemon.server" not in _imports(ROOT / "edge_runtime" / "daemon" / "metrics.py")
