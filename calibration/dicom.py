@@ -34,7 +34,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, get_decoder
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     UID,
@@ -143,6 +144,7 @@ def _looks_like_dicom(ds: Dataset) -> bool:
 def _read_forced(path: Path) -> Dataset:
     """A file without the 128-byte preamble and 'DICM' may still be a DICOM data set: read it as one if it parses
     into image attributes, and give it the transfer syntax its encoding shows (it has no file meta to say so)."""
+    ds: Dataset
     try:
         ds = pydicom.dcmread(path, force=True)
     except Exception:  # whatever pydicom makes of arbitrary bytes
@@ -172,6 +174,7 @@ def _read_dataset(path: Path) -> tuple[Dataset, bool]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            ds: Dataset
             try:
                 ds = pydicom.dcmread(path)
             except InvalidDicomError:
@@ -386,7 +389,8 @@ class _Lut:
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
         index = np.clip(np.rint(values).astype(np.int64) - self.first, 0, len(self.entries) - 1)
-        return self.entries[index]
+        mapped: np.ndarray = self.entries[index]
+        return mapped
 
     @property
     def top(self) -> float:
@@ -517,7 +521,7 @@ class _Renderer:
 
     def decode(self, index: int) -> tuple[np.ndarray, str]:
         """The frame's pixels and the photometric interpretation they are in (decoders convert YBR to RGB)."""
-        arr, changes = self.decoder.as_array(self.ds, index=index, as_rgb=True)
+        arr, changes = self.decoder.as_array(self.ds, index=index, as_rgb=True)  # type: ignore[arg-type]  # pydicom types **kwargs as one DecodeOptions
         return arr, str(changes.get("photometric_interpretation", self.info.photometric))
 
     # -- range for frames without a VOI transform: one for the whole object
@@ -605,9 +609,9 @@ class _Renderer:
 
 
 def _quantize(unit: np.ndarray, output: DicomOutput) -> np.ndarray:
-    if output is DicomOutput.DISPLAY16:
-        return np.rint(np.clip(unit, 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return np.rint(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+    scale, dtype = (65535.0, np.uint16) if output is DicomOutput.DISPLAY16 else (255.0, np.uint8)
+    quantized: np.ndarray = np.rint(np.clip(unit, 0.0, 1.0) * scale).astype(dtype)
+    return quantized
 
 
 def iter_dicom_frames(

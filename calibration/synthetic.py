@@ -53,7 +53,8 @@ def _ellipse(shape: tuple[int, int], blob: _Blob, t: float, wobble: np.ndarray |
     if wobble is not None:  # irregular margin: radius modulated by a few harmonics of the polar angle
         theta = np.arctan2(v, u)
         r = r / (1.0 + sum(a * np.cos((k + 2) * theta + p) for k, (a, p) in enumerate(wobble)))
-    return r
+    radius: np.ndarray = r
+    return radius
 
 
 class SyntheticUltrasound:
@@ -80,7 +81,8 @@ class SyntheticUltrasound:
         radius = rng.uniform(0.85, 1.05) * h - apex_y
         theta = np.arctan2(xx - w / 2 + rng.uniform(-0.05, 0.05) * w, yy - apex_y)
         dist = np.hypot(xx - w / 2, yy - apex_y)
-        return (np.abs(theta) < half_angle) & (dist < radius) & (yy >= 0)
+        sector: np.ndarray = (np.abs(theta) < half_angle) & (dist < radius) & (yy >= 0)
+        return sector
 
     def _scene(self) -> tuple[np.ndarray, list[_Blob], list[np.ndarray | None]]:
         h, w, rng = self.height, self.width, self._rng

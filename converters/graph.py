@@ -92,7 +92,7 @@ def all_names(graph: onnx.GraphProto) -> set[str]:
 
 
 def model_size(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
+    return int(model.ByteSize())
 
 
 def node_label(node: onnx.NodeProto) -> str:

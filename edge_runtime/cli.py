@@ -96,7 +96,7 @@ def _ctl(args: argparse.Namespace) -> int:
     if args.timeout is None:
         args.timeout = 60.0 if args.command == "reload" else 2.0
 
-    sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     with sock:
         sock.setsockopt(zmq.LINGER, 0)
         keys = _client_keys(args)

@@ -85,7 +85,7 @@ class DaemonProcess:
         raise DemoError(f"daemon not ready after {timeout:.0f} s (log: {self.log_path})")
 
     def control(self, command: str, timeout_s: float = 2.0) -> dict[str, Any]:
-        sock: zmq.Socket = zmq.Context.instance().socket(zmq.REQ)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
         with sock:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoints["control"])

@@ -48,11 +48,13 @@ class SegmentationDecoder:
         if raw.ndim != 4 or raw.shape[0] != 1 or raw.shape[1] != classes:
             raise ValueError(f"output '{out.name}' has shape {list(raw.shape)}, expected [1, {classes}, H, W]")
         if out.decode == "argmax":  # softmax and sigmoid are monotonic: argmax of the logits is the same
-            return raw[0].argmax(axis=0).astype(np.uint8)
+            labels: np.ndarray = raw[0].argmax(axis=0).astype(np.uint8)
+            return labels
         threshold = out.threshold
         if out.activation == "sigmoid":
             threshold = float(np.log(threshold / (1.0 - threshold)))  # compare logits, skip the exp
-        return (raw[0, 0] > threshold).astype(np.uint8)
+        mask: np.ndarray = (raw[0, 0] > threshold).astype(np.uint8)
+        return mask
 
     def __call__(
         self, raw: np.ndarray, place: Placement, input_hw: tuple[int, int], spacing_mm: tuple[float, float] | None

@@ -60,14 +60,14 @@ class ClientKeys:
         assert secret is not None
         return cls(server_public, public, secret)
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
         sock.curve_serverkey = self.server_public
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
 
 
 class _CountingAuthenticator(ThreadAuthenticator):
-    def __init__(self, context: zmq.Context, on_denied: Callable[[], object]) -> None:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], on_denied: Callable[[], object]) -> None:
         super().__init__(context)
         self._on_denied = on_denied
 
@@ -90,12 +90,12 @@ class ServerSecurity:
         self.authorized = authorized_clients
         self._auth: ThreadAuthenticator | None = None
 
-    def start(self, context: zmq.Context, on_denied: Callable[[], object]) -> None:
+    def start(self, context: zmq.Context[zmq.Socket[bytes]], on_denied: Callable[[], object]) -> None:
         self._auth = _CountingAuthenticator(context, on_denied)
         self._auth.start()
         self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized))  # "*" covers only no domain
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
         sock.zap_domain = ZAP_DOMAIN.encode()
         sock.curve_server = True
         sock.curve_publickey = self.public

@@ -45,7 +45,7 @@ class FrameSender:
         pattern: SenderPattern = SenderPattern.PUSH,
         bind: bool = False,
         high_water_mark: int = 2,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         keys: ClientKeys | None = None,
     ) -> None:
         """`keys`: CURVE keys when the daemon requires them (see `edgert keys generate`)."""

@@ -51,7 +51,7 @@ class ResultSubscriber:
         heartbeat_timeout_ms: float = 2000.0,
         stream_id: int | None = None,
         limits: Limits = Limits(),
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.max_age_ms = max_age_ms
         self.heartbeat_timeout_ms = heartbeat_timeout_ms

@@ -24,7 +24,7 @@ import itertools
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +72,7 @@ class IngestSocket:
     """The daemon's ingest socket: created by `factory`, re-created (same endpoint) when a message must be dropped
     faster than it can be read. Used by one thread only, like every ZeroMQ socket."""
 
-    def __init__(self, factory: Callable[[], zmq.Socket], bounds: MessageBounds) -> None:
+    def __init__(self, factory: Callable[[], zmq.Socket[bytes]], bounds: MessageBounds) -> None:
         self._factory = factory
         self.bounds = bounds
         self.socket = factory()
@@ -134,9 +134,10 @@ class IngestSocket:
 
 def _user_id(frame: zmq.Frame) -> str | None:
     try:
-        return frame.get("User-Id") or None
+        value = frame.get("User-Id")
     except zmq.ZMQError:  # no ZAP identity on this message
         return None
+    return value if isinstance(value, str) and value else None
 
 
 def _give_back_freed_memory() -> None:
@@ -175,8 +176,8 @@ class PeerEvents:
 
     def __init__(
         self,
-        context: zmq.Context,
-        socket: zmq.Socket,
+        context: zmq.Context[zmq.Socket[bytes]],
+        socket: zmq.Socket[bytes],
         on_refused: Callable[[RejectReason, str], None],
         settle_s: float = HANDSHAKE_IVL_MS / 1000,
     ) -> None:
@@ -206,7 +207,7 @@ class PeerEvents:
             self._closed_early.popleft()
             self._on_refused(RejectReason.INCOMPLETE_HANDSHAKE, "closed before the handshake completed")
 
-    def _handle(self, event: dict[str, Any]) -> None:
+    def _handle(self, event: Mapping[str, Any]) -> None:
         kind, value = event["event"], event["value"]
         if kind & _OPENED:
             self._handshaking[value] = None

@@ -73,7 +73,7 @@ class Daemon:
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
         self._slots = StreamTable(config.streams, on_stale=self.stats.stale)
-        self._ctx: zmq.Context | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._threads: list[threading.Thread] = []
         self._pipeline: InferencePipeline | None = None
         self._started_at = time.monotonic()
@@ -163,9 +163,9 @@ class Daemon:
     def _open_sockets(self) -> dict[str, Any]:
         assert self._ctx is not None
         cfg, ctx = self.config, self._ctx
-        opened: list[zmq.Socket] = []
+        opened: list[zmq.Socket[bytes]] = []
 
-        def make(kind: int, **options: Any) -> zmq.Socket:
+        def make(kind: int, **options: Any) -> zmq.Socket[bytes]:
             sock = ctx.socket(kind)
             opened.append(sock)
             sock.setsockopt(zmq.LINGER, 0)
@@ -173,7 +173,7 @@ class Daemon:
                 sock.setsockopt(getattr(zmq, name), value)
             return sock
 
-        def attach(sock: zmq.Socket, name: str, endpoint: str, mode: SocketMode = SocketMode.BIND) -> None:
+        def attach(sock: zmq.Socket[bytes], name: str, endpoint: str, mode: SocketMode = SocketMode.BIND) -> None:
             try:
                 sock.bind(endpoint) if mode is SocketMode.BIND else sock.connect(endpoint)
             except zmq.ZMQError as exc:
@@ -189,7 +189,7 @@ class Daemon:
         try:
             kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
 
-            def make_ingest() -> zmq.Socket:
+            def make_ingest() -> zmq.Socket[bytes]:
                 sock = ctx.socket(kind)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.RCVHWM, INGEST_RCVHWM)
@@ -317,7 +317,7 @@ class Daemon:
             peers.close()
             ingest.close()
 
-    def _watch(self, sock: zmq.Socket, name: str) -> PeerEvents:
+    def _watch(self, sock: zmq.Socket[bytes], name: str) -> PeerEvents:
         assert self._ctx is not None
         return PeerEvents(self._ctx, sock, lambda reason, detail: self._rejected(reason, f"{name}: {detail}"))
 
@@ -354,7 +354,7 @@ class Daemon:
             f"{self._slots.pending_bytes} of {limits.max_pending_bytes} bytes waiting"
         )
 
-    def _inference_loop(self, push: zmq.Socket) -> None:
+    def _inference_loop(self, push: zmq.Socket[bytes]) -> None:
         pipeline = self._pipeline
         assert pipeline is not None
         try:
@@ -386,7 +386,9 @@ class Daemon:
         finally:
             push.close(linger=1000)  # hand the last result to the I/O thread
 
-    def _io_loop(self, pull: zmq.Socket, pub: zmq.Socket, rep: zmq.Socket, infer: threading.Thread) -> None:
+    def _io_loop(
+        self, pull: zmq.Socket[bytes], pub: zmq.Socket[bytes], rep: zmq.Socket[bytes], infer: threading.Thread
+    ) -> None:
         peers = self._watch(rep, "control")
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -421,7 +423,7 @@ class Daemon:
             for sock in (pull, rep, pub):
                 sock.close()
 
-    def _publish_pending(self, pull: zmq.Socket, pub: zmq.Socket) -> None:
+    def _publish_pending(self, pull: zmq.Socket[bytes], pub: zmq.Socket[bytes]) -> None:
         while True:
             try:
                 parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -433,7 +435,7 @@ class Daemon:
             self.stats.published()
 
     # -- control and status ------------------------------------------------------------------------------------
-    def _answer_control(self, router: zmq.Socket) -> None:
+    def _answer_control(self, router: zmq.Socket[bytes]) -> None:
         """Answer every waiting control request, each to the peer that sent it."""
         while True:
             try:
@@ -464,7 +466,7 @@ class Daemon:
                 self._reply(router, envelope, reply)
 
     @staticmethod
-    def _reply(router: zmq.Socket, envelope: list[bytes], reply: dict[str, Any]) -> None:
+    def _reply(router: zmq.Socket[bytes], envelope: list[bytes], reply: dict[str, Any]) -> None:
         try:
             router.send_multipart([*envelope, json.dumps(reply).encode()], zmq.NOBLOCK)
         except zmq.ZMQError:  # the peer is gone or not reading: nobody is left to answer
@@ -561,12 +563,12 @@ class Daemon:
                 return DaemonState.DEGRADED, {"watchdog": detail}
         pressure = self._slots.last_pressure_ns
         if pressure and time.monotonic_ns() - pressure < PRESSURE_WINDOW_NS:
-            detail = {
+            ingest: dict[str, Any] = {
                 "live_streams": self._slots.live_streams,
                 "refused": self.stats.rejected_count("stream_limit", "pending_bytes"),
                 "stale": self.stats.frames_stale,
             }
-            return DaemonState.DEGRADED, {"ingest": detail}
+            return DaemonState.DEGRADED, {"ingest": ingest}
         return self.state, {}
 
     def status(self) -> dict[str, Any]:
