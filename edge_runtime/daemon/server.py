@@ -165,12 +165,16 @@ class Daemon:
         cfg, ctx = self.config, self._ctx
         opened: list[zmq.Socket[bytes]] = []
 
-        def make(kind: int, **options: Any) -> zmq.Socket[bytes]:
+        def new(kind: int, **options: Any) -> zmq.Socket[bytes]:
             sock = ctx.socket(kind)
-            opened.append(sock)
             sock.setsockopt(zmq.LINGER, 0)
             for name, value in options.items():
                 sock.setsockopt(getattr(zmq, name), value)
+            return sock
+
+        def make(kind: int, **options: Any) -> zmq.Socket[bytes]:  # closed here if a later socket fails
+            sock = new(kind, **options)
+            opened.append(sock)
             return sock
 
         def attach(sock: zmq.Socket[bytes], name: str, endpoint: str, mode: SocketMode = SocketMode.BIND) -> None:
@@ -189,12 +193,9 @@ class Daemon:
         try:
             kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
 
-            def make_ingest() -> zmq.Socket[bytes]:
-                sock = ctx.socket(kind)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVHWM, INGEST_RCVHWM)
-                sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)  # per part: ZeroMQ has no whole-message bound
-                sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
+            def make_ingest() -> zmq.Socket[bytes]:  # also called by IngestSocket.reset, after start-up
+                # MAXMSGSIZE bounds each part: ZeroMQ has no whole-message bound (IngestSocket adds one)
+                sock = new(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cfg.max_message_bytes, HANDSHAKE_IVL=HANDSHAKE_IVL_MS)
                 if self._security is not None:
                     self._security.apply(sock)
                 if kind == zmq.SUB:
@@ -285,11 +286,14 @@ class Daemon:
 
     # -- threads -----------------------------------------------------------------------------------------------
     def _receive_loop(self, ingest: IngestSocket) -> None:
-        assert self._ctx is not None
-        poller = zmq.Poller()
-        peers = self._watch(ingest.socket, "ingest")
-        poller.register(ingest.socket, zmq.POLLIN)
-        poller.register(peers.pipe, zmq.POLLIN)
+        def watch() -> tuple[zmq.Poller, PeerEvents]:  # the ingest socket and its monitor, polled together
+            peers = self._watch(ingest.socket, "ingest")
+            poller = zmq.Poller()
+            poller.register(ingest.socket, zmq.POLLIN)
+            poller.register(peers.pipe, zmq.POLLIN)
+            return poller, peers
+
+        poller, peers = watch()
         try:
             while not self._stop.is_set():
                 ready = poller.poll(POLL_MS)
@@ -307,12 +311,8 @@ class Daemon:
                     if message.reset:  # the socket was re-opened: watch and poll the new one
                         self.stats.ingest_reset()
                         log.warning("ingest socket re-opened to drop a message (%d so far)", ingest.resets)
-                        poller.unregister(peers.pipe)
                         peers.close()
-                        poller = zmq.Poller()
-                        peers = self._watch(ingest.socket, "ingest")
-                        poller.register(ingest.socket, zmq.POLLIN)
-                        poller.register(peers.pipe, zmq.POLLIN)
+                        poller, peers = watch()
         finally:
             peers.close()
             ingest.close()
