@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import random
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +42,10 @@ sys.path.insert(0, str(ROOT))
 
 from calibration.sources import open_source  # noqa: E402
 from edge_runtime.bench import machine_info  # noqa: E402
+from edge_runtime.control import ControlClient  # noqa: E402
+from edge_runtime.daemon.process import DaemonProcess  # noqa: E402
 from edge_runtime.demo import bundled_cine  # noqa: E402
+from edge_runtime.errors import EdgertError  # noqa: E402
 from edge_runtime.package import demo_package_path  # noqa: E402
 from edge_runtime.protocol import encode_frame  # noqa: E402
 from edge_runtime.sender import FrameSender  # noqa: E402
@@ -146,28 +148,13 @@ def control_garbage(endpoint: str, seconds: float, kind: str) -> None:
 
 # -- one scenario -------------------------------------------------------------------------------------------------
 def run_scenario(name: str, seconds: float, checkout: Path, workdir: Path, threads: int) -> dict[str, Any]:
-    ready = workdir / f"{name}-ready.json"
     log_path = workdir / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    cmd = [sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(demo_package_path()),
-           "--ingest", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
-           "--ready-file", str(ready), "--threads", str(threads)]  # fmt: skip
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=checkout)
+    daemon = DaemonProcess(demo_package_path(), workdir, log_path, ["--threads", str(threads)], source_root=checkout)
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"daemon did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-        endpoints = json.loads(ready.read_text())["endpoints"]
-        return _measure(name, seconds, endpoints, proc.pid, log_path)
+        endpoints = daemon.wait_ready()
+        return _measure(name, seconds, endpoints, daemon.pid, log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        daemon.stop()
 
 
 def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log_path: Path) -> dict[str, Any]:
@@ -264,23 +251,16 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
 
 def _ask_health(endpoint: str, seconds: float, tally: dict[str, int]) -> None:
     """What `edgert ctl health` does, every 250 ms: a fresh REQ, 'status', 2 s to answer, state must be ready."""
-    ctx = zmq.Context()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    client = ControlClient(endpoint, timeout_s=2.0, context=ctx)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        sock = ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        sock.send(b"status")
-        ok = False
-        if sock.poll(2000):
-            try:
-                reply = json.loads(sock.recv())
-                ok = bool(reply.get("ok")) and reply.get("state") == "ready"
-            except ValueError:
-                ok = False
+        try:
+            ok, _ = client.healthy()
+        except EdgertError:  # a reply that is not JSON counts as a failed check
+            ok = False
         tally["asked"] += 1
         tally["failed"] += int(not ok)
-        sock.close()
         time.sleep(0.25)
     ctx.destroy(linger=0)
 

@@ -48,7 +48,7 @@ def main() -> None:
             options = ConvertOptions(precision=Precision.FP16, data=data, samples=args.samples, input_shape=shape)
             naive = convert_model(path, ConvertOptions(**{**options.__dict__, "use_ranges": False, "max_fallback": 0}))
             result = convert_model(path, options)
-            rep = result.report
+            rep = result.report.to_json()
             acc = rep["accuracy"]
             comp = acc["comparison"]
             rows.append({
@@ -59,8 +59,8 @@ def main() -> None:
                 "size_ratio": rep["output"]["size_ratio"] if rep["output"] else None,
                 "metric": acc["metric_name"],
                 "fp16_vs_fp32": round(acc["metric"], 5),
-                "naive_fp16_vs_fp32": round(naive.report["accuracy"]["metric"], 5),
-                "argmax_agreement": comp["argmax_agreement"],
+                "naive_fp16_vs_fp32": round(naive.report.to_json()["accuracy"]["metric"], 5),
+                "pixel_agreement": comp["pixel_agreement"],
                 "max_abs_err": comp["outputs"][0]["max_abs"],
                 "nodes_fp16": rep["fp16"]["fp16_nodes"],
                 "nodes_total": rep["fp16"]["nodes"],

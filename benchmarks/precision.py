@@ -25,10 +25,11 @@ import onnx
 import onnxruntime as ort
 from PIL import Image, ImageDraw
 
+from calibration.sources import Sampling
 from calibration.synthetic import SyntheticUltrasound
 from converters.convert import ConvertOptions, Precision, convert_model, write_result
 from converters.data import load_feeds
-from converters.evaluate import compare, run_model
+from converters.evaluate import compare, head_of, run_model
 from converters.int8 import QuantTarget
 from edge_runtime.package import demo_package_path, load_package
 from edge_runtime.pipeline import InferencePipeline
@@ -137,24 +138,22 @@ def main() -> None:
                 ),
             ):
                 result = convert_model(path, options)
-                assert result.model is not None, result.report.get("failure")
+                assert result.model is not None, result.report.failure
                 variants[prec] = result.model
                 dirs[prec] = Path(tmp) / f"{name}-{prec}"
                 write_result(result, dirs[prec])
-                acc = result.report["accuracy"]
-                print(f"{name} {prec}: {acc['metric_name']} {acc['metric']:.4f} (calibration data)", flush=True)
+                acc = result.report.accuracy
+                assert acc is not None
+                print(f"{name} {prec}: {acc.metric_name} {acc.metric:.4f} (gate data)", flush=True)
             held_out = load_feeds(
-                "random:seed=77" if card is None else HELD_OUT, variants["fp32"], card, args.samples
+                "random:seed=77" if card is None else HELD_OUT, variants["fp32"], card, Sampling(args.samples)
             ).feeds
             reference = run_model(variants["fp32"], held_out)
             sessions = {k: _session(m, args.threads) for k, m in variants.items()}
             samples = _time(sessions, held_out[0], args.rounds, args.iters)
             for prec, model in variants.items():
                 outputs = run_model(model, held_out)
-                task = "segmentation" if card else "numeric"
-                vs = compare(
-                    reference, outputs, task, card.output.name if card else None, card.output.labels if card else None
-                )
+                vs = compare(reference, outputs, head_of(card))
                 row = {
                     "model": name,
                     "precision": prec,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from calibration.sources import open_source
 from edge_runtime.bench import machine_info
-from edge_runtime.demo import DaemonProcess, bundled_cine
+from edge_runtime.daemon.process import DaemonProcess
+from edge_runtime.demo import bundled_cine
 from edge_runtime.package import demo_package_path
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber

@@ -46,6 +46,7 @@ from pydicom.uid import (
 )
 
 from calibration.preprocessing import Color, DicomOutput
+from edge_runtime.errors import EdgertError
 
 log = logging.getLogger("edgert.dicom")
 # pydicom sends every warning both to `warnings` and to its logger, and logs decoder failures with tracebacks. We
@@ -58,7 +59,7 @@ _FLOAT_PIXELS = ("FloatPixelData", "DoubleFloatPixelData")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
-class DicomError(ValueError):
+class DicomError(EdgertError, ValueError):
     """A DICOM file that cannot be read or shown; the message names the file and the reason."""
 
 

@@ -10,6 +10,7 @@ DICOM images are rendered as `dicom_output` says (8-bit display by default; see 
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 from collections.abc import Iterable, Iterator
@@ -22,11 +23,12 @@ from PIL import Image, UnidentifiedImageError
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
 from calibration.preprocessing import Color, DicomOutput
 from calibration.synthetic import SyntheticUltrasound
+from edge_runtime.errors import EdgertError
 
 log = logging.getLogger("edgert.sources")
 
 
-class SourceError(ValueError):
+class SourceError(EdgertError, ValueError):
     pass
 
 
@@ -57,7 +59,10 @@ class SyntheticSource(FrameSource):
         if height < 32 or width < 32:
             raise SourceError(f"synthetic: size must be at least 32x32, got {height}x{width}")
         self.frames, self.height, self.width, self.seed, self.fps, self.clip = frames, height, width, seed, fps, clip
-        self.description = f"synthetic ultrasound, {frames} frames {width}x{height} at {fps:g} fps, a new scene every {clip} (seed {seed})"
+        scenes = "independent scenes" if clip == 1 else f"a new scene every {clip} frames"
+        self.description = (
+            f"synthetic ultrasound, {frames} frames {width}x{height} at {fps:g} fps, {scenes} (seed {seed})"
+        )
 
     def __iter__(self) -> Iterator[SourceFrame]:
         gen = SyntheticUltrasound(self.height, self.width, seed=self.seed)
@@ -197,50 +202,99 @@ class PathSource(FrameSource):
             raise SourceError(f"{self.path}: no readable frames")
 
 
-def sample_frames(
-    frames: Iterable[SourceFrame], count: int, stride: int = 1, shuffle: bool = False, seed: int = 0
-) -> list[SourceFrame]:
-    """Every `stride`-th frame, the first `count` of them, or with `shuffle` a uniform random `count` of them
-    (reservoir sampling: one pass, at most `count` frames held)."""
-    if count <= 0 or stride <= 0:
-        raise SourceError(f"count and stride must be positive, got {count} and {stride}")
+class SampleOrder(str, enum.Enum):
+    SPREAD = "spread"  # a seeded uniform sample over the whole source: diverse frames (default)
+    FIRST = "first"  # the first frames in order: fast, but a cine's first second is one scene
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames of a source calibration and evaluation use."""
+
+    count: int = 32
+    stride: int = 1  # consider every `stride`-th frame only
+    order: SampleOrder = SampleOrder.SPREAD
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count <= 0 or self.stride <= 0:
+            raise SourceError(f"the sample count and stride must be positive, got {self.count} and {self.stride}")
+
+    def describe(self) -> str:
+        parts = [f"stride {self.stride}"] if self.stride > 1 else []
+        if self.order is SampleOrder.SPREAD:
+            parts.append(f"spread over the source (seed {self.seed})")
+        else:
+            parts.append("first frames")
+        return ", ".join(parts)
+
+
+def sample_frames(frames: Iterable[SourceFrame], sampling: Sampling) -> list[SourceFrame]:
+    """Up to `sampling.count` frames among every `stride`-th one: the first ones, or a seeded uniform sample of
+    the whole source (reservoir sampling: one pass, at most `count` frames held)."""
+    count = sampling.count
     chosen: list[SourceFrame] = []
-    rng = random.Random(seed)
-    for seen, frame in enumerate(f for i, f in enumerate(frames) if i % stride == 0):
+    rng = random.Random(sampling.seed)
+    spread = sampling.order is SampleOrder.SPREAD
+    for seen, frame in enumerate(f for i, f in enumerate(frames) if i % sampling.stride == 0):
         if len(chosen) < count:
             chosen.append(frame)
-        elif shuffle:
+        elif spread:
             j = rng.randrange(seen + 1)
             if j < count:
                 chosen[j] = frame
         else:
             break
-    if shuffle:
-        rng.shuffle(chosen)
     if not chosen:
         raise SourceError("the source gave no frames")
     return chosen
 
 
-def _synthetic(options: str) -> SyntheticSource:
-    kwargs: dict[str, float | int] = {}
+def sample_source(
+    spec: str, sampling: Sampling, dicom_output: DicomOutput = DicomOutput.DISPLAY8
+) -> tuple[list[SourceFrame], str]:
+    """Frames for calibration or evaluation from a named source, and a description of what was taken.
+
+    A synthetic source sampled without its own `clip`, `frames` or `seed` gives independent scenes (clip=1), just
+    as many as needed, seeded by the sampling seed: a cine's consecutive frames are nearly the same image, and
+    calibrating on one scene is how INT8 ranges go wrong."""
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        given = dict(_synthetic_options(spec.partition(":")[2]))
+        given.setdefault("clip", 1)
+        given.setdefault("frames", sampling.count * sampling.stride)
+        given.setdefault("seed", sampling.seed)
+        source: FrameSource = _synthetic_source(given)
+        first = Sampling(sampling.count, sampling.stride, SampleOrder.FIRST, sampling.seed)
+        frames = sample_frames(source, first if given["clip"] == 1 else sampling)
+        return frames, f"{len(frames)} frames of {source.description}"
+    source = open_source(spec, dicom_output)
+    frames = sample_frames(source, sampling)
+    return frames, f"{len(frames)} frames from {source.description} ({sampling.describe()})"
+
+
+def _synthetic_options(options: str) -> list[tuple[str, int | float]]:
+    parsed: list[tuple[str, int | float]] = []
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         try:
             if key == "size":
                 h, w = value.lower().split("x")
-                kwargs["height"], kwargs["width"] = int(h), int(w)
+                parsed += [("height", int(h)), ("width", int(w))]
             elif key in ("frames", "seed", "clip"):
-                kwargs[key] = int(value)
+                parsed.append((key, int(value)))
             elif key == "fps":
-                kwargs[key] = float(value)
+                parsed.append((key, float(value)))
             else:
                 raise SourceError(f"synthetic: unknown option '{key}' (frames, size=HxW, seed, fps, clip)")
         except ValueError:
             raise SourceError(f"synthetic: bad value '{value}' for '{key}'") from None
+    return parsed
+
+
+def _synthetic_source(options: dict[str, int | float]) -> SyntheticSource:
     try:
-        return SyntheticSource(**kwargs)  # type: ignore[arg-type]
-    except ValueError as exc:
+        return SyntheticSource(**options)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
         raise SourceError(str(exc)) from None
 
 
@@ -248,7 +302,7 @@ def open_source(spec: str, dicom_output: DicomOutput = DicomOutput.DISPLAY8) -> 
     """A source from its name: a path (file or folder) or `synthetic[:options]`. DICOM images in it are rendered
     as `dicom_output` says."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        return _synthetic(spec.partition(":")[2])
+        return _synthetic_source(dict(_synthetic_options(spec.partition(":")[2])))
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder (or use 'synthetic')")

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto
 
+from calibration.sources import Sampling
 from converters.convert import load_model
 from converters.data import EvalData, load_feeds
-from converters.evaluate import Comparison, compare, run_model
+from converters.evaluate import Comparison, Outputs, compare, run_model
 from converters.fp16 import emulate_fp16
 from converters.graph import ConversionError, copy_model, real_inputs
 from converters.prepare import PrepareReport, fix_input_shapes
 from edge_runtime.package import ModelCard
+from edge_runtime.protocol import Task
+from edge_runtime.tasks import TaskHead, default_head, head_for
+
+DEFAULT_SAMPLING = Sampling()
 
 
 @dataclass(frozen=True)
 class ModelComparison:
     comparison: Comparison
     data: EvalData
-    task: str
+    task: Task | None  # None: outputs compared as numbers only
     emulated_fp16: bool  # the candidate's FP16 rounding was emulated
 
 
@@ -39,34 +45,49 @@ def compare_models(
     reference: str | Path,
     candidate: str | Path,
     data: str,
-    samples: int = 32,
+    sampling: Sampling = DEFAULT_SAMPLING,
     card_path: str | Path | None = None,
-    task: str | None = None,
-    input_shape: list[int] | None = None,
+    task: Task | None = None,
+    input_shape: Sequence[int] | None = None,
     emulate: bool = True,
+    numeric_only: bool = False,
 ) -> ModelComparison:
     """Compare a candidate with a reference. Each is an ONNX file or a model package. The card (preprocessing
     and task) comes from `card_path`, else the reference's package, else the candidate's. An FP16 candidate is
     run through the FP16 emulation unless `emulate` is False: ONNX Runtime's CPU provider computes most FP16 ops
-    in FP32, so running the FP16 file directly would understate its error."""
-    if task not in (None, "segmentation", "classification", "numeric"):
-        raise ConversionError(f"unknown task '{task}': segmentation, classification or numeric")
+    in FP32, so running the FP16 file directly would understate its error.
+
+    The task's agreement metric is computed with the head the daemon decodes with (`edge_runtime.tasks`); `task`
+    overrides the card's task, and `numeric_only` compares the outputs as numbers only."""
     ref, ref_card, _, _ = load_model(Path(reference), Path(card_path) if card_path else None)
     cand, cand_card, _, _ = load_model(Path(candidate), None)
     card: ModelCard | None = ref_card or cand_card
     feed_model = ref
     if input_shape is not None:
         feed_model = copy_model(ref)
-        fix_input_shapes(feed_model, {real_inputs(feed_model.graph)[0].name: input_shape}, PrepareReport())
-    eval_data = load_feeds(data, feed_model, card, samples)
+        fix_input_shapes(feed_model, {real_inputs(feed_model.graph)[0].name: list(input_shape)}, PrepareReport())
+    eval_data = load_feeds(data, feed_model, card, sampling)
     emulated = emulate and has_fp16(cand)
     ref_out = run_model(ref, eval_data.feeds)
     cand_out = (
         run_model(emulate_fp16(cand), eval_data.feeds, optimize=False) if emulated else run_model(cand, eval_data.feeds)
     )
-    kind = task or (card.task.name.lower() if card else "numeric")
-    result = compare(ref_out, cand_out, kind, card.output.name if card else None, card.output.labels if card else None)
-    return ModelComparison(result, eval_data, kind, emulated)
+    head = None if numeric_only else _head(card, task, ref_out[0])
+    result = compare(ref_out, cand_out, head)
+    return ModelComparison(result, eval_data, result.task, emulated)
+
+
+def _head(card: ModelCard | None, task: Task | None, outputs: Outputs) -> TaskHead | None:
+    try:
+        if card is not None and task in (None, card.task):
+            return head_for(card.task, card.output)
+        if task is None:
+            return None
+        name = card.output.name if card is not None else next(iter(outputs))
+        channels = int(outputs[name].shape[1]) if outputs[name].ndim > 1 else int(outputs[name].size)
+        return default_head(task, name, channels)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -91,7 +112,7 @@ def format_table(mc: ModelComparison) -> str:
     if c.per_class:
         lines.append(f"{'class':<20} {'Dice':>8} {'IoU':>8}")
         lines += [f"{name[:20]:<20} {s.dice:8.4f} {s.iou:8.4f}" for name, s in c.per_class.items()]
-        lines.append(f"argmax agreement {c.argmax_agreement:.5f}")
+        lines.append(f"pixel agreement {c.pixel_agreement:.5f}")
     if c.top1_agreement is not None:
         lines.append(f"top-1 agreement {c.top1_agreement:.5f}")
     lines.append(f"{c.metric_name}: {c.metric:.5f}")

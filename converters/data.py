@@ -1,6 +1,7 @@
 """Evaluation and range-measurement feeds from a named source, preprocessed exactly as the daemon does.
 
-A source is a DICOM file or folder or `synthetic[:...]` (with a model card, through the shared `Preprocessor`),
+A source is any frame source (`calibration.sources`: DICOM, images, video, arrays, `synthetic[:...]`), read with a
+model card through the shared `Preprocessor` and sampled for diversity (`Sampling`),
 or `random[:seed=S]`: standard-normal tensors of the model's input shapes. Random feeds do not represent real
 data; they suit numeric equivalence checks, and reports say so.
 """
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 
 from calibration.preprocessing import Preprocessor
-from calibration.sources import SourceError, open_source, sample_frames
+from calibration.sources import Sampling, SourceError, sample_source
 from converters.evaluate import Feed
 from converters.graph import ConversionError, real_inputs
 from edge_runtime.package import ModelCard
@@ -26,8 +27,7 @@ class EvalData:
     representative: bool  # False for random tensors
 
 
-def _random_feeds(model: onnx.ModelProto, samples: int, options: str) -> EvalData:
-    seed = 0
+def _random_feeds(model: onnx.ModelProto, samples: int, options: str, seed: int) -> EvalData:
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         if key != "seed" or not value.isdigit():
@@ -48,32 +48,20 @@ def _random_feeds(model: onnx.ModelProto, samples: int, options: str) -> EvalDat
     return EvalData(feeds, f"{samples} random standard-normal inputs (seed {seed}); not representative data", False)
 
 
-def load_feeds(
-    source: str,
-    model: onnx.ModelProto,
-    card: ModelCard | None,
-    samples: int,
-    stride: int = 1,
-    shuffle: bool = False,
-    seed: int = 0,
-) -> EvalData:
-    """Up to `samples` feeds from `source` (fewer if it is shorter): every `stride`-th frame, or with `shuffle`
-    a seeded uniform sample of them."""
-    if samples <= 0:
-        raise ConversionError("the number of samples must be positive")
+def load_feeds(source: str, model: onnx.ModelProto, card: ModelCard | None, sampling: Sampling) -> EvalData:
+    """Feeds from `source`, chosen as `sampling` says, preprocessed as the daemon does (random tensors for
+    `random[:seed=S]`)."""
     if source == "random" or source.startswith("random:"):
-        return _random_feeds(model, samples, source.partition(":")[2])
+        return _random_feeds(model, sampling.count, source.partition(":")[2], sampling.seed)
     if card is None:
         raise ConversionError(
             f"data source '{source}' gives images, which need a model card for preprocessing: pass --card model.json "
             "or a model package, or use --data random"
         )
     try:
-        frames = sample_frames(open_source(source, card.dicom_output), samples, stride, shuffle, seed)
+        frames, description = sample_source(source, sampling, card.dicom_output)
     except (SourceError, ValueError) as exc:
         raise ConversionError(f"data source '{source}': {exc}") from None
     pre = Preprocessor(card.preprocess)
     feeds = [{card.input_name: pre(f.pixels, f.color)[0]} for f in frames]
-    how = f"stride {stride}, " if stride > 1 else ""
-    how += f"shuffled (seed {seed}), " if shuffle else ""
-    return EvalData(feeds, f"{len(feeds)} frames from {source} ({how or ''}preprocessed as the daemon does)", True)
+    return EvalData(feeds, f"{description}, preprocessed as the daemon does", True)

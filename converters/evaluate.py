@@ -1,14 +1,14 @@
 """Running ONNX models on evaluation feeds, measuring activation ranges, and comparing outputs.
 
 The same figures serve `edgert compare` and the converters' accuracy gates: per output max/mean absolute error,
-cosine similarity and PSNR; per task Dice/IoU per class and argmax agreement (segmentation) or top-1 agreement
-(classification). The gate's single figure is `Comparison.metric`, 1.0 meaning identical.
+cosine similarity and PSNR, and the task's agreement metric from its head in `edge_runtime.tasks` (the decoder the
+daemon runs). The gate's single figure is `Comparison.metric`, 1.0 meaning identical.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +18,9 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from converters.graph import ConversionError, copy_model, elem_types
+from edge_runtime.package import ModelCard
+from edge_runtime.protocol import Task
+from edge_runtime.tasks import ClassAgreement, TaskHead, head_for
 
 Feed = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -86,25 +89,19 @@ class OutputStats:
     nonfinite: int  # NaN/inf values in the candidate
 
 
-@dataclass(frozen=True)
-class ClassStats:
-    dice: float
-    iou: float
-
-
 @dataclass
 class Comparison:
-    task: str
+    task: Task | None  # None: the outputs are compared as numbers only
     metric_name: str
     metric: float  # 1.0 = candidate agrees exactly with the reference
     outputs: list[OutputStats]
-    per_class: dict[str, ClassStats] = field(default_factory=dict)
-    argmax_agreement: float | None = None
+    per_class: dict[str, ClassAgreement] = field(default_factory=dict)
+    pixel_agreement: float | None = None
     top1_agreement: float | None = None
     samples: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "task": self.task.label if self.task else NUMERIC}
 
 
 def _numeric(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputStats:
@@ -121,15 +118,10 @@ def _numeric(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputStats:
     return OutputStats(name, float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0, cosine, psnr, 0)
 
 
-def compare(
-    reference: Sequence[Outputs],
-    candidate: Sequence[Outputs],
-    task: str = "numeric",
-    output: str | None = None,
-    labels: Sequence[str] | None = None,
-) -> Comparison:
-    """Compare two models' outputs on the same feeds. `task` is segmentation, classification or numeric;
-    `output` names the output the task reads (default: the first)."""
+def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], head: TaskHead | None = None) -> Comparison:
+    """Compare two models' outputs on the same feeds: every output numerically, and with a task `head` (the one
+    the daemon decodes with) the task's agreement metric, which then is the comparison's metric. Without a head
+    the metric is the lowest cosine similarity over the outputs."""
     if len(reference) != len(candidate) or not reference:
         raise ValueError(f"need the same non-zero number of runs, got {len(reference)} and {len(candidate)}")
     names = list(reference[0])
@@ -144,44 +136,36 @@ def compare(
     ]
     numeric_metric = min((s.cosine for s in stats), default=1.0)
     result = Comparison(
-        task,
+        None,
         "min cosine similarity",
         numeric_metric if math.isfinite(numeric_metric) else 0.0,
         stats,
         samples=len(reference),
     )
-    head = output or names[0]
-    if task == "segmentation":
-        ref_lab = np.concatenate([_labels(r[head]).ravel() for r in reference])
-        cand_lab = np.concatenate([_labels(c[head]).ravel() for c in candidate])
-        classes = int(reference[0][head].shape[1]) if reference[0][head].shape[1] > 1 else 2
-        names_ = list(labels) if labels and len(labels) == classes else [str(i) for i in range(classes)]
-        dice_fg = []
-        for k in range(classes):
-            p, t = cand_lab == k, ref_lab == k
-            inter, total, union = int((p & t).sum()), int(p.sum() + t.sum()), int((p | t).sum())
-            result.per_class[names_[k]] = ClassStats(
-                2 * inter / total if total else 1.0, inter / union if union else 1.0
-            )
-            if k and total:
-                dice_fg.append(2 * inter / total)
-        result.argmax_agreement = float((ref_lab == cand_lab).mean())
-        result.metric_name = "mean foreground Dice vs reference"
-        result.metric = float(np.mean(dice_fg)) if dice_fg else result.argmax_agreement
-    elif task == "classification":
-        ref_top = np.array([int(np.argmax(r[head])) for r in reference])
-        cand_top = np.array([int(np.argmax(c[head])) for c in candidate])
-        result.top1_agreement = float((ref_top == cand_top).mean())
-        result.metric_name, result.metric = "top-1 agreement", result.top1_agreement
+    if head is not None:
+        if head.output not in reference[0]:
+            raise ConversionError(f"the task reads output '{head.output}'; the model has {names}")
+        try:
+            agreement = head.agreement([r[head.output] for r in reference], [c[head.output] for c in candidate])
+        except ValueError as exc:
+            raise ConversionError(str(exc)) from None
+        result.task = head.task
+        result.metric_name, result.metric = agreement.metric_name, agreement.metric
+        result.per_class = agreement.per_class
+        result.pixel_agreement, result.top1_agreement = agreement.pixel_agreement, agreement.top1_agreement
     if any(s.nonfinite for s in stats):
         result.metric = 0.0  # NaN or inf anywhere is a failure whatever the task metric says
     return result
 
 
-def _labels(logits: np.ndarray) -> np.ndarray:
-    """Class map from [N, C, H, W] logits (C == 1: threshold at 0, as sigmoid > 0.5)."""
-    logits = np.nan_to_num(logits, nan=-np.inf)
-    return (logits[:, 0] > 0).astype(np.uint8) if logits.shape[1] == 1 else logits.argmax(axis=1).astype(np.uint8)
+NUMERIC = "numeric"  # the name of "no task" on the command line and in reports
+NUMERIC_TOLERANCE = 1e-3  # allowed shortfall of the min cosine similarity without a task
 
 
-DEFAULT_TOLERANCE: Mapping[str, float] = {"segmentation": 0.01, "classification": 0.01, "numeric": 1e-3}
+def default_tolerance(head: TaskHead | None) -> float:
+    return head.default_tolerance if head is not None else NUMERIC_TOLERANCE
+
+
+def head_of(card: ModelCard | None) -> TaskHead | None:
+    """The task head a card describes (None without a card: numeric comparison)."""
+    return head_for(card.task, card.output) if card is not None else None

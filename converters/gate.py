@@ -16,7 +16,7 @@ import onnx
 
 from converters.data import EvalData
 from converters.evaluate import Comparison, Outputs, compare, run_model
-from edge_runtime.package import ModelCard
+from edge_runtime.tasks import TaskHead
 
 Build = Callable[[Sequence[str]], onnx.ModelProto]
 
@@ -45,21 +45,19 @@ class Gate:
         build: Build,
         data: EvalData,
         reference: list[Outputs],
-        card: ModelCard | None,
+        head: TaskHead | None,
         tolerance: float,
         optimize: bool = True,
     ) -> None:
         self.build, self.data, self.reference, self.optimize = build, data, reference, optimize
-        self.task = card.task.name.lower() if card else "numeric"
-        self.output = card.output.name if card else None
-        self.labels = card.output.labels if card else None
+        self.head = head  # the daemon's decoder for this task: the model is judged as it will run
         self.required = 1.0 - tolerance
         self.evaluations = 0
 
     def evaluate(self, lowered: Sequence[str]) -> Comparison:
         self.evaluations += 1
         outputs = run_model(self.build(lowered), self.data.feeds, optimize=self.optimize)
-        return compare(self.reference, outputs, self.task, self.output, self.labels)
+        return compare(self.reference, outputs, self.head)
 
     def passes(self, c: Comparison) -> bool:
         return c.metric >= self.required

@@ -9,10 +9,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from edge_runtime.errors import EdgertError
+
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
-class ConversionError(RuntimeError):
+class ConversionError(EdgertError, RuntimeError):
     """A conversion step that cannot be done; the message names the stage, node or tensor."""
 
 

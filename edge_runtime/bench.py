@@ -52,9 +52,9 @@ def latency_stats(samples_ms: np.ndarray) -> dict[str, float]:
 class ProgressBar:
     """A one-line bar on stderr, redrawn at most 5 times a second; silent when stderr is not a terminal."""
 
-    def __init__(self, total_s: float, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total_s: float, stream: TextIO = sys.stderr, enabled: bool = True) -> None:
         self.total_s, self.stream = total_s, stream
-        self.enabled = stream.isatty()
+        self.enabled = enabled and stream.isatty()
         self._last = 0.0
 
     def update(self, elapsed_s: float, iterations: int) -> None:

@@ -6,29 +6,26 @@ would, and the main thread subscribes to results as a cart display would, draws 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
 from PIL import Image, ImageDraw
 
 from calibration.dicom import DicomError
 from calibration.preprocessing import Color, DicomOutput
 from calibration.sources import SourceError, SourceFrame, open_source
+from edge_runtime.daemon.process import DaemonProcess
+from edge_runtime.daemon.server import DaemonError
 from edge_runtime.daemon.stats import percentiles_ms
+from edge_runtime.errors import EdgertError
 from edge_runtime.overlay import draw_overlay, to_display_rgb
 from edge_runtime.package import PackageError, demo_package_path, load_package
 from edge_runtime.protocol import Result, ResultStatus, pixel_format_for
@@ -38,12 +35,28 @@ from edge_runtime.subscriber import ResultSubscriber
 
 DEMO_CINE = "examples_ybr_color.dcm"  # pydicom's bundled 30-frame ultrasound cine (YBR_FULL_422, JPEG baseline)
 GIF_MAX_FRAMES = 150
-READY_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 2.0
 
 
-class DemoError(RuntimeError):
+class DemoError(EdgertError, RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    frames: int = 300
+    source: str | None = None  # a frame source (calibration.sources); default: the bundled ultrasound cine
+    model: Path | None = None  # a model package; default: the bundled demo model
+    fps: float | None = None  # default: the recording's rate
+    dicom: DicomOutput | None = None  # default: the card's preprocessing.dicom
+    out: Path = Path("edgert-demo")
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    ok: bool
+    summary: dict[str, Any]  # what summary.json holds
+    error: str | None = None
 
 
 def bundled_cine() -> str:
@@ -53,57 +66,6 @@ def bundled_cine() -> str:
     if not path:
         raise DemoError(f"pydicom's test file {DEMO_CINE} is missing from this installation")
     return str(path)
-
-
-class DaemonProcess:
-    """`edgert serve` in a child process on ephemeral loopback ports; stopped with SIGTERM like a service."""
-
-    def __init__(self, package: Path, workdir: Path, log_path: Path, extra_args: Sequence[str] = ()) -> None:
-        self.ready_file = workdir / "daemon-ready.json"
-        self.log_path = log_path
-        root = Path(__file__).resolve().parent.parent  # so a source checkout works without installing
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-        cmd = [
-            sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(package),
-            "--ingest", "tcp://127.0.0.1:*", "--results", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*",
-            "--ready-file", str(self.ready_file), *extra_args,
-        ]  # fmt: skip
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.endpoints: dict[str, str] = {}
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-5:]
-                raise DemoError(f"daemon exited with status {self.proc.returncode}:\n  " + "\n  ".join(tail))
-            if self.ready_file.exists():
-                self.endpoints = json.loads(self.ready_file.read_text())["endpoints"]
-                return self.endpoints
-            time.sleep(0.05)
-        raise DemoError(f"daemon not ready after {timeout:.0f} s (log: {self.log_path})")
-
-    def control(self, command: str, timeout_s: float = 2.0) -> dict[str, Any]:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
-        with sock:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(self.endpoints["control"])
-            sock.send_string(command)
-            if not sock.poll(int(timeout_s * 1000)):
-                raise DemoError(f"daemon did not answer '{command}' within {timeout_s:g} s")
-            return dict(json.loads(sock.recv()))
-
-    def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
 
 
 @dataclass
@@ -169,30 +131,33 @@ def _row(name: str, values: list[int]) -> str:
     return f"  {name:<12} {p['p50']:8.2f} {p['p95']:8.2f} {p['p99']:8.2f} {p['max']:8.2f}"
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    if args.frames <= 0:
+def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo; `say` gets the progress and summary lines."""
+    if options.frames <= 0:
         raise DemoError("--frames must be positive")
-    out: Path = args.out
+    out = options.out
     out.mkdir(parents=True, exist_ok=True)
     try:
-        package = load_package(args.model or demo_package_path())
-        dicom = DicomOutput(args.dicom) if args.dicom else package.card.dicom_output
-        source = open_source(args.source or bundled_cine(), dicom)
+        package = load_package(options.model or demo_package_path())
+        source = open_source(options.source or bundled_cine(), options.dicom or package.card.dicom_output)
     except (PackageError, SourceError, DicomError) as exc:
         raise DemoError(str(exc)) from None
-    print(f"model   {package.model_id} ({package.card.task.name.lower()}, {len(package.card.output.labels)} classes)")
-    print(f"source  {source.description}, {args.frames} frames" + (f" at {args.fps:g} fps" if args.fps else ""))
-    print("starting daemon ...", flush=True)
+    say(f"model   {package.model_id} ({package.card.task.label}, {len(package.card.output.labels)} classes)")
+    say(f"source  {source.description}, {options.frames} frames" + (f" at {options.fps:g} fps" if options.fps else ""))
+    say("starting daemon ...")
     with tempfile.TemporaryDirectory(prefix="edgert-demo-") as tmp:
         daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log")
         try:
-            return _run(args, daemon, source, out)
+            return _run(options, daemon, source, say)
+        except DaemonError as exc:
+            raise DemoError(f"daemon: {exc}") from None
         finally:
             code = daemon.stop()
-            print(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
+            say(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
 
 
-def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path) -> int:
+def _run(args: DemoOptions, daemon: DaemonProcess, source: Any, say: Callable[[str], None]) -> DemoResult:
+    out = args.out
     endpoints = daemon.wait_ready()
     rec = Recorder()
     stop = threading.Event()
@@ -203,7 +168,7 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
     stills: dict[str, Image.Image] = {}
     with ResultSubscriber(endpoints["results"], max_age_ms=500) as sub:
         _wait_for_heartbeat(sub, 10.0)
-        print(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
+        say(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
 
         def scanner() -> None:
             sender = FrameSender(endpoints["ingest"])
@@ -235,9 +200,7 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
                 received += 1
                 rec.add(r, now)
                 if received % 50 == 0:
-                    print(
-                        f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms", flush=True
-                    )
+                    say(f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms")
                 frame = rec.frame(r.seq)
                 if frame is None or not (r.seq % gif_every == 0 or len(stills) < 1 or r.seq >= args.frames - 1):
                     continue
@@ -248,7 +211,7 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
                 if r.seq % gif_every == 0 and len(gif) < GIF_MAX_FRAMES:
                     gif.append(img)
         except KeyboardInterrupt:
-            print("interrupted")
+            say("interrupted")
         finally:
             stop.set()
             thread.join(5.0)
@@ -281,24 +244,22 @@ def _run(args: argparse.Namespace, daemon: DaemonProcess, source: Any, out: Path
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     f = frames
-    print(
+    say(
         f"\nframes  sent {f['sent']}  processed {f['processed']}  received {f['received']}  dropped "
         f"{f['dropped_sender'] + f['dropped_daemon']} (sender {f['dropped_sender']}, daemon {f['dropped_daemon']})  "
         f"stale {f['stale_discarded']}  errors {f['errors']}  in {elapsed:.1f} s"
     )
-    print(f"latency (ms)  {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
-    print(_row("end-to-end", rec.e2e_ns))
-    print(_row("inference", rec.inference_ns))
-    print(_row("queue", rec.queue_ns))
-    print(_row("transport", rec.transport_ns))
-    print("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
+    say(f"latency (ms)  {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+    say(_row("end-to-end", rec.e2e_ns))
+    say(_row("inference", rec.inference_ns))
+    say(_row("queue", rec.queue_ns))
+    say(_row("transport", rec.transport_ns))
+    say("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
     if failure:
-        print(f"error: {failure[0]}", file=sys.stderr)
-        return 1
+        return DemoResult(False, summary, failure[0])
     if received == 0:
-        print("no results arrived: see the daemon log", file=sys.stderr)
-        return 1
-    return 0
+        return DemoResult(False, summary, "no results arrived: see the daemon log")
+    return DemoResult(True, summary)
 
 
 def _write_images(out: Path, stills: dict[str, Image.Image], gif: list[Image.Image], gif_ms: float) -> list[Path]:

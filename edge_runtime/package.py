@@ -6,6 +6,7 @@ really has the input and output the card describes, so a wrong model is refused 
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import onnx
 
 from calibration.preprocessing import Color, DicomOutput, Layout, PreprocessSpec, ResizeMode
+from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import ModelId, Task
 
 CARD_SCHEMA = "edgert.model/1"
@@ -27,8 +29,21 @@ ONNX_FILE = "model.onnx"
 CARD_FILE = "model.json"
 
 
-class PackageError(ValueError):
+class PackageError(EdgertError, ValueError):
     """A model package that cannot be used; the message names the package and the field."""
+
+
+class Activation(str, enum.Enum):
+    """What the model applies to its scores before the output (decoding compares scores accordingly)."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+    NONE = "none"
+
+
+class Decode(str, enum.Enum):
+    ARGMAX = "argmax"  # one channel per label, the highest wins
+    THRESHOLD = "threshold"  # one foreground channel compared with `threshold` (2 labels)
 
 
 @dataclass(frozen=True)
@@ -36,9 +51,9 @@ class OutputSpec:
     name: str
     labels: tuple[str, ...]
     colors: tuple[tuple[int, int, int], ...]
-    activation: str = "softmax"  # softmax | sigmoid | none
-    decode: str = "argmax"  # argmax | threshold
-    threshold: float = 0.5
+    activation: Activation = Activation.SOFTMAX
+    decode: Decode = Decode.ARGMAX
+    threshold: float = 0.5  # a probability after a sigmoid, else a raw score
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     except ValueError as exc:
         raise PackageError(f"{where}.task: {exc}") from None
     if task is not Task.SEGMENTATION:
-        raise PackageError(f"{where}.task: '{task.name.lower()}' models are not supported yet; segmentation is")
+        raise PackageError(f"{where}.task: '{task.label}' models are not supported yet; segmentation is")
     inp = _get(data, "input", dict, where)
     shape = _get(inp, "shape", list, f"{where}.input")
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[0] != 1:
@@ -148,12 +163,17 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         raise PackageError(f"{where}.output.colors: each color must be [r, g, b]") from None
     if any(not 0 <= v <= 255 for c in colors for v in c):
         raise PackageError(f"{where}.output.colors: values must be 0..255")
-    activation = _get(out, "activation", str, f"{where}.output", "softmax")
-    decode = _get(out, "decode", str, f"{where}.output", "argmax")
-    if activation not in ("softmax", "sigmoid", "none") or decode not in ("argmax", "threshold"):
-        raise PackageError(f"{where}.output: activation must be softmax|sigmoid|none and decode argmax|threshold")
-    if decode == "threshold" and len(labels) != 2:
+    activation = _enum(
+        Activation, _get(out, "activation", str, f"{where}.output", "softmax"), f"{where}.output.activation"
+    )
+    decode = _enum(Decode, _get(out, "decode", str, f"{where}.output", "argmax"), f"{where}.output.decode")
+    if decode is Decode.THRESHOLD and len(labels) != 2:
         raise PackageError(f"{where}.output: decode 'threshold' is for one foreground class (2 labels)")
+    threshold = float(_get(out, "threshold", (int, float), f"{where}.output", 0.5))
+    if activation is Activation.SIGMOID and not 0.0 < threshold < 1.0:
+        raise PackageError(
+            f"{where}.output.threshold: a probability after a sigmoid must be in (0, 1), got {threshold}"
+        )
     sha = data.get("onnx_sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise PackageError(f"{where}.onnx_sha256: expected a 64-character hex digest")
@@ -169,7 +189,7 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
             colors=colors,
             activation=activation,
             decode=decode,
-            threshold=float(_get(out, "threshold", (int, float), f"{where}.output", 0.5)),
+            threshold=threshold,
         ),
         onnx_sha256=sha,
         dicom_output=_enum(
@@ -214,7 +234,7 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
     if len(have) != 4 or any(isinstance(h, int) and h != w for h, w in zip(have, want)):
         raise PackageError(f"{where}: input '{card.input_name}' has shape {have}, card says {list(want)}")
     out_dims = _dims(outputs[card.output.name])
-    classes = len(card.output.labels) if card.output.decode == "argmax" else 1
+    classes = len(card.output.labels) if card.output.decode is Decode.ARGMAX else 1
     if len(out_dims) != 4 or (isinstance(out_dims[1], int) and out_dims[1] != classes):
         raise PackageError(
             f"{where}: output '{card.output.name}' has shape {out_dims}; a segmentation output must be "

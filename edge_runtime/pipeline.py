@@ -12,6 +12,7 @@ from edge_runtime.backends import BackendError, BackendKind, Runner, create_runn
 from edge_runtime.contours import outer_contours
 from edge_runtime.package import ModelPackage, OutputSpec
 from edge_runtime.protocol import Frame, PixelFormat, Result, ResultStatus
+from edge_runtime.tasks import SegmentationHead
 
 _FRAME_COLOR = {
     PixelFormat.GRAY8: Color.GRAY,
@@ -35,26 +36,20 @@ class Segmentation:
 
 
 class SegmentationDecoder:
-    """Raw model output -> class mask at frame resolution, per-class areas and contour polygons."""
+    """Raw model output -> class mask at frame resolution, per-class areas and contour polygons. The class ids come
+    from the task's head (`edge_runtime.tasks`), the same one the accuracy gate and `compare` judge the model with."""
 
     def __init__(self, output: OutputSpec, min_contour_px: int = 12, max_contours: int = 16) -> None:
         self.output = output
+        self.head = SegmentationHead(output)
         self.min_contour_px = min_contour_px
         self.max_contours = max_contours
 
     def labels_at_model_resolution(self, raw: np.ndarray) -> np.ndarray:
-        out = self.output
-        classes = len(out.labels) if out.decode == "argmax" else 1
-        if raw.ndim != 4 or raw.shape[0] != 1 or raw.shape[1] != classes:
-            raise ValueError(f"output '{out.name}' has shape {list(raw.shape)}, expected [1, {classes}, H, W]")
-        if out.decode == "argmax":  # softmax and sigmoid are monotonic: argmax of the logits is the same
-            labels: np.ndarray = raw[0].argmax(axis=0).astype(np.uint8)
-            return labels
-        threshold = out.threshold
-        if out.activation == "sigmoid":
-            threshold = float(np.log(threshold / (1.0 - threshold)))  # compare logits, skip the exp
-        mask: np.ndarray = (raw[0, 0] > threshold).astype(np.uint8)
-        return mask
+        if raw.shape[:1] != (1,):
+            raise ValueError(f"output '{self.output.name}' has shape {list(raw.shape)}, expected a batch of 1")
+        labels: np.ndarray = self.head.class_map(raw)[0]
+        return labels
 
     def __call__(
         self, raw: np.ndarray, place: Placement, input_hw: tuple[int, int], spacing_mm: tuple[float, float] | None

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.errors import EdgertError, FrameError
+
 MAGIC = b"EDGR"
 VERSION_MAJOR = 1
 VERSION_MINOR = 0
@@ -78,12 +80,17 @@ class Task(enum.IntEnum):
     CLASSIFICATION = 2
     DETECTION = 3
 
+    @property
+    def label(self) -> str:
+        """The task's name as cards, reports and the command line spell it."""
+        return self.name.lower()
+
     @classmethod
     def from_name(cls, name: str) -> Task:
         try:
             return cls[name.upper()]
         except KeyError:
-            raise ValueError(f"unknown task '{name}'; expected one of {[t.name.lower() for t in cls]}") from None
+            raise ValueError(f"unknown task '{name}'; expected one of {[t.label for t in cls]}") from None
 
 
 class ResultStatus(enum.IntEnum):
@@ -132,7 +139,7 @@ class RejectReason(str, enum.Enum):
     INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # closed before the handshake ended: wrong socket type, not ZMTP
 
 
-class ProtocolError(ValueError):
+class ProtocolError(EdgertError, ValueError):
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
@@ -234,7 +241,7 @@ def pixel_format_for(array: np.ndarray, bgr: bool = False) -> PixelFormat:
     if key == (3, "u1"):
         return PixelFormat.BGR8 if bgr else PixelFormat.RGB8
     if key not in formats:
-        raise ValueError(
+        raise FrameError(
             f"cannot send an array of shape {array.shape} and dtype {array.dtype}: expected (H, W) uint8/uint16/"
             "float32 or (H, W, 3) uint8"
         )
@@ -255,7 +262,7 @@ def encode_frame(
     """Frame message parts; the pixel part is a view of `pixels` (made contiguous only if it is not)."""
     fmt = pixel_format or pixel_format_for(pixels)
     if pixel_format is not None and pixel_format_for(pixels, bgr=fmt is PixelFormat.BGR8) is not fmt:
-        raise ValueError(f"array of shape {pixels.shape}, dtype {pixels.dtype} is not {fmt.name}")
+        raise FrameError(f"array of shape {pixels.shape}, dtype {pixels.dtype} is not {fmt.name}")
     pixels = np.ascontiguousarray(pixels)
     height, width = pixels.shape[:2]
     sx, sy = spacing_mm or (0.0, 0.0)

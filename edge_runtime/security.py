@@ -16,10 +16,12 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from edge_runtime.errors import EdgertError
+
 ZAP_DOMAIN = "edgert"
 
 
-class SecurityError(ValueError):
+class SecurityError(EdgertError, ValueError):
     pass
 
 

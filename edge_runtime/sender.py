@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from edge_runtime.errors import EndpointError
 from edge_runtime.protocol import PixelFormat, encode_frame
 from edge_runtime.security import ClientKeys
 
@@ -68,7 +69,7 @@ class FrameSender:
             self._sock.bind(endpoint) if bind else self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
             self._sock.close()
-            raise ValueError(f"cannot {'bind' if bind else 'connect'} frame sender to {endpoint}: {exc}") from None
+            raise EndpointError(f"cannot {'bind' if bind else 'connect'} frame sender to {endpoint}: {exc}") from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
 
     def send(

@@ -10,6 +10,7 @@ from types import TracebackType
 
 import zmq
 
+from edge_runtime.errors import EndpointError
 from edge_runtime.protocol import (
     DaemonState,
     Heartbeat,
@@ -69,7 +70,7 @@ class ResultSubscriber:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
             self._sock.close()
-            raise ValueError(f"cannot connect result subscriber to {endpoint}: {exc}") from None
+            raise EndpointError(f"cannot connect result subscriber to {endpoint}: {exc}") from None
 
     @property
     def daemon_alive(self) -> bool:

@@ -135,15 +135,15 @@ def test_convert_gate_failure_exits_nonzero(
 ) -> None:
     code = main(["convert", str(tiny_models["fp16_cancellation"]), "--precision", "fp16", "--data",
                  "synthetic:clip=1,size=64x64", "--samples", "8", "--max-fallback", "0", "-o", str(tmp_path)])  # fmt: skip
-    assert code == 1
+    assert code == 3  # refused by the gate: not a crash
     out = capsys.readouterr().out
     assert "FAILED" in out and "FP16 accuracy gate failed" in out
     assert not (tmp_path / "model.onnx").exists()
 
 
 def test_convert_usage_errors(tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["convert", str(tiny_models["unet_bn"]), "--precision", "fp16", "-o", str(tmp_path)]) == 1
-    assert "needs --data" in capsys.readouterr().err
+    assert main(["convert", str(tiny_models["residual"]), "--precision", "fp16", "-o", str(tmp_path)]) == 1
+    assert "edgert convert: error: --precision fp16 without a model card needs --data" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["convert", str(tiny_models["unet_bn"]), "--input-shape", "1,x", "-o", str(tmp_path)])
     assert "comma-separated" in capsys.readouterr().err
@@ -157,7 +157,7 @@ def test_compare_command_tolerance_and_json(
             "synthetic:clip=1,size=64x64", "--samples", "4", "--json", str(report)]  # fmt: skip
     assert main(args) == 0  # no tolerance: report only
     assert "mean foreground Dice" in capsys.readouterr().out
-    assert main([*args, "--tolerance", "0.01"]) == 1  # two unrelated models do not agree
+    assert main([*args, "--tolerance", "0.01"]) == 3  # two unrelated models do not agree
     data = json.loads(report.read_text())
     assert data["passed"] is False and data["task"] == "segmentation" and "per_class" in data
 
@@ -168,3 +168,86 @@ def test_ctl_health_exit_status(start_daemon, tiny_models: dict[str, Path], caps
     assert capsys.readouterr().out.strip() == "healthy: ready"
     assert main(["ctl", "health", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"]) == 1
     assert "unhealthy: no answer" in capsys.readouterr().out
+
+
+COMMANDS = ("demo", "serve", "replay", "convert", "compare", "bench", "ctl", "keys", "package")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_takes_verbose_and_quiet_and_documents_exit_codes(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_runtime.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]  # type: ignore[union-attr, index]
+    flags = {s for a in sub._actions for s in a.option_strings}
+    assert {"-v", "--verbose", "-q", "--quiet"} <= flags
+    if command != "serve":  # every command that produces a result can write it as JSON
+        assert "--json" in flags
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "0 ok, 1 error, 2 usage error, 3 accuracy gate failed" in capsys.readouterr().out.replace("\n", " ")
+
+
+def test_one_flag_name_for_the_input_shape_and_one_source_help() -> None:
+    from edge_runtime.cli import SOURCE_HELP, build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    for name in ("convert", "compare", "bench"):
+        flags = {s for a in subs[name]._actions for s in a.option_strings}  # type: ignore[index]
+        assert "--input-shape" in flags and "--shape" not in flags, name
+    helps = [a.help or "" for name in ("replay", "convert", "compare", "bench", "demo")
+             for a in subs[name]._actions if a.dest in ("source", "data")]  # type: ignore[index]  # fmt: skip
+    assert len(helps) == 5 and all(SOURCE_HELP in h for h in helps)
+
+
+def test_json_to_stdout_keeps_the_text_on_stderr(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["package", str(tiny_models["seg_tiny"]), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["card"]["name"] == "seg-tiny" and "valid" in err
+    assert main(["compare", str(tiny_models["unet_bn"]), str(tiny_models["unet_bn"]), "--data", "synthetic:size=64x64",
+                 "--samples", "2", "--json", "-", "-q"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert json.loads(out)["metric"] == 1.0 and json.loads(out)["task"] == "segmentation" and "Dice" in err
+    assert main(["convert", str(tiny_models["unet_bn"]), "-o", str(tmp_path), "--json", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["passed"] is True and "PASSED" in err and "[" not in err.split("edgert convert")[0]
+
+
+def test_quiet_silences_progress_and_verbose_keeps_it(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["convert", str(tiny_models["unet_bn"]), "-o", str(tmp_path)]
+    assert main([*args, "-q"]) == 0
+    assert "preparing the graph" not in capsys.readouterr().err
+    assert main([*args, "-v"]) == 0
+    assert "preparing the graph" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ctl", "status", "--control", "bogus"], "edgert ctl status: error: cannot connect to the daemon's control"),
+        (["ctl", "stats", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"],
+         "edgert ctl stats: error: no answer from the daemon at tcp://127.0.0.1:9 within 0.2 s"),
+        (["replay", "synthetic:frames=1", "--to", "bogus"], "edgert replay: error: cannot connect frame sender to bogus"),
+        (["serve", "--ingest", "bogus"], "edgert serve: error: command line: ingest.endpoint: 'bogus' must start"),
+    ],
+)  # fmt: skip
+def test_bad_endpoints_and_absent_daemons_print_one_line(args: list[str], message: str) -> None:
+    proc = subprocess.run(edgert(*args), env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+
+
+def test_ctl_usage_errors_name_the_ctl_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ctl", "reload", "--control", "tcp://127.0.0.1:9"]) == 2
+    assert "edgert ctl reload: usage error: reload needs a model package path" in capsys.readouterr().err
+    assert main(["ctl", "status", "extra", "--control", "tcp://127.0.0.1:9"]) == 2
+    assert "edgert ctl status: usage error: status takes no package argument" in capsys.readouterr().err

@@ -37,8 +37,9 @@ from PIL import Image
 
 from calibration.sources import open_source
 from edge_runtime.bench import machine_info
+from edge_runtime.daemon.process import DaemonProcess, wait_for_ready_file
 from edge_runtime.daemon.stats import percentiles_ms
-from edge_runtime.demo import DaemonProcess, bundled_cine
+from edge_runtime.demo import bundled_cine
 from edge_runtime.package import demo_package_path, load_package
 from edge_runtime.pipeline import InferencePipeline
 from edge_runtime.protocol import Frame, PixelFormat
@@ -252,12 +253,7 @@ def run_imagezmq(mode: str, frames: list[np.ndarray], rate: float | None, n: int
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     hub = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if hub.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"imagezmq hub ({mode}) did not start")
-            time.sleep(0.05)
-        endpoints = json.loads(ready.read_text())
+        endpoints = wait_for_ready_file(ready, hub)
         if sender is None:
             sender = imagezmq.ImageSender(connect_to=endpoints["frames"], REQ_REP=True)
         stat = ProcStat(hub.pid)

@@ -9,12 +9,14 @@ from types import TracebackType
 
 import numpy as np
 
+from edge_runtime.errors import EdgertError
+
 
 class BackendKind(str, enum.Enum):
     ONNXRUNTIME = "onnxruntime"
 
 
-class BackendError(RuntimeError):
+class BackendError(EdgertError, RuntimeError):
     """A backend failed to load a model or to run it; the message names the backend and the model."""
 
 

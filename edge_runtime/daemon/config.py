@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_runtime.backends import BackendKind
 from edge_runtime.daemon.slots import StreamLimits
+from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import Limits
 
 if sys.version_info >= (3, 11):
@@ -28,7 +29,7 @@ DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
 _TRANSPORTS = ("tcp://", "ipc://", "inproc://")
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgertError, ValueError):
     pass
 
 

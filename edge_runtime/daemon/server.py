@@ -27,6 +27,7 @@ from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.ingest import HANDSHAKE_IVL_MS, IngestSocket, MessageBounds, PeerEvents, Received
 from edge_runtime.daemon.slots import Admission, StreamTable
 from edge_runtime.daemon.stats import DaemonStats
+from edge_runtime.errors import EdgertError
 from edge_runtime.package import load_package
 from edge_runtime.pipeline import InferencePipeline
 from edge_runtime.protocol import (
@@ -55,7 +56,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
 
 
-class DaemonError(RuntimeError):
+class DaemonError(EdgertError, RuntimeError):
     pass
 
 

@@ -14,7 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from calibration.preprocessing import Color, DicomOutput
-from calibration.sources import open_source
+from calibration.sources import SampleOrder, Sampling, open_source
 from converters.data import load_feeds
 from edge_runtime.package import load_package
 from edge_runtime.pipeline import InferencePipeline
@@ -51,7 +51,7 @@ def _daemon_inputs(
 )
 def test_calibration_and_daemon_inputs_are_bit_identical(demo_model: Path, source: str) -> None:
     pkg = load_package(demo_model)
-    feeds = load_feeds(source, onnx.load(str(pkg.onnx_path)), pkg.card, samples=4).feeds
+    feeds = load_feeds(source, onnx.load(str(pkg.onnx_path)), pkg.card, Sampling(4, order=SampleOrder.FIRST)).feeds
     daemon = _daemon_inputs(demo_model, source, len(feeds))
     assert len(daemon) == len(feeds) > 0
     for feed, seen in zip(feeds, daemon):
@@ -74,7 +74,7 @@ def test_card_dicom_display16_feeds_match_the_daemons_gray16_inputs(demo_model: 
     pkg = load_package(pkg_dir)
     assert pkg.card.dicom_output is DicomOutput.DISPLAY16
     source = get_testdata_file("MR_small.dcm")
-    feeds = load_feeds(source, onnx.load(str(pkg.onnx_path)), pkg.card, samples=1).feeds
+    feeds = load_feeds(source, onnx.load(str(pkg.onnx_path)), pkg.card, Sampling(1, order=SampleOrder.FIRST)).feeds
     (daemon16,) = _daemon_inputs(pkg_dir, source, 1, DicomOutput.DISPLAY16)
     (daemon8,) = _daemon_inputs(pkg_dir, source, 1, DicomOutput.DISPLAY8)
     assert feeds[0][pkg.card.input_name].tobytes() == daemon16.tobytes()

@@ -4,6 +4,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -114,16 +115,44 @@ def test_video_source(tmp_path: Path) -> None:
     assert frames[5].pixels.mean() > frames[0].pixels.mean() + 100
 
 
-def test_sampling_count_stride_and_seeded_shuffle() -> None:
-    from calibration.sources import sample_frames
+def test_sampling_first_stride_and_seeded_spread() -> None:
+    from calibration.sources import SampleOrder, Sampling, sample_frames
 
     def frames():
         return open_source("synthetic:frames=40,size=32x32,clip=1")
 
-    assert [f.meta["frame"] for f in sample_frames(frames(), count=4, stride=3)] == [0, 3, 6, 9]
-    a = [f.meta["frame"] for f in sample_frames(frames(), count=5, shuffle=True, seed=7)]
-    b = [f.meta["frame"] for f in sample_frames(frames(), count=5, shuffle=True, seed=7)]
-    c = [f.meta["frame"] for f in sample_frames(frames(), count=5, shuffle=True, seed=8)]
-    assert a == b != c and len(set(a)) == 5 and max(a) > 4  # drawn from the whole source
+    first = Sampling(4, stride=3, order=SampleOrder.FIRST)
+    assert [f.meta["frame"] for f in sample_frames(frames(), first)] == [0, 3, 6, 9]
+    a = [f.meta["frame"] for f in sample_frames(frames(), Sampling(5, seed=7))]
+    b = [f.meta["frame"] for f in sample_frames(frames(), Sampling(5, seed=7))]
+    c = [f.meta["frame"] for f in sample_frames(frames(), Sampling(5, seed=8))]
+    assert a == b != c and len(set(a)) == 5 and max(a) > 4  # the default draws from the whole source
     with pytest.raises(SourceError, match="positive"):
-        sample_frames(frames(), count=0)
+        Sampling(0)
+
+
+def test_a_sampled_synthetic_source_gives_independent_scenes_and_a_cine_does_not() -> None:
+    """Bug 4: `synthetic` for calibration used to mean the first frames of one cine clip, nearly one image.
+    Sampled without its own clip, it is independent scenes, as many as asked for."""
+    from calibration.sources import SampleOrder, Sampling, sample_source
+
+    def spread(frames: list) -> float:  # scene change between consecutive samples: 16x16 block means (no speckle)
+        px = [f.pixels.astype(np.float32).reshape(4, 16, 4, 16).mean(axis=(1, 3)) for f in frames]
+        return float(np.mean([np.abs(a - b).mean() for a, b in zip(px, px[1:])]))
+
+    sampled, description = sample_source("synthetic:size=64x64", Sampling(6))
+    cine = sample_frames_first(open_source("synthetic:size=64x64"), 6)
+    assert len(sampled) == 6 and "independent scenes" in description
+    assert spread(sampled) > 3 * spread(cine)
+    again, _ = sample_source("synthetic:size=64x64", Sampling(6))
+    other, _ = sample_source("synthetic:size=64x64", Sampling(6, seed=1))
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(sampled, again))
+    assert not np.array_equal(sampled[0].pixels, other[0].pixels)  # the seed picks other scenes
+    clip, _ = sample_source("synthetic:size=64x64,clip=60", Sampling(6, order=SampleOrder.FIRST))
+    assert spread(clip) == pytest.approx(spread(cine))  # an explicit clip is respected
+
+
+def sample_frames_first(source, count: int):  # type: ignore[no-untyped-def]
+    from calibration.sources import SampleOrder, Sampling, sample_frames
+
+    return sample_frames(source, Sampling(count, order=SampleOrder.FIRST))

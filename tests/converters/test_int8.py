@@ -89,19 +89,21 @@ def test_onnxruntime_placement_uses_uint8_with_zero_point_0_after_relu(tiny_mode
 
 @pytest.mark.parametrize("target", list(QuantTarget))
 def test_gate_keeps_the_sensitive_op_out_of_int8(tiny_models: dict[str, Path], target: QuantTarget) -> None:
-    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, target=target, calib_method="minmax")
+    options = ConvertOptions(
+        precision=Precision.INT8, calib=DATA, samples=8, target=target, calib_method=CalibrationMethod.MINMAX
+    )
     result = convert_model(tiny_models["int8_sensitive"], options)
     assert result.passed
-    acc = result.report["accuracy"]
-    assert acc["before_fallback"] < 0.5 and acc["metric"] >= 0.99
-    kept = {k["node"] for k in result.report["int8"]["kept_higher_precision"]}
+    acc = result.report.accuracy
+    assert acc.before_fallback < 0.5 and acc.metric >= 0.99
+    kept = {k.node for k in result.report.int8.kept_higher_precision}
     assert "classify" in kept
 
 
 def test_int8_package_with_cache_and_table(demo_model: Path, tmp_path: Path) -> None:
     options = ConvertOptions(precision=Precision.INT8, calib="synthetic:clip=1", samples=8, trt_version="8.6.1")
     result = convert_model(demo_model, options)
-    assert result.passed and result.report["int8"]["method"] != "entropy" or result.report["accuracy"]["metric"] >= 0.99
+    assert result.passed and result.report.int8.method != "entropy" or result.report.accuracy.metric >= 0.99
     files = {f.name for f in write_result(result, tmp_path)}
     assert {"model.onnx", "model.json", "calibration.cache", "calibration.json", "prepared_fp32.onnx"} <= files
     cache = read_cache(tmp_path / "calibration.cache")
@@ -113,21 +115,32 @@ def test_int8_package_with_cache_and_table(demo_model: Path, tmp_path: Path) -> 
     prepared = onnx.load(str(tmp_path / "prepared_fp32.onnx"))
     names = {i.name for i in prepared.graph.input} | {o for n in prepared.graph.node for o in n.output}
     assert set(cache.amax) <= names  # the cache speaks the prepared graph's tensor names
-    assert result.report["output"]["size_ratio"] < 0.4
+    assert result.report.output.size_ratio < 0.4
     assert json.loads((tmp_path / "model.json").read_text())["conversion"]["precision"] == "int8"
 
 
 def test_mixed_precision_int8_with_fp16_elsewhere(tiny_models: dict[str, Path]) -> None:
-    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, fallback=Precision.FP16,
-                             calib_method="minmax", target=QuantTarget.TENSORRT)  # fmt: skip
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, fallback=Precision.FP16, tolerance=0.02,
+                             calib_method=CalibrationMethod.MINMAX, target=QuantTarget.TENSORRT)  # fmt: skip
     result = convert_model(tiny_models["unet_bn"], options)
     assert result.passed and result.model is not None
-    assert result.report["int8"]["fallback_precision"] == "fp16"
+    assert result.report.int8.fallback_precision is Precision.FP16
     types = {t.data_type for t in result.model.graph.initializer}
     assert TensorProto.INT8 in types and TensorProto.FLOAT16 in types
     assert any(n.op_type == "QuantizeLinear" for n in result.model.graph.node)
 
 
-def test_int8_needs_calibration_data(tiny_models: dict[str, Path]) -> None:
-    with pytest.raises(ConversionError, match="needs --calib"):
-        convert_model(tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8))
+def test_int8_of_a_bare_onnx_needs_calibration_data(tiny_models: dict[str, Path]) -> None:
+    with pytest.raises(ConversionError, match="without a model card needs --data SOURCE"):
+        convert_model(tiny_models["residual"], ConvertOptions(precision=Precision.INT8))
+
+
+def test_int8_of_a_package_defaults_to_diverse_synthetic_frames(tiny_models: dict[str, Path]) -> None:
+    """Bug 4: the default source used to be one correlated cine clip. Calibration and evaluation now sample
+    independent scenes, from different seeds, and the report says which data was used."""
+    options = ConvertOptions(precision=Precision.INT8, samples=6, calib_method=CalibrationMethod.MINMAX)
+    result = convert_model(tiny_models["unet_bn"], options)
+    assert result.passed
+    calib, data = result.report.calibration_data, result.report.data
+    assert calib is not None and data is not None
+    assert "independent scenes (seed 0)" in calib.description and "independent scenes (seed 1)" in data.description

@@ -60,7 +60,8 @@ def test_bench_of_a_converted_precision_reports_its_accuracy(tiny_models: dict[s
     assert main(["bench", str(tiny_models["unet_bn"]), "--precision", "int8", "--duration-s", "0.1",
                  "--data", "synthetic:clip=1,size=64x64", "--json", str(out)]) == 0  # fmt: skip
     conversion = json.loads(out.read_text())["conversion"]
-    assert conversion["precision"] == "int8" and conversion["mean foreground Dice vs reference"] >= 0.99
+    assert conversion["precision"] == "int8" and conversion["metric"] >= 0.99
+    assert conversion["metric_name"] == "mean foreground Dice vs reference"
 
 
 def test_bench_of_a_dynamic_model_needs_a_shape(
@@ -68,4 +69,4 @@ def test_bench_of_a_dynamic_model_needs_a_shape(
 ) -> None:
     assert main(["bench", str(tiny_models["old_dynamic"]), "--duration-s", "0.1"]) == 1
     assert "static input shapes" in capsys.readouterr().err
-    assert main(["bench", str(tiny_models["old_dynamic"]), "--shape", "1,3,32,32", "--duration-s", "0.1"]) == 0
+    assert main(["bench", str(tiny_models["old_dynamic"]), "--input-shape", "1,3,32,32", "--duration-s", "0.1"]) == 0

@@ -60,7 +60,7 @@ def test_failure_on_a_frame_becomes_an_error_result(tiny_models: dict[str, Path]
     with InferencePipeline(load_package(tiny_models["seg_bad_runtime"])) as pipe:
         r = pipe.run(_frame(np.zeros((16, 16), np.uint8)), recv_ts_ns=0)
     assert r.status is ResultStatus.ERROR
-    assert r.mask is None and "expected [1, 3, H, W]" in (r.error or "")
+    assert r.mask is None and "expected [N, 3, H, W]" in (r.error or "")
 
 
 def test_runner_interface(tiny_models: dict[str, Path]) -> None:

@@ -85,7 +85,7 @@ def test_control_requires_an_allowed_key(start_daemon: Callable[..., Daemon], ti
     assert main(["ctl", "health", "--control", control, "--timeout", "0.5", "--server-key", str(keys["server_pub"]),
                  "--client-key", str(keys["stranger"])]) == 1  # fmt: skip
     assert main(["ctl", "health", "--control", control, "--timeout", "0.5"]) == 1  # no keys: no answer
-    assert main(["ctl", "status", "--control", control, "--server-key", str(keys["server_pub"])]) == 1
+    assert main(["ctl", "status", "--control", control, "--server-key", str(keys["server_pub"])]) == 2  # usage
     assert "needs both" in capsys.readouterr().err
 
 

@@ -1,0 +1,199 @@
+"""The conversion report: what `edgert convert` did, as typed records.
+
+`report.json` is `ConversionReport.to_json()`; `summary.txt` and the terminal show `summary_text(report)`; the card's
+`conversion` note is `card_note(report)`. Every reader uses the fields, never string keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from converters.evaluate import Comparison
+from converters.gate import Fallback
+from converters.prepare import PrepareReport
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    path: str
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    sha256: str
+    size_bytes: int
+    size_ratio: float  # output size / input size
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    description: str
+    samples: int
+    representative: bool  # False for random tensors
+
+
+@dataclass(frozen=True)
+class KeptNode:
+    """A node kept out of the lower precision, and why."""
+
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass
+class AccuracyReport:
+    metric_name: str
+    metric: float
+    required: float
+    before_fallback: float  # with every unit in the lower precision
+    passed: bool
+    evaluations: int
+    comparison: Comparison
+
+    @property
+    def tolerance(self) -> float:
+        return 1.0 - self.required
+
+
+@dataclass
+class Fp16Report:
+    nodes: int
+    fp16_nodes: int
+    fp32_nodes: list[KeptNode]
+    range_margin: float
+    ranges_measured: bool
+
+
+@dataclass
+class Int8Report:
+    target: str
+    method: str
+    method_scores: dict[str, float]  # gate metric with every op INT8, per calibration method
+    calibration: str  # description of the calibration data
+    quantizable_ops: int
+    int8_ops: int
+    kept_higher_precision: list[KeptNode]
+    fallback_precision: Precision
+    trt_version: str
+    fp16_nodes: int = 0  # with --fallback fp16: nodes outside INT8 that run in FP16
+    mixed_metric: float | None = None  # with --fallback fp16: the gate metric of the mixed model
+
+
+@dataclass
+class ConversionReport:
+    edgert_version: str
+    input: ModelFile
+    options: Any  # the ConvertOptions used (a frozen dataclass)
+    precision: Precision
+    prepare: PrepareReport
+    data: DataInfo | None = None  # evaluation data
+    calibration_data: DataInfo | None = None  # INT8 only, when it differs from the evaluation data
+    prepare_check: Comparison | None = None  # prepared FP32 vs the original
+    fp16: Fp16Report | None = None
+    int8: Int8Report | None = None
+    accuracy: AccuracyReport | None = None
+    fallback: list[Fallback] = field(default_factory=list)
+    output: OutputFile | None = None
+    passed: bool = False
+    failure: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        value = _jsonable(self)
+        assert isinstance(value, dict)
+        return value
+
+
+def _jsonable(value: object) -> object:
+    """Dataclasses to objects (properties such as `tolerance` included), enums to their names, non-finite floats to
+    strings: report.json stays strict JSON that any parser reads."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, AccuracyReport):
+            out["tolerance"] = value.tolerance
+        return out
+    if isinstance(value, enum.Enum):
+        return value.name.lower() if isinstance(value, enum.IntEnum) else value.value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def card_note(report: ConversionReport) -> dict[str, Any]:
+    """The `conversion` entry written into the converted package's card."""
+    note: dict[str, Any] = {
+        "precision": report.precision.value,
+        "from_sha256": report.input.sha256,
+        "tool": f"edgert {report.edgert_version}",
+    }
+    if report.accuracy is not None:
+        note["accuracy_vs_original"] = {report.accuracy.metric_name: round(report.accuracy.metric, 6)}
+    if report.fp16 is not None:
+        note["fp32_nodes"] = len(report.fp16.fp32_nodes)
+    if report.int8 is not None:
+        q = report.int8
+        note.update(target=q.target, calibration=q.method, int8_ops=q.int8_ops, fallback=q.fallback_precision.value)
+    return note
+
+
+def summary_text(report: ConversionReport) -> str:
+    """The report as a few readable lines, for the terminal and summary.txt."""
+    prep = report.prepare
+    lines = [
+        f"edgert convert -> {report.precision.value.upper()}: {'PASSED' if report.passed else 'FAILED'}",
+        f"  input      {report.input.path} ({report.input.size_bytes / 1024:.1f} KiB)",
+        f"  prepare    opset {prep.opset_before} -> {prep.opset_after}, nodes {prep.nodes_before} -> {prep.nodes_after} "
+        f"(constants folded {prep.constants_folded}, BatchNorm folded {prep.batchnorms_folded}, "
+        f"pass-through nodes removed {prep.identities_removed}, dead removed {prep.dead_nodes_removed})",
+    ]
+    if prep.shapes_fixed:
+        lines.append(f"  shapes     fixed {prep.shapes_fixed}")
+    if report.calibration_data is not None:
+        lines.append(f"  calibrate  {report.calibration_data.description}")
+    if report.data is not None:
+        lines.append(f"  evaluate   {report.data.description}")
+    if report.prepare_check is not None:
+        c = report.prepare_check
+        worst = max((o.max_abs for o in c.outputs), default=0.0)
+        lines.append(f"  check      prepared FP32 vs original: min cosine {c.metric:.7f}, max |diff| {worst:.3g}")
+    if report.fp16 is not None:
+        f = report.fp16
+        lines.append(f"  fp16       {f.fp16_nodes} of {f.nodes} nodes in FP16, {len(f.fp32_nodes)} kept FP32")
+        lines += [f"               {k.op} '{k.node}': {k.reason}" for k in f.fp32_nodes]
+    if report.int8 is not None:
+        q = report.int8
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in q.method_scores.items())
+        lines.append(f"  int8       {q.int8_ops} of {q.quantizable_ops} weighted ops INT8 ({q.target} placement), "
+                     f"calibration {q.method} (gate scores: {scores})")  # fmt: skip
+        fallback = q.fallback_precision.value.upper()
+        lines += [f"               {k.op} '{k.node}' kept {fallback}: {k.reason}" for k in q.kept_higher_precision]
+    if report.accuracy is not None:
+        a = report.accuracy
+        lines.append(
+            f"  accuracy   {a.metric_name} {a.metric:.4f} (required >= {a.required:.4f}; "
+            f"before fallback {a.before_fallback:.4f}; {a.evaluations} evaluations)"
+        )
+    if report.output is not None:
+        o = report.output
+        lines.append(f"  output     {o.size_bytes / 1024:.1f} KiB ({o.size_ratio:.2f}x the input)")
+    if report.failure:
+        lines.append(f"  failure    {report.failure}")
+    lines.append(f"  time       {report.seconds:.1f} s")
+    return "\n".join(lines)
