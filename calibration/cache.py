@@ -18,12 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_runtime.errors import EdgertError
+
 ALGORITHM = "EntropyCalibration2"  # the header IInt8EntropyCalibrator2 reads back
 INT8_MAX = 127.0
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 
 
-class CacheError(ValueError):
+class CacheError(EdgertError, ValueError):
     pass
 
 
@@ -78,10 +80,6 @@ def parse_cache(text: str) -> CalibrationCache:
     return CalibrationCache(int(header[1]), header[2], amax)
 
 
-def write_cache(path: str | Path, amax: Mapping[str, float], trt_version: str = "10.3.0") -> None:
-    Path(path).write_text(format_cache(amax, trt_version))
-
-
 def read_cache(path: str | Path) -> CalibrationCache:
     try:
         return parse_cache(Path(path).read_text())
@@ -93,7 +91,3 @@ def format_amax_json(amax: Mapping[str, float], method: str) -> str:
     """The same table for people and other tools: amax and scale (amax / 127) per tensor."""
     table = {name: {"amax": value, "scale": value / INT8_MAX} for name, value in amax.items()}
     return json.dumps({"method": method, "tensors": table}, indent=2) + "\n"
-
-
-def write_amax_json(path: str | Path, amax: Mapping[str, float], method: str) -> None:
-    Path(path).write_text(format_amax_json(amax, method))

@@ -305,6 +305,7 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
     gate = gate_for(amax)
     found = gate.search(units, ctx.budget(), ctx.ops, say, first=all_int8)  # already measured
     report.accuracy = _accuracy(found, gate)
+    report.accuracy.evaluations += len(methods)  # each calibration method was judged once before the search
     report.fallback = found.fallbacks
     report.int8 = Int8Report(
         target=options.target.value,

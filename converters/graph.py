@@ -7,11 +7,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import numpy_helper
 
 from edge_runtime.errors import EdgertError
-
-FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 class ConversionError(EdgertError, RuntimeError):
@@ -95,10 +93,6 @@ def all_names(graph: onnx.GraphProto) -> set[str]:
 
 def model_size(model: onnx.ModelProto) -> int:
     return int(model.ByteSize())
-
-
-def node_label(node: onnx.NodeProto) -> str:
-    return f"{node.op_type} '{node.name or node.output[0]}'"
 
 
 def ensure_node_names(graph: onnx.GraphProto) -> None:

@@ -81,3 +81,15 @@ def test_attack_benchmark_smoke(tmp_path: Path) -> None:
     scenarios = json.loads(out.read_text())["scenarios"]
     assert scenarios["alone"]["results"] > 0 and scenarios["alone"]["health"]["failed"] == 0
     assert scenarios["parts"]["rss_mb"]["peak"] > 0 and "p99_vs_alone" in scenarios["parts"]
+
+
+def test_int8_default_smoke(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "int8.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "int8_default.py"), "--model", str(tiny_models["unet_bn"]),
+         "--rounds", "1", "--duration-s", "0.1", "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert len(report["rounds"]) == 1 and report["rounds"][0]["fp32"] > 0 and report["median_speedup"] > 0
+    assert "independent scenes" in report["conversion"]["calibration"]

@@ -8,12 +8,11 @@ import pytest
 
 from calibration.cache import (
     CacheError,
+    format_amax_json,
     format_cache,
     parse_cache,
     read_cache,
     version_code,
-    write_amax_json,
-    write_cache,
 )
 
 
@@ -35,7 +34,7 @@ def test_round_trip_keeps_float32_scales_exactly(tmp_path: Path) -> None:
     amax = {f"t{i}": float(v) for i, v in enumerate(rng.uniform(1e-3, 1e3, 50))}
     amax["blocks.0/conv:0"] = 2.5  # names may contain colons and slashes
     path = tmp_path / "calibration.cache"
-    write_cache(path, amax, "8.6.1")
+    path.write_text(format_cache(amax, "8.6.1"))
     text = path.read_text()
     assert text.startswith("TRT-8601-EntropyCalibration2\n")
     back = read_cache(path)
@@ -81,6 +80,6 @@ def test_bad_values_and_versions() -> None:
 def test_json_table(tmp_path: Path) -> None:
     import json
 
-    write_amax_json(tmp_path / "amax.json", {"x": 12.7}, "entropy")
+    (tmp_path / "amax.json").write_text(format_amax_json({"x": 12.7}, "entropy"))
     data = json.loads((tmp_path / "amax.json").read_text())
     assert data["method"] == "entropy" and data["tensors"]["x"]["scale"] == pytest.approx(0.1)

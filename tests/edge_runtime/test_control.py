@@ -48,7 +48,7 @@ def test_no_daemon_and_a_bad_endpoint_are_typed_errors() -> None:
 ERROR_MODULES = [
     "edge_runtime.protocol", "edge_runtime.package", "edge_runtime.daemon.config", "edge_runtime.daemon.server",
     "edge_runtime.security", "edge_runtime.backends.base", "edge_runtime.demo", "edge_runtime.errors",
-    "calibration.sources", "calibration.dicom", "converters.graph",
+    "calibration.sources", "calibration.dicom", "calibration.cache", "converters.graph", "edge_runtime.cli",
 ]  # fmt: skip
 
 
