@@ -60,10 +60,8 @@ class DaemonConfig:
     results_endpoint: str = DEFAULT_RESULTS
     control_endpoint: str = DEFAULT_CONTROL
     heartbeat_ms: int = 500
-    inference_deadline_ms: int = 500
-    metrics_endpoint: str | None = (
-        None  # HOST:PORT for Prometheus; off unless set (127.0.0.1:9464 is customary)  # an inference running longer makes the daemon DEGRADED (a hung backend)
-    )
+    inference_deadline_ms: int = 500  # an inference running longer makes the daemon DEGRADED (a hung backend)
+    metrics_endpoint: str | None = None  # HOST:PORT for Prometheus; off unless set (127.0.0.1:9464 is customary)
     limits: Limits = field(default_factory=Limits)
     streams: StreamLimits = field(default_factory=StreamLimits)
     ready_file: Path | None = None
@@ -174,7 +172,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
             streams=StreamLimits(**data.get("streams", {})),
         )
-    except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file  # raised by DaemonConfig's own checks, which do not know the file
+    except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,22 @@ def evaluate_onnx(onnx_path: Path, n: int, seed: int) -> dict[str, object]:
     }
 
 
-def train(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class TrainOptions:
+    out: str = "edge_runtime/models/us_seg_demo"
+    version: str = "1.0.0"
+    train_images: int = 2400
+    heldout_images: int = 200
+    heldout_seed: int = 10_000
+    epochs: int = 16
+    batch: int = 24
+    crop: tuple[int, int] | None = (96, 128)  # random training crops (H, W); None trains on whole images
+    lr: float = 4e-3
+    seed: int = 0
+    threads: int = 2
+
+
+def train(args: TrainOptions) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -176,7 +192,7 @@ def train(args: argparse.Namespace) -> None:
     export(model.eval(), args)
 
 
-def export(model: nn.Module, args: argparse.Namespace) -> None:
+def export(model: nn.Module, args: TrainOptions) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
@@ -214,7 +230,7 @@ def export(model: nn.Module, args: argparse.Namespace) -> None:
             "script": "python -m edge_runtime.models.train_demo",
             "images": args.train_images,
             "epochs": args.epochs,
-            "crop": list(args.crop),
+            "crop": list(args.crop) if args.crop else None,
             "seed": args.seed,
             "torch": torch.__version__,
         },
@@ -237,7 +253,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(parser.parse_args())
+    a = parser.parse_args()
+    train(TrainOptions(**{**vars(a), "crop": tuple(a.crop) if a.crop else None}))
 
 
 if __name__ == "__main__":
