@@ -1,1 +1,2 @@
-"""Calibration data: frame sources (DICOM, synthetic), the shared preprocessing path, and (later) calibrators."""
+"""Calibration data: frame sources (DICOM, images, video, arrays, synthetic) and their sampling, the shared
+preprocessing path, the histogram calibrators, and TensorRT calibration caches."""

@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "FrameSender": "edge_runtime.sender",
     "ResultSubscriber": "edge_runtime.subscriber",
+    "ControlClient": "edge_runtime.control",
+    "EdgertError": "edge_runtime.errors",
     "draw_overlay": "edge_runtime.overlay",
     "to_display_rgb": "edge_runtime.overlay",
     "Daemon": "edge_runtime.daemon.server",
