@@ -53,20 +53,25 @@ class TaskHead(Protocol):
 
 
 @dataclass(frozen=True)
-class SegmentationHead:
-    """[N, C, H, W] scores -> [N, H, W] class ids, as the card's `output.decode` says: argmax over C classes,
-    or one foreground channel compared with `threshold` (a probability after a sigmoid, else a raw score)."""
+class _Head:
+    """What every head shares: the card's output it decodes, and the default tolerance of its metric."""
 
     spec: OutputSpec
     default_tolerance: float = 0.01
 
     @property
-    def task(self) -> Task:
-        return Task.SEGMENTATION
-
-    @property
     def output(self) -> str:
         return self.spec.name
+
+
+@dataclass(frozen=True)
+class SegmentationHead(_Head):
+    """[N, C, H, W] scores -> [N, H, W] class ids, as the card's `output.decode` says: argmax over C classes,
+    or one foreground channel compared with `threshold` (a probability after a sigmoid, else a raw score)."""
+
+    @property
+    def task(self) -> Task:
+        return Task.SEGMENTATION
 
     @property
     def channels(self) -> int:
@@ -106,19 +111,12 @@ class SegmentationHead:
 
 
 @dataclass(frozen=True)
-class ClassificationHead:
+class ClassificationHead(_Head):
     """[N, C] (or [N, C, 1, 1]) scores -> one class id per sample; agreement is top-1 agreement."""
-
-    spec: OutputSpec
-    default_tolerance: float = 0.01
 
     @property
     def task(self) -> Task:
         return Task.CLASSIFICATION
-
-    @property
-    def output(self) -> str:
-        return self.spec.name
 
     def class_ids(self, raw: np.ndarray) -> np.ndarray:
         flat = raw.reshape(raw.shape[0], -1) if raw.ndim > 1 else raw.reshape(1, -1)
