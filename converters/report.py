@@ -10,11 +10,14 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from converters.evaluate import Comparison
 from converters.gate import Fallback
 from converters.prepare import PrepareReport
+
+if TYPE_CHECKING:  # convert.py builds reports; importing it here at run time would be circular
+    from converters.convert import ConvertOptions
 
 
 class Precision(str, enum.Enum):
@@ -96,7 +99,7 @@ class Int8Report:
 class ConversionReport:
     edgert_version: str
     input: ModelFile
-    options: Any  # the ConvertOptions used (a frozen dataclass)
+    options: ConvertOptions
     precision: Precision
     prepare: PrepareReport
     data: DataInfo | None = None  # evaluation data
