@@ -110,8 +110,12 @@ def format_table(mc: ModelComparison) -> str:
             f"{_fmt(o.psnr_db):>9} {o.nonfinite:>10}"
         )
     if c.per_class:
-        lines.append(f"{'class':<20} {'Dice':>8} {'IoU':>8}")
-        lines += [f"{name[:20]:<20} {s.dice:8.4f} {s.iou:8.4f}" for name, s in c.per_class.items()]
+        lines.append(f"{'class':<20} {'Dice':>8} {'IoU':>8} {'ref px':>10} {'cand px':>10}")
+        lines += [
+            f"{name[:20]:<20} {s.dice:8.4f} {s.iou:8.4f} {s.reference_pixels:>10} {s.candidate_pixels:>10}"
+            + ("  (absent from the reference)" if not s.reference_pixels else "")
+            for name, s in c.per_class.items()
+        ]
         lines.append(f"pixel agreement {c.pixel_agreement:.5f}")
     if c.top1_agreement is not None:
         lines.append(f"top-1 agreement {c.top1_agreement:.5f}")

@@ -260,7 +260,7 @@ def _to_fp16(ctx: _Conversion) -> onnx.ModelProto | None:
         fp16, passed = found.lowered, found.passed
         for f in found.fallbacks:
             plan.fp32_nodes[f.node] = (
-                f"accuracy: {found.final.metric_name} {f.metric_before:.4f} -> {f.metric_after:.4f} with this node in FP32"
+                f"accuracy: {found.final.metric_name} {f.metric_before:.4f} without it, {f.metric_after:.4f} with this node in FP32"
             )
         report.accuracy = _accuracy(found, gate)
         report.fallback = found.fallbacks
@@ -315,7 +315,8 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
         quantizable_ops=len(units),
         int8_ops=len(found.lowered),
         kept_higher_precision=[
-            KeptNode(f.node, f.op, f"accuracy: {f.metric_before:.4f} -> {f.metric_after:.4f}") for f in found.fallbacks
+            KeptNode(f.node, f.op, f"accuracy: {f.metric_before:.4f} without it, {f.metric_after:.4f} with it")
+            for f in found.fallbacks
         ],
         fallback_precision=Precision.FP32,
         trt_version=options.trt_version,
@@ -363,6 +364,8 @@ def _accuracy(found: SearchResult, gate: Gate) -> AccuracyReport:
         passed=found.passed,
         evaluations=found.evaluations,
         comparison=found.final,
+        sensitivity=found.ranking,
+        sensitivity_method=found.ranking_method,
     )
 
 

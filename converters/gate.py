@@ -1,16 +1,26 @@
 """The accuracy gate shared by every precision: build a candidate from a set of lowered units (nodes in FP16,
-ops in INT8), run it on the evaluation data, compare with the FP32 reference, and if it fails, find the units
-to keep in higher precision.
+ops in INT8), run it on the evaluation data, compare with the FP32 reference (decoded by the card's task head, as
+the daemon decodes), and if it fails, find the fewest units to keep in higher precision.
 
-The search bisects over the units in graph order: the shortest prefix kept in higher precision that makes the gate
-pass ends in a unit that is needed; keep it, and repeat. That finds each necessary unit in O(log n) evaluations,
-under the assumption that more higher precision never makes a model less accurate.
+The search is sensitivity first, not graph order:
+
+1. **Rank.** Each unit's sensitivity is what keeping it alone in higher precision recovers, with every other unit
+   lowered: that is the model that will ship, so interactions between layers count. It costs one evaluation per
+   unit. When no single fallback recovers anything (the damage is spread over many layers), the ranking falls back
+   to quantizing each unit alone in an otherwise higher-precision model, which costs as much and still orders them.
+2. **Bisect over the ranking.** The shortest prefix of the ranking kept in higher precision that passes the gate,
+   assuming more higher precision never hurts: O(log n) evaluations.
+3. **Prune.** Each kept unit, least sensitive first, is lowered again; if the gate still passes without it, it goes.
+   A fallback that does not help is never kept.
+
+Every evaluation is cached by its set of lowered units, so no candidate is built or run twice.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 
@@ -21,12 +31,24 @@ from edge_runtime.tasks import TaskHead
 Build = Callable[[Sequence[str]], onnx.ModelProto]
 
 
+class SensitivityMethod(str, enum.Enum):
+    FALLBACK_ALONE = "fallback-alone"  # metric gained by keeping the unit alone in higher precision
+    LOWER_ALONE = "lower-alone"  # metric lost by lowering the unit alone
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    node: str
+    op: str
+    score: float  # higher = more sensitive (the metric change it is responsible for)
+
+
 @dataclass
 class Fallback:
     node: str
     op: str
-    metric_before: float
-    metric_after: float
+    metric_before: float  # the final candidate with this unit lowered too
+    metric_after: float  # the final candidate (this unit kept in higher precision)
 
 
 @dataclass
@@ -37,6 +59,8 @@ class SearchResult:
     final: Comparison
     passed: bool
     evaluations: int
+    ranking: list[Sensitivity] = field(default_factory=list)  # most sensitive first; empty if no search was needed
+    ranking_method: SensitivityMethod | None = None
 
 
 class Gate:
@@ -53,26 +77,35 @@ class Gate:
         self.head = head  # the daemon's decoder for this task: the model is judged as it will run
         self.required = 1.0 - tolerance
         self.evaluations = 0
+        self._cache: dict[frozenset[str], Comparison] = {}
 
     def evaluate(self, lowered: Sequence[str]) -> Comparison:
-        self.evaluations += 1
-        outputs = run_model(self.build(lowered), self.data.feeds, optimize=self.optimize)
-        return compare(self.reference, outputs, self.head)
+        key = frozenset(lowered)
+        if key not in self._cache:
+            self.evaluations += 1
+            outputs = run_model(self.build(lowered), self.data.feeds, optimize=self.optimize)
+            self._cache[key] = compare(self.reference, outputs, self.head)
+        return self._cache[key]
 
     def passes(self, c: Comparison) -> bool:
         return c.metric >= self.required
 
-    def _culprit(self, units: list[str]) -> int | None:
-        if not self.passes(self.evaluate([])):
-            return None  # even with nothing lowered it fails: not a precision problem
-        lo, hi = 1, len(units)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.passes(self.evaluate(units[mid:])):
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo - 1
+    def rank(
+        self, units: Sequence[str], op_of: dict[str, str], say: Callable[[str], None]
+    ) -> tuple[list[Sensitivity], SensitivityMethod]:
+        """Units ordered most sensitive first (ties keep graph order)."""
+        everything = list(units)
+        base = self.evaluate(everything).metric
+        say(f"  sensitivity: keeping each of {len(units)} units alone in higher precision")
+        scores = {u: self.evaluate([v for v in everything if v != u]).metric - base for u in units}
+        method = SensitivityMethod.FALLBACK_ALONE
+        if max(scores.values(), default=0.0) <= 1e-9:  # no single fallback helps: order by what each breaks alone
+            say(f"  no single fallback helps; lowering each of {len(units)} units alone instead")
+            top = self.evaluate([]).metric
+            scores = {u: top - self.evaluate([u]).metric for u in units}
+            method = SensitivityMethod.LOWER_ALONE
+        order = sorted(range(len(everything)), key=lambda i: -scores[everything[i]])
+        return [Sensitivity(everything[i], op_of.get(everything[i], "?"), scores[everything[i]]) for i in order], method
 
     def search(
         self,
@@ -82,19 +115,43 @@ class Gate:
         say: Callable[[str], None],
         first: Comparison | None = None,  # the comparison with every unit lowered, if already measured
     ) -> SearchResult:
-        lowered = list(units)
-        first = result = first if first is not None else self.evaluate(lowered)
-        fallbacks: list[Fallback] = []
-        while not self.passes(result) and lowered and len(fallbacks) < budget:
-            say(f"  {result.metric_name} {result.metric:.4f} < {self.required:.4f}: searching for the node to keep")
-            index = self._culprit(lowered)
-            if index is None:
-                break
-            node = lowered.pop(index)
-            after = self.evaluate(lowered)
-            fallbacks.append(Fallback(node, op_of.get(node, "?"), result.metric, after.metric))
+        everything = list(units)
+        if first is not None:
+            self._cache.setdefault(frozenset(everything), first)
+        first = self.evaluate(everything)
+        if self.passes(first) or not everything:
+            return SearchResult(everything, [], first, first, self.passes(first), self.evaluations)
+        say(f"  {first.metric_name} {first.metric:.4f} < {self.required:.4f}: searching for the units to keep")
+        if not self.passes(self.evaluate([])):  # even with nothing lowered it fails: not a precision problem
+            return SearchResult(everything, [], first, first, False, self.evaluations)
+        ranking, method = self.rank(everything, op_of, say)
+        ranked = [s.node for s in ranking]
+
+        def without(kept: Sequence[str]) -> list[str]:
+            drop = set(kept)
+            return [u for u in everything if u not in drop]
+
+        lo, hi = 1, len(ranked)  # keeping every unit passes (checked above)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.passes(self.evaluate(without(ranked[:mid]))):
+                hi = mid
+            else:
+                lo = mid + 1
+        kept = ranked[:lo]
+        say(f"  the {lo} most sensitive unit(s) kept in higher precision pass; pruning those that do not help")
+        for unit in reversed(list(kept)):  # least sensitive first
+            trial = [u for u in kept if u != unit]
+            if self.passes(self.evaluate(without(trial))):
+                kept = trial
+        if len(kept) > budget:
+            say(f"  {len(kept)} fallbacks needed, over the budget of {budget}")
+            kept = kept[:budget]
+        lowered = without(kept)
+        final = self.evaluate(lowered)
+        fallbacks = [Fallback(u, op_of.get(u, "?"), self.evaluate([*lowered, u]).metric, final.metric) for u in kept]
+        for f in fallbacks:
             say(
-                f"  kept {op_of.get(node, '?')} '{node}' in higher precision: {result.metric:.4f} -> {after.metric:.4f}"
+                f"  kept {f.op} '{f.node}' in higher precision: {f.metric_before:.4f} without it, {f.metric_after:.4f} with"
             )
-            result = after
-        return SearchResult(lowered, fallbacks, first, result, self.passes(result), self.evaluations)
+        return SearchResult(lowered, fallbacks, first, final, self.passes(final), self.evaluations, ranking, method)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from converters.evaluate import Comparison
-from converters.gate import Fallback
+from converters.gate import Fallback, Sensitivity, SensitivityMethod
 from converters.prepare import PrepareReport
 
 if TYPE_CHECKING:  # convert.py builds reports; importing it here at run time would be circular
@@ -65,6 +65,8 @@ class AccuracyReport:
     passed: bool
     evaluations: int
     comparison: Comparison
+    sensitivity: list[Sensitivity] = field(default_factory=list)  # most sensitive first, when a search ran
+    sensitivity_method: SensitivityMethod | None = None
 
     @property
     def tolerance(self) -> float:
@@ -193,6 +195,9 @@ def summary_text(report: ConversionReport) -> str:
             f"  accuracy   {a.metric_name} {a.metric:.4f} (required >= {a.required:.4f}; "
             f"before fallback {a.before_fallback:.4f}; {a.evaluations} evaluations)"
         )
+        if a.sensitivity and a.sensitivity_method is not None:
+            top = ", ".join(f"{s.op} '{s.node}' {s.score:+.4f}" for s in a.sensitivity[:5])
+            lines.append(f"  sensitive  ({a.sensitivity_method.value}) {top}")
     if report.output is not None:
         o = report.output
         lines.append(f"  output     {o.size_bytes / 1024:.1f} KiB ({o.size_ratio:.2f}x the input)")

@@ -22,8 +22,10 @@ from edge_runtime.protocol import Task
 
 @dataclass(frozen=True)
 class ClassAgreement:
-    dice: float
+    dice: float  # 1.0 when the class is absent from both
     iou: float
+    reference_pixels: int  # 0: the class is absent from the reference, and its Dice says nothing
+    candidate_pixels: int
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ class SegmentationHead(_Head):
     def agreement(self, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> Agreement:
         """Dice and IoU per class from intersections and unions summed over every sample (a mean of per-frame
         Dice would let a few pixels of a small structure swing the figure); the metric is the mean foreground Dice
-        over classes present in the reference or the candidate."""
+        over classes present in the reference or the candidate. Each class reports its pixel counts, so a class absent
+        from the reference shows as such rather than as a perfect score."""
         ref = np.concatenate([self.class_map(r).ravel() for r in reference])
         cand = np.concatenate([self.class_map(c).ravel() for c in candidate])
         per_class: dict[str, ClassAgreement] = {}
@@ -102,7 +105,9 @@ class SegmentationHead(_Head):
         for k, name in enumerate(self.spec.labels):
             p, t = cand == k, ref == k
             inter, total, union = int((p & t).sum()), int(p.sum() + t.sum()), int((p | t).sum())
-            per_class[name] = ClassAgreement(2 * inter / total if total else 1.0, inter / union if union else 1.0)
+            per_class[name] = ClassAgreement(
+                2 * inter / total if total else 1.0, inter / union if union else 1.0, int(t.sum()), int(p.sum())
+            )
             if k and total:
                 dice_fg.append(2 * inter / total)
         pixels = float((ref == cand).mean()) if ref.size else 1.0

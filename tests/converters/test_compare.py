@@ -73,3 +73,24 @@ def test_compare_bare_onnx_files_with_random_data(tiny_models: dict[str, Path]) 
     assert mc.comparison.top1_agreement == 1.0 and not mc.emulated_fp16
     with pytest.raises(ConversionError, match="no decoder for detection"):
         compare_models(tiny_models["residual"], tiny_models["residual"], "random", Sampling(1), task=Task.DETECTION)
+
+
+def test_a_tiny_structure_cannot_swing_the_metric_and_absent_classes_say_so() -> None:
+    """Intersections and unions are summed over the evaluation set: a 2-pixel structure missed in one frame costs
+    what 2 pixels cost, not half the score as a mean of per-frame Dice would. A class absent from both is marked."""
+    spec = OutputSpec("y", ("bg", "fg", "other"), ((0, 0, 0), (255, 0, 0), (0, 255, 0)))
+    head = SegmentationHead(spec)
+
+    def logits(mask: np.ndarray) -> np.ndarray:
+        return np.stack([mask == k for k in range(3)]).astype(np.float32)[None]
+
+    big, tiny = np.zeros((32, 32), int), np.zeros((32, 32), int)
+    big[4:28, 4:28] = 1
+    tiny[0, :2] = 1
+    ref = [{"y": logits(big)}, {"y": logits(tiny)}]
+    cand = [{"y": logits(big)}, {"y": logits(np.zeros((32, 32), int))}]  # the tiny structure is missed
+    c = compare(ref, cand, head)
+    assert c.metric == pytest.approx(2 * 576 / (578 + 576))  # ~0.998; a per-frame mean would say 0.5
+    other = c.per_class["other"]
+    assert other.reference_pixels == other.candidate_pixels == 0 and other.dice == 1.0
+    assert c.per_class["fg"].reference_pixels == 578 and c.per_class["fg"].candidate_pixels == 576

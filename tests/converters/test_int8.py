@@ -12,7 +12,8 @@ from onnx import TensorProto, numpy_helper
 
 from calibration.cache import read_cache
 from calibration.calibrators import CalibrationMethod, CalibratorOptions
-from converters.convert import ConvertOptions, Precision, convert_model, write_result
+from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
+from converters.gate import SensitivityMethod
 from converters.graph import ConversionError, consumers, initializers, producers
 from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
 from converters.prepare import prepare
@@ -144,3 +145,39 @@ def test_int8_of_a_package_defaults_to_diverse_synthetic_frames(tiny_models: dic
     calib, data = result.report.calibration_data, result.report.data
     assert calib is not None and data is not None
     assert "independent scenes (seed 0)" in calib.description and "independent scenes (seed 1)" in data.description
+
+
+def test_the_search_ranks_by_sensitivity_and_keeps_only_fallbacks_that_help(tiny_models: dict[str, Path]) -> None:
+    """The sensitive classifier sits at the end of the graph, after six harmless convs. With TensorRT placement
+    (Q/DQ on the classifier's input) keeping it alone repairs the model: the ranking puts it first, it is the one
+    fallback kept, and the search costs about one evaluation per unit."""
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, calib_method=CalibrationMethod.MINMAX,
+                             target=QuantTarget.TENSORRT)  # fmt: skip
+    result = convert_model(tiny_models["int8_sensitive_late"], options)
+    acc = result.report.accuracy
+    assert result.passed and acc is not None and acc.before_fallback < acc.required <= acc.metric
+    assert acc.sensitivity_method is SensitivityMethod.FALLBACK_ALONE
+    assert acc.sensitivity[0].node == "classify" and acc.sensitivity[0].score > 0.3
+    assert [f.node for f in result.report.fallback] == ["classify"]
+    for f in result.report.fallback:  # never a fallback that does not help
+        assert f.metric_before < acc.required <= f.metric_after
+    units = result.report.int8.quantizable_ops
+    assert units == 8 and acc.evaluations <= units + 8  # rank (8) + bisection + pruning, cached
+    assert "sensitive  (fallback-alone) Conv 'classify'" in summary_text(result.report)
+    ranked = result.report.to_json()["accuracy"]["sensitivity"]
+    assert ranked[0]["node"] == "classify" and set(ranked[0]) == {"node", "op", "score"}
+
+
+def test_when_no_single_fallback_helps_the_ranking_lowers_each_unit_alone(tiny_models: dict[str, Path]) -> None:
+    """With ONNX Runtime placement the split conv's quantized output and the classifier both lose the small channel:
+    keeping either alone repairs nothing, so the ranking orders units by what each breaks alone, and the two that
+    matter, and only they, are kept."""
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, calib_method=CalibrationMethod.MINMAX,
+                             target=QuantTarget.ONNXRUNTIME)  # fmt: skip
+    result = convert_model(tiny_models["int8_sensitive_late"], options)
+    acc = result.report.accuracy
+    assert result.passed and acc is not None
+    assert acc.sensitivity_method is SensitivityMethod.LOWER_ALONE
+    assert {s.node for s in acc.sensitivity[:2]} == {"split_scales", "classify"}
+    assert sorted(f.node for f in result.report.fallback) == ["classify", "split_scales"]
+    assert acc.evaluations <= 2 * 8 + 8

@@ -15,6 +15,8 @@ Converter test models (random fixed weights, seeded):
 - `fp16_cancellation`: (x + 1000) - 1000 stays in FP16 range but loses x's fraction: only the accuracy gate sees it.
 - `int8_sensitive`: one conv writes a x1000 channel beside the x1 channel the classifier reads; per-tensor INT8 on
   that shared tensor rounds the small channel away, so the classifier must stay out of INT8.
+- `int8_sensitive_late`: six harmless 1x1 convs first, then the same sensitive pair at the end of the graph: the
+  search must rank the classifier first and keep nothing else out of INT8.
 """
 
 from __future__ import annotations
@@ -238,6 +240,24 @@ def int8_sensitive() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
 
 
+def int8_sensitive_late() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(3)
+    inits, nodes, x = [], [], "image"
+    for i in range(6):  # 1 -> 4 -> 4 ... -> 1 channels of gentle mixing; INT8 rounding barely moves them
+        cin, cout = (1 if i == 0 else 4), (1 if i == 5 else 4)
+        w = (np.eye(cout, cin) + 0.05 * rng.standard_normal((cout, cin))).astype(np.float32).reshape(cout, cin, 1, 1)
+        inits.append(numpy_helper.from_array(w, f"w_mix{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w_mix{i}"], [f"mix{i}"], name=f"mix{i}"))
+        x = f"mix{i}"
+    late = int8_sensitive()
+    inits += list(late.graph.initializer)
+    nodes += [helper.make_node("Conv", [x, "w_split"], ["split"], name="split_scales"),
+              helper.make_node("Conv", ["split", "w_cls", "b_cls"], ["logits"], name="classify")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
+
+
 def build(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(residual(), str(out / "residual.onnx"))
@@ -249,6 +269,9 @@ def build(out: Path) -> dict[str, Path]:
         "fp16_overflow": write_package(out / "fp16_overflow", fp16_overflow(), card("fp16-overflow")),
         "fp16_cancellation": write_package(out / "fp16_cancellation", fp16_cancellation(), card("fp16-cancellation")),
         "int8_sensitive": write_package(out / "int8_sensitive", int8_sensitive(), card("int8-sensitive")),
+        "int8_sensitive_late": write_package(
+            out / "int8_sensitive_late", int8_sensitive_late(), card("int8-sensitive-late")
+        ),
         "seg_tiny": write_package(out / "seg_tiny", _conv_model(3, 16), card("seg-tiny")),
         "seg_bad_runtime": write_package(
             out / "seg_bad_runtime", _conv_model(2, 16, out_channels_param="classes"), card("seg-bad-runtime")
