@@ -10,8 +10,8 @@ The search is sensitivity first, not graph order:
    to quantizing each unit alone in an otherwise higher-precision model, which costs as much and still orders them.
 2. **Bisect over the ranking.** The shortest prefix of the ranking kept in higher precision that passes the gate,
    assuming more higher precision never hurts: O(log n) evaluations.
-3. **Prune.** Each kept unit, least sensitive first, is lowered again; if the gate still passes without it, it goes.
-   A fallback that does not help is never kept.
+3. **Prune.** Each kept unit, least sensitive first, is lowered again; if the gate still passes without it, it goes,
+   and the pass repeats until no kept unit can go. A fallback that does not help is never kept.
 
 Every evaluation is cached by its set of lowered units, so no candidate is built or run twice.
 """
@@ -140,10 +140,13 @@ class Gate:
                 lo = mid + 1
         kept = ranked[:lo]
         say(f"  the {lo} most sensitive unit(s) kept in higher precision pass; pruning those that do not help")
-        for unit in reversed(list(kept)):  # least sensitive first
-            trial = [u for u in kept if u != unit]
-            if self.passes(self.evaluate(without(trial))):
-                kept = trial
+        pruned = True
+        while pruned:  # until no kept unit can go: removing one can make another unnecessary (cached: cheap)
+            pruned = False
+            for unit in reversed(list(kept)):  # least sensitive first
+                trial = [u for u in kept if u != unit]
+                if self.passes(self.evaluate(without(trial))):
+                    kept, pruned = trial, True
         if len(kept) > budget:
             say(f"  {len(kept)} fallbacks needed, over the budget of {budget}")
             kept = kept[:budget]
