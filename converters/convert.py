@@ -311,7 +311,6 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
         target=options.target.value,
         method=method.value,
         method_scores=scores,
-        calibration=calib.description,
         quantizable_ops=len(units),
         int8_ops=len(found.lowered),
         kept_higher_precision=[

@@ -87,7 +87,6 @@ class Int8Report:
     target: str
     method: str
     method_scores: dict[str, float]  # gate metric with every op INT8, per calibration method
-    calibration: str  # description of the calibration data
     quantizable_ops: int
     int8_ops: int
     kept_higher_precision: list[KeptNode]

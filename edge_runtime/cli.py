@@ -92,6 +92,8 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 # -- serve, ctl, keys, package ------------------------------------------------------------------------------------
 def _serve(args: argparse.Namespace, out: Output) -> int:
+    import dataclasses
+
     from edge_runtime.daemon.config import apply_overrides, build_config, load_config
     from edge_runtime.daemon.server import Daemon
     from edge_runtime.package import demo_package_path
@@ -115,13 +117,11 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     else:
         data = apply_overrides({"model": {"package": str(demo_package_path())}}, overrides)
         config = build_config(data, Path.cwd(), where="command line")
-    import dataclasses
-
     return Daemon(dataclasses.replace(config, ready_file=args.ready_file)).run()
 
 
 def _ctl(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.control import RELOAD_TIMEOUT_S, STATUS_TIMEOUT_S, ControlClient
+    from edge_runtime.control import RELOAD_TIMEOUT_S, STATUS_TIMEOUT_S, ControlClient, reload_request
 
     reload = args.action == "reload"
     timeout = args.timeout if args.timeout is not None else (RELOAD_TIMEOUT_S if reload else STATUS_TIMEOUT_S)
@@ -134,7 +134,7 @@ def _ctl(args: argparse.Namespace, out: Output) -> int:
     if reload:
         if not args.package:
             raise UsageError("reload needs a model package path: edgert ctl reload PACKAGE")
-        reply = client.exchange({"cmd": "reload", "package": str(Path(args.package).resolve())})
+        reply = client.exchange(reload_request(args.package))  # printed as it is, a refusal included
     else:
         if args.package:
             raise UsageError(f"{args.action} takes no package argument")

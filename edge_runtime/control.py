@@ -20,6 +20,11 @@ STATUS_TIMEOUT_S = 2.0
 RELOAD_TIMEOUT_S = 60.0  # a reload loads, checks, warms up and self-tests the new model before answering
 
 
+def reload_request(package: str | Path) -> dict[str, Any]:
+    """The control request that swaps the daemon's model for `package` (resolved: the daemon checks real paths)."""
+    return {"cmd": "reload", "package": str(Path(package).resolve())}
+
+
 class ControlClient:
     def __init__(
         self,
@@ -83,4 +88,4 @@ class ControlClient:
 
     def reload(self, package: str | Path, timeout_s: float = RELOAD_TIMEOUT_S) -> dict[str, Any]:
         """Swap the model for `package` (a path the daemon can read, inside its allowed folders)."""
-        return self.request({"cmd": "reload", "package": str(Path(package).resolve())}, timeout_s)
+        return self.request(reload_request(package), timeout_s)
