@@ -37,6 +37,7 @@ from converters.fp16 import Fp16Options, convert_fp16, emulate_fp16, plan_fp16
 from converters.gate import Build, Fallback, Gate, SearchResult
 from converters.graph import ConversionError, model_size, real_inputs
 from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
+from converters.latency import place_for_latency
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.report import (
     AccuracyReport,
@@ -83,6 +84,7 @@ class ConvertOptions:
     stride: int = 1
     sample_order: SampleOrder = SampleOrder.SPREAD
     seed: int = 0
+    latency: bool = True  # onnxruntime target: profile per-layer cost and keep layers out of INT8 that do not pay
 
 
 @dataclass
@@ -307,29 +309,63 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
     report.accuracy = _accuracy(found, gate)
     report.accuracy.evaluations += len(methods)  # each calibration method was judged once before the search
     report.fallback = found.fallbacks
+    kept = [
+        KeptNode(f.node, f.op, f"accuracy: {f.metric_before:.4f} without it, {f.metric_after:.4f} with it")
+        for f in found.fallbacks
+    ]
+    lowered = found.lowered
+    if found.passed and options.latency and options.target is QuantTarget.ONNXRUNTIME:
+        say("latency: per-layer cost of INT8 vs FP32 on ONNX Runtime's CPU provider")
+        build = gate.build
+        faster, report.latency = place_for_latency(prepared, build, lowered, ctx.data.feeds, say)
+        if faster != lowered:
+            check = gate.evaluate(faster)
+            report.accuracy.evaluations += 1
+            if gate.passes(check):
+                costs = {c.node: c for c in report.latency.layers}
+                for node in report.latency.kept_fp32_for_speed:
+                    c = costs[node]
+                    kept.append(
+                        KeptNode(
+                            node,
+                            c.op,
+                            f"speed: {_us(c.int8_us)} in INT8 vs {_us(c.fp32_us)} in FP32"
+                            + (f" (not fused: {c.reason})" if not c.fused else ""),
+                        )
+                    )
+                lowered = faster
+                report.accuracy.metric, report.accuracy.comparison = check.metric, check
+                say(
+                    f"  {len(report.latency.kept_fp32_for_speed)} layer(s) back to FP32 for speed: "
+                    f"{report.latency.int8_ms:.2f} -> {report.latency.without_proposed_ms:.2f} ms per run"
+                )
+            else:
+                report.latency.kept_fp32_for_speed = []
+                say("  without the slow layers the gate fails; they stay INT8")
     report.int8 = Int8Report(
         target=options.target.value,
         method=method.value,
         method_scores=scores,
         quantizable_ops=len(units),
-        int8_ops=len(found.lowered),
-        kept_higher_precision=[
-            KeptNode(f.node, f.op, f"accuracy: {f.metric_before:.4f} without it, {f.metric_after:.4f} with it")
-            for f in found.fallbacks
-        ],
+        int8_ops=len(lowered),
+        kept_higher_precision=kept,
         fallback_precision=Precision.FP32,
         trt_version=options.trt_version,
     )
     if not found.passed:
         report.failure = _failure("INT8", report.accuracy, found.fallbacks)
         return None
-    model = insert_qdq(prepared, amax, found.lowered, options.target, positive)
+    model = insert_qdq(prepared, amax, lowered, options.target, positive)
     if options.fallback is Precision.FP16:
-        model = _int8_with_fp16(ctx, model, found.lowered, report.int8)
+        model = _int8_with_fp16(ctx, model, lowered, report.int8)
     extra["calibration.cache"] = format_cache(amax, options.trt_version)
     extra["calibration.json"] = format_amax_json(amax, method.value)
     extra["prepared_fp32.onnx"] = prepared.SerializeToString()  # the graph whose tensor names the cache uses
     return model
+
+
+def _us(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{value:.0f} us"
 
 
 def _int8_with_fp16(

@@ -20,7 +20,7 @@ from onnx import TensorProto
 from converters.graph import ConversionError, copy_model, elem_types
 from edge_runtime.package import ModelCard
 from edge_runtime.protocol import Task
-from edge_runtime.tasks import ClassAgreement, TaskHead, head_for
+from edge_runtime.tasks import DECODED_TASKS, ClassAgreement, TaskHead, head_for
 
 Feed = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -167,5 +167,8 @@ def default_tolerance(head: TaskHead | None) -> float:
 
 
 def head_of(card: ModelCard | None) -> TaskHead | None:
-    """The task head a card describes (None without a card: numeric comparison)."""
-    return head_for(card.task, card.output) if card is not None else None
+    """The task head a card describes; None (numeric comparison: min cosine over the outputs) without a card or
+    for a task with no decoder yet (detection: its raw head tensors are compared)."""
+    if card is None or card.task not in DECODED_TASKS:
+        return None
+    return head_for(card.task, card.output)

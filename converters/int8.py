@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from calibration.calibrators import Calibrator, CalibratorOptions
-from converters.evaluate import Feed, run_model, with_float_activations_as_outputs
+from converters.evaluate import Feed, session, with_float_activations_as_outputs
 from converters.graph import (
     ConversionError,
     add_nodes,
@@ -72,12 +72,16 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def calibrate(model: onnx.ModelProto, feeds: Sequence[Feed], options: CalibratorOptions) -> Calibrator:
-    """Histograms of every float activation (graph inputs and node outputs), one pass over the feeds."""
+    """Histograms of every float activation (graph inputs and node outputs), one pass over the feeds. Memory holds
+    one frame's activations at a time: each frame's tensors are folded into fixed-size histograms, then dropped."""
     probe = with_float_activations_as_outputs(model)
+    sess = session(probe, optimize=False)
+    names = [o.name for o in sess.get_outputs()]
     calibrator = Calibrator(options)
     for feed in feeds:
-        (result,) = run_model(probe, [feed], optimize=False)
+        result = dict(zip(names, sess.run(names, feed)))
         calibrator.collect({**feed, **{k: v for k, v in result.items() if v.dtype == np.float32}})
+        del result
     return calibrator
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.evaluate import Comparison
 from converters.gate import Fallback, Sensitivity, SensitivityMethod
+from converters.latency import LatencyReport
 from converters.prepare import PrepareReport
 
 if TYPE_CHECKING:  # convert.py builds reports; importing it here at run time would be circular
@@ -108,6 +109,7 @@ class ConversionReport:
     prepare_check: Comparison | None = None  # prepared FP32 vs the original
     fp16: Fp16Report | None = None
     int8: Int8Report | None = None
+    latency: LatencyReport | None = None  # INT8 for onnxruntime: per-layer cost and what left INT8 for speed
     accuracy: AccuracyReport | None = None
     fallback: list[Fallback] = field(default_factory=list)
     output: OutputFile | None = None
@@ -188,6 +190,17 @@ def summary_text(report: ConversionReport) -> str:
                      f"calibration {q.method} (gate scores: {scores})")  # fmt: skip
         fallback = q.fallback_precision.value.upper()
         lines += [f"               {k.op} '{k.node}' kept {fallback}: {k.reason}" for k in q.kept_higher_precision]
+    if report.latency is not None:
+        lat = report.latency
+        slower = f"{len(lat.proposed)} layer(s) slower in INT8 than FP32"
+        if lat.kept_fp32_for_speed:
+            slower += f" kept FP32 (whole model {lat.int8_ms:.2f} -> {lat.without_proposed_ms:.2f} ms)"
+        elif lat.proposed:
+            slower += f" left INT8: without them the model was not faster ({lat.without_proposed_ms:.2f} vs {lat.int8_ms:.2f} ms)"
+        lines.append(f"  latency    FP32 {lat.fp32_ms:.2f} ms, INT8 {lat.int8_ms:.2f} ms per run here; {slower}")
+        lines += [
+            f"               {c.op} '{c.node}' not fused by ONNX Runtime: {c.reason}" for c in lat.layers if not c.fused
+        ]
     if report.accuracy is not None:
         a = report.accuracy
         lines.append(

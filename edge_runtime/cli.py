@@ -270,6 +270,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         fix_shapes=args.fix_shapes,
         range_margin=args.range_margin,
         max_fallback=args.max_fallback,
+        latency=not args.no_latency,
     )
     result = convert_model(args.model, options, card_path=args.card, progress=out.progress)
     files = write_result(result, args.out)
@@ -510,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Q/DQ placement: ONNX Runtime CPU kernels, or TensorRT explicit quantization")  # fmt: skip
     g.add_argument("--fallback", choices=["fp32", "fp16"], default="fp32", help="precision of layers kept out of INT8")
     g.add_argument("--trt-version", default="10.3.0", help="TensorRT version for calibration.cache (e.g. 8.6.1)")
+    g.add_argument("--no-latency", action="store_true",
+                   help="skip the per-layer profiling that keeps layers out of INT8 where INT8 is slower here")  # fmt: skip
     _json_argument(p, "the conversion report (also written to OUT/report.json)")
 
     p = command("compare", "run two models on the same inputs and report their differences", _compare)

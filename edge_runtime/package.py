@@ -114,8 +114,6 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         task = Task.from_name(_get(data, "task", str, where))
     except ValueError as exc:
         raise PackageError(f"{where}.task: {exc}") from None
-    if task is not Task.SEGMENTATION:
-        raise PackageError(f"{where}.task: '{task.label}' models are not supported yet; segmentation is")
     inp = _get(data, "input", dict, where)
     shape = _get(inp, "shape", list, f"{where}.input")
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[0] != 1:
@@ -235,11 +233,23 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
         raise PackageError(f"{where}: input '{card.input_name}' has shape {have}, card says {list(want)}")
     out_dims = _dims(outputs[card.output.name])
     classes = len(card.output.labels) if card.output.decode is Decode.ARGMAX else 1
-    if len(out_dims) != 4 or (isinstance(out_dims[1], int) and out_dims[1] != classes):
+    if card.task is Task.SEGMENTATION and (
+        len(out_dims) != 4 or (isinstance(out_dims[1], int) and out_dims[1] != classes)
+    ):
         raise PackageError(
             f"{where}: output '{card.output.name}' has shape {out_dims}; a segmentation output must be "
             f"[1, {classes}, H, W] for {len(card.output.labels)} labels decoded by {card.output.decode}"
         )
+    if card.task is Task.CLASSIFICATION and (
+        len(out_dims) not in (2, 4)
+        or (isinstance(out_dims[1], int) and out_dims[1] != len(card.output.labels))
+        or any(isinstance(d, int) and d != 1 for d in out_dims[2:])
+    ):
+        raise PackageError(
+            f"{where}: output '{card.output.name}' has shape {out_dims}; a classification output must be "
+            f"[1, {len(card.output.labels)}] (or [1, {len(card.output.labels)}, 1, 1]) for its labels"
+        )
+    # Detection outputs are raw head tensors in many layouts: the card names them, the shape is not checked.
 
 
 def _extract(archive: Path) -> Path:

@@ -10,8 +10,8 @@ import numpy as np
 from calibration.preprocessing import Color, Placement, Preprocessor, resize_labels
 from edge_runtime.backends import BackendError, BackendKind, Runner, create_runner
 from edge_runtime.contours import outer_contours
-from edge_runtime.package import ModelPackage, OutputSpec
-from edge_runtime.protocol import Frame, PixelFormat, Result, ResultStatus
+from edge_runtime.package import ModelPackage, OutputSpec, PackageError
+from edge_runtime.protocol import Frame, PixelFormat, Result, ResultStatus, Task
 from edge_runtime.tasks import SegmentationHead
 
 _FRAME_COLOR = {
@@ -91,6 +91,11 @@ class InferencePipeline:
     """One model, ready to turn frames into results. Not thread-safe: one inference thread owns it."""
 
     def __init__(self, package: ModelPackage, backend: BackendKind = BackendKind.ONNXRUNTIME, threads: int = 0) -> None:
+        if package.card.task is not Task.SEGMENTATION:  # the decoders for the others are not wired to results yet
+            raise PackageError(
+                f"{package.root}: the daemon serves segmentation models; this is a {package.card.task.label} model "
+                "(it can be converted, compared and benchmarked, not served yet)"
+            )
         self.package = package
         self.card = package.card
         self.model_id = package.model_id

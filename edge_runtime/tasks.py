@@ -135,6 +135,9 @@ class ClassificationHead(_Head):
         return Agreement("top-1 agreement", top1, top1_agreement=top1)
 
 
+DECODED_TASKS = frozenset({Task.SEGMENTATION, Task.CLASSIFICATION})  # detection's decoder is not written yet
+
+
 def head_for(task: Task, spec: OutputSpec) -> TaskHead:
     """The head that decodes `spec` for `task`."""
     if task is Task.SEGMENTATION:

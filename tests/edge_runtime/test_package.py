@@ -59,7 +59,7 @@ def _copy(src: Path, dst: Path, **card_changes: object) -> Path:
         ({"output__labels": ["bg", "a", "b", "c"], "output__colors": [[0, 0, 0]] * 4}, r"must be \[1, 4, H, W\]"),
         ({"onnx_sha256": "0" * 64}, "does not match the card"),
         ({"task": "teleportation"}, "unknown task"),
-        ({"task": "detection"}, "not supported yet"),
+        ({"task": "classification"}, r"a classification output must be \[1, 3\]"),
         ({"schema": "other/9"}, "schema"),
         ({"input__shape": [1, 1, 16]}, "input.shape"),
         ({"preprocessing__color": "rgb"}, "1 channel"),
@@ -102,3 +102,14 @@ def test_missing_files_and_broken_onnx(tiny_models: dict[str, Path], tmp_path: P
 def test_parse_card_rejects_non_objects() -> None:
     with pytest.raises(PackageError, match="JSON object"):
         parse_card([1, 2])  # type: ignore[arg-type]
+
+
+def test_a_classification_card_is_checked_against_its_output_and_the_daemon_will_not_serve_it(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from edge_runtime.pipeline import InferencePipeline
+
+    pkg = load_package(tiny_models["cls_tiny"])
+    assert pkg.card.task is Task.CLASSIFICATION
+    with pytest.raises(PackageError, match="the daemon serves segmentation models; this is a classification model"):
+        InferencePipeline(pkg)

@@ -1,0 +1,278 @@
+"""Latency-aware INT8 placement on ONNX Runtime's CPU provider.
+
+INT8 is not free on every layer: a layer between float ops pays a QuantizeLinear in front and a
+DequantizeLinear behind it, small and depthwise convolutions gain little from integer kernels, and a Q/DQ pattern
+that ORT does not fuse runs the float op *plus* the quantize/dequantize work. So after the accuracy gate has
+chosen which layers may be INT8, this stage measures what each of them costs on the backend that will run it:
+
+1. **Profile** the FP32 model and the INT8 candidate with ORT's profiler, as ORT optimizes them (fusions, layout
+   changes). Each optimized node is attributed to the weighted op it came from, by its weight initializer or its
+   name. A layer's INT8 cost is its integer kernel plus the Q/DQ (and layout Transpose) nodes at its own
+   boundaries; its FP32 cost is the fused float kernel.
+2. **Check fusion.** A quantized layer whose weight still goes through a DequantizeLinear into a float op in ORT's
+   optimized graph did not fuse; the report says which and why.
+3. **Propose** every layer whose INT8 cost is not below its FP32 cost (or that did not fuse), and **verify** the
+   proposal end to end: the candidate without those layers in INT8 is timed against the candidate with them, in
+   interleaved rounds, and kept only if the whole model is faster. Per-node profiles guide; the stopwatch decides.
+
+Nothing here changes accuracy for the worse by intent (layers only leave INT8), and the gate re-checks anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from converters.evaluate import Feed
+from converters.graph import ConversionError, consumers, initializers, producers
+
+# Float ops ORT fuses into the weighted op before them (FP32: FusedConv/NCHWc; INT8: absorbed by requantization).
+_FUSED_AFTER = ("Relu", "Clip", "BatchNormalization", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh")
+_BOUNDARY_OPS = ("QuantizeLinear", "DequantizeLinear", "Transpose")
+_SUFFIX = re.compile(r"(_token_\d+|_nchwc)+$")
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    node: str
+    op: str
+    fp32_us: float | None  # median time per run of its fused float kernel; None if not found in the profile
+    int8_us: float | None  # its integer kernel plus the Q/DQ/Transpose nodes at its boundaries
+    fused: bool  # ORT turned its Q/DQ pattern into an integer kernel
+    reason: str = ""  # why not, when not fused
+
+    @property
+    def pays(self) -> bool | None:
+        """Whether INT8 is faster for this layer; None when either time is unknown."""
+        if not self.fused:
+            return False
+        if self.fp32_us is None or self.int8_us is None:
+            return None
+        return self.int8_us < self.fp32_us
+
+
+@dataclass
+class LatencyReport:
+    """What the latency stage measured and decided (times are medians per run on this machine)."""
+
+    layers: list[LayerCost] = field(default_factory=list)
+    proposed: list[str] = field(default_factory=list)  # layers whose INT8 did not pay in the profile
+    kept_fp32_for_speed: list[str] = field(default_factory=list)  # proposed and confirmed end to end
+    int8_ms: float = 0.0  # the gate's INT8 candidate
+    without_proposed_ms: float | None = None  # the candidate with the proposed layers back in FP32
+    fp32_ms: float = 0.0
+    unfused: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return options
+
+
+def profile_nodes(
+    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int = 0
+) -> tuple[onnx.ModelProto, dict[str, float]]:
+    """(ORT's optimized graph, median microseconds per run of each of its nodes) over `runs` runs of `feeds`."""
+    with tempfile.TemporaryDirectory(prefix="edgert-profile-") as tmp:
+        options = _session_options(threads)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT's own exception types
+            raise ConversionError(f"ONNX Runtime cannot load the model to profile it: {str(exc)[:300]}") from None
+        names = [o.name for o in sess.get_outputs()]
+        sess.run(names, feeds[0])  # warm-up (first-run allocations), then drop it from the profile below
+        for i in range(runs):
+            sess.run(names, feeds[i % len(feeds)])
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        optimized = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False)
+    per_node: dict[str, list[float]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_node[e["name"][: -len("_kernel_time")]].append(float(e["dur"]))
+    # The warm-up run is the first event of each node; the rest are the timed runs.
+    return optimized, {n: statistics.median(d[1:] if len(d) > 1 else d) for n, d in per_node.items()}
+
+
+@dataclass(frozen=True)
+class _Keys:
+    names: dict[str, str]  # node name, its output and those of the activations ORT fuses into it -> unit
+    weights: dict[str, str]  # its weight initializer (float, or as converters.int8 names the INT8 one) -> unit
+
+
+def _unit_keys(model: onnx.ModelProto, units: Sequence[str]) -> _Keys:
+    """Names by which an optimized node can be traced back to a unit."""
+    g = model.graph
+    uses = consumers(g)
+    inits = initializers(g)
+    keys = _Keys({}, {})
+    by_name = {n.name: n for n in g.node}
+    for unit in units:
+        node = by_name[unit]
+        keys.names[unit] = unit
+        out = node.output[0]
+        while True:
+            keys.names[out] = unit
+            after = uses.get(out, [])
+            if len(after) != 1 or after[0].op_type not in _FUSED_AFTER:
+                break
+            out = after[0].output[0]
+        if len(node.input) > 1 and node.input[1] in inits:
+            keys.weights[node.input[1]] = unit
+            keys.weights[f"{node.input[1]}_int8"] = unit
+    return keys
+
+
+def _attribute(optimized: onnx.ModelProto, keys: _Keys) -> dict[str, list[onnx.NodeProto]]:
+    """Optimized nodes of each unit: by a weight they read, else by name or suffix-stripped name (ORT names fused
+    and re-laid-out nodes after the node or the output they replace). Activation inputs never count: they belong
+    to the layer before."""
+    found: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in optimized.graph.node:
+        if node.op_type in _BOUNDARY_OPS and node.op_type != "DequantizeLinear":
+            continue
+        unit = next((keys.weights[t] for t in node.input if t in keys.weights), None)
+        if unit is None and node.op_type != "DequantizeLinear":
+            unit = keys.names.get(node.name) or keys.names.get(_SUFFIX.sub("", node.name))
+        if unit is not None:
+            found[unit].append(node)
+    return found
+
+
+def _boundary_us(optimized: onnx.ModelProto, kernel: onnx.NodeProto, times: Mapping[str, float]) -> float:
+    """Q/DQ/Transpose nodes right before the kernel's activation input and right after its outputs."""
+    made = producers(optimized.graph)
+    uses = consumers(optimized.graph)
+    total = 0.0
+    t = kernel.input[0] if kernel.input else ""
+    for _ in range(2):  # Q, then possibly a layout Transpose in front of it
+        p = made.get(t)
+        if p is None or p.op_type not in _BOUNDARY_OPS or len(uses.get(t, [])) != 1:
+            break
+        total += times.get(p.name, 0.0)
+        t = p.input[0]
+    frontier = list(kernel.output)
+    for _ in range(2):
+        nxt = []
+        for out in frontier:
+            for c in uses.get(out, []):
+                if c.op_type in _BOUNDARY_OPS and c.op_type != "QuantizeLinear":
+                    total += times.get(c.name, 0.0)
+                    nxt.extend(c.output)
+        frontier = nxt
+    return total
+
+
+def _why_not_fused(int8: onnx.ModelProto, unit: str) -> str:
+    node = next(n for n in int8.graph.node if n.name == unit)
+    made, uses = producers(int8.graph), consumers(int8.graph)
+    src = made.get(node.input[0])
+    if src is None or src.op_type != "DequantizeLinear":
+        return "its input is not quantized (no calibrated range, or the op before it stays float)"
+    after = uses.get(node.output[0], [])
+    if not any(c.op_type == "QuantizeLinear" for c in after):
+        ops = sorted({c.op_type for c in after}) or ["a graph output"]
+        return f"its output goes to float ({', '.join(ops)}); ORT's QDQ fusion of {node.op_type} needs a QuantizeLinear after it"
+    return f"ORT has no integer kernel for this {node.op_type} (attributes or shapes it does not fuse)"
+
+
+def layer_costs(
+    fp32: onnx.ModelProto, int8: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Feed], runs: int
+) -> tuple[list[LayerCost], float, float]:
+    """Per-unit FP32 and INT8 cost, and the two models' profiled totals in ms per run."""
+    ops = {n.name: n.op_type for n in fp32.graph.node}
+    fp32_opt, fp32_times = profile_nodes(fp32, feeds, runs)
+    int8_opt, int8_times = profile_nodes(int8, feeds, runs)
+    fp32_nodes = _attribute(fp32_opt, _unit_keys(fp32, units))
+    int8_nodes = _attribute(int8_opt, _unit_keys(fp32, units))
+    costs = []
+    for unit in units:
+        f32 = [n for n in fp32_nodes.get(unit, []) if n.name in fp32_times]
+        fp32_us = sum(fp32_times[n.name] for n in f32) if f32 else None
+        mine = int8_nodes.get(unit, [])
+        float_kernels = [n for n in mine if n.op_type not in _BOUNDARY_OPS]
+        unfused = any(n.op_type == "DequantizeLinear" for n in mine) or any(
+            n.op_type == ops[unit] for n in float_kernels
+        )
+        kernels = [n for n in float_kernels if n.name in int8_times]
+        int8_us = sum(int8_times[n.name] + _boundary_us(int8_opt, n, int8_times) for n in kernels) if kernels else None
+        if unfused and int8_us is not None:
+            int8_us += sum(int8_times.get(n.name, 0.0) for n in mine if n.op_type == "DequantizeLinear")
+        reason = _why_not_fused(int8, unit) if unfused else ""
+        costs.append(LayerCost(unit, ops[unit], fp32_us, int8_us, not unfused, reason))
+    return costs, sum(fp32_times.values()) / 1000.0, sum(int8_times.values()) / 1000.0
+
+
+def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds: int, runs: int) -> list[float]:
+    """Median ms per run of each model, timed in interleaved rounds (each round runs every model `runs` times),
+    so that a slow spell of a shared machine hits them alike."""
+    sessions = []
+    for m in models:
+        sess = ort.InferenceSession(m.SerializeToString(), _session_options(0), providers=["CPUExecutionProvider"])
+        sess.run(None, feeds[0])
+        sessions.append(sess)
+    samples: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for i, sess in enumerate(sessions):
+            start = time.perf_counter()
+            for k in range(runs):
+                sess.run(None, feeds[k % len(feeds)])
+            samples[i].append((time.perf_counter() - start) * 1000.0 / runs)
+    return [statistics.median(s) for s in samples]
+
+
+def place_for_latency(
+    fp32: onnx.ModelProto,
+    build: Callable[[Sequence[str]], onnx.ModelProto],
+    lowered: Sequence[str],
+    feeds: Sequence[Feed],
+    say: Callable[[str], None] = lambda _m: None,
+    runs: int = 10,
+    rounds: int = 7,
+    min_gain: float = 0.02,
+) -> tuple[list[str], LatencyReport]:
+    """The INT8 units worth keeping for speed, of `lowered`, and what was measured. `build(units)` makes the INT8
+    candidate with `units` quantized; `fp32` is the prepared float model."""
+    started = time.perf_counter()
+    report = LatencyReport()
+    if not lowered:
+        return [], report
+    feeds = list(feeds[: max(1, min(len(feeds), 4))])
+    candidate = build(lowered)
+    say(f"  profiling FP32 and INT8 per layer ({runs} runs each)")
+    report.layers, _, _ = layer_costs(fp32, candidate, lowered, feeds, runs)
+    report.unfused = [c.node for c in report.layers if not c.fused]
+    report.proposed = [c.node for c in report.layers if c.pays is False]
+    trial = [u for u in lowered if u not in set(report.proposed)]
+    models = [fp32, candidate] + ([build(trial)] if report.proposed else [])
+    say(
+        f"  {len(report.proposed)} layer(s) slower in INT8; timing the whole model with and without them ({rounds} rounds)"
+    )
+    times = time_models(models, feeds, rounds, runs)
+    report.fp32_ms, report.int8_ms = round(times[0], 3), round(times[1], 3)
+    keep = list(lowered)
+    if report.proposed:
+        report.without_proposed_ms = round(times[2], 3)
+        if times[2] < times[1] * (1.0 - min_gain):
+            keep = trial
+            report.kept_fp32_for_speed = list(report.proposed)
+    report.seconds = round(time.perf_counter() - started, 2)
+    return keep, report
+
+
+__all__ = ["LatencyReport", "LayerCost", "layer_costs", "place_for_latency", "profile_nodes", "time_models"]
