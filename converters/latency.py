@@ -178,8 +178,17 @@ def _boundary_us(optimized: onnx.ModelProto, kernel: onnx.NodeProto, times: Mapp
     return total
 
 
+_ORT_FUSES = (
+    "Conv",
+    "MatMul",
+    "Gemm",
+)  # weighted ops whose DQ -> op -> Q ORT's CPU provider turns into integer kernels
+
+
 def _why_not_fused(int8: onnx.ModelProto, unit: str) -> str:
     node = next(n for n in int8.graph.node if n.name == unit)
+    if node.op_type not in _ORT_FUSES:
+        return f"ONNX Runtime's CPU provider has no integer kernel for {node.op_type}: its Q/DQ only adds work"
     made, uses = producers(int8.graph), consumers(int8.graph)
     src = made.get(node.input[0])
     if src is None or src.op_type != "DequantizeLinear":
@@ -188,7 +197,7 @@ def _why_not_fused(int8: onnx.ModelProto, unit: str) -> str:
     if not any(c.op_type == "QuantizeLinear" for c in after):
         ops = sorted({c.op_type for c in after}) or ["a graph output"]
         return f"its output goes to float ({', '.join(ops)}); ORT's QDQ fusion of {node.op_type} needs a QuantizeLinear after it"
-    return f"ORT has no integer kernel for this {node.op_type} (attributes or shapes it does not fuse)"
+    return f"ONNX Runtime did not fuse this {node.op_type} (attributes or shapes its QDQ fusion does not take)"
 
 
 def layer_costs(

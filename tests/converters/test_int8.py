@@ -181,3 +181,24 @@ def test_when_no_single_fallback_helps_the_ranking_lowers_each_unit_alone(tiny_m
     assert {s.node for s in acc.sensitivity[:2]} == {"split_scales", "classify"}
     assert sorted(f.node for f in result.report.fallback) == ["classify", "split_scales"]
     assert acc.evaluations <= 2 * 8 + 8
+
+
+def test_a_sensitive_first_layer_is_kept_and_nothing_else(tiny_models: dict[str, Path]) -> None:
+    """The first conv reads an RGB input whose third channel the card scales x1000: per-tensor INT8 of that input
+    rounds the channel the model uses away. Six harmless convs follow. The ranking puts the first layer on top and
+    it is the only fallback."""
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, calib_method=CalibrationMethod.MINMAX,
+                             latency=False)  # fmt: skip
+    result = convert_model(tiny_models["int8_sensitive_first"], options)
+    acc = result.report.accuracy
+    assert result.passed and acc is not None and acc.before_fallback < 0.5 < acc.required <= acc.metric
+    assert acc.sensitivity[0].node == "first"
+    assert [f.node for f in result.report.fallback] == ["first"]
+    assert result.report.int8 is not None and result.report.int8.int8_ops == 7
+
+
+def test_a_classification_package_is_judged_by_top1_agreement(tiny_models: dict[str, Path]) -> None:
+    options = ConvertOptions(precision=Precision.INT8, calib=DATA, samples=8, latency=False)
+    result = convert_model(tiny_models["cls_tiny"], options)
+    assert result.passed and result.report.accuracy is not None
+    assert result.report.accuracy.metric_name == "top-1 agreement" and result.report.accuracy.metric >= 0.99

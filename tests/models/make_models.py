@@ -17,6 +17,12 @@ Converter test models (random fixed weights, seeded):
   that shared tensor rounds the small channel away, so the classifier must stay out of INT8.
 - `int8_sensitive_late`: six harmless 1x1 convs first, then the same sensitive pair at the end of the graph: the
   search must rank the classifier first and keep nothing else out of INT8.
+- `int8_sensitive_first`: RGB input whose third channel the card scales x1000 beside two x1 channels; the first conv
+  reads channel 0 only, but per-tensor INT8 of its input rounds channel 0 away. Six harmless convs follow: the
+  search must keep exactly the first layer.
+- `int8_slow_layer`: a 1-channel 1x1 conv between float ops (INT8 pays a Q, a layout change and a DQ around a
+  trivial kernel: slower than FP32 on ORT's CPU kernels), then 3x3 convs of 32 channels, where INT8 pays.
+- `cls_tiny`: classification card: [1,1,16,16] -> conv, global average pool -> [1,3] scores (dark, mid, bright).
 """
 
 from __future__ import annotations
@@ -258,6 +264,54 @@ def int8_sensitive_late() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
 
 
+def int8_sensitive_first() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(5)
+    first = np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1)  # channel 0 only; channel 2 is the x1000 one
+    inits = [numpy_helper.from_array(first, "w_first")]
+    nodes = [helper.make_node("Conv", ["image", "w_first"], ["mix_in"], name="first")]
+    x = "mix_in"
+    for i in range(6):
+        w = (1.0 + 0.05 * rng.standard_normal()) * np.ones((1, 1, 1, 1), np.float32)
+        inits.append(numpy_helper.from_array(w.astype(np.float32), f"w_mix{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w_mix{i}"], [f"mix{i}"], name=f"mix{i}"))
+        x = f"mix{i}"
+    inits += [numpy_helper.from_array(np.array([0.0, -8.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w_cls"),
+              numpy_helper.from_array(np.array([0.0, -4.0, -4.0], np.float32), "b_cls")]  # fmt: skip
+    nodes.append(helper.make_node("Conv", [x, "w_cls", "b_cls"], ["logits"], name="classify"))
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 3, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
+
+
+def int8_slow_layer(size: int = 96) -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(np.array([[[[1.5]]]], np.float32), "w_tiny"), _w(rng, "w_a", 32, 1, 3, 3),
+             _w(rng, "w_b", 32, 32, 3, 3), _w(rng, "w_c", 32, 32, 3, 3), _w(rng, "w_out", 3, 32, 1, 1)]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_tiny"], ["t"], name="tiny"),
+             helper.make_node("Sigmoid", ["t"], ["ts"], name="squash"),
+             helper.make_node("Conv", ["ts", "w_a"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"]),
+             helper.make_node("Conv", ["ar", "w_b"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["b"], ["br"]),
+             helper.make_node("Conv", ["br", "w_c"], ["c"], name="conv_c", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["cr"]),
+             helper.make_node("Conv", ["cr", "w_out"], ["logits"], name="head")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, size, size])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, size, size])], inits)  # fmt: skip
+
+
+def cls_tiny() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([-8.0, 0.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w_feat"),
+             numpy_helper.from_array(np.array([-4.0, 0.0, -4.0], np.float32), "b_feat")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_feat", "b_feat"], ["feat"], name="features"),
+             helper.make_node("GlobalAveragePool", ["feat"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["scores"], axis=1)]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("scores", F, [1, 3])], inits)  # fmt: skip
+
+
 def build(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(residual(), str(out / "residual.onnx"))
@@ -272,6 +326,31 @@ def build(out: Path) -> dict[str, Path]:
         "int8_sensitive_late": write_package(
             out / "int8_sensitive_late", int8_sensitive_late(), card("int8-sensitive-late")
         ),
+        "int8_sensitive_first": write_package(
+            out / "int8_sensitive_first",
+            int8_sensitive_first(),
+            {
+                **card("int8-sensitive-first"),
+                "input": {"name": "image", "layout": "NCHW", "shape": [1, 3, 16, 16], "dtype": "float32"},
+                "preprocessing": {"resize": "stretch", "color": "rgb", "mean": [0.5] * 3, "std": [0.5, 0.5, 0.0005]},
+            },
+        ),  # fmt: skip
+        "int8_slow_layer": write_package(out / "int8_slow_layer", int8_slow_layer(), card("int8-slow-layer", size=96)),
+        "cls_tiny": write_package(
+            out / "cls_tiny",
+            cls_tiny(),
+            {
+                **card("cls-tiny", labels=("dark", "mid", "bright")),
+                "task": "classification",
+                "output": {
+                    "name": "scores",
+                    "activation": "softmax",
+                    "decode": "argmax",
+                    "labels": ["dark", "mid", "bright"],
+                    "colors": [[0, 0, 0]] * 3,
+                },
+            },
+        ),  # fmt: skip
         "seg_tiny": write_package(out / "seg_tiny", _conv_model(3, 16), card("seg-tiny")),
         "seg_bad_runtime": write_package(
             out / "seg_bad_runtime", _conv_model(2, 16, out_channels_param="classes"), card("seg-bad-runtime")
