@@ -93,3 +93,20 @@ def test_int8_default_smoke(tiny_models: dict[str, Path], tmp_path: Path) -> Non
     report = json.loads(out.read_text())
     assert len(report["rounds"]) == 1 and report["rounds"][0]["fp32"] > 0 and report["median_speedup"] > 0
     assert "independent scenes" in report["conversion"]["calibration"]
+
+
+def test_converter_zoo_smoke(tmp_path: Path) -> None:
+    """The zoo script on a tiny generated model (no download): every variant converts, runs and is compared."""
+    out = tmp_path / "zoo.json"
+    variants = "fp32,edgert_int8,ort_default,ort_cpu_best"  # nncf is not a test dependency
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "converter_zoo.py"), "--smoke", "--cache", str(tmp_path / "cache"),
+         "--rounds", "2", "--runs", "2", "--samples", "4", "--variants", variants, "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    (model,) = json.loads(out.read_text())["models"]
+    rows = {r["variant"]: r for r in model["rows"]}
+    assert list(rows) == variants.split(",") and all(r["error"] is None for r in rows.values())
+    assert rows["fp32"]["speedup"] == 1.0 and rows["fp32"]["metric"] == 1.0
+    assert all(0.9 < r["metric"] <= 1.0 and r["ms"] > 0 for r in rows.values())
+    assert out.with_suffix(".png").stat().st_size > 1000
