@@ -6,7 +6,8 @@ The search is sensitivity first, not graph order:
 
 1. **Rank.** Each unit's sensitivity is what keeping it alone in higher precision recovers, with every other unit
    lowered: that is the model that will ship, so interactions between layers count. It costs one evaluation per
-   unit. When no single fallback recovers anything (the damage is spread over many layers), the ranking falls back
+   unit, on the first `rank_samples` evaluation frames (8 by default: the ranking only orders units; every
+   decision after it is made on all frames). When no single fallback recovers anything (the damage is spread over many layers), the ranking falls back
    to quantizing each unit alone in an otherwise higher-precision model, which costs as much and still orders them.
 2. **Bisect over the ranking.** The shortest prefix of the ranking kept in higher precision that passes the gate,
    assuming more higher precision never hurts: O(log n) evaluations.
@@ -72,19 +73,23 @@ class Gate:
         head: TaskHead | None,
         tolerance: float,
         optimize: bool = True,
+        rank_samples: int = 8,
     ) -> None:
         self.build, self.data, self.reference, self.optimize = build, data, reference, optimize
+        self.rank_samples = rank_samples
         self.head = head  # the daemon's decoder for this task: the model is judged as it will run
         self.required = 1.0 - tolerance
         self.evaluations = 0
-        self._cache: dict[frozenset[str], Comparison] = {}
+        self._cache: dict[tuple[frozenset[str], int], Comparison] = {}
 
-    def evaluate(self, lowered: Sequence[str]) -> Comparison:
-        key = frozenset(lowered)
+    def evaluate(self, lowered: Sequence[str], samples: int | None = None) -> Comparison:
+        """The candidate with `lowered` units, on all evaluation frames or the first `samples`."""
+        n = len(self.data.feeds) if samples is None else min(samples, len(self.data.feeds))
+        key = (frozenset(lowered), n)
         if key not in self._cache:
             self.evaluations += 1
-            outputs = run_model(self.build(lowered), self.data.feeds, optimize=self.optimize)
-            self._cache[key] = compare(self.reference, outputs, self.head)
+            outputs = run_model(self.build(lowered), self.data.feeds[:n], optimize=self.optimize)
+            self._cache[key] = compare(self.reference[:n], outputs, self.head)
         return self._cache[key]
 
     def passes(self, c: Comparison) -> bool:
@@ -95,14 +100,15 @@ class Gate:
     ) -> tuple[list[Sensitivity], SensitivityMethod]:
         """Units ordered most sensitive first (ties keep graph order)."""
         everything = list(units)
-        base = self.evaluate(everything).metric
-        say(f"  sensitivity: keeping each of {len(units)} units alone in higher precision")
-        scores = {u: self.evaluate([v for v in everything if v != u]).metric - base for u in units}
+        n = self.rank_samples
+        base = self.evaluate(everything, n).metric
+        say(f"  sensitivity: keeping each of {len(units)} units alone in higher precision ({n} frames)")
+        scores = {u: self.evaluate([v for v in everything if v != u], n).metric - base for u in units}
         method = SensitivityMethod.FALLBACK_ALONE
         if max(scores.values(), default=0.0) <= 1e-9:  # no single fallback helps: order by what each breaks alone
             say(f"  no single fallback helps; lowering each of {len(units)} units alone instead")
-            top = self.evaluate([]).metric
-            scores = {u: top - self.evaluate([u]).metric for u in units}
+            top = self.evaluate([], n).metric
+            scores = {u: top - self.evaluate([u], n).metric for u in units}
             method = SensitivityMethod.LOWER_ALONE
         order = sorted(range(len(everything)), key=lambda i: -scores[everything[i]])
         return [Sensitivity(everything[i], op_of.get(everything[i], "?"), scores[everything[i]]) for i in order], method
@@ -117,7 +123,7 @@ class Gate:
     ) -> SearchResult:
         everything = list(units)
         if first is not None:
-            self._cache.setdefault(frozenset(everything), first)
+            self._cache.setdefault((frozenset(everything), len(self.data.feeds)), first)
         first = self.evaluate(everything)
         if self.passes(first) or not everything:
             return SearchResult(everything, [], first, first, self.passes(first), self.evaluations)

@@ -111,7 +111,9 @@ def fix_input_shapes(
                 f"input '{name}' has rank {len(dims)}, the requested shape {list(shape)} has {len(shape)}"
             )
         for dim, value in zip(dims, shape):
-            if dim.HasField("dim_value") and dim.dim_value != value:
+            if (
+                dim.HasField("dim_value") and dim.dim_value >= 0 and dim.dim_value != value
+            ):  # -1: an exporter's "dynamic"
                 raise ConversionError(f"input '{name}' has a fixed dimension {dim.dim_value}, requested {value}")
             dim.Clear()
             dim.dim_value = int(value)
@@ -121,6 +123,13 @@ def fix_input_shapes(
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    # Some exporters (Paddle2ONNX) write -1 for a dynamic dim; ONNX has no such value and strict inference then
+    # fails on the output ("1 vs -1"). A negative dim is an unknown dim.
+    g = model.graph
+    for v in [*g.input, *g.value_info, *g.output]:
+        for dim in v.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:  # InferenceError and friends

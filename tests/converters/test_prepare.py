@@ -89,3 +89,15 @@ def test_bad_requests_are_explained(tiny_models: dict[str, Path]) -> None:
         prepare(original, PrepareOptions(input_shapes={"x": [1, 3]}))
     with pytest.raises(ValueError, match="below the minimum 13"):
         PrepareOptions(target_opset=11)
+
+
+def test_a_minus_one_dim_from_an_exporter_reads_as_unknown(tiny_models: dict[str, Path]) -> None:
+    """Paddle2ONNX writes -1 for dynamic dims; strict shape inference would refuse the inferred 1 against it."""
+    original = onnx.load(str(tiny_models["old_dynamic"]))
+    x = original.graph.input[0]
+    for v in (x, original.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].Clear()
+        v.type.tensor_type.shape.dim[0].dim_value = -1
+    shape = [1] + [d.dim_value or 8 for d in x.type.tensor_type.shape.dim][1:]
+    prepared, _ = prepare(original, PrepareOptions(input_shapes={x.name: shape}))
+    assert prepared.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1
