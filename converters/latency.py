@@ -39,6 +39,7 @@ from converters.graph import ConversionError, consumers, initializers, producers
 # Float ops ORT fuses into the weighted op before them (FP32: FusedConv/NCHWc; INT8: absorbed by requantization).
 _FUSED_AFTER = ("Relu", "Clip", "BatchNormalization", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh")
 _BOUNDARY_OPS = ("QuantizeLinear", "DequantizeLinear", "Transpose")
+_PARK_S = 0.05  # pause between models in interleaved timing (see time_models)
 _SUFFIX = re.compile(r"(_token_\d+|_nchwc)+$")
 
 
@@ -229,7 +230,9 @@ def layer_costs(
 
 def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds: int, runs: int) -> list[float]:
     """Median ms per run of each model, timed in interleaved rounds (each round runs every model `runs` times),
-    so that a slow spell of a shared machine hits them alike."""
+    so that a slow spell of a shared machine hits them alike. Each session has its own thread pool, whose workers
+    spin for a while after a run: before a model is timed, the others get a pause to park their threads, or they
+    steal cores from it (on this 2-core machine that made FP32 look 1.7x slower than it runs alone)."""
     sessions = []
     for m in models:
         sess = ort.InferenceSession(m.SerializeToString(), _session_options(0), providers=["CPUExecutionProvider"])
@@ -238,6 +241,8 @@ def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds
     samples: list[list[float]] = [[] for _ in models]
     for _ in range(rounds):
         for i, sess in enumerate(sessions):
+            time.sleep(_PARK_S)
+            sess.run(None, feeds[0])  # untimed: wakes this session's threads
             start = time.perf_counter()
             for k in range(runs):
                 sess.run(None, feeds[k % len(feeds)])
