@@ -201,6 +201,10 @@ def summary_text(report: ConversionReport) -> str:
         lines += [
             f"               {c.op} '{c.node}' not fused by ONNX Runtime: {c.reason}" for c in lat.layers if not c.fused
         ]
+        best = min(lat.int8_ms, lat.without_proposed_ms or lat.int8_ms)
+        if best >= lat.fp32_ms:
+            lines.append(f"  verdict    INT8 does not pay on this machine: best INT8 {best:.2f} ms vs FP32 {lat.fp32_ms:.2f} ms; "
+                         "ship FP32 or FP16 here, or convert for a target with faster integer kernels")  # fmt: skip
     if report.accuracy is not None:
         a = report.accuracy
         lines.append(
