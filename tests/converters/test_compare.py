@@ -94,3 +94,17 @@ def test_a_tiny_structure_cannot_swing_the_metric_and_absent_classes_say_so() ->
     other = c.per_class["other"]
     assert other.reference_pixels == other.candidate_pixels == 0 and other.dice == 1.0
     assert c.per_class["fg"].reference_pixels == 578 and c.per_class["fg"].candidate_pixels == 576
+
+
+def test_a_detection_card_is_compared_numerically_as_the_gate_judges_it(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    pkg = tmp_path / "det"
+    shutil.copytree(tiny_models["seg_tiny"], pkg)
+    card = json.loads((pkg / "model.json").read_text())
+    (pkg / "model.json").write_text(json.dumps({**card, "task": "detection"}))
+    mc = compare_models(pkg, pkg, "synthetic:frames=2,size=64x64", Sampling(2))
+    assert mc.task is None and mc.comparison.metric_name == "min cosine similarity" and mc.comparison.metric > 0.9999
