@@ -33,7 +33,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from converters.evaluate import Feed
+from converters.evaluate import Feed, session
 from converters.graph import ConversionError, consumers, initializers, producers
 
 # Float ops ORT fuses into the weighted op before them (FP32: FusedConv/NCHWc; INT8: absorbed by requantization).
@@ -76,19 +76,14 @@ class LatencyReport:
     seconds: float = 0.0
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return options
-
-
 def profile_nodes(
     model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int = 0
 ) -> tuple[onnx.ModelProto, dict[str, float]]:
     """(ORT's optimized graph, median microseconds per run of each of its nodes) over `runs` runs of `feeds`."""
     with tempfile.TemporaryDirectory(prefix="edgert-profile-") as tmp:
-        options = _session_options(threads)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
@@ -203,8 +198,8 @@ def _why_not_fused(int8: onnx.ModelProto, unit: str) -> str:
 
 def layer_costs(
     fp32: onnx.ModelProto, int8: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Feed], runs: int
-) -> tuple[list[LayerCost], float, float]:
-    """Per-unit FP32 and INT8 cost, and the two models' profiled totals in ms per run."""
+) -> list[LayerCost]:
+    """Per-unit FP32 and INT8 cost."""
     ops = {n.name: n.op_type for n in fp32.graph.node}
     fp32_opt, fp32_times = profile_nodes(fp32, feeds, runs)
     int8_opt, int8_times = profile_nodes(int8, feeds, runs)
@@ -225,7 +220,7 @@ def layer_costs(
             int8_us += sum(int8_times.get(n.name, 0.0) for n in mine if n.op_type == "DequantizeLinear")
         reason = _why_not_fused(int8, unit) if unfused else ""
         costs.append(LayerCost(unit, ops[unit], fp32_us, int8_us, not unfused, reason))
-    return costs, sum(fp32_times.values()) / 1000.0, sum(int8_times.values()) / 1000.0
+    return costs
 
 
 def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds: int, runs: int) -> list[float]:
@@ -235,7 +230,7 @@ def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds
     steal cores from it (on this 2-core machine that made FP32 look 1.7x slower than it runs alone)."""
     sessions = []
     for m in models:
-        sess = ort.InferenceSession(m.SerializeToString(), _session_options(0), providers=["CPUExecutionProvider"])
+        sess = session(m)
         sess.run(None, feeds[0])
         sessions.append(sess)
     samples: list[list[float]] = [[] for _ in models]
@@ -269,7 +264,7 @@ def place_for_latency(
     feeds = list(feeds[: max(1, min(len(feeds), 4))])
     candidate = build(lowered)
     say(f"  profiling FP32 and INT8 per layer ({runs} runs each)")
-    report.layers, _, _ = layer_costs(fp32, candidate, lowered, feeds, runs)
+    report.layers = layer_costs(fp32, candidate, lowered, feeds, runs)
     report.unfused = [c.node for c in report.layers if not c.fused]
     report.proposed = [c.node for c in report.layers if c.pays is False]
     trial = [u for u in lowered if u not in set(report.proposed)]

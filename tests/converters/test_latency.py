@@ -33,7 +33,7 @@ def test_profiling_finds_the_layer_that_is_slower_in_int8() -> None:
     model = int8_slow_layer()
     units = quantizable_nodes(model)
     int8, feeds = _int8(model, units)
-    costs = {c.node: c for c in layer_costs(model, int8, units, feeds, runs=10)[0]}
+    costs = {c.node: c for c in layer_costs(model, int8, units, feeds, runs=10)}
     assert set(costs) == {"tiny", "conv_a", "conv_b", "conv_c", "head"}
     assert all(c.fused and c.fp32_us and c.int8_us for c in costs.values())
     assert costs["conv_a"].pays is False  # 1 -> 32 channels: the Q, NHWC transposes and DQ cost more than the conv

@@ -246,16 +246,23 @@ def int8_sensitive() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
 
 
-def int8_sensitive_late() -> onnx.ModelProto:
-    F = TensorProto.FLOAT
-    rng = np.random.default_rng(3)
-    inits, nodes, x = [], [], "image"
-    for i in range(6):  # 1 -> 4 -> 4 ... -> 1 channels of gentle mixing; INT8 rounding barely moves them
-        cin, cout = (1 if i == 0 else 4), (1 if i == 5 else 4)
+def _gentle_mixing(
+    rng: np.random.Generator, x: str, widths: list[int]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """1x1 convs `mix0`, `mix1`... through the channel counts in `widths`, each close to the identity: INT8
+    rounding barely moves them. Returns (nodes, initializers, output name)."""
+    nodes, inits = [], []
+    for i, (cin, cout) in enumerate(zip(widths, widths[1:])):
         w = (np.eye(cout, cin) + 0.05 * rng.standard_normal((cout, cin))).astype(np.float32).reshape(cout, cin, 1, 1)
         inits.append(numpy_helper.from_array(w, f"w_mix{i}"))
         nodes.append(helper.make_node("Conv", [x, f"w_mix{i}"], [f"mix{i}"], name=f"mix{i}"))
         x = f"mix{i}"
+    return nodes, inits, x
+
+
+def int8_sensitive_late() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    nodes, inits, x = _gentle_mixing(np.random.default_rng(3), "image", [1, 4, 4, 4, 4, 4, 1])
     late = int8_sensitive()
     inits += list(late.graph.initializer)
     nodes += [helper.make_node("Conv", [x, "w_split"], ["split"], name="split_scales"),
@@ -266,16 +273,10 @@ def int8_sensitive_late() -> onnx.ModelProto:
 
 def int8_sensitive_first() -> onnx.ModelProto:
     F = TensorProto.FLOAT
-    rng = np.random.default_rng(5)
     first = np.array([1.0, 0.0, 0.0], np.float32).reshape(1, 3, 1, 1)  # channel 0 only; channel 2 is the x1000 one
-    inits = [numpy_helper.from_array(first, "w_first")]
-    nodes = [helper.make_node("Conv", ["image", "w_first"], ["mix_in"], name="first")]
-    x = "mix_in"
-    for i in range(6):
-        w = (1.0 + 0.05 * rng.standard_normal()) * np.ones((1, 1, 1, 1), np.float32)
-        inits.append(numpy_helper.from_array(w.astype(np.float32), f"w_mix{i}"))
-        nodes.append(helper.make_node("Conv", [x, f"w_mix{i}"], [f"mix{i}"], name=f"mix{i}"))
-        x = f"mix{i}"
+    mix, inits, x = _gentle_mixing(np.random.default_rng(5), "mix_in", [1] * 7)
+    nodes = [helper.make_node("Conv", ["image", "w_first"], ["mix_in"], name="first"), *mix]
+    inits = [numpy_helper.from_array(first, "w_first"), *inits]
     inits += [numpy_helper.from_array(np.array([0.0, -8.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w_cls"),
               numpy_helper.from_array(np.array([0.0, -4.0, -4.0], np.float32), "b_cls")]  # fmt: skip
     nodes.append(helper.make_node("Conv", [x, "w_cls", "b_cls"], ["logits"], name="classify"))
