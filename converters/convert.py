@@ -37,7 +37,7 @@ from converters.fp16 import Fp16Options, convert_fp16, emulate_fp16, plan_fp16
 from converters.gate import Build, Fallback, Gate, SearchResult
 from converters.graph import ConversionError, model_size, real_inputs
 from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
-from converters.latency import place_for_latency
+from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.report import (
     AccuracyReport,
@@ -289,59 +289,59 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
     if not units:
         raise ConversionError("the model has no Conv/ConvTranspose/Gemm/MatMul with constant weights to quantize")
 
-    def gate_for(amax: dict[str, float]) -> Gate:
-        return ctx.gate(lambda on: insert_qdq(prepared, amax, on, options.target, positive))
+    def build_with(amax: dict[str, float]) -> Build:
+        return lambda on: insert_qdq(prepared, amax, on, options.target, positive)
+
+    # Speed first: a layer slower in INT8 on the target is never worth its accuracy cost, so the accuracy search
+    # only covers the layers that pay. Speed does not depend on the calibrated ranges (minmax stands in).
+    kept: list[KeptNode] = []
+    candidates = list(units)
+    timing = options.latency and options.target is QuantTarget.ONNXRUNTIME
+    if timing:
+        say("latency: per-layer cost of INT8 vs FP32 on ONNX Runtime's CPU provider")
+        minmax = build_with(calibrator.amax(CalibrationMethod.MINMAX))
+        candidates, report.latency = place_for_latency(prepared, minmax, units, ctx.data.feeds, say)
+        costs = {c.node: c for c in report.latency.layers}
+        for node in report.latency.kept_fp32_for_speed:
+            c = costs[node]
+            reason = f"speed: {_us(c.int8_us)} in INT8 vs {_us(c.fp32_us)} in FP32"
+            kept.append(KeptNode(node, c.op, reason + (f" (not fused: {c.reason})" if not c.fused else "")))
+        if report.latency.kept_fp32_for_speed:
+            say(
+                f"  {len(report.latency.kept_fp32_for_speed)} layer(s) stay FP32 for speed: "
+                f"{report.latency.int8_ms:.2f} -> {report.latency.without_proposed_ms:.2f} ms per run"
+            )
+        if not candidates:
+            say("  no layer is faster in INT8 on this machine: the model stays FP32")
 
     scores: dict[str, float] = {}
     best: tuple[Comparison, CalibrationMethod, dict[str, float]] | None = None
-    for method in methods:
+    for method in methods if candidates else methods[:1]:
         amax = calibrator.amax(method)
-        result = gate_for(amax).evaluate(units)
+        result = ctx.gate(build_with(amax)).evaluate(candidates)
         scores[method.value] = round(result.metric, 6)
-        say(f"  {method.value:<10} every op INT8: {result.metric_name} {result.metric:.4f}")
+        say(f"  {method.value:<10} {len(candidates)} ops INT8: {result.metric_name} {result.metric:.4f}")
         if best is None or result.metric > best[0].metric:
             best = (result, method, amax)
     assert best is not None
-    all_int8, method, amax = best
+    first, method, amax = best
     say(f"calibration: {method.value}, {options.target.value} placement; accuracy gate")
-    gate = gate_for(amax)
-    found = gate.search(units, ctx.budget(), ctx.ops, say, first=all_int8)  # already measured
+    gate = ctx.gate(build_with(amax))
+    found = gate.search(candidates, ctx.budget(), ctx.ops, say, first=first)  # already measured
     report.accuracy = _accuracy(found, gate)
-    report.accuracy.evaluations += len(methods)  # each calibration method was judged once before the search
+    report.accuracy.evaluations += len(scores)  # each calibration method was judged once before the search
     report.fallback = found.fallbacks
-    kept = [
+    kept += [
         KeptNode(f.node, f.op, f"accuracy: {f.metric_before:.4f} without it, {f.metric_after:.4f} with it")
         for f in found.fallbacks
     ]
     lowered = found.lowered
-    if found.passed and options.latency and options.target is QuantTarget.ONNXRUNTIME:
-        say("latency: per-layer cost of INT8 vs FP32 on ONNX Runtime's CPU provider")
-        build = gate.build
-        faster, report.latency = place_for_latency(prepared, build, lowered, ctx.data.feeds, say)
-        if faster != lowered:
-            check = gate.evaluate(faster)
-            report.accuracy.evaluations += 1
-            if gate.passes(check):
-                costs = {c.node: c for c in report.latency.layers}
-                for node in report.latency.kept_fp32_for_speed:
-                    c = costs[node]
-                    kept.append(
-                        KeptNode(
-                            node,
-                            c.op,
-                            f"speed: {_us(c.int8_us)} in INT8 vs {_us(c.fp32_us)} in FP32"
-                            + (f" (not fused: {c.reason})" if not c.fused else ""),
-                        )
-                    )
-                lowered = faster
-                report.accuracy.metric, report.accuracy.comparison = check.metric, check
-                say(
-                    f"  {len(report.latency.kept_fp32_for_speed)} layer(s) back to FP32 for speed: "
-                    f"{report.latency.int8_ms:.2f} -> {report.latency.without_proposed_ms:.2f} ms per run"
-                )
-            else:
-                report.latency.kept_fp32_for_speed = []
-                say("  without the slow layers the gate fails; they stay INT8")
+    if timing and report.latency is not None and found.passed:
+        timed = report.latency.without_proposed_ms if report.latency.kept_fp32_for_speed else report.latency.int8_ms
+        if set(lowered) != set(candidates):  # accuracy fallbacks changed the model: time what ships
+            fp32_ms, timed = time_models([prepared, gate.build(lowered)], ctx.data.feeds[:4], rounds=5, runs=10)
+            report.latency.fp32_ms = round(fp32_ms, 3)
+        report.latency.final_ms = round(timed if timed is not None else report.latency.int8_ms, 3)
     report.int8 = Int8Report(
         target=options.target.value,
         method=method.value,

@@ -8,7 +8,7 @@ daemon runs). The gate's single figure is `Comparison.metric`, 1.0 meaning ident
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,13 +44,15 @@ def run_model(model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = Tr
     return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
 
 
-def with_float_activations_as_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose outputs include every float node output, to observe activations on real data."""
+def with_float_activations_as_outputs(model: onnx.ModelProto, only: Collection[str] | None = None) -> onnx.ModelProto:
+    """A copy whose outputs include every float node output (or those in `only`), to observe activations."""
     types = elem_types(model)
     probe = copy_model(model)
     outputs = {o.name for o in probe.graph.output}
     for node in probe.graph.node:
         for out in node.output:
+            if only is not None and out not in only:
+                continue
             if out and out not in outputs and types.get(out) == TensorProto.FLOAT:
                 probe.graph.output.append(onnx.helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
                 outputs.add(out)

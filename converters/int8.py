@@ -71,17 +71,35 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def range_tensors(model: onnx.ModelProto) -> set[str]:
+    """Every tensor either target may quantize: weighted ops' inputs and outputs, the Relu after one, and the
+    inputs and outputs of the ops INT8 regions pass through (ORT's carriers, TensorRT's residual Add)."""
+    inits = initializers(model.graph)
+    uses = consumers(model.graph)
+    wanted: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in WEIGHTED_OPS or node.op_type in _ORT_CARRIERS:
+            wanted.update(t for t in node.input if t and t not in inits)
+            wanted.update(t for t in node.output if t)
+            for after in uses.get(node.output[0], []) if node.output else []:
+                if after.op_type == "Relu":
+                    wanted.update(after.output)
+    return wanted
+
+
 def calibrate(model: onnx.ModelProto, feeds: Sequence[Feed], options: CalibratorOptions) -> Calibrator:
-    """Histograms of every float activation (graph inputs and node outputs), one pass over the feeds. Memory holds
+    """Histograms of the activations INT8 may quantize (`range_tensors`), one pass over the feeds. Memory holds
     one frame's activations at a time: each frame's tensors are folded into fixed-size histograms, then dropped."""
-    probe = with_float_activations_as_outputs(model)
-    sess = session(probe, optimize=False)
+    wanted = range_tensors(model)
+    probe = with_float_activations_as_outputs(model, wanted)
+    sess = session(probe)
     names = [o.name for o in sess.get_outputs()]
     calibrator = Calibrator(options)
     for feed in feeds:
         result = dict(zip(names, sess.run(names, feed)))
-        calibrator.collect({**feed, **{k: v for k, v in result.items() if v.dtype == np.float32}})
-        del result
+        observed = {k: v for k, v in result.items() if k in wanted and v.dtype == np.float32}
+        calibrator.collect({**{k: v for k, v in feed.items() if k in wanted}, **observed})
+        del result, observed
     return calibrator
 
 

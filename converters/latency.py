@@ -2,8 +2,9 @@
 
 INT8 is not free on every layer: a layer between float ops pays a QuantizeLinear in front and a
 DequantizeLinear behind it, small and depthwise convolutions gain little from integer kernels, and a Q/DQ pattern
-that ORT does not fuse runs the float op *plus* the quantize/dequantize work. So after the accuracy gate has
-chosen which layers may be INT8, this stage measures what each of them costs on the backend that will run it:
+that ORT does not fuse runs the float op *plus* the quantize/dequantize work. So before the accuracy search (a
+layer slower in INT8 is never worth its accuracy cost), this stage measures what each layer costs in INT8 on
+the backend that will run it:
 
 1. **Profile** the FP32 model and the INT8 candidate with ORT's profiler, as ORT optimizes them (fusions, layout
    changes). Each optimized node is attributed to the weighted op it came from, by its weight initializer or its
@@ -15,7 +16,7 @@ chosen which layers may be INT8, this stage measures what each of them costs on 
    proposal end to end: the candidate without those layers in INT8 is timed against the candidate with them, in
    interleaved rounds, and kept only if the whole model is faster. Per-node profiles guide; the stopwatch decides.
 
-Nothing here changes accuracy for the worse by intent (layers only leave INT8), and the gate re-checks anyway.
+Layers only leave INT8 here; the accuracy gate then searches over the layers that stay.
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ class LatencyReport:
     layers: list[LayerCost] = field(default_factory=list)
     proposed: list[str] = field(default_factory=list)  # layers whose INT8 did not pay in the profile
     kept_fp32_for_speed: list[str] = field(default_factory=list)  # proposed and confirmed end to end
-    int8_ms: float = 0.0  # the gate's INT8 candidate
+    int8_ms: float = 0.0  # every quantizable layer INT8
     without_proposed_ms: float | None = None  # the candidate with the proposed layers back in FP32
     fp32_ms: float = 0.0
+    final_ms: float | None = None  # the model that ships (after the accuracy search), timed beside FP32
     unfused: list[str] = field(default_factory=list)
     seconds: float = 0.0
 

@@ -2,8 +2,15 @@
 
 `prepare` runs them in order: drop initializers listed as inputs, upgrade the opset, fix dynamic input dims when
 asked, infer shapes, turn Constant nodes into initializers, fold constant subgraphs (including Shape of a
-statically shaped tensor), fold BatchNormalization into the preceding Conv/ConvTranspose, remove Identity and
-inference-mode Dropout, then remove dead nodes and initializers. Each stage is also usable on its own.
+statically shaped tensor), fold BatchNormalization into the preceding Conv/ConvTranspose, fuse hard-swish written
+out as elementwise ops into one HardSwish, fold per-channel affine ops (Mul/Add/Sub/Div by a constant) into the
+Conv before them or the unpadded Conv after them, remove Identity and inference-mode Dropout, then remove dead
+nodes and initializers. Each stage is also usable on its own.
+
+The hard-swish and affine stages matter for speed, not only tidiness: exporters (Paddle2ONNX, older PyTorch
+opsets) write hard-swish as Add, Clip, Mul, Div and "learnable affine" layers as Mul, Add. ONNX Runtime fuses a
+HardSwish into the convolution before it but not the four-op spelling, and each elementwise op is a full pass
+over the activation: on PP-OCRv4's detector they were a third of FP32's run time.
 """
 
 from __future__ import annotations
@@ -19,14 +26,17 @@ from onnx.reference import ReferenceEvaluator
 
 from converters.graph import (
     ConversionError,
+    all_names,
     consumers,
     copy_model,
     ensure_node_names,
     graph_output_names,
     initializers,
+    producers,
     real_inputs,
     rename_input,
     replace_initializer,
+    unique_name,
 )
 
 log = logging.getLogger("edgert.convert")
@@ -46,6 +56,8 @@ class PrepareOptions:
     input_shapes: Mapping[str, Sequence[int]] | None = None  # fix these inputs' dims (dynamic ones included)
     fold_constants: bool = True
     fold_batchnorm: bool = True
+    fuse_activations: bool = True  # hard-swish written as elementwise ops -> HardSwish (opset >= 14)
+    fold_affine: bool = True  # Mul/Add/Sub/Div by a per-channel constant -> the adjacent Conv's weights
 
     def __post_init__(self) -> None:
         if self.target_opset < MIN_OPSET:
@@ -61,6 +73,8 @@ class PrepareReport:
     initializer_inputs_dropped: int = 0
     constants_folded: int = 0
     batchnorms_folded: int = 0
+    hardswish_fused: int = 0
+    affine_folded: int = 0  # elementwise ops folded into a Conv's weights and bias
     identities_removed: int = 0  # Identity, inference Dropout and no-op reshapes
     dead_nodes_removed: int = 0
     shapes_fixed: dict[str, list[int]] = field(default_factory=dict)
@@ -286,6 +300,242 @@ def fold_batchnorm(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelP
     return model
 
 
+def _scalar_const(inits: Mapping[str, onnx.TensorProto], name: str) -> float | None:
+    if name not in inits:
+        return None
+    a = numpy_helper.to_array(inits[name])
+    return float(a.reshape(-1)[0]) if a.size == 1 and a.dtype.kind == "f" else None
+
+
+def _clip_bounds(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> tuple[float, float] | None:
+    """(min, max) of a Clip whose bounds are constants (opset >= 11 inputs or older attributes)."""
+    lo = _scalar_const(inits, node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    hi = _scalar_const(inits, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    for a in node.attribute:
+        lo = a.f if a.name == "min" else lo
+        hi = a.f if a.name == "max" else hi
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def _other_input(node: onnx.NodeProto, tensor: str) -> str | None:
+    if len(node.input) != 2 or tensor not in node.input:
+        return None
+    return str(node.input[1] if node.input[0] == tensor else node.input[0])
+
+
+def fuse_hardswish(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
+    """x * clip(x + 3, 0, 6) / 6, in any of its exported spellings, becomes HardSwish(x).
+
+    Spellings: Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6) or Mul(., 1/6); or the division first,
+    Clip -> Div 6 (or Mul 1/6) -> Mul(x, .). Intermediate tensors must have no other reader. Needs opset 14.
+    """
+    g = model.graph
+    if opset_of(model) < 14:
+        return model
+    inits = initializers(g)
+    users = consumers(g)
+    outputs = graph_output_names(g)
+    taken = all_names(g)
+
+    def only(tensor: str) -> onnx.NodeProto | None:
+        after = users.get(tensor, [])
+        return after[0] if len(after) == 1 and tensor not in outputs else None
+
+    def is_sixth(node: onnx.NodeProto | None, tensor: str) -> bool:
+        if node is None:
+            return False
+        c = _other_input(node, tensor)
+        v = None if c is None else _scalar_const(inits, c)
+        if v is None or (node.op_type == "Div" and node.input[0] != tensor):
+            return False
+        return bool(
+            (node.op_type == "Div" and abs(v - 6.0) < 1e-6) or (node.op_type == "Mul" and abs(v - 1 / 6) < 1e-6)
+        )
+
+    removed: set[int] = set()
+    for add in list(g.node):
+        if add.op_type != "Add" or id(add) in removed:
+            continue
+        x = next((t for t in add.input if t not in inits), None)
+        c = _other_input(add, x) if x else None
+        if x is None or c is None or _scalar_const(inits, c) != 3.0:
+            continue
+        clip = only(add.output[0])
+        if clip is None or clip.op_type != "Clip" or clip.input[0] != add.output[0]:
+            continue
+        if _clip_bounds(clip, inits) != (0.0, 6.0):
+            continue
+        step = only(clip.output[0])
+        if step is None:
+            continue
+        if step.op_type == "Mul" and _other_input(step, clip.output[0]) == x:  # x * clip, then / 6
+            last = only(step.output[0])
+            if not is_sixth(last, step.output[0]):
+                continue
+            chain = [add, clip, step, last]
+        elif is_sixth(step, clip.output[0]):  # clip / 6, then x *
+            last = only(step.output[0])
+            if last is None or last.op_type != "Mul" or _other_input(last, step.output[0]) != x:
+                continue
+            chain = [add, clip, step, last]
+        else:
+            continue
+        assert last is not None
+        name = unique_name(taken, f"{add.name or x}_hardswish")
+        hs = helper.make_node("HardSwish", [x], [last.output[0]], name=name)
+        last.CopyFrom(hs)
+        removed.update(id(n) for n in chain[:-1])
+        report.hardswish_fused += 1
+    if removed:
+        keep = [n for n in g.node if id(n) not in removed]
+        del g.node[:]
+        g.node.extend(keep)
+    return model
+
+
+def _channel_vector(inits: Mapping[str, onnx.TensorProto], name: str, channels: int, rank: int) -> np.ndarray | None:
+    """A constant that broadcasts along the channel axis only (scalar, [C,1,1], [1,C,1,1]...) as a length-C vector."""
+    if name not in inits:
+        return None
+    a = numpy_helper.to_array(inits[name])
+    if a.dtype.kind != "f" or a.ndim > rank:
+        return None
+    if a.size == 1:
+        return np.full(channels, float(a.reshape(-1)[0]))
+    shape = (1,) * (rank - a.ndim) + a.shape
+    if len(shape) < 2 or shape[1] != channels or any(d != 1 for i, d in enumerate(shape) if i != 1):
+        return None
+    return a.reshape(-1).astype(np.float64)
+
+
+def _affine_step(
+    node: onnx.NodeProto, tensor: str, inits: Mapping[str, onnx.TensorProto], channels: int, rank: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) per channel of an elementwise op applied to `tensor` with a constant, or None."""
+    c = _other_input(node, tensor)
+    v = None if c is None else _channel_vector(inits, c, channels, rank)
+    if v is None:
+        return None
+    one, zero = np.ones(channels), np.zeros(channels)
+    if node.op_type == "Mul":
+        return v, zero
+    if node.op_type == "Add":
+        return one, v
+    if node.op_type == "Sub":
+        return (one, -v) if node.input[0] == tensor else (-one, v)
+    if node.op_type == "Div" and node.input[0] == tensor and np.all(v != 0):
+        return 1.0 / v, zero
+    return None
+
+
+def _conv_info(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> tuple[np.ndarray, int] | None:
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+        return None
+    w = numpy_helper.to_array(inits[node.input[1]])
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return w.astype(np.float64), group
+
+
+def _set_conv_params(g: onnx.GraphProto, conv: onnx.NodeProto, w: np.ndarray, b: np.ndarray, dtype: np.dtype) -> None:
+    w_name, b_name = f"{conv.name}_affine_w", f"{conv.name}_affine_b"
+    replace_initializer(g, w_name, w.astype(dtype))
+    replace_initializer(g, b_name, b.astype(dtype))
+    conv.input[1] = w_name
+    if len(conv.input) > 2:
+        conv.input[2] = b_name
+    else:
+        conv.input.append(b_name)
+
+
+def _unpadded(node: onnx.NodeProto) -> bool:
+    attrs = {a.name: a for a in node.attribute}
+    if "auto_pad" in attrs and attrs["auto_pad"].s not in (b"NOTSET", b"VALID"):
+        return False
+    return "pads" not in attrs or all(p == 0 for p in attrs["pads"].ints)
+
+
+def fold_affine(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
+    """Fold per-channel Mul/Add/Sub/Div by constants into an adjacent Conv (exact up to float rounding).
+
+    After a Conv: y = s * conv(x) + t scales the output channels' weights and bias. Before an unpadded Conv:
+    conv(s * x + t) = conv'(x) with the input channels' weights scaled and t pushed through the weights into the
+    bias. A padded Conv is left alone there: its zero padding would become t after folding, which is not exact.
+    Every folded intermediate tensor must have no other reader.
+    """
+    g = model.graph
+    outputs = graph_output_names(g)
+    changed = True
+    while changed:  # one fold per pass: each changes the graph the next one reads
+        changed = False
+        inits = initializers(g)
+        users = consumers(g)
+        made = producers(g)
+        removed: onnx.NodeProto | None = None
+        for conv in g.node:
+            if conv.op_type != "Conv":
+                continue
+            out = conv.output[0]
+            after = users.get(out, [])
+            follower = after[0] if len(after) == 1 and out not in outputs else None
+            if follower is not None and follower.op_type not in ("Mul", "Add", "Sub", "Div"):
+                follower = None
+            src = made.get(conv.input[0])
+            leader = (
+                src
+                if src is not None
+                and src.op_type in ("Mul", "Add", "Sub", "Div")
+                and _unpadded(conv)
+                and len(users.get(conv.input[0], [])) == 1
+                and conv.input[0] not in outputs
+                else None
+            )
+            if follower is None and leader is None:
+                continue
+            info = _conv_info(conv, inits)
+            if info is None:
+                continue
+            w, group = info
+            dtype = numpy_helper.to_array(inits[conv.input[1]]).dtype
+            c_out, rank = w.shape[0], w.ndim
+            b = (
+                numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+                if len(conv.input) > 2 and conv.input[2]
+                else np.zeros(c_out)
+            )
+            step = None if follower is None else _affine_step(follower, out, inits, c_out, rank)
+            if follower is not None and step is not None:  # y = s * conv(x) + t
+                s, t = step
+                _set_conv_params(g, conv, w * s.reshape(-1, *([1] * (rank - 1))), b * s + t, dtype)
+                conv.output[0] = follower.output[0]
+                removed = follower
+                report.affine_folded += 1
+                changed = True
+                break
+            if leader is None:
+                continue
+            x = next((t for t in leader.input if t not in inits), None)
+            per_group = w.shape[1]
+            step = None if x is None else _affine_step(leader, x, inits, per_group * group, rank)
+            if x is None or step is None:
+                continue
+            s, t = step  # conv(s * x + t): scale the input channels' weights, push t through them into the bias
+            # output channel o reads input channels (o // (c_out / group)) * per_group + i
+            idx = (np.arange(c_out) // (c_out // group))[:, None] * per_group + np.arange(per_group)[None, :]
+            shape = (c_out, per_group) + (1,) * (rank - 2)
+            new_b = b + (w * t[idx].reshape(shape)).reshape(c_out, -1).sum(axis=1)
+            _set_conv_params(g, conv, w * s[idx].reshape(shape), new_b, dtype)
+            conv.input[0] = x
+            removed = leader
+            report.affine_folded += 1
+            changed = True
+            break
+        if removed is not None:
+            g.node.remove(removed)
+    return model
+
+
 def _is_noop_reshape(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
     """A Reshape/Flatten/Squeeze/Unsqueeze whose static output shape equals its input's (opset upgrades add these)."""
     if node.op_type not in ("Reshape", "Flatten", "Squeeze", "Unsqueeze") or not node.input:
@@ -373,6 +623,10 @@ def prepare(
         stages.append(("fold constants", lambda m: fold_constants(m, report)))
     if options.fold_batchnorm:
         stages.append(("fold batchnorm", lambda m: fold_batchnorm(m, report)))
+    if options.fuse_activations:
+        stages.append(("fuse hard-swish", lambda m: fuse_hardswish(m, report)))
+    if options.fold_affine:
+        stages.append(("fold affine into conv", lambda m: fold_affine(m, report)))
     stages += [
         ("remove identities", lambda m: remove_identities(m, report)),
         ("remove dead nodes", lambda m: remove_dead(m, report)),

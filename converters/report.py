@@ -167,6 +167,7 @@ def summary_text(report: ConversionReport) -> str:
         f"  input      {report.input.path} ({report.input.size_bytes / 1024:.1f} KiB)",
         f"  prepare    opset {prep.opset_before} -> {prep.opset_after}, nodes {prep.nodes_before} -> {prep.nodes_after} "
         f"(constants folded {prep.constants_folded}, BatchNorm folded {prep.batchnorms_folded}, "
+        f"hard-swish fused {prep.hardswish_fused}, affine ops folded {prep.affine_folded}, "
         f"pass-through nodes removed {prep.identities_removed}, dead removed {prep.dead_nodes_removed})",
     ]
     if prep.shapes_fixed:
@@ -194,14 +195,17 @@ def summary_text(report: ConversionReport) -> str:
         lat = report.latency
         slower = f"{len(lat.proposed)} layer(s) slower in INT8 than FP32"
         if lat.kept_fp32_for_speed:
-            slower += f" kept FP32 (whole model {lat.int8_ms:.2f} -> {lat.without_proposed_ms:.2f} ms)"
+            slower += f" kept FP32 ({lat.int8_ms:.2f} -> {lat.without_proposed_ms:.2f} ms)"
         elif lat.proposed:
             slower += f" left INT8: without them the model was not faster ({lat.without_proposed_ms:.2f} vs {lat.int8_ms:.2f} ms)"
-        lines.append(f"  latency    FP32 {lat.fp32_ms:.2f} ms, INT8 {lat.int8_ms:.2f} ms per run here; {slower}")
+        shipped = f", shipped {lat.final_ms:.2f} ms" if lat.final_ms is not None else ""
+        lines.append(
+            f"  latency    FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms{shipped} per run here; {slower}"
+        )
         lines += [
             f"               {c.op} '{c.node}' not fused by ONNX Runtime: {c.reason}" for c in lat.layers if not c.fused
         ]
-        best = min(lat.int8_ms, lat.without_proposed_ms or lat.int8_ms)
+        best = lat.final_ms if lat.final_ms is not None else min(lat.int8_ms, lat.without_proposed_ms or lat.int8_ms)
         if best >= lat.fp32_ms:
             lines.append(f"  verdict    INT8 does not pay on this machine: best INT8 {best:.2f} ms vs FP32 {lat.fp32_ms:.2f} ms; "
                          "ship FP32 or FP16 here, or convert for a target with faster integer kernels")  # fmt: skip

@@ -90,9 +90,10 @@ def test_onnxruntime_placement_uses_uint8_with_zero_point_0_after_relu(tiny_mode
 
 @pytest.mark.parametrize("target", list(QuantTarget))
 def test_gate_keeps_the_sensitive_op_out_of_int8(tiny_models: dict[str, Path], target: QuantTarget) -> None:
-    options = ConvertOptions(
-        precision=Precision.INT8, calib=DATA, samples=8, target=target, calib_method=CalibrationMethod.MINMAX
-    )
+    options = ConvertOptions(  # the accuracy search alone: timing would take this tiny model's layers out first
+        precision=Precision.INT8, calib=DATA, samples=8, target=target, calib_method=CalibrationMethod.MINMAX,
+        latency=False,
+    )  # fmt: skip
     result = convert_model(tiny_models["int8_sensitive"], options)
     assert result.passed
     acc = result.report.accuracy

@@ -76,6 +76,9 @@ def test_convert_reports_an_op_onnx_runtime_does_not_fuse(tiny_models: dict[str,
     quantized_weights = {i.name for i in result.model.graph.initializer if i.name.endswith("_int8")}
     assert len(quantized_weights) == q.int8_ops
     assert result.report.to_json()["latency"]["layers"][0].keys() >= {"node", "fp32_us", "int8_us", "fused"}
+    # speed first: the accuracy search only ranks the layers that stay INT8, and what ships is timed
+    assert not {s.node for s in result.report.accuracy.sensitivity} & speed
+    assert lat.final_ms is not None and "shipped" in summary_text(result.report)
 
 
 def test_latency_stage_can_be_switched_off_and_is_skipped_for_tensorrt(tiny_models: dict[str, Path]) -> None:

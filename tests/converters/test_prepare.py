@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import pytest
 from converters.evaluate import run_model
 from converters.graph import ConversionError
 from converters.prepare import PrepareOptions, opset_of, prepare
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from make_models import exported_elementwise  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -101,3 +105,26 @@ def test_a_minus_one_dim_from_an_exporter_reads_as_unknown(tiny_models: dict[str
     shape = [1] + [d.dim_value or 8 for d in x.type.tensor_type.shape.dim][1:]
     prepared, _ = prepare(original, PrepareOptions(input_shapes={x.name: shape}))
     assert prepared.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 1
+
+
+def test_exported_hardswish_and_affine_ops_fold_into_fewer_nodes_with_the_same_outputs() -> None:
+    original = exported_elementwise()
+    prepared, report = prepare(original)
+    assert report.hardswish_fused == 2  # both spellings; the Clip 0..5 look-alike is left alone
+    ops = [n.op_type for n in prepared.graph.node]
+    assert ops.count("HardSwish") == 2 and ops.count("Clip") == 1
+    # folded: Mul+Add after `pw`, Mul+Add after `dw`, Mul+Sub before `grp`, Div+Mul after `grp` = 8;
+    # stays: the Mul+Add before the padded depthwise conv, the Add whose input has a second reader
+    assert report.affine_folded == 8
+    inputs_of = {n.name: n.input[0] for n in prepared.graph.node if n.op_type == "Conv"}
+    made_by = {o: n.op_type for n in prepared.graph.node for o in n.output}
+    assert made_by[inputs_of["dw"]] == "Add" and made_by[inputs_of["grp"]] == "HardSwish"
+    _assert_same(original, prepared, [1, 4, 16, 16])
+
+
+def test_hardswish_needs_opset_14_and_the_stages_can_be_switched_off() -> None:
+    _, old = prepare(exported_elementwise(opset=13), PrepareOptions(target_opset=13))
+    assert old.hardswish_fused == 0 and old.affine_folded == 8
+    off, report = prepare(exported_elementwise(), PrepareOptions(fuse_activations=False, fold_affine=False))
+    assert (report.hardswish_fused, report.affine_folded) == (0, 0)
+    assert len(off.graph.node) == len(exported_elementwise().graph.node)

@@ -22,6 +22,10 @@ Converter test models (random fixed weights, seeded):
   search must keep exactly the first layer.
 - `int8_slow_layer`: a 1-channel 1x1 conv between float ops (INT8 pays a Q, a layout change and a DQ around a
   trivial kernel: slower than FP32 on ORT's CPU kernels), then 3x3 convs of 32 channels, where INT8 pays.
+- `exported_elementwise(opset)`: how Paddle2ONNX writes a PP-LCNetV3 block: hard-swish spelled as Add 3, Clip 0..6,
+  Mul, Div 6 (and as Clip, Mul 1/6, Mul), scalar and per-channel "learnable affine" Mul/Add around convs, a padded
+  depthwise conv, a grouped unpadded conv, and traps that must not fold: an affine tensor with a second reader, a
+  Clip 0..5, an affine op before a padded conv.
 - `cls_tiny`: classification card: [1,1,16,16] -> conv, global average pool -> [1,3] scores (dark, mid, bright).
 """
 
@@ -225,12 +229,14 @@ def fp16_overflow() -> onnx.ModelProto:
 
 def fp16_cancellation() -> onnx.ModelProto:
     F = TensorProto.FLOAT
+    w = np.zeros((3, 1, 3, 3), np.float32)
+    w[:, 0, 1, 1] = [0.0, -8.0, 8.0]  # a padded 3x3 conv (centre tap only), so preparation cannot fold the Sub
     inits = [numpy_helper.from_array(np.array(1000.0, np.float32), "offset"),
-             numpy_helper.from_array(np.array([0.0, -8.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w"),
+             numpy_helper.from_array(w, "w"),
              numpy_helper.from_array(np.array([0.0, -4.0, -4.0], np.float32), "b")]  # fmt: skip
     nodes = [helper.make_node("Add", ["image", "offset"], ["shifted"], name="add_offset"),
              helper.make_node("Sub", ["shifted", "offset"], ["restored"], name="sub_offset"),
-             helper.make_node("Conv", ["restored", "w", "b"], ["logits"], name="classify")]  # fmt: skip
+             helper.make_node("Conv", ["restored", "w", "b"], ["logits"], name="classify", pads=[1, 1, 1, 1])]  # fmt: skip
     return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
                    [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits)  # fmt: skip
 
@@ -300,6 +306,58 @@ def int8_slow_layer(size: int = 96) -> onnx.ModelProto:
              helper.make_node("Conv", ["cr", "w_out"], ["logits"], name="head")]  # fmt: skip
     return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, size, size])],
                    [helper.make_tensor_value_info("logits", F, [1, 3, size, size])], inits)  # fmt: skip
+
+
+def _hardswish_spelled(x: str, tag: str, division_first: bool = False) -> tuple[list[onnx.NodeProto], str]:
+    if division_first:  # Add 3 -> Clip 0..6 -> Mul 1/6 -> Mul x
+        return [helper.make_node("Add", [x, "three"], [f"{tag}_p3"]),
+                helper.make_node("Clip", [f"{tag}_p3", "zero", "six"], [f"{tag}_c"]),
+                helper.make_node("Mul", [f"{tag}_c", "sixth"], [f"{tag}_s"]),
+                helper.make_node("Mul", [x, f"{tag}_s"], [f"{tag}_hs"])], f"{tag}_hs"  # fmt: skip
+    return [helper.make_node("Add", [x, "three"], [f"{tag}_p3"]),
+            helper.make_node("Clip", [f"{tag}_p3", "zero", "six"], [f"{tag}_c"]),
+            helper.make_node("Mul", [f"{tag}_c", x], [f"{tag}_m"]),
+            helper.make_node("Div", [f"{tag}_m", "six"], [f"{tag}_hs"])], f"{tag}_hs"  # fmt: skip
+
+
+def exported_elementwise(opset: int = 17) -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(11)
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    inits = [c("three", 3.0), c("zero", 0.0), c("six", 6.0), c("five", 5.0), c("sixth", 1 / 6),
+             c("a1", 0.9), c("b1", 0.5), c("a2", 0.6), c("b2", -0.4),
+             c("a3", rng.uniform(0.5, 1.5, (1, 8, 1, 1))), c("b3", rng.uniform(-1, 1, (8, 1, 1))),
+             c("a4", rng.uniform(0.5, 1.5, (8, 1, 1))), c("b4", rng.uniform(-1, 1, (1, 8, 1, 1))),
+             c("a5", 1.3), c("b5", 0.2), c("k", 2.0),
+             _w(rng, "w_pw", 8, 4, 1, 1), _w(rng, "w_dw", 8, 1, 3, 3), _w(rng, "w_grp", 8, 4, 1, 1),
+             _w(rng, "w_pad", 8, 8, 3, 3), _w(rng, "w_out", 3, 8, 1, 1)]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_pw"], ["pw"], name="pw"),
+             helper.make_node("Mul", ["a1", "pw"], ["pw_a"]),  # after a conv, constant first: folds into pw
+             helper.make_node("Add", ["pw_a", "b1"], ["pw_ab"])]  # fmt: skip
+    hs1, x = _hardswish_spelled("pw_ab", "hs1")
+    nodes += hs1
+    nodes += [helper.make_node("Mul", [x, "a2"], ["lab1"]),  # before a padded conv: stays
+              helper.make_node("Add", ["lab1", "b2"], ["lab1b"]),
+              helper.make_node("Conv", ["lab1b", "w_dw"], ["dw"], name="dw", group=8, pads=[1, 1, 1, 1]),
+              helper.make_node("Mul", ["dw", "a3"], ["dw_a"]),  # per-channel [1,C,1,1] and [C,1,1]
+              helper.make_node("Add", ["dw_a", "b3"], ["dw_ab"])]  # fmt: skip
+    hs2, x = _hardswish_spelled("dw_ab", "hs2", division_first=True)
+    nodes += hs2
+    nodes += [helper.make_node("Mul", [x, "a4"], ["lab2"]),  # before an unpadded grouped conv: folds into it
+              helper.make_node("Sub", ["lab2", "b4"], ["lab2b"]),
+              helper.make_node("Conv", ["lab2b", "w_grp"], ["grp"], name="grp", group=2),
+              helper.make_node("Div", ["grp", "k"], ["grp_d"]),  # after a conv: folds
+              helper.make_node("Mul", ["grp_d", "a5"], ["shared"]),  # read twice: the Add below stays
+              helper.make_node("Add", ["shared", "b5"], ["shared_b"]),
+              helper.make_node("Add", ["shared", "shared_b"], ["both"]),
+              helper.make_node("Add", ["both", "three"], ["p3"]),  # Clip 0..5 is not hard-swish
+              helper.make_node("Clip", ["p3", "zero", "five"], ["c5"]),
+              helper.make_node("Mul", ["c5", "both"], ["m5"]),
+              helper.make_node("Div", ["m5", "six"], ["not_hs"]),
+              helper.make_node("Conv", ["not_hs", "w_pad"], ["pad"], name="padded", pads=[1, 1, 1, 1]),
+              helper.make_node("Conv", ["pad", "w_out"], ["logits"], name="head")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 4, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits, opset)  # fmt: skip
 
 
 def cls_tiny() -> onnx.ModelProto:
