@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from converters.graph import ConversionError, model_size, real_inputs
 from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
 from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
+from converters.progress import Progress
 from converters.report import (
     AccuracyReport,
     ConversionReport,
@@ -58,8 +59,6 @@ from edge_runtime.tasks import TaskHead
 
 INT8_FILES = ("calibration.cache", "calibration.json", "prepared_fp32.onnx")
 PREPARE_MIN_COSINE = 0.99999  # preparation must not change results beyond float rounding
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -283,7 +282,7 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
     prepared, options, report, say = ctx.prepared, ctx.options, ctx.report, ctx.say
     methods = list(CalibrationMethod) if options.calib_method is None else [options.calib_method]
     say(f"calibrating on {calib.description}")
-    calibrator = calibrate(prepared, calib.feeds, CalibratorOptions(percentile=options.percentile))
+    calibrator = calibrate(prepared, calib.feeds, CalibratorOptions(percentile=options.percentile), say)
     positive = calibrator.non_negative()
     units = quantizable_nodes(prepared)
     if not units:

@@ -27,6 +27,7 @@ import onnx
 
 from converters.data import EvalData
 from converters.evaluate import Comparison, Outputs, compare, run_model
+from converters.progress import Eta
 from edge_runtime.tasks import TaskHead
 
 Build = Callable[[Sequence[str]], onnx.ModelProto]
@@ -103,12 +104,19 @@ class Gate:
         n = self.rank_samples
         base = self.evaluate(everything, n).metric
         say(f"  sensitivity: keeping each of {len(units)} units alone in higher precision ({n} frames)")
-        scores = {u: self.evaluate([v for v in everything if v != u], n).metric - base for u in units}
+        eta = Eta(say, "sensitivity", len(units))
+        scores: dict[str, float] = {}
+        for i, u in enumerate(units):
+            scores[u] = self.evaluate([v for v in everything if v != u], n).metric - base
+            eta.step(i + 1)
         method = SensitivityMethod.FALLBACK_ALONE
         if max(scores.values(), default=0.0) <= 1e-9:  # no single fallback helps: order by what each breaks alone
             say(f"  no single fallback helps; lowering each of {len(units)} units alone instead")
             top = self.evaluate([], n).metric
-            scores = {u: top - self.evaluate([u], n).metric for u in units}
+            eta = Eta(say, "sensitivity", len(units))
+            for i, u in enumerate(units):
+                scores[u] = top - self.evaluate([u], n).metric
+                eta.step(i + 1)
             method = SensitivityMethod.LOWER_ALONE
         order = sorted(range(len(everything)), key=lambda i: -scores[everything[i]])
         return [Sensitivity(everything[i], op_of.get(everything[i], "?"), scores[everything[i]]) for i in order], method

@@ -37,6 +37,7 @@ from converters.graph import (
     producers,
     unique_name,
 )
+from converters.progress import Eta, Progress
 
 
 class QuantTarget(str, enum.Enum):
@@ -87,7 +88,9 @@ def range_tensors(model: onnx.ModelProto) -> set[str]:
     return wanted
 
 
-def calibrate(model: onnx.ModelProto, feeds: Sequence[Feed], options: CalibratorOptions) -> Calibrator:
+def calibrate(
+    model: onnx.ModelProto, feeds: Sequence[Feed], options: CalibratorOptions, say: Progress | None = None
+) -> Calibrator:
     """Histograms of the activations INT8 may quantize (`range_tensors`), one pass over the feeds. Memory holds
     one frame's activations at a time: each frame's tensors are folded into fixed-size histograms, then dropped."""
     wanted = range_tensors(model)
@@ -95,11 +98,13 @@ def calibrate(model: onnx.ModelProto, feeds: Sequence[Feed], options: Calibrator
     sess = session(probe)
     names = [o.name for o in sess.get_outputs()]
     calibrator = Calibrator(options)
-    for feed in feeds:
+    eta = Eta(say or (lambda _m: None), "calibration frames", len(feeds))
+    for i, feed in enumerate(feeds):
         result = dict(zip(names, sess.run(names, feed)))
         observed = {k: v for k, v in result.items() if k in wanted and v.dtype == np.float32}
         calibrator.collect({**{k: v for k, v in feed.items() if k in wanted}, **observed})
         del result, observed
+        eta.step(i + 1)
     return calibrator
 
 
