@@ -301,17 +301,25 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
         minmax = build_with(calibrator.amax(CalibrationMethod.MINMAX))
         candidates, report.latency = place_for_latency(prepared, minmax, units, ctx.data.feeds, say)
         costs = {c.node: c for c in report.latency.layers}
-        for node in report.latency.kept_fp32_for_speed:
+        lat = report.latency
+        for node in lat.kept_fp32_for_speed:
             c = costs[node]
-            reason = f"speed: {_us(c.int8_us)} in INT8 vs {_us(c.fp32_us)} in FP32"
-            kept.append(KeptNode(node, c.op, reason + (f" (not fused: {c.reason})" if not c.fused else "")))
+            if c.pays is False:
+                reason = f"speed: {_us(c.int8_us)} in INT8 vs {_us(c.fp32_us)} in FP32"
+                reason += f" (not fused: {c.reason})" if not c.fused else ""
+            else:  # its own profile did not condemn it (or could not be attributed); the whole model did
+                reason = (
+                    f"speed: the whole model is faster with it in FP32 ({lat.int8_ms:.2f} ms all-INT8, "
+                    f"{lat.chosen_ms:.2f} ms without it; profiled {_us(c.int8_us)} in INT8 vs {_us(c.fp32_us)} in FP32)"
+                )
+            kept.append(KeptNode(node, c.op, reason))
         if report.latency.kept_fp32_for_speed:
             say(
                 f"  {len(report.latency.kept_fp32_for_speed)} layer(s) stay FP32 for speed: "
-                f"{report.latency.int8_ms:.2f} -> {report.latency.without_proposed_ms:.2f} ms per run"
+                f"{report.latency.int8_ms:.2f} -> {report.latency.chosen_ms:.2f} ms per run"
             )
         if not candidates:
-            say("  no layer is faster in INT8 on this machine: the model stays FP32")
+            say("  the model is fastest with no layer in INT8 on this machine: it stays FP32")
 
     scores: dict[str, float] = {}
     best: tuple[Comparison, CalibrationMethod, dict[str, float]] | None = None
@@ -336,11 +344,11 @@ def _to_int8(ctx: _Conversion, calib: EvalData, extra: dict[str, str | bytes]) -
     ]
     lowered = found.lowered
     if timing and report.latency is not None and found.passed:
-        timed = report.latency.without_proposed_ms if report.latency.kept_fp32_for_speed else report.latency.int8_ms
+        timed = report.latency.chosen_ms
         if set(lowered) != set(candidates):  # accuracy fallbacks changed the model: time what ships
             fp32_ms, timed = time_models([prepared, gate.build(lowered)], ctx.data.feeds[:4], rounds=5, runs=10)
             report.latency.fp32_ms = round(fp32_ms, 3)
-        report.latency.final_ms = round(timed if timed is not None else report.latency.int8_ms, 3)
+        report.latency.final_ms = timed if timed is None else round(timed, 3)
     report.int8 = Int8Report(
         target=options.target.value,
         method=method.value,

@@ -46,8 +46,15 @@ class QuantTarget(str, enum.Enum):
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# Ops ONNX Runtime runs on int8 between DQ and Q when their inputs and output are quantized.
-_ORT_CARRIERS = ("MaxPool", "Concat", "Resize", "Add", "AveragePool", "GlobalAveragePool")
+# Ops ONNX Runtime's CPU provider runs on uint8 between DQ and Q (its QDQ selector rules), so INT8 regions can
+# pass through them without a float round trip:
+# - data movement, run on the integers as they are: needs the output's scale and zero point equal to the input's;
+_ORT_SAME_SCALE = ("MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")
+# - an integer kernel (QLinearSigmoid, QLinearAveragePool...) reading the data input;
+_ORT_QLINEAR_UNARY = ("AveragePool", "GlobalAveragePool", "LeakyRelu", "Sigmoid", "Softmax")
+# - an integer kernel reading every input, each of which must come through a DequantizeLinear (no constants).
+_ORT_QLINEAR_NARY = ("Add", "Mul", "Concat")
+_ORT_CARRIERS = _ORT_SAME_SCALE + _ORT_QLINEAR_UNARY + _ORT_QLINEAR_NARY
 
 
 def weight_axis(node: onnx.NodeProto) -> int:
@@ -237,6 +244,9 @@ def insert_qdq(
 
     # ONNX Runtime: decide which tensors carry int8, in graph order, then wrap each in Q -> DQ.
     quantized: set[str] = set()
+    amax = dict(amax)
+    positive = set(positive)
+    inits = initializers(b.g)
     for node in nodes:
         if node.name in on and known(node.input[0]):
             quantized.add(node.input[0])
@@ -246,10 +256,19 @@ def insert_qdq(
                 out = after[0].output[0]
             if known(out):
                 quantized.add(out)
-        elif node.op_type in _ORT_CARRIERS:
-            floats = [t for t in node.input if t and t not in initializers(b.g)]
-            if floats and all(t in quantized for t in floats) and known(node.output[0]):
-                quantized.add(node.output[0])
+        elif node.op_type in _ORT_CARRIERS and node.output and node.input and node.input[0] in quantized:
+            out = node.output[0]
+            if node.op_type in _ORT_SAME_SCALE:  # the integers pass through: same scale and zero point
+                amax[out] = amax[node.input[0]]
+                positive.discard(out)
+                if node.input[0] in positive:
+                    positive.add(out)
+                quantized.add(out)
+            elif node.op_type in _ORT_QLINEAR_UNARY:
+                if known(out):
+                    quantized.add(out)
+            elif all(t and t not in inits and t in quantized for t in node.input) and known(out):
+                quantized.add(out)
     graph_outputs = {o.name for o in b.g.output}
     for node in nodes:
         activation = node.input[0] if node.input else ""

@@ -63,6 +63,14 @@ class LayerCost:
         return self.int8_us < self.fp32_us
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One whole-model timing of the latency stage: the candidate with `int8_layers` layers in INT8."""
+
+    int8_layers: int
+    ms: float  # median per run
+
+
 @dataclass
 class LatencyReport:
     """What the latency stage measured and decided (times are medians per run on this machine)."""
@@ -71,8 +79,9 @@ class LatencyReport:
     proposed: list[str] = field(default_factory=list)  # layers whose INT8 did not pay in the profile
     kept_fp32_for_speed: list[str] = field(default_factory=list)  # proposed and confirmed end to end
     int8_ms: float = 0.0  # every quantizable layer INT8
-    without_proposed_ms: float | None = None  # the candidate with the proposed layers back in FP32
     fp32_ms: float = 0.0
+    trials: list[Trial] = field(default_factory=list)  # every candidate timed, most INT8 layers first, FP32 last
+    chosen_ms: float | None = None  # the fastest candidate (what the accuracy search starts from)
     final_ms: float | None = None  # the model that ships (after the accuracy search), timed beside FP32
     unfused: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -258,7 +267,11 @@ def place_for_latency(
     min_gain: float = 0.02,
 ) -> tuple[list[str], LatencyReport]:
     """The INT8 units worth keeping for speed, of `lowered`, and what was measured. `build(units)` makes the INT8
-    candidate with `units` quantized; `fp32` is the prepared float model."""
+    candidate with `units` quantized; `fp32` is the prepared float model.
+
+    The stopwatch chooses between nested candidates, each with fewer INT8 layers: every layer INT8; without the
+    layers the profile found slower in INT8; also without the layers it could not attribute (cost unknown); no
+    INT8 at all. Leaving INT8 for a smaller set must make the whole model at least `min_gain` faster."""
     started = time.perf_counter()
     report = LatencyReport()
     if not lowered:
@@ -269,21 +282,30 @@ def place_for_latency(
     report.layers = layer_costs(fp32, candidate, lowered, feeds, runs)
     report.unfused = [c.node for c in report.layers if not c.fused]
     report.proposed = [c.node for c in report.layers if c.pays is False]
-    trial = [u for u in lowered if u not in set(report.proposed)]
-    models = [fp32, candidate] + ([build(trial)] if report.proposed else [])
+    unknown = [c.node for c in report.layers if c.pays is None]
+    sets: list[list[str]] = [list(lowered)]
+    for leave in (report.proposed, report.proposed + unknown):
+        trial = [u for u in lowered if u not in set(leave)]
+        if trial and len(trial) < len(sets[-1]):
+            sets.append(trial)
+    sets.append([])  # FP32: the first model timed
     say(
-        f"  {len(report.proposed)} layer(s) slower in INT8; timing the whole model with and without them ({rounds} rounds)"
+        f"  {len(report.proposed)} layer(s) slower in INT8, {len(unknown)} unattributed; timing the whole model "
+        f"with {', '.join(str(len(t)) for t in sets)} INT8 layers ({rounds} rounds)"
     )
-    times = time_models(models, feeds, rounds, runs)
+    times = time_models([fp32, candidate, *[build(t) for t in sets[1:-1]]], feeds, rounds, runs)
+    by_set = [times[1], *times[2:], times[0]]  # aligned with `sets`
     report.fp32_ms, report.int8_ms = round(times[0], 3), round(times[1], 3)
-    keep = list(lowered)
-    if report.proposed:
-        report.without_proposed_ms = round(times[2], 3)
-        if times[2] < times[1] * (1.0 - min_gain):
-            keep = trial
-            report.kept_fp32_for_speed = list(report.proposed)
+    report.trials = [Trial(len(t), round(ms, 3)) for t, ms in zip(sets, by_set)]
+    choice = 0
+    for i in range(1, len(sets)):  # fewer INT8 layers only for a real gain over the best so far
+        if by_set[i] < by_set[choice] * (1.0 - min_gain):
+            choice = i
+    keep = sets[choice]
+    report.kept_fp32_for_speed = [u for u in lowered if u not in set(keep)]
+    report.chosen_ms = round(by_set[choice], 3)
     report.seconds = round(time.perf_counter() - started, 2)
     return keep, report
 
 
-__all__ = ["LatencyReport", "LayerCost", "layer_costs", "place_for_latency", "profile_nodes", "time_models"]
+__all__ = ["LatencyReport", "LayerCost", "Trial", "layer_costs", "place_for_latency", "profile_nodes", "time_models"]

@@ -193,20 +193,16 @@ def summary_text(report: ConversionReport) -> str:
         lines += [f"               {k.op} '{k.node}' kept {fallback}: {k.reason}" for k in q.kept_higher_precision]
     if report.latency is not None:
         lat = report.latency
-        slower = f"{len(lat.proposed)} layer(s) slower in INT8 than FP32"
-        if lat.kept_fp32_for_speed:
-            slower += f" kept FP32 ({lat.int8_ms:.2f} -> {lat.without_proposed_ms:.2f} ms)"
-        elif lat.proposed:
-            slower += f" left INT8: without them the model was not faster ({lat.without_proposed_ms:.2f} vs {lat.int8_ms:.2f} ms)"
+        tried = ", ".join(f"{t.int8_layers}: {t.ms:.2f} ms" for t in lat.trials)
         shipped = f", shipped {lat.final_ms:.2f} ms" if lat.final_ms is not None else ""
-        lines.append(
-            f"  latency    FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms{shipped} per run here; {slower}"
-        )
+        lines.append(f"  latency    FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms{shipped} per run here; "
+                     f"{len(lat.proposed)} layer(s) slower in INT8 than FP32, {len(lat.kept_fp32_for_speed)} kept FP32 "
+                     f"(INT8 layers timed: {tried})")  # fmt: skip
         lines += [
             f"               {c.op} '{c.node}' not fused by ONNX Runtime: {c.reason}" for c in lat.layers if not c.fused
         ]
-        best = lat.final_ms if lat.final_ms is not None else min(lat.int8_ms, lat.without_proposed_ms or lat.int8_ms)
-        if best >= lat.fp32_ms:
+        best = lat.final_ms if lat.final_ms is not None else (lat.chosen_ms or lat.int8_ms)
+        if best >= lat.fp32_ms * 0.98:
             lines.append(f"  verdict    INT8 does not pay on this machine: best INT8 {best:.2f} ms vs FP32 {lat.fp32_ms:.2f} ms; "
                          "ship FP32 or FP16 here, or convert for a target with faster integer kernels")  # fmt: skip
     if report.accuracy is not None:
