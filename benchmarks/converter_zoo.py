@@ -513,6 +513,18 @@ def smoke_model(cache: Path) -> tuple[ZooModel, Path]:
     return model, path
 
 
+def _cpu_name() -> str:
+    """The CPU model and its integer-dot-product extensions: INT8 speed on ORT's CPU kernels depends on them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    extras = [f for f in ("avx2", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(extras)})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(m.name for m in ZOO), help="comma-separated zoo names")
@@ -542,7 +554,7 @@ def main() -> None:
         for model in ZOO:
             if model.name in wanted:
                 results.append(bench_model(model, fetch(model, args.cache), args.cache, args))
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+    meta = {"machine": _cpu_name(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "onnxruntime": __import__("onnxruntime").__version__,
             "rounds": args.rounds, "runs": args.runs, "samples": args.samples}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)

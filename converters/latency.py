@@ -271,7 +271,8 @@ def place_for_latency(
 
     The stopwatch chooses between nested candidates, each with fewer INT8 layers: every layer INT8; without the
     layers the profile found slower in INT8; also without the layers it could not attribute (cost unknown); no
-    INT8 at all. Leaving INT8 for a smaller set must make the whole model at least `min_gain` faster."""
+    INT8 at all. Leaving INT8 for a smaller set must make the whole model at least `min_gain` faster, and the INT8
+    candidate chosen must be at least `min_gain` faster than FP32, or the model stays FP32."""
     started = time.perf_counter()
     report = LatencyReport()
     if not lowered:
@@ -298,9 +299,11 @@ def place_for_latency(
     report.fp32_ms, report.int8_ms = round(times[0], 3), round(times[1], 3)
     report.trials = [Trial(len(t), round(ms, 3)) for t, ms in zip(sets, by_set)]
     choice = 0
-    for i in range(1, len(sets)):  # fewer INT8 layers only for a real gain over the best so far
+    for i in range(1, len(sets) - 1):  # fewer INT8 layers only for a real gain over the best so far
         if by_set[i] < by_set[choice] * (1.0 - min_gain):
             choice = i
+    if by_set[choice] >= by_set[-1] * (1.0 - min_gain):  # INT8 costs accuracy: it must be really faster than FP32
+        choice = len(sets) - 1
     keep = sets[choice]
     report.kept_fp32_for_speed = [u for u in lowered if u not in set(keep)]
     report.chosen_ms = round(by_set[choice], 3)
