@@ -466,6 +466,12 @@ def bench_model(model: ZooModel, onnx_file: Path, cache: Path, args: argparse.Na
     }  # fmt: skip
 
 
+def _metric_label(metric: float) -> str:
+    """'.997' for 0.997; '1.0' for anything that rounds to 1 at three decimals (0.99955 is not '.000')."""
+    text = f"{metric:.3f}"
+    return "1.0" if text == "1.000" else text.lstrip("0")
+
+
 def chart(results: list[dict[str, Any]], path: Path) -> None:
     """Speed-up against FP32 per model and variant; the variant's metric is printed on its bar."""
     colors = {"fp32": (150, 150, 150), "edgert_fp32": (190, 190, 220), "edgert_fp16": (120, 170, 230), "edgert_int8": (30, 90, 200),
@@ -487,7 +493,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
             if "speedup" in r:
                 y = 340 - r["speedup"] * scale
                 d.rectangle((x, y, x + bar - 4, 340), fill=colors.get(r["variant"], (0, 0, 0)))
-                d.text((x, y - 14), f"{r['metric']:.3f}"[1:] if r["metric"] < 1 else "1.0", fill="black")
+                d.text((x, y - 14), _metric_label(r["metric"]), fill="black")
             x += bar
         d.text((x - len(VARIANTS) * bar, 350), m["name"], fill="black")
         x += gap

@@ -205,6 +205,34 @@ def _uint8(amax: float, non_negative: bool) -> tuple[float, np.ndarray]:
     return max(amax, 1e-12) / 127.0, np.array(128, np.uint8)
 
 
+def _share_concat_scale(
+    node: onnx.NodeProto,
+    amax: dict[str, float],
+    positive: set[str],
+    uses: Mapping[str, list[onnx.NodeProto]],
+    made: Mapping[str, onnx.NodeProto],
+    graph_outputs: set[str],
+) -> None:
+    """Give a Concat's inputs its output's scale and zero point where that costs at most one bit: ORT's
+    QLinearConcat then copies bytes instead of requantizing each input. Only inputs that nothing else reads (and
+    that no data-movement op has tied to another tensor's scale) are changed."""
+    out = node.output[0]
+    for t in node.input:
+        producer = made.get(t)
+        if (
+            len(uses.get(t, [])) != 1
+            or t in graph_outputs
+            or (producer is not None and producer.op_type in _ORT_SAME_SCALE)
+            or amax[t] < 0.5 * amax[out]
+        ):
+            continue
+        amax[t] = amax[out]
+        if out in positive:
+            positive.add(t)
+        else:
+            positive.discard(t)
+
+
 def insert_qdq(
     model: onnx.ModelProto,
     amax: Mapping[str, float],
@@ -243,6 +271,7 @@ def insert_qdq(
         return b.finish()
 
     # ONNX Runtime: decide which tensors carry int8, in graph order, then wrap each in Q -> DQ.
+    graph_outputs = {o.name for o in b.g.output}
     quantized: set[str] = set()
     amax = dict(amax)
     positive = set(positive)
@@ -269,7 +298,8 @@ def insert_qdq(
                     quantized.add(out)
             elif all(t and t not in inits and t in quantized for t in node.input) and known(out):
                 quantized.add(out)
-    graph_outputs = {o.name for o in b.g.output}
+                if node.op_type == "Concat":
+                    _share_concat_scale(node, amax, positive, uses, made, graph_outputs)
     for node in nodes:
         activation = node.input[0] if node.input else ""
         for i, t in enumerate(node.input):

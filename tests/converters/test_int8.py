@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,11 @@ from converters.convert import ConvertOptions, Precision, convert_model, summary
 from converters.gate import SensitivityMethod
 from converters.graph import ConversionError, consumers, initializers, producers
 from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
+from converters.latency import profile_nodes
 from converters.prepare import prepare
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from make_models import silu_concat  # noqa: E402
 
 DATA = "synthetic:clip=1,size=64x64"
 
@@ -203,3 +208,24 @@ def test_a_classification_package_is_judged_by_top1_agreement(tiny_models: dict[
     result = convert_model(tiny_models["cls_tiny"], options)
     assert result.passed and result.report.accuracy is not None
     assert result.report.accuracy.metric_name == "top-1 agreement" and result.report.accuracy.metric >= 0.99
+
+
+def test_onnxruntime_int8_regions_pass_through_ops_with_integer_kernels() -> None:
+    model = silu_concat()
+    rng = np.random.default_rng(0)
+    feeds = [{"image": rng.standard_normal((1, 1, 16, 16)).astype(np.float32)} for _ in range(4)]
+    cal = calibrate(model, feeds, CalibratorOptions(method=CalibrationMethod.MINMAX))
+    int8 = insert_qdq(model, cal.amax(), quantizable_nodes(model), QuantTarget.ONNXRUNTIME, cal.non_negative())
+    optimized, _ = profile_nodes(int8, feeds, runs=1)
+    ops = [n.op_type for n in optimized.graph.node]
+    # SiLU and the Concat run as ORT integer kernels; the Reshapes run on the integers (same scale: Q/DQ dropped)
+    assert {"QLinearSigmoid", "QLinearMul", "QLinearConcat"} <= set(ops)
+    assert "Sigmoid" not in ops and ops.count("QLinearConv") == 4 and "Reshape" in ops
+    assert ops.count("QuantizeLinear") == 1  # the input only: no float round trip inside the network
+    # a Mul by a constant has no integer kernel: its input is dequantized once and it runs in float
+    assert ops.count("Mul") == 1 and ops.count("DequantizeLinear") == 1
+    # the Concat's inputs share its output's quantization, so QLinearConcat copies bytes
+    made, inits = producers(int8.graph), initializers(int8.graph)
+    scales = {t: float(numpy_helper.to_array(inits[made[made[t].input[0]].input[1]]))
+              for t in ("a_dequantized", "b_dequantized", "cat_dequantized")}  # fmt: skip
+    assert len(set(scales.values())) == 1

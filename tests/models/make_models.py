@@ -26,6 +26,8 @@ Converter test models (random fixed weights, seeded):
   Mul, Div 6 (and as Clip, Mul 1/6, Mul), scalar and per-channel "learnable affine" Mul/Add around convs, a padded
   depthwise conv, a grouped unpadded conv, and traps that must not fold: an affine tensor with a second reader, a
   Clip 0..5, an affine op before a padded conv.
+- `silu_concat`: YOLOX-style ops between convs: SiLU (Sigmoid, Mul), a Concat of two branches, a Reshape pair, and
+  a Mul by a constant (which ORT has no integer kernel for).
 - `cls_tiny`: classification card: [1,1,16,16] -> conv, global average pool -> [1,3] scores (dark, mid, bright).
 """
 
@@ -358,6 +360,27 @@ def exported_elementwise(opset: int = 17) -> onnx.ModelProto:
               helper.make_node("Conv", ["pad", "w_out"], ["logits"], name="head")]  # fmt: skip
     return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 4, 16, 16])],
                    [helper.make_tensor_value_info("logits", F, [1, 3, 16, 16])], inits, opset)  # fmt: skip
+
+
+def silu_concat() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(5)
+    inits = [_w(rng, "w_in", 16, 1, 3, 3), _w(rng, "w_a", 16, 16, 3, 3), _w(rng, "w_b", 16, 16, 1, 1),
+             _w(rng, "w_out", 2, 32, 1, 1), numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+             numpy_helper.from_array(np.array([1, 32, -1], np.int64), "flat"),
+             numpy_helper.from_array(np.array([1, 32, 16, 16], np.int64), "square")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_in"], ["x"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["x"], ["xs"], name="silu_sigmoid"),
+             helper.make_node("Mul", ["x", "xs"], ["silu"], name="silu_mul"),
+             helper.make_node("Conv", ["silu", "w_a"], ["a"], name="branch_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["silu", "w_b"], ["b"], name="branch_b"),
+             helper.make_node("Concat", ["a", "b"], ["cat"], name="concat", axis=1),
+             helper.make_node("Reshape", ["cat", "flat"], ["flat_cat"], name="to_flat"),
+             helper.make_node("Reshape", ["flat_cat", "square"], ["cat2"], name="to_square"),
+             helper.make_node("Conv", ["cat2", "w_out"], ["o"], name="head"),
+             helper.make_node("Mul", ["o", "half"], ["logits"], name="scale_by_constant")]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 2, 16, 16])], inits)  # fmt: skip
 
 
 def cls_tiny() -> onnx.ModelProto:
