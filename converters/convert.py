@@ -40,6 +40,7 @@ from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_node
 from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.progress import Progress
+from converters.prune import PruneOptions, prune_channels
 from converters.report import (
     AccuracyReport,
     ConversionReport,
@@ -50,6 +51,9 @@ from converters.report import (
     ModelFile,
     OutputFile,
     Precision,
+    PruneAttempt,
+    PruneMethod,
+    PruneResult,
     card_note,
     summary_text,
 )
@@ -84,6 +88,14 @@ class ConvertOptions:
     sample_order: SampleOrder = SampleOrder.SPREAD
     seed: int = 0
     latency: bool = True  # onnxruntime target: profile per-layer cost and keep layers out of INT8 that do not pay
+    prune: PruneMethod | None = None  # prune before the precision stages
+    prune_budget: float = 0.3  # FLOPs fraction to remove; the gate backs off from it where it fails
+    prune_repair: bool = True  # least-squares refit of the layers that lost input channels
+    prune_frames: int = 8  # calibration frames used to score channels and refit layers
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.prune_budget < 1.0:
+            raise ValueError(f"--prune-budget must be a FLOPs fraction in (0, 1), got {self.prune_budget}")
 
 
 @dataclass
@@ -154,13 +166,14 @@ class _Conversion:
 
 
 def _sources(options: ConvertOptions, card: ModelCard | None) -> tuple[str | None, str | None]:
-    """(evaluation source, calibration source). Either defaults to the other; with a card and neither given, INT8
-    and FP16 use synthetic images (said in the progress output and the report)."""
+    """(evaluation source, calibration source). Either defaults to the other; with a card and neither given, INT8,
+    FP16 and pruning use synthetic images (said in the progress output and the report)."""
     data = options.data or options.calib
     calib = options.calib or options.data
-    if options.precision is not Precision.FP32 and data is None and card is not None:
+    measured = options.precision is not Precision.FP32 or options.prune is not None
+    if measured and data is None and card is not None:
         data = calib = DEFAULT_SOURCE
-    return data, (calib if options.precision is Precision.INT8 else None)
+    return data, (calib if options.precision is Precision.INT8 or options.prune is not None else None)
 
 
 def convert_model(
@@ -183,10 +196,11 @@ def convert_model(
             raise ConversionError("fixing shapes to the card needs a card (a model package or --card)")
         shapes = {card.input_name: list(card.preprocess.input_shape)}
     eval_source, calib_source = _sources(options, card)
-    if eval_source is None and options.precision is not Precision.FP32:
+    if eval_source is None and (options.precision is not Precision.FP32 or options.prune is not None):
+        what = f"--precision {options.precision.value}" if options.prune is None else "--prune"
         raise ConversionError(
-            f"--precision {options.precision.value} without a model card needs --data SOURCE (or --calib): activation "
-            "ranges and the accuracy gate are measured on it; random[:seed=N] checks numbers only"
+            f"{what} without a model card needs --data SOURCE (or --calib): activation ranges, channel importance "
+            "and the accuracy gate are measured on it; random[:seed=N] checks numbers only"
         )
     say(f"preparing the graph (target opset {options.target_opset})")
     prepared, prep = prepare(
@@ -218,13 +232,19 @@ def convert_model(
         head = head_of(card)
         tolerance = options.tolerance if options.tolerance is not None else default_tolerance(head)
         ctx = _Conversion(prepared, data, reference, head, tolerance, options, report, say)
-        if options.precision is Precision.FP16:
-            model = _to_fp16(ctx)
-        elif options.precision is Precision.INT8:
+        calib: EvalData | None = None
+        if options.precision is Precision.INT8 or options.prune is not None:
             assert calib_source is not None
             say(f"loading calibration data from {calib_source}")
             calib = load_feeds(calib_source, prepared, card, _sampling(options, eval=False))
             report.calibration_data = DataInfo(calib.description, len(calib.feeds), calib.representative)
+        if options.prune is not None:
+            assert calib is not None
+            ctx.prepared = model = _prune(ctx, calib)
+        if options.precision is Precision.FP16:
+            model = _to_fp16(ctx)
+        elif options.precision is Precision.INT8:
+            assert calib is not None
             model = _to_int8(ctx, calib, extra)
     report.passed = model is not None
     if model is not None:
@@ -241,6 +261,35 @@ def _sampling(options: ConvertOptions, eval: bool) -> Sampling:
     """Calibration samples with the user's seed; evaluation from the same source with the next seed, so that the
     gate does not judge on the very frames the ranges were measured on."""
     return Sampling(options.samples, options.stride, options.sample_order, options.seed + (1 if eval else 0))
+
+
+def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
+    """Channel pruning at the requested FLOPs budget, judged by the gate against the original; on failure the
+    budget backs off by 0.1 at a time. Returns the pruned FP32 model (the prepared one if nothing passed)."""
+    options, say = ctx.options, ctx.say
+    assert options.prune is not None
+    gate = ctx.gate(lambda _units: ctx.prepared)
+    result = PruneResult(options.prune, options.prune_budget, 0.0, options.prune_repair, "")
+    ctx.report.prune = result
+    ratio = options.prune_budget
+    frames = calib.feeds[: max(1, options.prune_frames)]
+    while ratio > 0.05:
+        say(f"pruning channels: {ratio:.2f} of FLOPs")
+        pruned, details = prune_channels(
+            ctx.prepared, frames, PruneOptions(ratio=ratio, repair=options.prune_repair), say
+        )
+        check = compare(ctx.reference, run_model(pruned, ctx.data.feeds), ctx.head)
+        result.metric_name = check.metric_name
+        result.attempts.append(PruneAttempt(round(ratio, 3), round(check.metric, 6)))
+        say(
+            f"  FLOPs x{details.flops_ratio:.2f}: {check.metric_name} {check.metric:.4f} (required >= {gate.required:.4f})"
+        )
+        if gate.passes(check):
+            result.used, result.details = round(ratio, 3), details
+            return pruned
+        ratio = round(ratio - 0.1, 3)
+    say("  no pruning ratio passes the gate: the model is not pruned")
+    return ctx.prepared
 
 
 def _to_fp16(ctx: _Conversion) -> onnx.ModelProto | None:

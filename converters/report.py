@@ -16,6 +16,7 @@ from converters.evaluate import Comparison
 from converters.gate import Fallback, Sensitivity, SensitivityMethod
 from converters.latency import LatencyReport
 from converters.prepare import PrepareReport
+from converters.prune import PruneReport
 
 if TYPE_CHECKING:  # convert.py builds reports; importing it here at run time would be circular
     from converters.convert import ConvertOptions
@@ -97,6 +98,27 @@ class Int8Report:
     mixed_metric: float | None = None  # with --fallback fp16: the gate metric of the mixed model
 
 
+class PruneMethod(str, enum.Enum):
+    CHANNELS = "channels"  # structured: whole channels out, consumers refitted
+
+
+@dataclass(frozen=True)
+class PruneAttempt:
+    ratio: float  # FLOPs fraction asked of the pruner
+    metric: float  # the gate's metric of the pruned FP32 model against the original
+
+
+@dataclass
+class PruneResult:
+    method: PruneMethod
+    requested: float  # FLOPs fraction requested (--prune-budget)
+    used: float  # the largest one tried that passed the gate (0.0: nothing pruned)
+    repair: bool
+    metric_name: str
+    attempts: list[PruneAttempt] = field(default_factory=list)
+    details: PruneReport | None = None  # of the pruning that was kept
+
+
 @dataclass
 class ConversionReport:
     edgert_version: str
@@ -107,6 +129,7 @@ class ConversionReport:
     data: DataInfo | None = None  # evaluation data
     calibration_data: DataInfo | None = None  # INT8 only, when it differs from the evaluation data
     prepare_check: Comparison | None = None  # prepared FP32 vs the original
+    prune: PruneResult | None = None
     fp16: Fp16Report | None = None
     int8: Int8Report | None = None
     latency: LatencyReport | None = None  # INT8 for onnxruntime: per-layer cost and what left INT8 for speed
@@ -149,6 +172,10 @@ def card_note(report: ConversionReport) -> dict[str, Any]:
         "from_sha256": report.input.sha256,
         "tool": f"edgert {report.edgert_version}",
     }
+    if report.prune is not None and report.prune.details is not None and report.prune.used > 0:
+        d = report.prune.details
+        note["pruned"] = {"method": report.prune.method.value, "flops_ratio": round(d.flops_ratio, 4),
+                          "repair": report.prune.repair}  # fmt: skip
     if report.accuracy is not None:
         note["accuracy_vs_original"] = {report.accuracy.metric_name: round(report.accuracy.metric, 6)}
     if report.fp16 is not None:
@@ -180,6 +207,17 @@ def summary_text(report: ConversionReport) -> str:
         c = report.prepare_check
         worst = max((o.max_abs for o in c.outputs), default=0.0)
         lines.append(f"  check      prepared FP32 vs original: min cosine {c.metric:.7f}, max |diff| {worst:.3g}")
+    if report.prune is not None:
+        pr = report.prune
+        tried = ", ".join(f"{a.ratio:.2f}: {a.metric:.4f}" for a in pr.attempts)
+        if pr.details is not None and pr.used > 0:
+            d = pr.details
+            lines.append(f"  prune      {pr.method.value}, {pr.used:.2f} of FLOPs asked ({pr.requested:.2f} requested), "
+                         f"{'least-squares repair' if pr.repair else 'bias correction only'}: FLOPs x{d.flops_ratio:.2f}, "
+                         f"params x{d.params_after / max(d.params_before, 1):.2f}; {pr.metric_name} tried {tried}")  # fmt: skip
+            lines += [f"               {c.op} '{c.node}' {c.before} -> {c.after} channels" for c in d.layers]
+        else:
+            lines.append(f"  prune      {pr.method.value}: nothing pruned, every ratio failed the gate ({tried})")
     if report.fp16 is not None:
         f = report.fp16
         lines.append(f"  fp16       {f.fp16_nodes} of {f.nodes} nodes in FP16, {len(f.fp32_nodes)} kept FP32")

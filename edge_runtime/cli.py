@@ -249,6 +249,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
     from calibration.calibrators import CalibrationMethod
     from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
     from converters.int8 import QuantTarget
+    from converters.report import PruneMethod
 
     sampling = _sampling(args)
     options = ConvertOptions(
@@ -271,6 +272,9 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         range_margin=args.range_margin,
         max_fallback=args.max_fallback,
         latency=not args.no_latency,
+        prune=None if args.prune is None else PruneMethod(args.prune),
+        prune_budget=args.prune_budget,
+        prune_repair=not args.no_prune_repair,
     )
     result = convert_model(args.model, options, card_path=args.card, progress=out.progress)
     files = write_result(result, args.out)
@@ -513,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trt-version", default="10.3.0", help="TensorRT version for calibration.cache (e.g. 8.6.1)")
     g.add_argument("--no-latency", action="store_true",
                    help="skip the per-layer profiling that keeps layers out of INT8 where INT8 is slower here")  # fmt: skip
+    g = p.add_argument_group("pruning (before the precision stages)")
+    g.add_argument("--prune", choices=["channels"], help="structured channel pruning, repaired by least squares on "
+                   "calibration frames (no retraining)")  # fmt: skip
+    g.add_argument("--prune-budget", type=float, default=0.3,
+                   help="fraction of FLOPs to remove; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
+    g.add_argument("--no-prune-repair", action="store_true",
+                   help="remove channels with bias correction only, no least-squares refit")  # fmt: skip
     _json_argument(p, "the conversion report (also written to OUT/report.json)")
 
     p = command("compare", "run two models on the same inputs and report their differences", _compare)

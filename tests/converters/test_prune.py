@@ -1,0 +1,106 @@
+"""Channel pruning: dependency groups keep graphs valid, nothing pruned is bit-identical, repair is least squares."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from converters.convert import ConvertOptions, Precision, convert_model, summary_text
+from converters.evaluate import run_model
+from converters.prepare import prepare
+from converters.prune import PruneOptions, channel_groups, conv_flops, prune_channels
+from converters.report import PruneMethod
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+from make_models import exported_elementwise, residual, silu_concat, unet_bn  # noqa: E402
+
+
+def _feeds(model: onnx.ModelProto, n: int = 8) -> list[dict[str, np.ndarray]]:
+    inp = model.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    rng = np.random.default_rng(0)
+    return [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _error(a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> float:
+    return max(float(np.abs(x[k] - y[k]).max()) for x, y in zip(run_model(a, feeds), run_model(b, feeds)) for k in x)
+
+
+# residual Add, Concat + ConvTranspose + Resize + MaxPool, SiLU + Concat, depthwise + per-channel constants
+MODELS = {"residual": residual, "unet_bn": unet_bn, "silu_concat": silu_concat, "elementwise": exported_elementwise}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_pruning_keeps_the_graph_valid_and_nothing_pruned_is_bit_identical(name: str) -> None:
+    model, _ = prepare(MODELS[name]())
+    feeds = _feeds(model)
+    same, report = prune_channels(model, feeds, PruneOptions(ratio=0.0))
+    assert _error(model, same, feeds) == 0.0 and report.flops_after == report.flops_before
+    pruned, report = prune_channels(model, feeds, PruneOptions(ratio=0.3))  # checked and shape-inferred inside
+    assert report.groups_removed > 0 and report.flops_after < 0.8 * report.flops_before
+    assert report.params_after < report.params_before and report.layers
+    assert conv_flops(pruned) == (report.flops_after, report.params_after)
+    outputs = run_model(pruned, feeds[:1])[0]
+    assert {k: v.shape for k, v in outputs.items()} == {k: v.shape for k, v in run_model(model, feeds[:1])[0].items()}
+
+
+def test_repair_recovers_a_channel_that_the_others_explain() -> None:
+    """conv1 writes x0, x1 and x0 + x1; whichever one goes, least squares on the other two gives it back exactly,
+    while bias correction alone cannot."""
+    F = TensorProto.FLOAT
+    w1 = np.array([[1, 0], [0, 1], [1, 1]], np.float32).reshape(3, 2, 1, 1)
+    w2 = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -0.75]], np.float32).reshape(2, 3, 1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], name="produce"),
+         helper.make_node("Conv", ["h", "w2"], ["y"], name="consume")],  # fmt: skip
+        "ls", [helper.make_tensor_value_info("x", F, [1, 2, 8, 8])], [helper.make_tensor_value_info("y", F, [1, 2, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = _feeds(model)
+    repaired, report = prune_channels(model, feeds, PruneOptions(ratio=0.1, ridge=1e-9))
+    assert report.groups_removed == 1 and report.repaired == ["consume"]
+    assert [(c.node, c.before, c.after) for c in report.layers] == [("produce", 3, 2)]
+    assert _error(model, repaired, feeds) < 1e-3
+    plain, _ = prune_channels(model, feeds, PruneOptions(ratio=0.1, repair=False))
+    assert _error(model, plain, feeds) > 0.1
+
+
+def test_what_cannot_be_pruned_is_reported() -> None:
+    model, _ = prepare(exported_elementwise())
+    groups, blocked = channel_groups(model)
+    assert groups and any("graph inputs" in b for b in blocked) and any("graph outputs" in b for b in blocked)
+    assert any("grouped Conv 'grp'" in b for b in blocked)
+    members = {t for g in groups for t, _ in g.members}
+    assert "image" not in members and "logits" not in members
+
+
+def test_convert_prunes_behind_the_gate_and_records_it(tiny_models: dict[str, Path]) -> None:
+    options = ConvertOptions(prune=PruneMethod.CHANNELS, prune_budget=0.3, data="synthetic:frames=8,size=32x32",
+                             samples=8, tolerance=0.5)  # fmt: skip
+    result = convert_model(tiny_models["unet_bn"], options)
+    pr = result.report.prune
+    assert result.passed and pr is not None and pr.attempts and pr.attempts[0].ratio == 0.3
+    assert pr.used == 0.3 and pr.details is not None and pr.details.flops_ratio < 0.8
+    assert result.card is not None and result.card["conversion"]["pruned"]["method"] == "channels"
+    assert "prune      channels" in summary_text(result.report)
+    strict = convert_model(tiny_models["unet_bn"], ConvertOptions(**{**options.__dict__, "tolerance": 0.0}))
+    assert strict.report.prune is not None and strict.report.prune.used == 0.0  # every ratio fails a perfect gate
+    assert [a.ratio for a in strict.report.prune.attempts] == [0.3, 0.2, 0.1]
+    with pytest.raises(ValueError, match="prune-budget"):
+        ConvertOptions(prune=PruneMethod.CHANNELS, prune_budget=1.5)
+
+
+def test_int8_runs_on_the_pruned_graph(tiny_models: dict[str, Path]) -> None:
+    options = ConvertOptions(precision=Precision.INT8, prune=PruneMethod.CHANNELS, prune_budget=0.3,
+                             data="synthetic:frames=8,size=32x32", samples=8, tolerance=0.5, latency=False)  # fmt: skip
+    result = convert_model(tiny_models["unet_bn"], options)
+    assert result.passed and result.report.int8 is not None and result.report.prune is not None
+    assert result.report.prune.used > 0 and result.model is not None
+    pruned_weights = [i for i in result.model.graph.initializer if "_pruned_" in i.name]
+    assert pruned_weights  # the INT8 model was built on the pruned graph
