@@ -40,7 +40,7 @@ from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_node
 from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.progress import Progress
-from converters.prune import PruneOptions, prune_channels
+from converters.prune import Budget, PruneOptions, prune_channels
 from converters.report import (
     AccuracyReport,
     ConversionReport,
@@ -91,6 +91,8 @@ class ConvertOptions:
     prune: PruneMethod | None = None  # prune before the precision stages
     prune_budget: float = 0.3  # FLOPs fraction to remove; the gate backs off from it where it fails
     prune_repair: bool = True  # least-squares refit of the layers that lost input channels
+    prune_by: Budget | None = None  # what the budget is a fraction of; None: latency for onnxruntime, else FLOPs
+    prune_multiple: int = 16  # kept channel counts are multiples of this (1: any count)
     prune_frames: int = 8  # calibration frames used to score channels and refit layers
 
     def __post_init__(self) -> None:
@@ -264,7 +266,7 @@ def _sampling(options: ConvertOptions, eval: bool) -> Sampling:
 
 
 def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
-    """Channel pruning at the requested FLOPs budget, judged by the gate against the original; on failure the
+    """Channel pruning at the requested budget (time or FLOPs), judged by the gate against the original; on failure the
     budget backs off by 0.1 at a time. Returns the pruned FP32 model (the prepared one if nothing passed)."""
     options, say = ctx.options, ctx.say
     assert options.prune is not None
@@ -273,10 +275,17 @@ def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
     ctx.report.prune = result
     ratio = options.prune_budget
     frames = calib.feeds[: max(1, options.prune_frames)]
+    budget = options.prune_by or (Budget.LATENCY if options.target is QuantTarget.ONNXRUNTIME else Budget.FLOPS)
+    measure = "time" if budget is Budget.LATENCY else "FLOPs"
     while ratio > 0.05:
-        say(f"pruning channels: {ratio:.2f} of FLOPs")
+        say(f"pruning channels: {ratio:.2f} of the weighted layers' {measure}")
         pruned, details = prune_channels(
-            ctx.prepared, frames, PruneOptions(ratio=ratio, repair=options.prune_repair), say
+            ctx.prepared,
+            frames,
+            PruneOptions(
+                ratio=ratio, budget=budget, repair=options.prune_repair, channel_multiple=options.prune_multiple
+            ),
+            say,
         )
         check = compare(ctx.reference, run_model(pruned, ctx.data.feeds), ctx.head)
         result.metric_name = check.metric_name

@@ -212,7 +212,7 @@ def summary_text(report: ConversionReport) -> str:
         tried = ", ".join(f"{a.ratio:.2f}: {a.metric:.4f}" for a in pr.attempts)
         if pr.details is not None and pr.used > 0:
             d = pr.details
-            lines.append(f"  prune      {pr.method.value}, {pr.used:.2f} of FLOPs asked ({pr.requested:.2f} requested), "
+            lines.append(f"  prune      {pr.method.value}, {pr.used:.2f} of {d.budget.value} asked ({pr.requested:.2f} requested), "
                          f"{'least-squares repair' if pr.repair else 'bias correction only'}: FLOPs x{d.flops_ratio:.2f}, "
                          f"params x{d.params_after / max(d.params_before, 1):.2f}; {pr.metric_name} tried {tried}")  # fmt: skip
             lines += [f"               {c.op} '{c.node}' {c.before} -> {c.after} channels" for c in d.layers]

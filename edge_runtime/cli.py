@@ -249,6 +249,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
     from calibration.calibrators import CalibrationMethod
     from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
     from converters.int8 import QuantTarget
+    from converters.prune import Budget
     from converters.report import PruneMethod
 
     sampling = _sampling(args)
@@ -275,6 +276,8 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         prune=None if args.prune is None else PruneMethod(args.prune),
         prune_budget=args.prune_budget,
         prune_repair=not args.no_prune_repair,
+        prune_by=None if args.prune_by == "auto" else Budget(args.prune_by),
+        prune_multiple=args.prune_multiple,
     )
     result = convert_model(args.model, options, card_path=args.card, progress=out.progress)
     files = write_result(result, args.out)
@@ -522,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibration frames (no retraining)")  # fmt: skip
     g.add_argument("--prune-budget", type=float, default=0.3,
                    help="fraction of FLOPs to remove; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
+    g.add_argument("--prune-by", choices=["auto", "latency", "flops"], default="auto",
+                   help="what the budget is a fraction of: the layers' time measured here (auto for onnxruntime) "
+                   "or their FLOPs (auto for tensorrt)")  # fmt: skip
+    g.add_argument("--prune-multiple", type=int, default=16,
+                   help="keep channel counts multiples of this (default 16: CPU convolutions run in blocks of "
+                   "16 channels, so 44 of 48 channels are no faster than 48); 1 allows any count")  # fmt: skip
     g.add_argument("--no-prune-repair", action="store_true",
                    help="remove channels with bias correction only, no least-squares refit")  # fmt: skip
     _json_argument(p, "the conversion report (also written to OUT/report.json)")

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converters.convert import ConvertOptions, Precision, convert_model, summary_text
 from converters.evaluate import run_model
 from converters.prepare import prepare
-from converters.prune import PruneOptions, channel_groups, conv_flops, prune_channels
+from converters.prune import Budget, PruneOptions, channel_groups, conv_flops, prune_channels
 from converters.report import PruneMethod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -39,9 +39,11 @@ MODELS = {"residual": residual, "unet_bn": unet_bn, "silu_concat": silu_concat, 
 def test_pruning_keeps_the_graph_valid_and_nothing_pruned_is_bit_identical(name: str) -> None:
     model, _ = prepare(MODELS[name]())
     feeds = _feeds(model)
-    same, report = prune_channels(model, feeds, PruneOptions(ratio=0.0))
+    same, report = prune_channels(model, feeds, PruneOptions(ratio=0.0, channel_multiple=1))
     assert _error(model, same, feeds) == 0.0 and report.flops_after == report.flops_before
-    pruned, report = prune_channels(model, feeds, PruneOptions(ratio=0.3))  # checked and shape-inferred inside
+    pruned, report = prune_channels(
+        model, feeds, PruneOptions(ratio=0.3, budget=Budget.FLOPS, channel_multiple=1)
+    )  # checked, shapes inferred
     assert report.groups_removed > 0 and report.flops_after < 0.8 * report.flops_before
     assert report.params_after < report.params_before and report.layers
     assert conv_flops(pruned) == (report.flops_after, report.params_after)
@@ -63,11 +65,15 @@ def test_repair_recovers_a_channel_that_the_others_explain() -> None:
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     feeds = _feeds(model)
-    repaired, report = prune_channels(model, feeds, PruneOptions(ratio=0.1, ridge=1e-9))
+    repaired, report = prune_channels(
+        model, feeds, PruneOptions(ratio=0.1, budget=Budget.FLOPS, ridge=1e-9, channel_multiple=1)
+    )
     assert report.groups_removed == 1 and report.repaired == ["consume"]
     assert [(c.node, c.before, c.after) for c in report.layers] == [("produce", 3, 2)]
     assert _error(model, repaired, feeds) < 1e-3
-    plain, _ = prune_channels(model, feeds, PruneOptions(ratio=0.1, repair=False))
+    plain, _ = prune_channels(
+        model, feeds, PruneOptions(ratio=0.1, budget=Budget.FLOPS, repair=False, channel_multiple=1)
+    )
     assert _error(model, plain, feeds) > 0.1
 
 
@@ -82,7 +88,7 @@ def test_what_cannot_be_pruned_is_reported() -> None:
 
 def test_convert_prunes_behind_the_gate_and_records_it(tiny_models: dict[str, Path]) -> None:
     options = ConvertOptions(prune=PruneMethod.CHANNELS, prune_budget=0.3, data="synthetic:frames=8,size=32x32",
-                             samples=8, tolerance=0.5)  # fmt: skip
+                             samples=8, tolerance=0.5, prune_multiple=1, prune_by=Budget.FLOPS)  # fmt: skip
     result = convert_model(tiny_models["unet_bn"], options)
     pr = result.report.prune
     assert result.passed and pr is not None and pr.attempts and pr.attempts[0].ratio == 0.3
@@ -98,9 +104,30 @@ def test_convert_prunes_behind_the_gate_and_records_it(tiny_models: dict[str, Pa
 
 def test_int8_runs_on_the_pruned_graph(tiny_models: dict[str, Path]) -> None:
     options = ConvertOptions(precision=Precision.INT8, prune=PruneMethod.CHANNELS, prune_budget=0.3,
-                             data="synthetic:frames=8,size=32x32", samples=8, tolerance=0.5, latency=False)  # fmt: skip
+                             data="synthetic:frames=8,size=32x32", samples=8, tolerance=0.5, latency=False,
+                             prune_multiple=1)  # fmt: skip
     result = convert_model(tiny_models["unet_bn"], options)
     assert result.passed and result.report.int8 is not None and result.report.prune is not None
     assert result.report.prune.used > 0 and result.model is not None
     pruned_weights = [i for i in result.model.graph.initializer if "_pruned_" in i.name]
     assert pruned_weights  # the INT8 model was built on the pruned graph
+
+
+def test_kept_channel_counts_are_multiples_of_the_block_or_unchanged() -> None:
+    """CPU convolutions run in blocks of channels: 44 of 48 channels cost what 48 do. With a multiple of 8, every
+    pruned tensor keeps 8, 16, 24... channels (or all of them)."""
+    model, _ = prepare(silu_concat())  # 16- and 32-channel tensors
+    feeds = _feeds(model)
+    pruned, report = prune_channels(model, feeds, PruneOptions(ratio=0.3, budget=Budget.FLOPS, channel_multiple=8))
+    assert report.layers and all(c.after % 8 == 0 for c in report.layers)
+    loose, _ = prune_channels(model, feeds, PruneOptions(ratio=0.3, budget=Budget.FLOPS, channel_multiple=1))
+    assert conv_flops(loose) != conv_flops(pruned)  # the rounding changed the selection
+    nothing, report = prune_channels(model, feeds, PruneOptions(ratio=0.05, budget=Budget.FLOPS, channel_multiple=64))
+    assert report.groups_removed == 0 and _error(model, nothing, feeds) == 0.0  # no multiple fits: nothing goes
+
+
+def test_a_latency_budget_profiles_the_layers() -> None:
+    model, _ = prepare(unet_bn())
+    _, report = prune_channels(model, _feeds(model), PruneOptions(ratio=0.3, channel_multiple=1))
+    assert report.budget is Budget.LATENCY and report.layer_us_before > 0
+    assert 0 < report.layer_us_removed and report.groups_removed > 0
