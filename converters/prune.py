@@ -142,16 +142,8 @@ def conv_flops(model: onnx.ModelProto) -> tuple[int, int]:
             continue
         w = shapes[node.input[1]]
         params += math.prod(w) + (math.prod(shapes[node.input[2]]) if len(node.input) > 2 and node.input[2] else 0)
-        out = shapes.get(node.output[0])
-        if out is None:
-            continue
-        if node.op_type == "Conv":
-            flops += 2 * math.prod(w) * math.prod(out[2:]) * out[0]
-        elif node.op_type == "ConvTranspose":
-            x = shapes.get(node.input[0], out)
-            flops += 2 * math.prod(w) * math.prod(x[2:]) * x[0]
-        else:
-            flops += 2 * math.prod(w) * math.prod(out[:-1])
+        if node.output[0] in shapes:
+            flops += _node_flops(node, shapes)
     return flops, params
 
 
@@ -440,11 +432,7 @@ def _group_time(model: onnx.ModelProto, groups: Sequence[ChannelGroup], times: M
         for u in grp.uses:
             node = by_name[u.node]
             w = shapes[node.input[1]]
-            axis = (
-                1
-                if u.role in ("consumer", "consumer_t") or (node.op_type == "ConvTranspose" and u.role == "producer")
-                else 0
-            )
+            axis = _removed_axis(node, u.role)
             layer_us = times.get(u.node, flop_of[u.node] * us_per_flop)
             total += layer_us / max(w[axis], 1)
         grp.cost = total
@@ -461,6 +449,13 @@ def _node_flops(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
     return 2 * math.prod(w) * math.prod(out[:-1])
 
 
+def _removed_axis(node: onnx.NodeProto, role: str) -> int:
+    """The weight axis whose entries one removed channel takes away, for this use of the channel."""
+    if role in ("consumer", "consumer_t") or (node.op_type == "ConvTranspose" and role == "producer"):
+        return 1
+    return 0
+
+
 def _group_flops(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> None:
     shapes = _shapes(model)
     by_name = {n.name: n for n in model.graph.node}
@@ -471,16 +466,8 @@ def _group_flops(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> None
             key = (u.node, u.role)
             if key not in per_channel:
                 node = by_name[u.node]
-                w = shapes[node.input[1]]
-                out = shapes.get(node.output[0], [1])
-                spatial = math.prod(out[2:]) * out[0] if len(out) > 2 else math.prod(out[:-1])
-                if node.op_type == "ConvTranspose":
-                    x = shapes.get(node.input[0], out)
-                    spatial = math.prod(x[2:]) * x[0]
-                axis = 0 if u.role in ("producer", "depthwise", "consumer_convt", "consumer_row") else 1
-                if node.op_type == "ConvTranspose" and u.role == "producer":
-                    axis = 1
-                per_channel[key] = 2 * math.prod(w) // max(w[axis], 1) * spatial
+                axis = _removed_axis(node, u.role)
+                per_channel[key] = _node_flops(node, shapes) // max(shapes[node.input[1]][axis], 1)
             total += per_channel[key]
         grp.flops = total
 
@@ -554,9 +541,7 @@ def _slice(a: np.ndarray, axis: int, drop: Sequence[int]) -> np.ndarray:
 def _im2col(x: np.ndarray, node: onnx.NodeProto, w_shape: Sequence[int], picks: np.ndarray) -> np.ndarray:
     """Patches [positions, C * kh * kw] of a Conv's input at the sampled output positions `picks` (flat)."""
     kh, kw = w_shape[2], w_shape[3]
-    strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-    dil = next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])
-    pads = next((list(a.ints) for a in node.attribute if a.name == "pads"), [0, 0, 0, 0])
+    strides, dil, pads = _strides(node), _dil(node), _pads(node)
     xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     out_w = (xp.shape[2] - dil[1] * (kw - 1) - 1) // strides[1] + 1
     rows, cols = picks // out_w, picks % out_w
