@@ -40,7 +40,7 @@ from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_node
 from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.progress import Progress
-from converters.prune import Budget, PruneOptions, prune_channels
+from converters.prune import Budget, PruneOptions, plan_pruning, prune_channels
 from converters.report import (
     AccuracyReport,
     ConversionReport,
@@ -89,7 +89,7 @@ class ConvertOptions:
     seed: int = 0
     latency: bool = True  # onnxruntime target: profile per-layer cost and keep layers out of INT8 that do not pay
     prune: PruneMethod | None = None  # prune before the precision stages
-    prune_budget: float = 0.3  # FLOPs fraction to remove; the gate backs off from it where it fails
+    prune_budget: float = 0.3  # fraction of the layers' time (or FLOPs) to remove; backs off while the gate fails
     prune_repair: bool = True  # least-squares refit of the layers that lost input channels
     prune_by: Budget | None = None  # what the budget is a fraction of; None: latency for onnxruntime, else FLOPs
     prune_multiple: int = 16  # kept channel counts are multiples of this (1: any count)
@@ -97,7 +97,7 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.prune_budget < 1.0:
-            raise ValueError(f"--prune-budget must be a FLOPs fraction in (0, 1), got {self.prune_budget}")
+            raise ValueError(f"--prune-budget must be a fraction in (0, 1), got {self.prune_budget}")
 
 
 @dataclass
@@ -277,6 +277,8 @@ def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
     frames = calib.feeds[: max(1, options.prune_frames)]
     budget = options.prune_by or (Budget.LATENCY if options.target is QuantTarget.ONNXRUNTIME else Budget.FLOPS)
     measure = "time" if budget is Budget.LATENCY else "FLOPs"
+    say(f"planning channel pruning by the weighted layers' {measure}")
+    plan = plan_pruning(ctx.prepared, frames, budget, say)  # once: it does not depend on the ratio
     while ratio > 0.05:
         say(f"pruning channels: {ratio:.2f} of the weighted layers' {measure}")
         pruned, details = prune_channels(
@@ -286,6 +288,7 @@ def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
                 ratio=ratio, budget=budget, repair=options.prune_repair, channel_multiple=options.prune_multiple
             ),
             say,
+            plan,
         )
         check = compare(ctx.reference, run_model(pruned, ctx.data.feeds), ctx.head)
         result.metric_name = check.metric_name

@@ -171,11 +171,12 @@ class _UnionFind:
 
 @dataclass(frozen=True)
 class _Use:
-    """A weighted op's use of one channel: a row it writes (`producer`), a column it reads (`consumer`), or
-    a channel it carries through (`depthwise`)."""
+    """A weighted op's use of one channel: an output channel it writes (`producer`), an input channel it reads
+    (`consumer`: Conv weight axis 1; `consumer_convt`: ConvTranspose axis 0; `consumer_t`: Gemm with transB,
+    axis 1; `consumer_row`: MatMul or Gemm, axis 0), or a channel it carries through (`depthwise`)."""
 
     node: str
-    role: str  # producer | consumer | depthwise
+    role: str
     index: int
 
 
@@ -184,7 +185,6 @@ class ChannelGroup:
     members: list[tuple[str, int]]  # (tensor, channel)
     uses: list[_Use]
     score: float = 0.0
-    flops: int = 0  # FLOPs saved by removing it
     cost: float = 0.0  # what removing it saves in the budget's measure (FLOPs, or microseconds)
 
 
@@ -236,8 +236,9 @@ def channel_groups(model: onnx.ModelProto) -> tuple[list[ChannelGroup], list[str
                 for c in range(channels(y)):
                     uses[(y, c)].append(_Use(name, "depthwise", c))
             elif group == 1:
+                reads = "consumer_convt" if op == "ConvTranspose" else "consumer"
                 for c in range(channels(x)):
-                    uses[(x, c)].append(_Use(name, "consumer", c))
+                    uses[(x, c)].append(_Use(name, reads, c))
                     uf.find((x, c))
                 for c in range(channels(y)):
                     uses[(y, c)].append(_Use(name, "producer", c))
@@ -383,15 +384,6 @@ def _column_energy(w: np.ndarray, role: str) -> np.ndarray:
     raise ValueError(role)
 
 
-def _fix_convt_roles(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> None:
-    ops = {n.name: n.op_type for n in model.graph.node}
-    for grp in groups:
-        grp.uses = [
-            _Use(u.node, "consumer_convt", u.index) if u.role == "consumer" and ops[u.node] == "ConvTranspose" else u
-            for u in grp.uses
-        ]
-
-
 def importance(model: onnx.ModelProto, groups: Sequence[ChannelGroup], stats: Mapping[str, _ChannelStats]) -> None:
     """Sets each group's score: the fraction of its consumers' input energy that it carries, summed."""
     inits = initializers(model.graph)
@@ -418,7 +410,6 @@ def _group_time(model: onnx.ModelProto, groups: Sequence[ChannelGroup], times: M
     time per FLOP of the measured ones)."""
     shapes = _shapes(model)
     by_name = {n.name: n for n in model.graph.node}
-    _group_flops(model, groups)
     flop_of: dict[str, int] = {}
     for grp in groups:
         for u in grp.uses:
@@ -457,6 +448,7 @@ def _removed_axis(node: onnx.NodeProto, role: str) -> int:
 
 
 def _group_flops(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> None:
+    """Each group's cost as FLOPs: what removing its channel takes from each weighted op that uses it."""
     shapes = _shapes(model)
     by_name = {n.name: n for n in model.graph.node}
     per_channel: dict[tuple[str, str], int] = {}
@@ -469,7 +461,7 @@ def _group_flops(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> None
                 axis = _removed_axis(node, u.role)
                 per_channel[key] = _node_flops(node, shapes) // max(shapes[node.input[1]][axis], 1)
             total += per_channel[key]
-        grp.flops = total
+        grp.cost = float(total)
 
 
 def _align(
@@ -621,44 +613,76 @@ def _bias_correction(w: np.ndarray, drop: Sequence[int], mean: np.ndarray, role:
     )
 
 
+@dataclass
+class PrunePlan:
+    """What pruning needs that does not depend on the ratio: the prunable groups, scored and costed in the
+    budget's measure, and the per-channel statistics the repair's bias correction uses. Plan once, then
+    `prune_channels` at as many ratios as the gate asks for."""
+
+    budget: Budget
+    groups: list[ChannelGroup]
+    blocked: list[str]
+    stats: dict[str, _ChannelStats]
+    shapes: dict[str, list[int]]
+    whole: float  # the budget's measure over every weighted op (microseconds or FLOPs)
+    flops: int
+    params: int
+
+
+def plan_pruning(
+    model: onnx.ModelProto, feeds: Sequence[Feed], budget: Budget = Budget.LATENCY, say: Progress | None = None
+) -> PrunePlan:
+    tell: Callable[[str], None] = say or (lambda _m: None)
+    flops, params = conv_flops(model)
+    groups, blocked = channel_groups(model)
+    plan = PrunePlan(budget, groups, blocked, {}, _shapes(model), float(flops), flops, params)
+    if not groups:
+        return plan
+    tell(f"  measuring channel importance on {len(feeds)} frames ({len(groups)} prunable channel groups)")
+    plan.stats = channel_stats(model, feeds, set(_consumer_inputs(model, groups).values()))
+    importance(model, groups, plan.stats)
+    if budget is Budget.LATENCY:
+        units = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+        tell(f"  profiling {len(units)} weighted layers for a latency budget")
+        times = layer_times(model, units, feeds[:2], runs=5)
+        _group_time(model, groups, times)
+        plan.whole = sum(times.values())
+    else:
+        _group_flops(model, groups)
+    return plan
+
+
 def prune_channels(
     model: onnx.ModelProto,
     feeds: Sequence[Feed],
     options: PruneOptions = PruneOptions(),
     say: Progress | None = None,
+    plan: PrunePlan | None = None,
 ) -> tuple[onnx.ModelProto, PruneReport]:
-    """A copy of the prepared `model` with about `options.ratio` of its FLOPs removed, and what was done."""
+    """A copy of the prepared `model` with about `options.ratio` of the budget's measure (time or FLOPs) removed,
+    and what was done. `plan` (from `plan_pruning` on the same model, feeds and budget) saves re-measuring."""
     tell: Callable[[str], None] = say or (lambda _m: None)
-    report = PruneReport()
-    report.flops_before, report.params_before = conv_flops(model)
-    groups, report.blocked = channel_groups(model)
-    _fix_convt_roles(model, groups)
-    report.groups = len(groups)
-    if options.ratio == 0.0 or not groups:
-        report.flops_after, report.params_after = report.flops_before, report.params_before
+    report = PruneReport(budget=options.budget)
+    if plan is None and options.ratio == 0.0:  # nothing to remove: no need to measure anything
+        groups0, report.blocked = channel_groups(model)
+        report.groups = len(groups0)
+        report.flops_before, report.params_before = report.flops_after, report.params_after = conv_flops(model)
         return copy_model(model), report
-    consumer_inputs = _consumer_inputs(model, groups)
-    tell(f"  measuring channel importance on {len(feeds)} frames ({len(groups)} prunable channel groups)")
-    stats = channel_stats(model, feeds, set(consumer_inputs.values()))
-    importance(model, groups, stats)
-    shapes = _shapes(model)
-    report.budget = options.budget
+    if plan is None:
+        plan = plan_pruning(model, feeds, options.budget, say)
+    elif plan.budget is not options.budget:
+        raise ValueError(f"the plan was made for a {plan.budget.value} budget, not {options.budget.value}")
+    report.flops_before, report.params_before = plan.flops, plan.params
+    report.groups, report.blocked = len(plan.groups), plan.blocked
+    if not plan.groups or options.ratio == 0.0:
+        report.flops_after, report.params_after = plan.flops, plan.params
+        return copy_model(model), report
+    groups, stats, shapes = plan.groups, plan.stats, plan.shapes
     if options.budget is Budget.LATENCY:
-        units = sorted({u.node for grp in groups for u in grp.uses})
-        all_units = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-        tell(f"  profiling {len(all_units)} weighted layers for a latency budget")
-        times = layer_times(model, all_units, feeds[:2], runs=5)
-        _group_time(model, groups, {u: times[u] for u in units if u in times})
-        whole = sum(times.values())
-    else:
-        _group_flops(model, groups)
-        for grp in groups:
-            grp.cost = float(grp.flops)
-        whole = float(report.flops_before)
-    report.layer_us_before = round(whole, 1) if options.budget is Budget.LATENCY else 0.0
+        report.layer_us_before = round(plan.whole, 1)
 
     # selection: least score per unit of cost first, within each tensor's cap
-    target = options.ratio * whole
+    target = options.ratio * plan.whole
     removed_per_tensor: dict[str, int] = defaultdict(int)
     chosen: list[ChannelGroup] = []
     saved = 0.0
@@ -672,7 +696,6 @@ def prune_channels(
             removed_per_tensor[t] += 1
         chosen.append(grp)
         saved += grp.cost
-    saved = 0.0  # recomputed after alignment
     chosen = _align(chosen, groups, shapes, options)
     report.groups_removed = len(chosen)
     if options.budget is Budget.LATENCY:
@@ -722,13 +745,11 @@ def prune_channels(
                     report.repaired.append(name)
                 else:
                     shift = _bias_correction(w, dropped, mean, consumer_role)
-                    axis = {"consumer": 1, "consumer_t": 1, "consumer_row": 0, "consumer_convt": 0}[consumer_role]
-                    w = _slice(w, axis, dropped)
+                    w = _slice(w, _removed_axis(node, consumer_role), dropped)
                     b = (b if b is not None else np.zeros(shift.shape[0])) + shift
             if (name, "producer") in drops:
                 dropped = sorted(drops[(name, "producer")])
-                axis = 1 if op == "ConvTranspose" else 0
-                w = _slice(w, axis, dropped)
+                w = _slice(w, _removed_axis(node, "producer"), dropped)
                 if b is not None:
                     b = _slice(b, 0, dropped)
             if (name, "depthwise") in drops:
@@ -803,11 +824,13 @@ def prune_channels(
 __all__ = [
     "Budget",
     "ChannelGroup",
+    "PrunePlan",
     "LayerChannels",
     "PruneOptions",
     "PruneReport",
     "channel_groups",
     "conv_flops",
     "importance",
+    "plan_pruning",
     "prune_channels",
 ]

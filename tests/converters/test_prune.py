@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converters.convert import ConvertOptions, Precision, convert_model, summary_text
 from converters.evaluate import run_model
 from converters.prepare import prepare
-from converters.prune import Budget, PruneOptions, channel_groups, conv_flops, prune_channels
+from converters.prune import Budget, PruneOptions, channel_groups, conv_flops, plan_pruning, prune_channels
 from converters.report import PruneMethod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -131,3 +131,16 @@ def test_a_latency_budget_profiles_the_layers() -> None:
     _, report = prune_channels(model, _feeds(model), PruneOptions(ratio=0.3, channel_multiple=1))
     assert report.budget is Budget.LATENCY and report.layer_us_before > 0
     assert 0 < report.layer_us_removed and report.groups_removed > 0
+
+
+def test_one_plan_serves_every_ratio() -> None:
+    model, _ = prepare(unet_bn())
+    feeds = _feeds(model)
+    plan = plan_pruning(model, feeds, Budget.FLOPS)
+    for ratio in (0.3, 0.1):
+        options = PruneOptions(ratio=ratio, budget=Budget.FLOPS, channel_multiple=1)
+        with_plan, a = prune_channels(model, feeds, options, plan=plan)
+        fresh, b = prune_channels(model, feeds, options)
+        assert a == b and with_plan.SerializeToString() == fresh.SerializeToString()
+    with pytest.raises(ValueError, match="made for a flops budget"):
+        prune_channels(model, feeds, PruneOptions(ratio=0.3, budget=Budget.LATENCY), plan=plan)
