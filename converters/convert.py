@@ -14,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_node
 from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.progress import Progress
-from converters.prune import Budget, PruneOptions, plan_pruning, prune_channels
+from converters.prune import Budget, PruneOptions, cpu_channel_block, plan_pruning, prune_channels
 from converters.report import (
     AccuracyReport,
     ConversionReport,
@@ -92,12 +92,18 @@ class ConvertOptions:
     prune_budget: float = 0.3  # fraction of the layers' time (or FLOPs) to remove; backs off while the gate fails
     prune_repair: bool = True  # least-squares refit of the layers that lost input channels
     prune_by: Budget | None = None  # what the budget is a fraction of; None: latency for onnxruntime, else FLOPs
-    prune_multiple: int = 16  # kept channel counts are multiples of this (1: any count)
-    prune_frames: int = 8  # calibration frames used to score channels and refit layers
+    prune_multiple: int = 0  # kept channel counts are multiples of this (1: any count; 0: this CPU's channel
+    # block for a latency budget, 8 for FLOPs, the tensor cores' multiple)
+    prune_target_ms: float | None = None  # --prune-budget as a latency: the FP32 model's time per run to reach
+    prune_frames: int = 16  # calibration frames that measure sensitivity and refit the layers
 
     def __post_init__(self) -> None:
         if not 0.0 < self.prune_budget < 1.0:
             raise ValueError(f"--prune-budget must be a fraction in (0, 1), got {self.prune_budget}")
+        if self.prune_target_ms is not None and not self.prune_target_ms > 0.0:
+            raise ValueError(f"--prune-budget as a latency must be > 0 ms, got {self.prune_target_ms}")
+        if self.prune_multiple < 0 or self.prune_frames < 1:
+            raise ValueError("--prune-multiple must be >= 0 (0: automatic) and the pruning frames >= 1")
 
 
 @dataclass
@@ -266,30 +272,52 @@ def _sampling(options: ConvertOptions, eval: bool) -> Sampling:
 
 
 def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
-    """Channel pruning at the requested budget (time or FLOPs), judged by the gate against the original; on failure the
-    budget backs off by 0.1 at a time. Returns the pruned FP32 model (the prepared one if nothing passed)."""
+    """Channel pruning at the requested budget (a fraction of the layers' time or FLOPs, or a latency to reach),
+    judged by the gate against the original; on failure the budget backs off by 0.1 at a time. Returns the pruned
+    FP32 model (the prepared one if nothing passed)."""
     options, say = ctx.options, ctx.say
     assert options.prune is not None
     gate = ctx.gate(lambda _units: ctx.prepared)
     result = PruneResult(options.prune, options.prune_budget, 0.0, options.prune_repair, "")
     ctx.report.prune = result
-    ratio = options.prune_budget
     frames = calib.feeds[: max(1, options.prune_frames)]
     budget = options.prune_by or (Budget.LATENCY if options.target is QuantTarget.ONNXRUNTIME else Budget.FLOPS)
+    if options.prune_target_ms is not None and budget is not Budget.LATENCY:
+        raise ConversionError("--prune-budget as a latency (ms) needs --prune-by latency")
     measure = "time" if budget is Budget.LATENCY else "FLOPs"
+    multiple = options.prune_multiple or (cpu_channel_block() if budget is Budget.LATENCY else 8)
+    prune_options = PruneOptions(budget=budget, repair=options.prune_repair, channel_multiple=max(multiple, 1))
     say(f"planning channel pruning by the weighted layers' {measure}")
-    plan = plan_pruning(ctx.prepared, frames, budget, say)  # once: it does not depend on the ratio
-    while ratio > 0.05:
-        say(f"pruning channels: {ratio:.2f} of the weighted layers' {measure}")
-        pruned, details = prune_channels(
-            ctx.prepared,
-            frames,
-            PruneOptions(
-                ratio=ratio, budget=budget, repair=options.prune_repair, channel_multiple=options.prune_multiple
-            ),
-            say,
-            plan,
+    plan = plan_pruning(ctx.prepared, frames, prune_options, ctx.head, say)  # once: it does not depend on the ratio
+    if not plan.order:
+        result.note = (
+            f"no prunable channel groups ({'; '.join(plan.blocked) or 'no weighted layers'})"
+            if not plan.groups
+            else f"no step of {multiple} channels saves {measure} in any layer family"
         )
+        say(f"  {result.note}")
+        return ctx.prepared
+    ratio = options.prune_budget
+    if options.prune_target_ms is not None:
+        fp32_ms = time_models([ctx.prepared], frames[:2], rounds=3, runs=10)[0]
+        result.target_ms, result.fp32_ms = options.prune_target_ms, round(fp32_ms, 3)
+        ratio = (fp32_ms - options.prune_target_ms) * 1000.0 / max(plan.whole, 1e-9)
+        say(
+            f"  {fp32_ms:.2f} ms per run here, {options.prune_target_ms:.2f} ms wanted: {ratio:.2f} of the layers' time"
+        )
+        if ratio <= 0.0:
+            result.note = f"the model already runs in {fp32_ms:.2f} ms <= {options.prune_target_ms:.2f} ms"
+            return ctx.prepared
+        ratio = result.requested = round(min(ratio, 0.95), 3)
+    seen: list[int] = []
+    while ratio > 0.05:
+        chosen, _ = plan.selection(ratio)
+        if len(chosen) in seen:  # a smaller ratio that selects the same steps: nothing new to judge
+            ratio = round(ratio - 0.1, 3)
+            continue
+        seen.append(len(chosen))
+        say(f"pruning channels: {ratio:.2f} of the weighted layers' {measure}")
+        pruned, details = prune_channels(ctx.prepared, frames, replace(prune_options, ratio=ratio), say, plan)
         check = compare(ctx.reference, run_model(pruned, ctx.data.feeds), ctx.head)
         result.metric_name = check.metric_name
         result.attempts.append(PruneAttempt(round(ratio, 3), round(check.metric, 6)))
@@ -298,6 +326,9 @@ def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
         )
         if gate.passes(check):
             result.used, result.details = round(ratio, 3), details
+            fp32_ms, pruned_ms = time_models([ctx.prepared, pruned], frames[:2], rounds=5, runs=10)
+            result.fp32_ms, result.pruned_ms = round(fp32_ms, 3), round(pruned_ms, 3)
+            say(f"  timed here: {fp32_ms:.2f} ms -> {pruned_ms:.2f} ms per run ({fp32_ms / pruned_ms:.2f}x)")
             return pruned
         ratio = round(ratio - 0.1, 3)
     say("  no pruning ratio passes the gate: the model is not pruned")

@@ -1,6 +1,7 @@
-"""Structured channel pruning of a prepared ONNX graph, repaired by least squares on calibration data.
+"""Structured channel pruning of a prepared ONNX graph, allocated by measured sensitivity and repaired by least
+squares on calibration data.
 
-No retraining: the integrator has an ONNX file and frames, not a training pipeline. Four small steps:
+No retraining: the integrator has an ONNX file and frames, not a training pipeline. The steps:
 
 1. **Channel groups** (`channel_groups`). Channels that must go together are found by union-find over
    (tensor, channel) pairs: ops that keep channels (activations, pooling, Resize, BatchNormalization, depthwise
@@ -9,31 +10,41 @@ No retraining: the integrator has an ONNX file and frames, not a training pipeli
    channel offset + c. A group is prunable when a weighted op produces it (a Conv or ConvTranspose output row)
    and nothing in it is blocked: graph inputs and outputs, grouped convs that are not depthwise, reshapes that
    mix channels and ops this module does not know keep every channel they touch, and the report says which.
-2. **Importance** (`importance`). Removing channel c of a consumer's input removes W[:, c] * x_c from its output;
-   its expected energy ||W[:, c]||^2 E[x_c^2], as a fraction of what all the consumer's input channels
-   contribute, scores the channel comparably across layers. A group's score sums its consumers.
-3. **Selection** under a FLOPs budget: the groups with the least score per FLOP saved go first, until the
-   requested fraction of the model's FLOPs is gone; no tensor loses more than `max_layer_ratio` of its channels.
-4. **Removal and repair** (`prune_channels`). Rows, columns and per-channel constants are sliced out and shapes
-   re-inferred. Each consumer that lost input channels is refitted on calibration activations: its kept weights
-   and bias solve a ridge least-squares problem (towards the original weights) so that its output matches the
-   unpruned layer's; without repair, the bias still absorbs the removed channels' mean contribution. The repair
-   is per layer, on the original model's activations (inputs and targets), so layers repair independently.
+   Groups written by the same weighted ops form a **family** (one layer's output channels, or the layers a
+   residual Add ties together).
+2. **Importance** (`importance`) orders the channels within a family: removing channel c of a consumer's input
+   removes W[:, c] * x_c from its output, whose expected energy ||W[:, c]||^2 E[x_c^2], as a fraction of what
+   all the consumer's inputs contribute, is the channel's score (summed over its consumers).
+3. **Sensitivity** (`plan_pruning`). Each family is pruned alone, in steps that keep a multiple of
+   `channel_multiple` channels (a CPU convolution works in blocks of channels: 44 of 48 cost what 48 do), its
+   consumers repaired, and the task metric measured against the unpruned model on the calibration frames.
+4. **Allocation**. A cost model gives each weighted op's share of the budget as a function of its input and
+   output channel counts: measured layer time scaled by the channel blocks the kernel runs (latency), or
+   multiply-accumulates (FLOPs). Greedily, the step that saves the most cost per unit of metric lost goes next;
+   the resulting order is nested, so a smaller ratio is a prefix of a larger one and the gate's back-off is a
+   shorter prefix.
+5. **Removal and repair** (`prune_channels`). Rows, columns and per-channel constants are sliced out; consumers
+   that lost input channels get the removed channels' mean contribution added to their bias. Then every Conv
+   downstream of a change is refitted in graph order, by ridge least squares, on the *pruned* model's inputs
+   to match the *unpruned* model's outputs, so that each layer also compensates what the layers before it lost
+   (channel pruning with reconstruction, He et al. 2017).
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections import defaultdict
+import os
+import platform
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converters.evaluate import Feed, session, with_float_activations_as_outputs
+from converters.evaluate import Feed, compare, run_model, session, with_float_activations_as_outputs
 from converters.graph import (
     ConversionError,
     copy_model,
@@ -43,7 +54,8 @@ from converters.graph import (
     replace_initializer,
 )
 from converters.latency import layer_times
-from converters.progress import Progress
+from converters.progress import Eta, Progress
+from edge_runtime.tasks import TaskHead
 
 # Ops that apply to each channel independently: channel c of input 0 is channel c of output 0.
 _PER_CHANNEL = {
@@ -54,32 +66,50 @@ _PER_CHANNEL = {
 }  # fmt: skip
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow"}
 _FLATTEN = {"Flatten", "Reshape", "Squeeze"}
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 class Budget(str, enum.Enum):
     """What `PruneOptions.ratio` is a fraction of."""
 
-    LATENCY = "latency"  # the weighted ops' measured time on ONNX Runtime's CPU provider (profiled here)
+    LATENCY = "latency"  # the weighted ops' time on ONNX Runtime's CPU provider (profiled here, modelled per block)
     FLOPS = "flops"  # their multiply-accumulates
+
+
+def cpu_channel_block() -> int:
+    """The channel block ONNX Runtime's CPU convolutions work in here (its NCHWc layout): 16 with AVX-512, 8 with
+    AVX2, else 1 (no blocked layout: time follows the channel count)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return 1
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return 8 if os.name == "nt" else 1
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
 @dataclass(frozen=True)
 class PruneOptions:
     ratio: float = 0.3  # fraction of the budget's measure to remove
     budget: Budget = Budget.LATENCY
-    repair: bool = True  # least-squares refit of the consumers (else bias correction only)
-    max_layer_ratio: float = 0.75  # no tensor loses more than this fraction of its channels
-    ridge: float = 1e-2  # least-squares regularisation, relative to the mean diagonal of X^T X
-    positions: int = 512  # output positions sampled per frame for the least-squares fit
+    repair: bool = True  # least-squares refits (else bias correction only), in the sensitivity steps too
+    max_layer_ratio: float = 0.75  # no family loses more than this fraction of its channels
+    ridge: float = 1e-2  # least-squares regularisation towards the current weights, relative to mean diag(X^T X)
+    positions: int = 512  # output positions sampled per frame for the least-squares fits
     channel_multiple: int = 16  # kept channel counts are multiples of this (or unchanged): ORT's CPU convs work
     # in blocks of 16 channels on AVX-512 (8 on AVX2) and TensorRT's tensor cores in multiples of 8, so 44 of 48
     # channels run as slowly as 48 (measured: 4.8 ms for 36-48 channels, 3.7 ms for 32, here)
+    max_steps: int = 8  # sensitivity is measured at no more than this many kept counts per family
+    block: int = 0  # the kernels' channel block in the latency cost model; 0: this CPU's (`cpu_channel_block`)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
         if not 0.0 < self.max_layer_ratio < 1.0:
             raise ValueError(f"max layer ratio must be in (0, 1), got {self.max_layer_ratio}")
+        if self.channel_multiple < 1 or self.max_steps < 1 or self.block < 0:
+            raise ValueError("channel multiple and max steps must be >= 1, block >= 0")
 
 
 @dataclass(frozen=True)
@@ -90,20 +120,33 @@ class LayerChannels:
     after: int
 
 
+@dataclass(frozen=True)
+class FamilyStep:
+    """One step of the allocation: a family's producers, the channels it keeps, what pruning it alone cost."""
+
+    producers: tuple[str, ...]
+    before: int  # channels of the family
+    after: int
+    loss: float  # drop of the task metric with only this family pruned to `after`, on the calibration frames
+    cost_left: float  # the budget's modelled measure after this step and every step before it
+
+
 @dataclass
 class PruneReport:
     budget: Budget = Budget.LATENCY
     flops_before: int = 0
     flops_after: int = 0
     layer_us_before: float = 0.0  # profiled time of the weighted ops (latency budget)
-    layer_us_removed: float = 0.0  # the selected groups' share of it (an estimate until timed)
+    layer_us_removed: float = 0.0  # the cost model's estimate of what the selection removes from it
     params_before: int = 0
     params_after: int = 0
     groups: int = 0  # prunable channel groups found
+    families: int = 0  # of them, by producing layers
     groups_removed: int = 0
     blocked: list[str] = field(default_factory=list)  # why some channels cannot be removed (one line per cause)
     layers: list[LayerChannels] = field(default_factory=list)  # weighted ops whose output channels changed
-    repaired: list[str] = field(default_factory=list)  # consumers refitted by least squares
+    steps: list[FamilyStep] = field(default_factory=list)  # the allocation's steps taken, in order
+    repaired: list[str] = field(default_factory=list)  # convs refitted by least squares
 
     @property
     def flops_ratio(self) -> float:
@@ -327,13 +370,37 @@ def _consumer_inputs(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> 
     return {u.node: by_name[u.node].input[0] for grp in groups for u in grp.uses if u.role.startswith("consumer")}
 
 
+def _upto(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
+    """A copy whose outputs are `tensors`, without the nodes they do not need (ONNX Runtime would run them)."""
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return with_float_activations_as_outputs(model, tensors)  # subgraphs may read outer tensors: keep it all
+    need, keep = set(tensors), []
+    for node in reversed(g.node):
+        if any(o in need for o in node.output):
+            keep.append(node)
+            need.update(i for i in node.input if i)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.node[:], probe.graph.output[:], probe.graph.value_info[:]
+    probe.graph.node.extend(reversed(keep))
+    inputs = {i.name for i in g.input}
+    probe.graph.output.extend(
+        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in sorted(tensors) if t not in inputs
+    )
+    live = [t for t in probe.graph.initializer if t.name in need]
+    del probe.graph.initializer[:]
+    probe.graph.initializer.extend(live)
+    return probe
+
+
 def _frames(model: onnx.ModelProto, feeds: Sequence[Feed], tensors: set[str]) -> Iterator[dict[str, np.ndarray]]:
     """Each frame's values of `tensors`, one frame at a time (memory holds one frame's activations)."""
-    probe = with_float_activations_as_outputs(model, tensors)
-    sess = session(probe)
-    names = [o.name for o in sess.get_outputs()]
+    probe = _upto(model, tensors)
+    names = [o.name for o in probe.graph.output if o.name in tensors]
+    sess = session(probe) if names else None
     for feed in feeds:
-        values = {n: v for n, v in zip(names, sess.run(names, feed)) if n in tensors}
+        values = dict(zip(names, sess.run(names, feed))) if sess is not None else {}
         values.update({n: v for n, v in feed.items() if n in tensors})
         yield values
 
@@ -404,29 +471,143 @@ def importance(model: onnx.ModelProto, groups: Sequence[ChannelGroup], stats: Ma
         )
 
 
-def _group_time(model: onnx.ModelProto, groups: Sequence[ChannelGroup], times: Mapping[str, float]) -> None:
-    """Each group's cost as time: a weighted op's measured time split evenly over the channels of the axis the
-    group's use removes (layers without a measured time fall back to their FLOPs share, scaled by the mean
-    time per FLOP of the measured ones)."""
+# ------------------------------------------------------------------------------------------- families and cost
+
+
+@dataclass
+class _Family:
+    """The channel groups one set of weighted ops writes, least important first, and the kept counts tried."""
+
+    producers: tuple[str, ...]
+    groups: list[ChannelGroup]
+    kept: list[int]  # kept channel counts of the steps, largest first
+    per_group: Counter[str]  # channels one group has in each tensor (1, or more where a Concat reads it twice)
+    losses: list[float] = field(default_factory=list)  # metric drop with only this family pruned, per step
+
+    @property
+    def size(self) -> int:
+        return len(self.groups)
+
+    def removed(self, step: int) -> int:
+        return 0 if step < 0 else self.size - self.kept[step]
+
+
+def _families(groups: Sequence[ChannelGroup], options: PruneOptions) -> list[_Family]:
+    by_producers: dict[tuple[str, ...], list[ChannelGroup]] = defaultdict(list)
+    for grp in groups:
+        by_producers[tuple(sorted({u.node for u in grp.uses if u.role == "producer"}))].append(grp)
+    out = []
+    for producers, members in by_producers.items():
+        members.sort(key=lambda g: g.score)
+        n, m = len(members), options.channel_multiple
+        least = max(1, n - int(options.max_layer_ratio * n))
+        kept = [k for k in range((n - 1) // m * m, 0, -m) if k >= least]
+        if len(kept) > options.max_steps:
+            picks = np.unique(np.round(np.linspace(0, len(kept) - 1, options.max_steps)).astype(int))
+            kept = [kept[int(i)] for i in picks]
+        if kept:
+            out.append(_Family(producers, members, kept, Counter(t for t, _ in members[0].members)))
+    return out
+
+
+@dataclass(frozen=True)
+class _CostOp:
+    """A weighted op in the cost model: `base` (microseconds or FLOPs) scaled by how many channel blocks of its
+    input `x` and output `y` remain."""
+
+    name: str
+    base: float
+    x: str  # "" where the input's channels do not change the cost on their own (depthwise: tied to y)
+    y: str
+    cin: int
+    cout: int
+    block: int
+
+
+def _blocks(channels: int, block: int) -> int:
+    return -(-channels // block)
+
+
+class _CostModel:
+    def __init__(self, ops: Sequence[_CostOp]) -> None:
+        self.ops = list(ops)
+        self.by_tensor: dict[str, list[int]] = defaultdict(list)
+        for i, op in enumerate(self.ops):
+            for t in {op.x, op.y} - {""}:
+                self.by_tensor[t].append(i)
+
+    @staticmethod
+    def op_cost(op: _CostOp, removed: Callable[[str], int]) -> float:
+        cost = op.base
+        if op.x:
+            cost *= _blocks(op.cin - removed(op.x), op.block) / _blocks(op.cin, op.block)
+        if op.y:
+            cost *= _blocks(op.cout - removed(op.y), op.block) / _blocks(op.cout, op.block)
+        return cost
+
+    def total(self, removed: Mapping[str, int]) -> float:
+        return sum(self.op_cost(op, lambda t: removed.get(t, 0)) for op in self.ops)
+
+    def touched(self, tensors: Sequence[str]) -> list[int]:
+        return sorted({i for t in tensors for i in self.by_tensor.get(t, [])})
+
+
+def _cost_model(model: onnx.ModelProto, budget: Budget, times: Mapping[str, float], block: int) -> _CostModel:
+    """Every weighted op's cost: its FLOPs, or its profiled time (ops the profile did not attribute: their FLOPs at
+    the mean time per FLOP of the others), scaled per channel block for convolutions."""
     shapes = _shapes(model)
-    by_name = {n.name: n for n in model.graph.node}
-    flop_of: dict[str, int] = {}
-    for grp in groups:
-        for u in grp.uses:
-            node = by_name[u.node]
-            if u.node not in flop_of:
-                flop_of[u.node] = _node_flops(node, shapes)
-    measured = [(times[n], f) for n, f in flop_of.items() if n in times and f > 0]
+    inits = initializers(model.graph)
+    nodes = [n for n in model.graph.node if n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[1] in inits]
+    flops = {n.name: _node_flops(n, shapes) for n in nodes if n.output[0] in shapes}
+    measured = [(times[n], f) for n, f in flops.items() if n in times and f > 0]
     us_per_flop = sum(t for t, _ in measured) / max(sum(f for _, f in measured), 1)
-    for grp in groups:
-        total = 0.0
-        for u in grp.uses:
-            node = by_name[u.node]
-            w = shapes[node.input[1]]
-            axis = _removed_axis(node, u.role)
-            layer_us = times.get(u.node, flop_of[u.node] * us_per_flop)
-            total += layer_us / max(w[axis], 1)
-        grp.cost = total
+    ops = []
+    for n in nodes:
+        if n.name not in flops or len(shapes.get(n.input[0], [])) < 2 or len(shapes[n.output[0]]) < 2:
+            continue
+        x, y = n.input[0], n.output[0]
+        depthwise = n.op_type == "Conv" and _attr(n, "group", 1) > 1
+        base = float(flops[n.name]) if budget is Budget.FLOPS else times.get(n.name, flops[n.name] * us_per_flop)
+        conv_block = block if budget is Budget.LATENCY and n.op_type in ("Conv", "ConvTranspose") else 1
+        ops.append(_CostOp(n.name, base, "" if depthwise else x, y, shapes[x][1], shapes[y][1], conv_block))
+    return _CostModel(ops)
+
+
+def _allocate(families: Sequence[_Family], cost: _CostModel) -> list[tuple[int, int, float]]:
+    """The allocation order: (family, step, cost left) — greedily the step, of any family and possibly skipping
+    steps of it that save nothing (channel blocks), with the most cost saved per metric lost."""
+    removed: Counter[str] = Counter()
+    taken = [-1] * len(families)
+    left = cost.total({})
+    worst = max((loss for f in families for loss in f.losses), default=0.0)
+    eps = 1e-3 * worst + 1e-9  # steps that lost nothing measurable still rank by what they save
+    touched = [cost.touched(list(f.per_group)) for f in families]
+    order: list[tuple[int, int, float]] = []
+    while True:
+        best: tuple[float, int, int, float] | None = None
+        for fi, fam in enumerate(families):
+            now_loss = fam.losses[taken[fi]] if taken[fi] >= 0 else 0.0
+            before = sum(cost.op_cost(cost.ops[i], lambda t: removed[t]) for i in touched[fi])
+            for step in range(taken[fi] + 1, len(fam.kept)):
+                extra = fam.removed(step) - fam.removed(taken[fi])
+
+                def after_step(t: str, extra: int = extra, fam: _Family = fam) -> int:
+                    return removed[t] + extra * fam.per_group.get(t, 0)
+
+                saved = before - sum(cost.op_cost(cost.ops[i], after_step) for i in touched[fi])
+                if saved <= 1e-9 * max(left, 1e-30):
+                    continue
+                score = saved / (max(fam.losses[step] - now_loss, 0.0) + eps)
+                if best is None or score > best[0]:
+                    best = (score, fi, step, saved)
+        if best is None:
+            return order
+        _, fi, step, saved = best
+        for t, k in families[fi].per_group.items():
+            removed[t] += (families[fi].removed(step) - families[fi].removed(taken[fi])) * k
+        taken[fi] = step
+        left -= saved
+        order.append((fi, step, left))
 
 
 def _node_flops(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
@@ -447,87 +628,35 @@ def _removed_axis(node: onnx.NodeProto, role: str) -> int:
     return 0
 
 
-def _group_flops(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> None:
-    """Each group's cost as FLOPs: what removing its channel takes from each weighted op that uses it."""
-    shapes = _shapes(model)
-    by_name = {n.name: n for n in model.graph.node}
-    per_channel: dict[tuple[str, str], int] = {}
-    for grp in groups:
-        total = 0
-        for u in grp.uses:
-            key = (u.node, u.role)
-            if key not in per_channel:
-                node = by_name[u.node]
-                axis = _removed_axis(node, u.role)
-                per_channel[key] = _node_flops(node, shapes) // max(shapes[node.input[1]][axis], 1)
-            total += per_channel[key]
-        grp.cost = float(total)
-
-
-def _align(
-    chosen: list[ChannelGroup], groups: Sequence[ChannelGroup], shapes: Mapping[str, list[int]], options: PruneOptions
-) -> list[ChannelGroup]:
-    """Adjust the selection so that every tensor keeps all its channels or a multiple of `channel_multiple`:
-    round each tensor to the nearer multiple (removing the next least important groups, or putting back the most
-    important removed ones), then put groups back until every tensor is aligned (this always ends: at worst
-    nothing is removed)."""
-    m = options.channel_multiple
-    if m <= 1:
-        return chosen
-    order = sorted(groups, key=lambda g: g.score / max(g.cost, 1e-12))
-    rank = {id(g): i for i, g in enumerate(order)}
-    picked = {id(g) for g in chosen}
-    by_tensor: dict[str, list[ChannelGroup]] = defaultdict(list)
-    for grp in groups:
-        for t in {t for t, _ in grp.members}:
-            by_tensor[t].append(grp)
-
-    def kept(t: str) -> int:
-        return shapes[t][1] - sum(1 for g in by_tensor[t] if id(g) in picked)
-
-    def aligned(t: str) -> bool:
-        k = kept(t)
-        return k == shapes[t][1] or (k % m == 0 and k > 0)
-
-    def cap_ok(grp: ChannelGroup) -> bool:
-        return all(
-            shapes[t][1] - kept(t) + 1 <= options.max_layer_ratio * shapes[t][1] for t in {t for t, _ in grp.members}
-        )
-
-    for _ in range(3):  # round each tensor to the nearer multiple
-        for t in sorted(by_tensor):
-            if aligned(t):
-                continue
-            k = kept(t)
-            extra = k % m
-            if extra <= m // 2 and k - extra >= m:  # remove `extra` more, least important first
-                for grp in sorted((g for g in by_tensor[t] if id(g) not in picked), key=lambda g: rank[id(g)]):
-                    if kept(t) % m == 0:
-                        break
-                    if cap_ok(grp):
-                        picked.add(id(grp))
-            if not aligned(t):  # put back the most important removed ones
-                for grp in sorted((g for g in by_tensor[t] if id(g) in picked), key=lambda g: -rank[id(g)]):
-                    if aligned(t):
-                        break
-                    picked.discard(id(grp))
-    changed = True
-    while changed:  # put back until every tensor is aligned
-        changed = False
-        for t in sorted(by_tensor):
-            while not aligned(t):
-                back = max((g for g in by_tensor[t] if id(g) in picked), key=lambda g: rank[id(g)])
-                picked.discard(id(back))
-                changed = True
-    return [g for g in order if id(g) in picked]
-
-
-# ------------------------------------------------------------------------------------------- removal
+# ------------------------------------------------------------------------------------------- least squares
 
 
 def _slice(a: np.ndarray, axis: int, drop: Sequence[int]) -> np.ndarray:
     keep = np.setdiff1d(np.arange(a.shape[axis]), np.asarray(drop, dtype=np.int64))
     return np.take(a, keep, axis=axis)
+
+
+def _pads(node: onnx.NodeProto) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "pads"), [0, 0, 0, 0])
+
+
+def _strides(node: onnx.NodeProto) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
+
+
+def _dil(node: onnx.NodeProto) -> list[int]:
+    return next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])
+
+
+def _refittable(node: onnx.NodeProto, w: np.ndarray) -> bool:
+    """A plain 2-D Conv (group 1, explicit pads): what the least-squares refit knows how to unfold."""
+    auto_pad = next((a.s for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
+    return node.op_type == "Conv" and w.ndim == 4 and _attr(node, "group", 1) == 1 and auto_pad in (b"NOTSET", b"")
+
+
+def _picks(node: onnx.NodeProto, out_hw: Sequence[int], positions: int, rng: np.random.Generator) -> np.ndarray:
+    n = int(out_hw[0] * out_hw[1])
+    return np.sort(rng.choice(n, size=min(n, positions), replace=False))
 
 
 def _im2col(x: np.ndarray, node: onnx.NodeProto, w_shape: Sequence[int], picks: np.ndarray) -> np.ndarray:
@@ -544,56 +673,35 @@ def _im2col(x: np.ndarray, node: onnx.NodeProto, w_shape: Sequence[int], picks: 
     return patches.reshape(len(picks), -1)
 
 
-class _LeastSquares:
-    """Normal equations, accumulated frame by frame, for refitting one group-1 Conv whose input lost channels:
-    its kept weights and bias such that, on the sampled patches, its output matches the unpruned layer's."""
+class _NormalEquations:
+    """X^T X, X^T Y and the means, accumulated frame by frame, for refitting a Conv's weights and bias so that its
+    output on the patches X matches the targets Y."""
 
-    def __init__(self, node: onnx.NodeProto, w: np.ndarray, drop: Sequence[int], positions: int) -> None:
-        self.node, self.w, self.positions = node, w.astype(np.float64), positions
-        k = w.shape[2] * w.shape[3]
-        self.kept = _slice(np.arange(w.shape[1] * k).reshape(w.shape[1], k), 0, drop).reshape(-1)
-        self.kept_channels = w.shape[1] - len(drop)
-        m, o = len(self.kept), w.shape[0]
+    def __init__(self, m: int, o: int) -> None:
         self.gram, self.xty = np.zeros((m, m)), np.zeros((m, o))
         self.sx, self.sy, self.n = np.zeros(m), np.zeros(o), 0
 
-    def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
-        kh, kw = self.w.shape[2], self.w.shape[3]
-        pads, strides, dil = _pads(self.node), _strides(self.node), _dil(self.node)
-        out_h = (x.shape[2] + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // strides[0] + 1
-        out_w = (x.shape[3] + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // strides[1] + 1
-        n = out_h * out_w
-        picks = rng.choice(n, size=min(n, self.positions), replace=False)
-        cols = _im2col(x, self.node, self.w.shape, picks)  # [P, C*k*k]
-        y = cols @ self.w.reshape(self.w.shape[0], -1).T
-        xk = cols[:, self.kept]
-        self.gram += xk.T @ xk
-        self.xty += xk.T @ y
-        self.sx += xk.sum(axis=0)
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.gram += x.T @ x
+        self.xty += x.T @ y
+        self.sx += x.sum(axis=0)
         self.sy += y.sum(axis=0)
-        self.n += len(picks)
+        self.n += len(x)
 
-    def solve(self, b: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
-        mx, my = self.sx / self.n, self.sy / self.n
-        gram = self.gram - self.n * np.outer(mx, mx)
-        xty = self.xty - self.n * np.outer(mx, my)
-        w0 = self.w.reshape(self.w.shape[0], -1)[:, self.kept]  # [O, kept*k]
+    def solve(self, keep: np.ndarray, prior: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+        """Weights [O, len(keep)] on the columns `keep` and bias [O], ridge-regularised towards `prior` [O, keep]."""
+        mx, my = self.sx[keep] / self.n, self.sy / self.n
+        gram = self.gram[np.ix_(keep, keep)] - self.n * np.outer(mx, mx)
+        xty = self.xty[keep] - self.n * np.outer(mx, my)
         lam = ridge * float(np.mean(np.diag(gram))) + 1e-12
-        solved = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xty + lam * w0.T)  # [kept*k, O]
-        new_w = solved.T.reshape(self.w.shape[0], self.kept_channels, self.w.shape[2], self.w.shape[3])
-        return new_w, b.astype(np.float64) + my - mx @ solved
+        solved = np.linalg.solve(gram + lam * np.eye(len(keep)), xty + lam * prior.T)  # [keep, O]
+        return solved.T, my - mx @ solved
 
 
-def _pads(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "pads"), [0, 0, 0, 0])
-
-
-def _strides(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-
-
-def _dil(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])
+def _columns(channels: int, drop: Sequence[int], k: int) -> np.ndarray:
+    """The im2col columns of the kept input channels (channel-major, k = kh * kw per channel)."""
+    kept = np.setdiff1d(np.arange(channels), np.asarray(drop, dtype=np.int64))
+    return np.asarray((kept[:, None] * k + np.arange(k)[None, :]).reshape(-1), np.int64)
 
 
 def _bias_correction(w: np.ndarray, drop: Sequence[int], mean: np.ndarray, role: str) -> np.ndarray:
@@ -613,125 +721,40 @@ def _bias_correction(w: np.ndarray, drop: Sequence[int], mean: np.ndarray, role:
     )
 
 
+# ------------------------------------------------------------------------------------------- removal
+
+
 @dataclass
-class PrunePlan:
-    """What pruning needs that does not depend on the ratio: the prunable groups, scored and costed in the
-    budget's measure, and the per-channel statistics the repair's bias correction uses. Plan once, then
-    `prune_channels` at as many ratios as the gate asks for."""
-
-    budget: Budget
-    groups: list[ChannelGroup]
-    blocked: list[str]
-    stats: dict[str, _ChannelStats]
-    shapes: dict[str, list[int]]
-    whole: float  # the budget's measure over every weighted op (microseconds or FLOPs)
-    flops: int
-    params: int
+class _Removal:
+    model: onnx.ModelProto
+    drop_tensor: dict[str, list[int]]  # tensor -> channels removed from it
+    layers: list[LayerChannels]
 
 
-def plan_pruning(
-    model: onnx.ModelProto, feeds: Sequence[Feed], budget: Budget = Budget.LATENCY, say: Progress | None = None
-) -> PrunePlan:
-    tell: Callable[[str], None] = say or (lambda _m: None)
-    flops, params = conv_flops(model)
-    groups, blocked = channel_groups(model)
-    plan = PrunePlan(budget, groups, blocked, {}, _shapes(model), float(flops), flops, params)
-    if not groups:
-        return plan
-    tell(f"  measuring channel importance on {len(feeds)} frames ({len(groups)} prunable channel groups)")
-    plan.stats = channel_stats(model, feeds, set(_consumer_inputs(model, groups).values()))
-    importance(model, groups, plan.stats)
-    if budget is Budget.LATENCY:
-        units = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
-        tell(f"  profiling {len(units)} weighted layers for a latency budget")
-        times = layer_times(model, units, feeds[:2], runs=5)
-        _group_time(model, groups, times)
-        plan.whole = sum(times.values())
-    else:
-        _group_flops(model, groups)
-    return plan
-
-
-def prune_channels(
+def _remove(
     model: onnx.ModelProto,
-    feeds: Sequence[Feed],
-    options: PruneOptions = PruneOptions(),
-    say: Progress | None = None,
-    plan: PrunePlan | None = None,
-) -> tuple[onnx.ModelProto, PruneReport]:
-    """A copy of the prepared `model` with about `options.ratio` of the budget's measure (time or FLOPs) removed,
-    and what was done. `plan` (from `plan_pruning` on the same model, feeds and budget) saves re-measuring."""
-    tell: Callable[[str], None] = say or (lambda _m: None)
-    report = PruneReport(budget=options.budget)
-    if plan is None and options.ratio == 0.0:  # nothing to remove: no need to measure anything
-        groups0, report.blocked = channel_groups(model)
-        report.groups = len(groups0)
-        report.flops_before, report.params_before = report.flops_after, report.params_after = conv_flops(model)
-        return copy_model(model), report
-    if plan is None:
-        plan = plan_pruning(model, feeds, options.budget, say)
-    elif plan.budget is not options.budget:
-        raise ValueError(f"the plan was made for a {plan.budget.value} budget, not {options.budget.value}")
-    report.flops_before, report.params_before = plan.flops, plan.params
-    report.groups, report.blocked = len(plan.groups), plan.blocked
-    if not plan.groups or options.ratio == 0.0:
-        report.flops_after, report.params_after = plan.flops, plan.params
-        return copy_model(model), report
-    groups, stats, shapes = plan.groups, plan.stats, plan.shapes
-    if options.budget is Budget.LATENCY:
-        report.layer_us_before = round(plan.whole, 1)
-
-    # selection: least score per unit of cost first, within each tensor's cap
-    target = options.ratio * plan.whole
-    removed_per_tensor: dict[str, int] = defaultdict(int)
-    chosen: list[ChannelGroup] = []
-    saved = 0.0
-    for grp in sorted(groups, key=lambda g: g.score / max(g.cost, 1e-12)):
-        if saved >= target:
-            break
-        tensors = {t for t, _ in grp.members}
-        if any(removed_per_tensor[t] + 1 > options.max_layer_ratio * shapes[t][1] for t in tensors):
-            continue
-        for t in tensors:
-            removed_per_tensor[t] += 1
-        chosen.append(grp)
-        saved += grp.cost
-    chosen = _align(chosen, groups, shapes, options)
-    report.groups_removed = len(chosen)
-    if options.budget is Budget.LATENCY:
-        report.layer_us_removed = round(sum(g.cost for g in chosen), 1)
-
-    # per weighted op and role, which indices go
+    chosen: Sequence[ChannelGroup],
+    stats: Mapping[str, _ChannelStats],
+    refits: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> _Removal:
+    """Slices the chosen groups out of a copy of `model`. A consumer that lost input channels takes its weights
+    from `refits` (all output rows, kept input columns, and bias) where given, else keeps its other weights and
+    absorbs the removed channels' mean contribution in its bias."""
+    shapes = _shapes(model)
     drops: dict[tuple[str, str], list[int]] = defaultdict(list)
+    drop_tensor: dict[str, list[int]] = defaultdict(list)
     for grp in chosen:
         for u in grp.uses:
             drops[(u.node, u.role)].append(u.index)
-    drop_tensor: dict[str, list[int]] = defaultdict(list)
-    for grp in chosen:
         for t, c in grp.members:
             drop_tensor[t].append(c)
-
     work = copy_model(model)
     g = work.graph
-    inits = initializers(g)
-    arrays = {name: numpy_helper.to_array(t) for name, t in inits.items()}
-    by_name = {n.name: n for n in g.node}
-    fits: dict[str, _LeastSquares] = {}
-    if options.repair:
-        for (name, role), dropped in drops.items():
-            node = by_name[name]
-            if role == "consumer" and node.op_type == "Conv":
-                fits[name] = _LeastSquares(node, arrays[node.input[1]], sorted(dropped), options.positions)
-    if fits:
-        tell(f"  least-squares repair of {len(fits)} layer(s) on {len(feeds)} frames")
-        rng = np.random.default_rng(0)
-        wanted = {by_name[n].input[0] for n in fits}
-        for values in _frames(model, feeds, wanted):
-            for name, fit in fits.items():
-                fit.add(values[by_name[name].input[0]], rng)
+    arrays = {name: numpy_helper.to_array(t) for name, t in initializers(g).items()}
+    layers: list[LayerChannels] = []
     for node in g.node:
         name, op = node.name, node.op_type
-        if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in arrays:
+        if op in _WEIGHTED and len(node.input) > 1 and node.input[1] in arrays:
             w = arrays[node.input[1]]
             has_b = len(node.input) > 2 and bool(node.input[2]) and node.input[2] in arrays
             b = arrays[node.input[2]].astype(np.float64) if has_b else None
@@ -739,42 +762,28 @@ def prune_channels(
             consumer_role = next((r for (n, r) in drops if n == name and r.startswith("consumer")), None)
             if consumer_role is not None:
                 dropped = sorted(drops[(name, consumer_role)])
-                mean = stats[node.input[0]].mean
-                if name in fits:
-                    w, b = fits[name].solve(b if b is not None else np.zeros(w.shape[0]), options.ridge)
-                    report.repaired.append(name)
+                if refits is not None and name in refits:
+                    flat, b = refits[name]
+                    w = flat.reshape(w.shape[0], w.shape[1] - len(dropped), *w.shape[2:])
                 else:
-                    shift = _bias_correction(w, dropped, mean, consumer_role)
+                    shift = _bias_correction(w, dropped, stats[node.input[0]].mean, consumer_role)
                     w = _slice(w, _removed_axis(node, consumer_role), dropped)
                     b = (b if b is not None else np.zeros(shift.shape[0])) + shift
-            if (name, "producer") in drops:
-                dropped = sorted(drops[(name, "producer")])
-                w = _slice(w, _removed_axis(node, "producer"), dropped)
-                if b is not None:
-                    b = _slice(b, 0, dropped)
-            if (name, "depthwise") in drops:
-                dropped = sorted(drops[(name, "depthwise")])
-                w = _slice(w, 0, dropped)
-                if b is not None:
-                    b = _slice(b, 0, dropped)
-                for a in node.attribute:
-                    if a.name == "group":
-                        a.i = w.shape[0]
+            for role in ("producer", "depthwise"):
+                if (name, role) in drops:
+                    dropped = sorted(drops[(name, role)])
+                    w = _slice(w, _removed_axis(node, role), dropped)
+                    if b is not None:
+                        b = _slice(b, 0, dropped)
+                    if role == "depthwise":
+                        for a in node.attribute:
+                            if a.name == "group":
+                                a.i = w.shape[0]
             if w is not arrays[node.input[1]]:
-                dtype = arrays[node.input[1]].dtype
-                w_name = f"{name}_pruned_w"
-                replace_initializer(g, w_name, np.asarray(w, dtype))
-                node.input[1] = w_name
-                if b is not None:
-                    b_name = f"{name}_pruned_b"
-                    replace_initializer(g, b_name, np.asarray(b, dtype))
-                    if has_b:
-                        node.input[2] = b_name
-                    else:
-                        node.input.append(b_name)
+                _set_weights(g, node, np.asarray(w, arrays[node.input[1]].dtype), b, "pruned")
                 after = w.shape[0] if op != "ConvTranspose" else w.shape[1]
                 if after != before:
-                    report.layers.append(LayerChannels(name, op, before, after))
+                    layers.append(LayerChannels(name, op, before, after))
         elif op in ("BatchNormalization", "InstanceNormalization", "PRelu") or op in _ELEMENTWISE:
             y = node.output[0]
             if y not in drop_tensor:
@@ -805,13 +814,248 @@ def prune_channels(
                     replace_initializer(g, new_name, a)
                     node.input[idx] = new_name
     del g.value_info[:]
-    for v in g.output:
-        if v.name in drop_tensor:  # never: graph outputs are blocked
-            raise ConversionError(f"pruning would change graph output '{v.name}'")
+    if any(v.name in drop_tensor for v in g.output):  # never: graph outputs are blocked
+        raise ConversionError("pruning would change a graph output")
     used = {i for n in g.node for i in n.input} | graph_output_names(g)
     live = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(live)
+    return _Removal(work, dict(drop_tensor), layers)
+
+
+def _set_weights(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, b: np.ndarray | None, tag: str) -> None:
+    """New initializers for this node alone (the old ones may be shared with other nodes)."""
+    replace_initializer(g, f"{node.name}_{tag}_w", w)
+    node.input[1] = f"{node.name}_{tag}_w"
+    if b is not None:
+        replace_initializer(g, f"{node.name}_{tag}_b", np.asarray(b, w.dtype))
+        if len(node.input) > 2 and node.input[2]:
+            node.input[2] = f"{node.name}_{tag}_b"
+        else:
+            del node.input[2:]
+            node.input.append(f"{node.name}_{tag}_b")
+
+
+_TARGET_BYTES = 256 << 20  # most memory the refit's targets (unpruned outputs at sampled positions) may hold
+
+
+def _refit(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    drop_tensor: Mapping[str, Sequence[int]],
+    feeds: Sequence[Feed],
+    options: PruneOptions,
+    say: Progress,
+) -> list[str]:
+    """Refits, in graph order, every plain Conv of `pruned` whose input differs from the original's: on the
+    pruned model's own inputs (with the refits before it applied), to the original outputs of its kept channels.
+    Returns the refitted convs' names."""
+    g = pruned.graph
+    changed = set(drop_tensor)
+    for node in g.node:  # graph order is topological
+        if any(i in changed for i in node.input):
+            changed.update(o for o in node.output if o)
+    arrays = {name: numpy_helper.to_array(t) for name, t in initializers(g).items()}
+    convs = [
+        n
+        for n in g.node
+        if n.input[0] in changed and len(n.input) > 1 and n.input[1] in arrays and _refittable(n, arrays[n.input[1]])
+    ]
+    shapes = _shapes(original)
+    if not convs or any(n.output[0] not in shapes for n in convs):
+        return []
+    rng = np.random.default_rng(0)
+    picks = {n.name: [_picks(n, shapes[n.output[0]][2:], options.positions, rng) for _ in feeds] for n in convs}
+    refitted: list[str] = []
+    eta = Eta(say, "least-squares refits", len(convs))
+    start = 0
+    while start < len(convs):
+        chunk: list[onnx.NodeProto] = []
+        size = 0
+        for n in convs[start:]:  # the unpruned targets of as many convs as fit in memory, in one pass
+            size += 8 * len(feeds) * options.positions * shapes[n.output[0]][1]
+            if chunk and size > _TARGET_BYTES:
+                break
+            chunk.append(n)
+        targets: dict[str, list[np.ndarray]] = defaultdict(list)
+        for values in _frames(original, feeds, {n.output[0] for n in chunk}):
+            for n in chunk:
+                y = values[n.output[0]][0]
+                keep = np.setdiff1d(np.arange(y.shape[0]), np.asarray(drop_tensor.get(n.output[0], []), np.int64))
+                flat = y[keep].reshape(len(keep), -1)
+                targets[n.name].append(flat[:, picks[n.name][len(targets[n.name])]].T.astype(np.float64))
+        for n in chunk:
+            inits = initializers(g)
+            w = numpy_helper.to_array(inits[n.input[1]])
+            eq = _NormalEquations(int(np.prod(w.shape[1:])), w.shape[0])
+            for i, values in enumerate(_frames(pruned, feeds, {n.input[0]})):
+                eq.add(_im2col(values[n.input[0]], n, w.shape, picks[n.name][i]), targets[n.name][i])
+            prior = w.reshape(w.shape[0], -1).astype(np.float64)
+            new_w, new_b = eq.solve(np.arange(prior.shape[1]), prior, options.ridge)
+            _set_weights(g, n, new_w.reshape(w.shape).astype(w.dtype), new_b, "refit")
+            refitted.append(n.name)
+            del targets[n.name]
+            eta.step(len(refitted))
+        start += len(chunk)
+    used = {i for n in g.node for i in n.input} | graph_output_names(g)
+    live = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(live)
+    return refitted
+
+
+# ------------------------------------------------------------------------------------------- plan and prune
+
+
+@dataclass
+class PrunePlan:
+    """What pruning needs that does not depend on the ratio: the prunable groups and families, their measured
+    sensitivity, the cost model and the allocation order. Plan once, then `prune_channels` at as many ratios as
+    the gate asks for."""
+
+    options: PruneOptions  # its ratio is not part of the plan
+    groups: list[ChannelGroup]
+    blocked: list[str]
+    families: list[_Family]
+    stats: dict[str, _ChannelStats]
+    whole: float  # the budget's modelled measure over every weighted op (microseconds or FLOPs)
+    order: list[tuple[int, int, float]]  # (family, step, measure left), the allocation order
+    flops: int
+    params: int
+
+    def selection(self, ratio: float) -> tuple[list[ChannelGroup], list[FamilyStep]]:
+        """The groups the shortest prefix of the order that removes `ratio` of the measure takes, and its steps."""
+        if ratio <= 0.0:
+            return [], []
+        taken: dict[int, int] = {}
+        steps: list[FamilyStep] = []
+        for fi, step, left in self.order:
+            taken[fi] = step
+            fam = self.families[fi]
+            steps.append(FamilyStep(fam.producers, fam.size, fam.kept[step], round(fam.losses[step], 6), left))
+            if self.whole - left >= ratio * self.whole:
+                break
+        chosen = [g for fi, step in taken.items() for g in self.families[fi].groups[: self.families[fi].removed(step)]]
+        return chosen, steps
+
+
+def _sensitivity(
+    model: onnx.ModelProto,
+    families: Sequence[_Family],
+    stats: Mapping[str, _ChannelStats],
+    feeds: Sequence[Feed],
+    options: PruneOptions,
+    head: TaskHead | None,
+    say: Progress,
+) -> None:
+    """Each family pruned alone at each of its steps, consumers repaired on the original activations (exact when
+    only one family changes), judged with the task's metric against the unpruned model."""
+    reference = run_model(model, feeds)
+    by_name = {n.name: n for n in model.graph.node}
+    arrays = {name: numpy_helper.to_array(t) for name, t in initializers(model.graph).items()}
+    eta = Eta(say, "sensitivity", sum(len(f.kept) for f in families))
+    done = 0
+    for fam in families:
+        eqs: dict[str, _NormalEquations] = {}
+        if options.repair:
+            consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
+            consumers = [c for c in consumers if _refittable(by_name[c], arrays[by_name[c].input[1]])]
+            shapes = _shapes(model) if consumers else {}
+            rng = np.random.default_rng(0)
+            for values in _frames(model, feeds, {by_name[c].input[0] for c in consumers}):
+                for c in consumers:
+                    node, w = by_name[c], arrays[by_name[c].input[1]]
+                    picks = _picks(node, shapes[node.output[0]][2:], options.positions, rng)
+                    cols = _im2col(values[node.input[0]], node, w.shape, picks)
+                    flat = w.reshape(w.shape[0], -1).astype(np.float64)
+                    b = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+                    eqs.setdefault(c, _NormalEquations(flat.shape[1], flat.shape[0])).add(cols, cols @ flat.T + b)
+        for step in range(len(fam.kept)):
+            chosen = fam.groups[: fam.removed(step)]
+            refits = {}
+            for c, eq in eqs.items():
+                w = arrays[by_name[c].input[1]]
+                drop = [u.index for grp in chosen for u in grp.uses if u.node == c and u.role == "consumer"]
+                keep = _columns(w.shape[1], drop, w.shape[2] * w.shape[3])
+                refits[c] = eq.solve(keep, w.reshape(w.shape[0], -1)[:, keep].astype(np.float64), options.ridge)
+            candidate = _remove(model, chosen, stats, refits).model
+            fam.losses.append(1.0 - compare(reference, run_model(candidate, feeds), head).metric)
+            done += 1
+            eta.step(done)
+
+
+def plan_pruning(
+    model: onnx.ModelProto,
+    feeds: Sequence[Feed],
+    options: PruneOptions = PruneOptions(),
+    head: TaskHead | None = None,
+    say: Progress | None = None,
+) -> PrunePlan:
+    """Groups, families, importance, sensitivity (the task metric through `head`, else output cosine), the cost
+    model and the allocation order, for pruning `model` at any ratio with these options."""
+    tell: Progress = say or (lambda _m: None)
+    flops, params = conv_flops(model)
+    groups, blocked = channel_groups(model)
+    plan = PrunePlan(options, groups, blocked, [], {}, float(flops), [], flops, params)
+    if not groups:
+        return plan
+    tell(f"  measuring channel importance on {len(feeds)} frames ({len(groups)} prunable channel groups)")
+    plan.stats = channel_stats(model, feeds, set(_consumer_inputs(model, groups).values()))
+    importance(model, groups, plan.stats)
+    plan.families = _families(groups, options)
+    times: dict[str, float] = {}
+    block = 1
+    if options.budget is Budget.LATENCY:
+        units = [n.name for n in model.graph.node if n.op_type in _WEIGHTED]
+        tell(f"  profiling {len(units)} weighted layers for a latency budget")
+        times = layer_times(model, units, feeds[:2], runs=5)
+        block = options.block or cpu_channel_block()
+    cost = _cost_model(model, options.budget, times, block)
+    plan.whole = cost.total({})
+    steps = sum(len(f.kept) for f in plan.families)
+    tell(f"  sensitivity: {len(plan.families)} layer families, {steps} steps of {options.channel_multiple} channels")
+    _sensitivity(model, plan.families, plan.stats, feeds, options, head, tell)
+    plan.order = _allocate(plan.families, cost)
+    return plan
+
+
+def prune_channels(
+    model: onnx.ModelProto,
+    feeds: Sequence[Feed],
+    options: PruneOptions = PruneOptions(),
+    say: Progress | None = None,
+    plan: PrunePlan | None = None,
+    head: TaskHead | None = None,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """A copy of the prepared `model` with about `options.ratio` of the budget's measure (time or FLOPs) removed,
+    and what was done. `plan` (from `plan_pruning` on the same model and feeds, with the same options but the
+    ratio) saves re-measuring."""
+    tell: Progress = say or (lambda _m: None)
+    report = PruneReport(budget=options.budget)
+    if plan is None and options.ratio == 0.0:  # nothing to remove: no need to measure anything
+        groups, report.blocked = channel_groups(model)
+        report.groups = len(groups)
+        report.flops_before, report.params_before = report.flops_after, report.params_after = conv_flops(model)
+        return copy_model(model), report
+    if plan is None:
+        plan = plan_pruning(model, feeds, options, head, say)
+    elif replace(plan.options, ratio=options.ratio) != options:
+        raise ValueError(f"the plan was made with other options ({plan.options}), not {options}")
+    report.flops_before, report.params_before = plan.flops, plan.params
+    report.groups, report.families, report.blocked = len(plan.groups), len(plan.families), plan.blocked
+    chosen, report.steps = plan.selection(options.ratio)
+    if options.budget is Budget.LATENCY:
+        report.layer_us_before = round(plan.whole, 1)
+        report.layer_us_removed = round(plan.whole - report.steps[-1].cost_left, 1) if report.steps else 0.0
+    report.groups_removed = len(chosen)
+    if not chosen:
+        report.flops_after, report.params_after = plan.flops, plan.params
+        return copy_model(model), report
+    removal = _remove(model, chosen, plan.stats)
+    work, report.layers = removal.model, removal.layers
+    if options.repair:
+        tell(f"  refitting the layers after the pruned channels on {len(feeds)} frames")
+        report.repaired = _refit(model, work, removal.drop_tensor, feeds, options, tell)
     try:
         work = onnx.shape_inference.infer_shapes(work, strict_mode=True, data_prop=True)
         onnx.checker.check_model(work, full_check=True)
@@ -824,12 +1068,14 @@ def prune_channels(
 __all__ = [
     "Budget",
     "ChannelGroup",
-    "PrunePlan",
+    "FamilyStep",
     "LayerChannels",
     "PruneOptions",
+    "PrunePlan",
     "PruneReport",
     "channel_groups",
     "conv_flops",
+    "cpu_channel_block",
     "importance",
     "plan_pruning",
     "prune_channels",

@@ -104,19 +104,23 @@ class PruneMethod(str, enum.Enum):
 
 @dataclass(frozen=True)
 class PruneAttempt:
-    ratio: float  # FLOPs fraction asked of the pruner
+    ratio: float  # fraction of the budget's measure (layer time or FLOPs) asked of the pruner
     metric: float  # the gate's metric of the pruned FP32 model against the original
 
 
 @dataclass
 class PruneResult:
     method: PruneMethod
-    requested: float  # FLOPs fraction requested (--prune-budget)
+    requested: float  # fraction of the budget's measure requested (--prune-budget, or derived from target_ms)
     used: float  # the largest one tried that passed the gate (0.0: nothing pruned)
     repair: bool
     metric_name: str
     attempts: list[PruneAttempt] = field(default_factory=list)
     details: PruneReport | None = None  # of the pruning that was kept
+    target_ms: float | None = None  # --prune-budget given as a latency: the model's time to reach
+    fp32_ms: float | None = None  # the unpruned FP32 model's median time per run, measured here
+    pruned_ms: float | None = None  # the kept pruned model's, timed in the same interleaved rounds
+    note: str = ""  # why nothing was pruned, when nothing was
 
 
 @dataclass
@@ -215,9 +219,13 @@ def summary_text(report: ConversionReport) -> str:
             lines.append(f"  prune      {pr.method.value}, {pr.used:.2f} of {d.budget.value} asked ({pr.requested:.2f} requested), "
                          f"{'least-squares repair' if pr.repair else 'bias correction only'}: FLOPs x{d.flops_ratio:.2f}, "
                          f"params x{d.params_after / max(d.params_before, 1):.2f}; {pr.metric_name} tried {tried}")  # fmt: skip
+            if pr.fp32_ms is not None and pr.pruned_ms is not None:
+                lines.append(f"               measured here: {pr.fp32_ms:.2f} ms -> {pr.pruned_ms:.2f} ms per run "
+                             f"({pr.fp32_ms / max(pr.pruned_ms, 1e-9):.2f}x)")  # fmt: skip
             lines += [f"               {c.op} '{c.node}' {c.before} -> {c.after} channels" for c in d.layers]
         else:
-            lines.append(f"  prune      {pr.method.value}: nothing pruned, every ratio failed the gate ({tried})")
+            why = pr.note or f"every ratio failed the gate ({tried})"
+            lines.append(f"  prune      {pr.method.value}: nothing pruned, {why}")
     if report.fp16 is not None:
         f = report.fp16
         lines.append(f"  fp16       {f.fp16_nodes} of {f.nodes} nodes in FP16, {len(f.fp32_nodes)} kept FP32")

@@ -245,6 +245,18 @@ def _sampling(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Sampling(args.samples, args.stride, SampleOrder(args.sample_order), args.seed)
 
 
+def _prune_budget(text: str) -> tuple[float, float | None]:
+    """--prune-budget: a fraction (0.3), or a latency (6ms) as (default fraction, milliseconds)."""
+    try:
+        if text.strip().lower().endswith("ms"):
+            return 0.3, float(text.strip()[:-2])
+        return float(text), None
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction such as 0.3 or a latency such as 6ms, got {text!r}"
+        ) from None
+
+
 def _convert(args: argparse.Namespace, out: Output) -> int:
     from calibration.calibrators import CalibrationMethod
     from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
@@ -274,7 +286,8 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         max_fallback=args.max_fallback,
         latency=not args.no_latency,
         prune=None if args.prune is None else PruneMethod(args.prune),
-        prune_budget=args.prune_budget,
+        prune_budget=args.prune_budget[0],
+        prune_target_ms=args.prune_budget[1],
         prune_repair=not args.no_prune_repair,
         prune_by=None if args.prune_by == "auto" else Budget(args.prune_by),
         prune_multiple=args.prune_multiple,
@@ -523,14 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("pruning (before the precision stages)")
     g.add_argument("--prune", choices=["channels"], help="structured channel pruning, repaired by least squares on "
                    "calibration frames (no retraining)")  # fmt: skip
-    g.add_argument("--prune-budget", type=float, default=0.3,
-                   help="fraction of FLOPs to remove; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
+    g.add_argument("--prune-budget", type=_prune_budget, default=(0.3, None), metavar="FRACTION|Nms",
+                   help="fraction of the layers' time (or FLOPs) to remove, or a time per run to reach here, e.g. "
+                   "6ms; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
     g.add_argument("--prune-by", choices=["auto", "latency", "flops"], default="auto",
                    help="what the budget is a fraction of: the layers' time measured here (auto for onnxruntime) "
                    "or their FLOPs (auto for tensorrt)")  # fmt: skip
-    g.add_argument("--prune-multiple", type=int, default=16,
-                   help="keep channel counts multiples of this (default 16: CPU convolutions run in blocks of "
-                   "16 channels, so 44 of 48 channels are no faster than 48); 1 allows any count")  # fmt: skip
+    g.add_argument("--prune-multiple", type=int, default=0,
+                   help="keep channel counts multiples of this (default: the block this CPU's convolutions work "
+                   "in, 16 with AVX-512, so that 44 of 48 channels are not kept at the cost of 48; 8 for a FLOPs "
+                   "budget); 1 allows any count")  # fmt: skip
     g.add_argument("--no-prune-repair", action="store_true",
                    help="remove channels with bias correction only, no least-squares refit")  # fmt: skip
     _json_argument(p, "the conversion report (also written to OUT/report.json)")
