@@ -287,27 +287,30 @@ def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
     measure = "time" if budget is Budget.LATENCY else "FLOPs"
     multiple = options.prune_multiple or (cpu_channel_block() if budget is Budget.LATENCY else 8)
     prune_options = PruneOptions(budget=budget, repair=options.prune_repair, channel_multiple=max(multiple, 1))
+    fp32_ms = None
+    if options.prune_target_ms is not None:
+        fp32_ms = time_models([ctx.prepared], frames[:2], rounds=3, runs=10)[0]
+        result.target_ms, result.fp32_ms = options.prune_target_ms, round(fp32_ms, 3)
+        if fp32_ms <= options.prune_target_ms:
+            result.note = f"the model already runs in {fp32_ms:.2f} ms <= {options.prune_target_ms:.2f} ms here"
+            say(f"  {result.note}")
+            return ctx.prepared
     say(f"planning channel pruning by the weighted layers' {measure}")
     plan = plan_pruning(ctx.prepared, frames, prune_options, ctx.head, say)  # once: it does not depend on the ratio
     if not plan.order:
         result.note = (
             f"no prunable channel groups ({'; '.join(plan.blocked) or 'no weighted layers'})"
             if not plan.groups
-            else f"no step of {multiple} channels saves {measure} in any layer family"
+            else f"no kept channel count that is a multiple of {multiple} saves {measure} in any layer family"
         )
         say(f"  {result.note}")
         return ctx.prepared
     ratio = options.prune_budget
-    if options.prune_target_ms is not None:
-        fp32_ms = time_models([ctx.prepared], frames[:2], rounds=3, runs=10)[0]
-        result.target_ms, result.fp32_ms = options.prune_target_ms, round(fp32_ms, 3)
+    if options.prune_target_ms is not None and fp32_ms is not None:
         ratio = (fp32_ms - options.prune_target_ms) * 1000.0 / max(plan.whole, 1e-9)
         say(
             f"  {fp32_ms:.2f} ms per run here, {options.prune_target_ms:.2f} ms wanted: {ratio:.2f} of the layers' time"
         )
-        if ratio <= 0.0:
-            result.note = f"the model already runs in {fp32_ms:.2f} ms <= {options.prune_target_ms:.2f} ms"
-            return ctx.prepared
         ratio = result.requested = round(min(ratio, 0.95), 3)
     seen: list[int] = []
     while ratio > 0.05:

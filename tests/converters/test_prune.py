@@ -12,12 +12,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from converters.convert import ConvertOptions, Precision, convert_model, summary_text
 from converters.evaluate import run_model
+from converters.graph import ConversionError
 from converters.prepare import prepare
 from converters.prune import Budget, PruneOptions, channel_groups, conv_flops, plan_pruning, prune_channels
 from converters.report import PruneMethod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from make_models import exported_elementwise, residual, silu_concat, unet_bn  # noqa: E402
+from make_models import exported_elementwise, residual, se_block, silu_concat, unet_bn  # noqa: E402
 
 
 def _feeds(model: onnx.ModelProto, n: int = 8) -> list[dict[str, np.ndarray]]:
@@ -31,8 +32,9 @@ def _error(a: onnx.ModelProto, b: onnx.ModelProto, feeds: list[dict[str, np.ndar
     return max(float(np.abs(x[k] - y[k]).max()) for x, y in zip(run_model(a, feeds), run_model(b, feeds)) for k in x)
 
 
-# residual Add, Concat + ConvTranspose + Resize + MaxPool, SiLU + Concat, depthwise + per-channel constants
-MODELS = {"residual": residual, "unet_bn": unet_bn, "silu_concat": silu_concat, "elementwise": exported_elementwise}
+# residual Add, Concat + ConvTranspose + Resize + MaxPool, SiLU + Concat, depthwise + per-channel constants, SE
+MODELS = {"residual": residual, "unet_bn": unet_bn, "silu_concat": silu_concat, "elementwise": exported_elementwise,
+          "se_block": se_block}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -145,3 +147,103 @@ def test_one_plan_serves_every_ratio() -> None:
         assert a == b and with_plan.SerializeToString() == fresh.SerializeToString()
     with pytest.raises(ValueError, match="made with other options"):
         prune_channels(model, feeds, PruneOptions(ratio=0.3, budget=Budget.LATENCY), plan=plan)
+
+
+def _chain(weights: dict[str, np.ndarray], relu: bool, concat: bool = False) -> onnx.ModelProto:
+    """x -> c1 -> (Relu) -> c2 -> (Relu) -> c3, 1x1 convs; or with `concat`, x -> cA and x -> cB, concatenated,
+    -> head."""
+    F = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(w.astype(np.float32), k) for k, w in weights.items()]
+    cin = next(iter(weights.values())).shape[1]
+    if concat:
+        nodes = [helper.make_node("Conv", ["x", "wa"], ["a"], name="cA"),
+                 helper.make_node("Conv", ["x", "wb"], ["b"], name="cB"),
+                 helper.make_node("Concat", ["a", "b"], ["ab"], name="cat", axis=1),
+                 helper.make_node("Conv", ["ab", "wh"], ["y"], name="head")]  # fmt: skip
+    else:
+        act = "Relu" if relu else "Identity"
+        nodes = [helper.make_node("Conv", ["x", "w1"], ["h1"], name="c1"),
+                 helper.make_node(act, ["h1"], ["r1"], name="a1"),
+                 helper.make_node("Conv", ["r1", "w2"], ["h2"], name="c2"),
+                 helper.make_node(act, ["h2"], ["r2"], name="a2"),
+                 helper.make_node("Conv", ["r2", "w3"], ["y"], name="c3")]  # fmt: skip
+    out = list(weights.values())[-1].shape[0]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", F, [1, cin, 8, 8])],
+                              [helper.make_tensor_value_info("y", F, [1, out, 8, 8])], inits)  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_refit_follows_a_change_downstream_on_the_pruned_models_own_inputs() -> None:
+    """Pruning c1 changes c2's input and, through c2 and a Relu, c3's: both are refitted, in order, each on what
+    the pruned model feeds it, so c3 also compensates what c2 could not restore."""
+    rng = np.random.default_rng(3)
+    w1 = np.concatenate([np.eye(3), [[1.0, 1.0, 0.0]]]).reshape(4, 3, 1, 1)  # a fourth, nearly redundant channel
+    model = _chain({"w1": w1, "w2": rng.standard_normal((2, 4, 1, 1)), "w3": rng.standard_normal((2, 2, 1, 1))},
+                   relu=True)  # fmt: skip
+    feeds = _feeds(model, 16)
+    options = PruneOptions(ratio=0.1, budget=Budget.FLOPS, channel_multiple=1, ridge=1e-6, max_layer_ratio=0.3)
+    repaired, report = prune_channels(model, feeds, options)  # c2's two channels stay: the 0.3 cap keeps them
+    assert report.repaired == ["c2", "c3"] and report.layers[0].node == "c1"
+    plain, _ = prune_channels(model, feeds, PruneOptions(**{**options.__dict__, "repair": False}))
+    assert _error(model, repaired, feeds) < 0.5 * _error(model, plain, feeds)
+
+
+def test_allocation_takes_the_redundant_family_first() -> None:
+    """Two branches of equal cost: cA writes x0, x1 and x0 + x1 (one channel is redundant), cB three independent
+    mixtures of x2, x3 and x4. The measured sensitivity makes the first step cA's; any step of cB loses a
+    dimension nothing else carries."""
+    rng = np.random.default_rng(4)
+    wa = np.array([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [1, 1, 0, 0, 0]], np.float64).reshape(3, 5, 1, 1)
+    wb = np.concatenate([np.zeros((3, 2)), np.eye(3) + 0.3 * rng.standard_normal((3, 3))], axis=1).reshape(3, 5, 1, 1)
+    model = _chain({"wa": wa, "wb": wb, "wh": rng.standard_normal((2, 6, 1, 1))}, relu=False, concat=True)
+    feeds = _feeds(model, 16)
+    options = PruneOptions(ratio=0.1, budget=Budget.FLOPS, channel_multiple=1, max_layer_ratio=0.34, ridge=1e-9)
+    plan = plan_pruning(model, feeds, options)
+    losses = {f.producers: f.losses[0] for f in plan.families}
+    assert losses[("cA",)] < 1e-6 < losses[("cB",)]
+    pruned, report = prune_channels(model, feeds, options, plan=plan)
+    assert [s.producers for s in report.steps] == [("cA",)] and report.steps[0].after == 2
+    assert _error(model, pruned, feeds) < 1e-3
+
+
+def test_the_latency_cost_model_counts_channel_blocks() -> None:
+    """A conv in blocks of 16: 24 -> 17 output channels saves nothing, 24 -> 16 halves it; FLOPs are linear."""
+    from converters.prune import _CostModel, _CostOp
+
+    blocked = _CostModel([_CostOp("c", 100.0, "x", "y", 24, 24, 16)])
+    assert blocked.total({"y": 7}) == 100.0 and blocked.total({"y": 8}) == 50.0
+    assert blocked.total({"x": 8, "y": 8}) == 25.0
+    linear = _CostModel([_CostOp("c", 100.0, "x", "y", 24, 24, 1)])
+    assert linear.total({"y": 6}) == 75.0
+
+
+def test_families_step_in_whole_blocks_within_the_layer_cap() -> None:
+    model, _ = prepare(silu_concat())  # 16-channel layers
+    plan = plan_pruning(model, _feeds(model), PruneOptions(budget=Budget.FLOPS, channel_multiple=4))
+    assert plan.families and all(f.kept == [12, 8, 4] for f in plan.families)  # 0.75 cap: never below 4 of 16
+    assert all(len(f.losses) == len(f.kept) for f in plan.families)
+    fewer = plan_pruning(model, _feeds(model), PruneOptions(budget=Budget.FLOPS, channel_multiple=1, max_steps=3))
+    assert all(len(f.kept) == 3 and f.kept[0] == 15 and f.kept[-1] == 4 for f in fewer.families)
+
+
+def test_squeeze_and_excitation_prunes_the_gate_with_its_features() -> None:
+    model, _ = prepare(se_block())
+    groups, _ = channel_groups(model)
+    assert {tuple(sorted({u.node for u in g.uses if u.role == "producer"})) for g in groups} >= {("excite", "features")}
+    feeds = _feeds(model)
+    _, report = prune_channels(model, feeds, PruneOptions(ratio=0.4, budget=Budget.FLOPS, channel_multiple=4))
+    after = {c.node: c.after for c in report.layers}
+    assert "features" in after and after["features"] == after["excite"] < 16
+
+
+def test_a_latency_target_in_milliseconds(tiny_models: dict[str, Path]) -> None:
+    from edge_runtime.cli import _prune_budget
+
+    assert _prune_budget("6ms") == (0.3, 6.0) and _prune_budget("0.25") == (0.25, None)
+    options = ConvertOptions(prune=PruneMethod.CHANNELS, prune_target_ms=1e6, data="synthetic:frames=4,size=32x32",
+                             samples=4, tolerance=0.5, prune_multiple=1)  # fmt: skip
+    result = convert_model(tiny_models["unet_bn"], options)
+    pr = result.report.prune
+    assert pr is not None and pr.used == 0.0 and pr.fp32_ms is not None and "already runs" in pr.note
+    with pytest.raises(ConversionError, match="needs --prune-by latency"):
+        convert_model(tiny_models["unet_bn"], ConvertOptions(**{**options.__dict__, "prune_by": Budget.FLOPS}))

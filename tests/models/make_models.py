@@ -383,6 +383,25 @@ def silu_concat() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("logits", F, [1, 2, 16, 16])], inits)  # fmt: skip
 
 
+def se_block() -> onnx.ModelProto:
+    """Squeeze-and-excitation: the excitation's Mul ties the gate conv's output channels to the features'."""
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(6)
+    inits = [_w(rng, "w_feat", 16, 1, 3, 3), _w(rng, "w_sq", 4, 16, 1, 1), _w(rng, "w_ex", 16, 4, 1, 1),
+             _w(rng, "w_head", 2, 16, 3, 3)]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_feat"], ["f"], name="features", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["f"], ["h"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["h"], ["pooled"], name="squeeze_pool"),
+             helper.make_node("Conv", ["pooled", "w_sq"], ["sq"], name="squeeze"),
+             helper.make_node("Relu", ["sq"], ["sq_relu"], name="squeeze_relu"),
+             helper.make_node("Conv", ["sq_relu", "w_ex"], ["ex"], name="excite"),
+             helper.make_node("Sigmoid", ["ex"], ["gate"], name="excite_sigmoid"),
+             helper.make_node("Mul", ["h", "gate"], ["scaled"], name="excite_mul"),
+             helper.make_node("Conv", ["scaled", "w_head"], ["logits"], name="head", pads=[1, 1, 1, 1])]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 2, 16, 16])], inits)  # fmt: skip
+
+
 def cls_tiny() -> onnx.ModelProto:
     F = TensorProto.FLOAT
     inits = [numpy_helper.from_array(np.array([-8.0, 0.0, 8.0], np.float32).reshape(3, 1, 1, 1), "w_feat"),
