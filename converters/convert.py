@@ -40,7 +40,7 @@ from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_node
 from converters.latency import place_for_latency, time_models
 from converters.prepare import DEFAULT_OPSET, PrepareOptions, prepare
 from converters.progress import Progress
-from converters.prune import Budget, PruneOptions, cpu_channel_block, plan_pruning, prune_channels
+from converters.prune import Budget, PruneOptions, conv_flops, cpu_channel_block, plan_pruning, prune_channels
 from converters.report import (
     AccuracyReport,
     ConversionReport,
@@ -56,6 +56,16 @@ from converters.report import (
     PruneResult,
     card_note,
     summary_text,
+)
+from converters.sparsity import (
+    Saliency,
+    SparseLayer,
+    SparsityOptions,
+    SparsityReport,
+    apply_sparse,
+    check_2_4,
+    eligible_layers,
+    sparse_weights,
 )
 from edge_runtime import __version__
 from edge_runtime.package import CARD_FILE, ONNX_FILE, ModelCard, PackageError, load_package, parse_card
@@ -96,6 +106,7 @@ class ConvertOptions:
     # block for a latency budget, 8 for FLOPs, the tensor cores' multiple)
     prune_target_ms: float | None = None  # --prune-budget as a latency: the FP32 model's time per run to reach
     prune_frames: int = 16  # calibration frames that measure sensitivity and refit the layers
+    sparse_saliency: Saliency = Saliency.OBS  # --prune 2:4: which two of four weights go
 
     def __post_init__(self) -> None:
         if not 0.0 < self.prune_budget < 1.0:
@@ -246,14 +257,22 @@ def convert_model(
             say(f"loading calibration data from {calib_source}")
             calib = load_feeds(calib_source, prepared, card, _sampling(options, eval=False))
             report.calibration_data = DataInfo(calib.description, len(calib.feeds), calib.representative)
-        if options.prune is not None:
+        if options.prune is not None and options.prune.channels:
             assert calib is not None
             ctx.prepared = model = _prune(ctx, calib)
+        if options.prune is not None and options.prune.sparse:
+            assert calib is not None
+            ctx.prepared = model = _sparsify(ctx, calib)
         if options.precision is Precision.FP16:
             model = _to_fp16(ctx)
         elif options.precision is Precision.INT8:
             assert calib is not None
             model = _to_int8(ctx, calib, extra)
+        if model is not None and report.sparsity is not None and report.sparsity.applied:
+            problems = check_2_4(model, report.sparsity.applied)
+            if problems:  # a claim in the card that the engine builder would act on: never ship it false
+                raise ConversionError("the 2:4 pattern did not survive conversion: " + "; ".join(problems[:5]))
+            report.sparsity.verified = True
     report.passed = model is not None
     if model is not None:
         size = model_size(model)
@@ -336,6 +355,56 @@ def _prune(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
         ratio = round(ratio - 0.1, 3)
     say("  no pruning ratio passes the gate: the model is not pruned")
     return ctx.prepared
+
+
+def _sparsify(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
+    """2:4 on every eligible layer if the gate allows; else on the layers that cost least alone, as many as the
+    gate allows (binary search over that order). Returns the model with the sparse layers (or unchanged)."""
+    options, say = ctx.options, ctx.say
+    report = ctx.report.sparsity = SparsityReport()
+    eligible, report.skipped = eligible_layers(ctx.prepared)
+    report.weights_total = conv_flops(ctx.prepared)[1]
+    if not eligible:
+        say("2:4 sparsity: no eligible layer")
+        return ctx.prepared
+    frames = calib.feeds[: max(1, options.prune_frames)]
+    say(f"2:4 sparsity ({options.sparse_saliency.value}) on {len(eligible)} eligible layers")
+    weights = sparse_weights(
+        ctx.prepared, [e.node for e in eligible], frames, SparsityOptions(options.sparse_saliency), say
+    )
+    gate = ctx.gate(lambda names: apply_sparse(ctx.prepared, {n: weights[n] for n in names}))
+
+    def passes(names: Sequence[str]) -> bool:
+        check = gate.evaluate(list(names))
+        say(f"  {len(names)} layer(s) 2:4: {check.metric_name} {check.metric:.4f} (required >= {gate.required:.4f})")
+        return gate.passes(check)
+
+    names = [e.node for e in eligible]
+    if passes(names):
+        chosen = names
+    else:
+        say("  measuring each layer alone")
+        reference = run_model(ctx.prepared, frames)
+        losses = {}
+        for n in names:
+            alone = run_model(apply_sparse(ctx.prepared, {n: weights[n]}), frames)
+            losses[n] = 1.0 - compare(reference, alone, ctx.head).metric
+        report_layers = [SparseLayer(e.node, e.op, e.weights, round(losses[e.node], 6)) for e in eligible]
+        eligible = report_layers
+        order = sorted(names, key=lambda n: losses[n])
+        lo, hi = 0, len(order) - 1  # order[:lo] passes; order[:hi + 1] fails
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if passes(order[:mid]):
+                lo = mid
+            else:
+                hi = mid - 1
+        chosen = order[:lo]
+    report.eligible, report.applied = eligible, list(chosen)
+    if not chosen:
+        say("  no layer keeps the gate in 2:4: none made sparse")
+        return ctx.prepared
+    return apply_sparse(ctx.prepared, {n: weights[n] for n in chosen})
 
 
 def _to_fp16(ctx: _Conversion) -> onnx.ModelProto | None:

@@ -37,14 +37,14 @@ import math
 import os
 import platform
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converters.evaluate import Feed, compare, run_model, session, with_float_activations_as_outputs
+from converters.evaluate import Feed, compare, run_model
 from converters.graph import (
     ConversionError,
     copy_model,
@@ -54,6 +54,7 @@ from converters.graph import (
     replace_initializer,
 )
 from converters.latency import layer_times
+from converters.patches import frames, im2col, plain_conv, sample_positions
 from converters.progress import Eta, Progress
 from edge_runtime.tasks import TaskHead
 
@@ -370,41 +371,6 @@ def _consumer_inputs(model: onnx.ModelProto, groups: Sequence[ChannelGroup]) -> 
     return {u.node: by_name[u.node].input[0] for grp in groups for u in grp.uses if u.role.startswith("consumer")}
 
 
-def _upto(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
-    """A copy whose outputs are `tensors`, without the nodes they do not need (ONNX Runtime would run them)."""
-    g = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
-        return with_float_activations_as_outputs(model, tensors)  # subgraphs may read outer tensors: keep it all
-    need, keep = set(tensors), []
-    for node in reversed(g.node):
-        if any(o in need for o in node.output):
-            keep.append(node)
-            need.update(i for i in node.input if i)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.node[:], probe.graph.output[:], probe.graph.value_info[:]
-    probe.graph.node.extend(reversed(keep))
-    inputs = {i.name for i in g.input}
-    probe.graph.output.extend(
-        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in sorted(tensors) if t not in inputs
-    )
-    live = [t for t in probe.graph.initializer if t.name in need]
-    del probe.graph.initializer[:]
-    probe.graph.initializer.extend(live)
-    return probe
-
-
-def _frames(model: onnx.ModelProto, feeds: Sequence[Feed], tensors: set[str]) -> Iterator[dict[str, np.ndarray]]:
-    """Each frame's values of `tensors`, one frame at a time (memory holds one frame's activations)."""
-    probe = _upto(model, tensors)
-    names = [o.name for o in probe.graph.output if o.name in tensors]
-    sess = session(probe) if names else None
-    for feed in feeds:
-        values = dict(zip(names, sess.run(names, feed))) if sess is not None else {}
-        values.update({n: v for n, v in feed.items() if n in tensors})
-        yield values
-
-
 @dataclass
 class _ChannelStats:
     """Per-channel mean and mean square of a tensor over the frames (channel axis 1)."""
@@ -430,7 +396,7 @@ class _ChannelStats:
 
 def channel_stats(model: onnx.ModelProto, feeds: Sequence[Feed], tensors: set[str]) -> dict[str, _ChannelStats]:
     stats: dict[str, _ChannelStats] = {}
-    for values in _frames(model, feeds, tensors):
+    for values in frames(model, feeds, tensors):
         for name, x in values.items():
             if name not in stats:
                 stats[name] = _ChannelStats(np.zeros(x.shape[1]), np.zeros(x.shape[1]))
@@ -636,43 +602,6 @@ def _slice(a: np.ndarray, axis: int, drop: Sequence[int]) -> np.ndarray:
     return np.take(a, keep, axis=axis)
 
 
-def _pads(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "pads"), [0, 0, 0, 0])
-
-
-def _strides(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "strides"), [1, 1])
-
-
-def _dil(node: onnx.NodeProto) -> list[int]:
-    return next((list(a.ints) for a in node.attribute if a.name == "dilations"), [1, 1])
-
-
-def _refittable(node: onnx.NodeProto, w: np.ndarray) -> bool:
-    """A plain 2-D Conv (group 1, explicit pads): what the least-squares refit knows how to unfold."""
-    auto_pad = next((a.s for a in node.attribute if a.name == "auto_pad"), b"NOTSET")
-    return node.op_type == "Conv" and w.ndim == 4 and _attr(node, "group", 1) == 1 and auto_pad in (b"NOTSET", b"")
-
-
-def _picks(node: onnx.NodeProto, out_hw: Sequence[int], positions: int, rng: np.random.Generator) -> np.ndarray:
-    n = int(out_hw[0] * out_hw[1])
-    return np.sort(rng.choice(n, size=min(n, positions), replace=False))
-
-
-def _im2col(x: np.ndarray, node: onnx.NodeProto, w_shape: Sequence[int], picks: np.ndarray) -> np.ndarray:
-    """Patches [positions, C * kh * kw] of a Conv's input at the sampled output positions `picks` (flat)."""
-    kh, kw = w_shape[2], w_shape[3]
-    strides, dil, pads = _strides(node), _dil(node), _pads(node)
-    xp = np.pad(x[0], ((0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    out_w = (xp.shape[2] - dil[1] * (kw - 1) - 1) // strides[1] + 1
-    rows, cols = picks // out_w, picks % out_w
-    patches = np.empty((len(picks), x.shape[1], kh, kw), np.float64)
-    for i in range(kh):
-        for j in range(kw):
-            patches[:, :, i, j] = xp[:, rows * strides[0] + i * dil[0], cols * strides[1] + j * dil[1]].T
-    return patches.reshape(len(picks), -1)
-
-
 class _NormalEquations:
     """X^T X, X^T Y and the means, accumulated frame by frame, for refitting a Conv's weights and bias so that its
     output on the patches X matches the targets Y."""
@@ -859,13 +788,13 @@ def _refit(
     convs = [
         n
         for n in g.node
-        if n.input[0] in changed and len(n.input) > 1 and n.input[1] in arrays and _refittable(n, arrays[n.input[1]])
+        if n.input[0] in changed and len(n.input) > 1 and n.input[1] in arrays and plain_conv(n, arrays[n.input[1]])
     ]
     shapes = _shapes(original)
     if not convs or any(n.output[0] not in shapes for n in convs):
         return []
     rng = np.random.default_rng(0)
-    picks = {n.name: [_picks(n, shapes[n.output[0]][2:], options.positions, rng) for _ in feeds] for n in convs}
+    picks = {n.name: [sample_positions(shapes[n.output[0]][2:], options.positions, rng) for _ in feeds] for n in convs}
     refitted: list[str] = []
     eta = Eta(say, "least-squares refits", len(convs))
     start = 0
@@ -878,7 +807,7 @@ def _refit(
                 break
             chunk.append(n)
         targets: dict[str, list[np.ndarray]] = defaultdict(list)
-        for values in _frames(original, feeds, {n.output[0] for n in chunk}):
+        for values in frames(original, feeds, {n.output[0] for n in chunk}):
             for n in chunk:
                 y = values[n.output[0]][0]
                 keep = np.setdiff1d(np.arange(y.shape[0]), np.asarray(drop_tensor.get(n.output[0], []), np.int64))
@@ -888,8 +817,8 @@ def _refit(
             inits = initializers(g)
             w = numpy_helper.to_array(inits[n.input[1]])
             eq = _NormalEquations(int(np.prod(w.shape[1:])), w.shape[0])
-            for i, values in enumerate(_frames(pruned, feeds, {n.input[0]})):
-                eq.add(_im2col(values[n.input[0]], n, w.shape, picks[n.name][i]), targets[n.name][i])
+            for i, values in enumerate(frames(pruned, feeds, {n.input[0]})):
+                eq.add(im2col(values[n.input[0]], n, w.shape, picks[n.name][i]), targets[n.name][i])
             prior = w.reshape(w.shape[0], -1).astype(np.float64)
             new_w, new_b = eq.solve(np.arange(prior.shape[1]), prior, options.ridge)
             _set_weights(g, n, new_w.reshape(w.shape).astype(w.dtype), new_b, "refit")
@@ -959,14 +888,14 @@ def _sensitivity(
         eqs: dict[str, _NormalEquations] = {}
         if options.repair:
             consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
-            consumers = [c for c in consumers if _refittable(by_name[c], arrays[by_name[c].input[1]])]
+            consumers = [c for c in consumers if plain_conv(by_name[c], arrays[by_name[c].input[1]])]
             shapes = _shapes(model) if consumers else {}
             rng = np.random.default_rng(0)
-            for values in _frames(model, feeds, {by_name[c].input[0] for c in consumers}):
+            for values in frames(model, feeds, {by_name[c].input[0] for c in consumers}):
                 for c in consumers:
                     node, w = by_name[c], arrays[by_name[c].input[1]]
-                    picks = _picks(node, shapes[node.output[0]][2:], options.positions, rng)
-                    cols = _im2col(values[node.input[0]], node, w.shape, picks)
+                    picks = sample_positions(shapes[node.output[0]][2:], options.positions, rng)
+                    cols = im2col(values[node.input[0]], node, w.shape, picks)
                     flat = w.reshape(w.shape[0], -1).astype(np.float64)
                     b = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
                     eqs.setdefault(c, _NormalEquations(flat.shape[1], flat.shape[0])).add(cols, cols @ flat.T + b)

@@ -17,6 +17,7 @@ from converters.gate import Fallback, Sensitivity, SensitivityMethod
 from converters.latency import LatencyReport
 from converters.prepare import PrepareReport
 from converters.prune import PruneReport
+from converters.sparsity import SparsityReport
 
 if TYPE_CHECKING:  # convert.py builds reports; importing it here at run time would be circular
     from converters.convert import ConvertOptions
@@ -100,6 +101,16 @@ class Int8Report:
 
 class PruneMethod(str, enum.Enum):
     CHANNELS = "channels"  # structured: whole channels out, consumers refitted
+    SPARSE_2_4 = "2:4"  # semi-structured: two of every four input-channel weights zero (TensorRT sparse kernels)
+    CHANNELS_2_4 = "channels+2:4"  # channels first, then 2:4 on what is left
+
+    @property
+    def channels(self) -> bool:
+        return self is not PruneMethod.SPARSE_2_4
+
+    @property
+    def sparse(self) -> bool:
+        return self is not PruneMethod.CHANNELS
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,7 @@ class ConversionReport:
     calibration_data: DataInfo | None = None  # INT8 only, when it differs from the evaluation data
     prepare_check: Comparison | None = None  # prepared FP32 vs the original
     prune: PruneResult | None = None
+    sparsity: SparsityReport | None = None  # --prune 2:4
     fp16: Fp16Report | None = None
     int8: Int8Report | None = None
     latency: LatencyReport | None = None  # INT8 for onnxruntime: per-layer cost and what left INT8 for speed
@@ -180,6 +192,10 @@ def card_note(report: ConversionReport) -> dict[str, Any]:
         d = report.prune.details
         note["pruned"] = {"method": report.prune.method.value, "flops_ratio": round(d.flops_ratio, 4),
                           "repair": report.prune.repair}  # fmt: skip
+    if report.sparsity is not None and report.sparsity.applied and report.output is not None:
+        sp = report.sparsity
+        note["sparse_2_4"] = {"layers": list(sp.applied), "weights_fraction": round(sp.fraction, 4),
+                              "axis": "input channels", "verified": sp.verified}  # fmt: skip
     if report.accuracy is not None:
         note["accuracy_vs_original"] = {report.accuracy.metric_name: round(report.accuracy.metric, 6)}
     if report.fp16 is not None:
@@ -226,6 +242,14 @@ def summary_text(report: ConversionReport) -> str:
         else:
             why = pr.note or f"every ratio failed the gate ({tried})"
             lines.append(f"  prune      {pr.method.value}: nothing pruned, {why}")
+    if report.sparsity is not None:
+        sp = report.sparsity
+        lines.append(f"  2:4        {len(sp.applied)} of {len(sp.eligible)} eligible layers, {100 * sp.fraction:.0f}% of the "
+                     f"weights in 2:4 groups (half of them zero){', pattern verified' if sp.verified else ''}; no speed "
+                     "on this CPU (ONNX Runtime's kernels are dense): TensorRT runs them on sparse tensor cores")  # fmt: skip
+        lines += [f"               kept dense: '{e.node}' (alone it costs {e.loss:.4f})" for e in sp.eligible
+                  if e.node not in sp.applied and e.loss is not None]  # fmt: skip
+        lines += [f"               not eligible: '{n}': {why}" for n, why in sp.skipped.items()]
     if report.fp16 is not None:
         f = report.fp16
         lines.append(f"  fp16       {f.fp16_nodes} of {f.nodes} nodes in FP16, {len(f.fp32_nodes)} kept FP32")

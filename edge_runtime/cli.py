@@ -263,6 +263,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
     from converters.int8 import QuantTarget
     from converters.prune import Budget
     from converters.report import PruneMethod
+    from converters.sparsity import Saliency
 
     sampling = _sampling(args)
     options = ConvertOptions(
@@ -291,6 +292,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         prune_repair=not args.no_prune_repair,
         prune_by=None if args.prune_by == "auto" else Budget(args.prune_by),
         prune_multiple=args.prune_multiple,
+        sparse_saliency=Saliency(args.sparse_saliency),
     )
     result = convert_model(args.model, options, card_path=args.card, progress=out.progress)
     files = write_result(result, args.out)
@@ -534,8 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-latency", action="store_true",
                    help="skip the per-layer profiling that keeps layers out of INT8 where INT8 is slower here")  # fmt: skip
     g = p.add_argument_group("pruning (before the precision stages)")
-    g.add_argument("--prune", choices=["channels"], help="structured channel pruning, repaired by least squares on "
-                   "calibration frames (no retraining)")  # fmt: skip
+    g.add_argument("--prune", choices=["channels", "2:4", "channels+2:4"],
+                   help="channels: structured channel pruning, repaired by least squares on calibration frames (no "
+                   "retraining); 2:4: two of every four input-channel weights zero, for TensorRT's sparse tensor cores "
+                   "(no speed on a CPU); channels+2:4: both")  # fmt: skip
+    g.add_argument("--sparse-saliency", choices=["obs", "magnitude"], default="obs",
+                   help="--prune 2:4: which weights go: optimal brain surgeon on calibration inputs with "
+                   "least-squares compensation (default), or the smallest magnitudes")  # fmt: skip
     g.add_argument("--prune-budget", type=_prune_budget, default=(0.3, None), metavar="FRACTION|Nms",
                    help="fraction of the layers' time (or FLOPs) to remove, or a time per run to reach here, e.g. "
                    "6ms; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
