@@ -34,6 +34,20 @@ def test_fp16_accuracy_smoke(tmp_path: Path) -> None:
     assert len(rows) == 6 and all(r["passed"] for r in rows)
 
 
+def test_pruning_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "pruning.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pruning.py"), "--smoke", "--cache", str(tmp_path / "cache"),
+         "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    model = json.loads(out.read_text())["models"][0]
+    assert {r["variant"] for r in model["curve"]} == {"repair_0.20", "bias_0.20"}
+    assert all(r["speedup"] > 0 and 0 < r["flops_ratio"] < 1 for r in model["curve"])
+    assert model["gated"]["passed"] and model["gated_int8"]["speedup"] > 0
+    assert model["sparse_2_4"]["verified"] and model["sparse_2_4"]["weights_fraction"] > 0
+
+
 def test_precision_benchmark_smoke(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "precision.py"), "--rounds", "1", "--iters", "3", "--samples", "4",
