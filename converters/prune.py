@@ -665,11 +665,12 @@ def _remove(
     chosen: Sequence[ChannelGroup],
     stats: Mapping[str, _ChannelStats],
     refits: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    shapes: Mapping[str, list[int]] | None = None,
 ) -> _Removal:
     """Slices the chosen groups out of a copy of `model`. A consumer that lost input channels takes its weights
     from `refits` (all output rows, kept input columns, and bias) where given, else keeps its other weights and
-    absorbs the removed channels' mean contribution in its bias."""
-    shapes = _shapes(model)
+    absorbs the removed channels' mean contribution in its bias. `shapes`: the model's, if already inferred."""
+    shapes = shapes if shapes is not None else _shapes(model)
     drops: dict[tuple[str, str], list[int]] = defaultdict(list)
     drop_tensor: dict[str, list[int]] = defaultdict(list)
     for grp in chosen:
@@ -882,6 +883,7 @@ def _sensitivity(
     reference = run_model(model, feeds)
     by_name = {n.name: n for n in model.graph.node}
     arrays = {name: numpy_helper.to_array(t) for name, t in initializers(model.graph).items()}
+    shapes = _shapes(model)
     eta = Eta(say, "sensitivity", sum(len(f.kept) for f in families))
     done = 0
     for fam in families:
@@ -889,7 +891,6 @@ def _sensitivity(
         if options.repair:
             consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
             consumers = [c for c in consumers if plain_conv(by_name[c], arrays[by_name[c].input[1]])]
-            shapes = _shapes(model) if consumers else {}
             rng = np.random.default_rng(0)
             for values in frames(model, feeds, {by_name[c].input[0] for c in consumers}):
                 for c in consumers:
@@ -907,7 +908,7 @@ def _sensitivity(
                 drop = [u.index for grp in chosen for u in grp.uses if u.node == c and u.role == "consumer"]
                 keep = _columns(w.shape[1], drop, w.shape[2] * w.shape[3])
                 refits[c] = eq.solve(keep, w.reshape(w.shape[0], -1)[:, keep].astype(np.float64), options.ridge)
-            candidate = _remove(model, chosen, stats, refits).model
+            candidate = _remove(model, chosen, stats, refits, shapes).model
             fam.losses.append(1.0 - compare(reference, run_model(candidate, feeds), head).metric)
             done += 1
             eta.step(done)
