@@ -100,7 +100,7 @@ class ConvertOptions:
     latency: bool = True  # onnxruntime target: profile per-layer cost and keep layers out of INT8 that do not pay
     prune: PruneMethod | None = None  # prune before the precision stages
     prune_budget: float = 0.3  # fraction of the layers' time (or FLOPs) to remove; backs off while the gate fails
-    prune_repair: bool = True  # least-squares refit of the layers that lost input channels
+    prune_repair: bool = True  # least-squares refit of every conv after a pruned channel (else bias correction)
     prune_by: Budget | None = None  # what the budget is a fraction of; None: latency for onnxruntime, else FLOPs
     prune_multiple: int = 0  # kept channel counts are multiples of this (1: any count; 0: this CPU's channel
     # block for a latency budget, 8 for FLOPs, the tensor cores' multiple)
