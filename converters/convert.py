@@ -389,8 +389,7 @@ def _sparsify(ctx: _Conversion, calib: EvalData) -> onnx.ModelProto:
         for n in names:
             alone = run_model(apply_sparse(ctx.prepared, {n: weights[n]}), frames)
             losses[n] = 1.0 - compare(reference, alone, ctx.head).metric
-        report_layers = [SparseLayer(e.node, e.op, e.weights, round(losses[e.node], 6)) for e in eligible]
-        eligible = report_layers
+        eligible = [SparseLayer(e.node, e.op, e.weights, round(losses[e.node], 6)) for e in eligible]
         order = sorted(names, key=lambda n: losses[n])
         lo, hi = 0, len(order) - 1  # order[:lo] passes; order[:hi + 1] fails
         while lo < hi:

@@ -43,6 +43,15 @@ def graph_output_names(graph: onnx.GraphProto) -> set[str]:
     return {o.name for o in graph.output}
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> set[str]:
+    """Removes initializers no node reads and no graph output names; returns the names that are read or output."""
+    used = {name for node in graph.node for name in node.input} | graph_output_names(graph)
+    live = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+    return used
+
+
 def real_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are not initializers (old exporters list weights as inputs too)."""
     inits = {t.name for t in graph.initializer}

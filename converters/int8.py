@@ -33,6 +33,7 @@ from converters.graph import (
     all_names,
     consumers,
     copy_model,
+    drop_unused_initializers,
     initializers,
     producers,
     unique_name,
@@ -184,10 +185,7 @@ class _Builder:
 
     def finish(self) -> onnx.ModelProto:
         add_nodes(self.g, self.new_nodes)
-        used = {i for n in self.g.node for i in n.input} | {o.name for o in self.g.output}
-        live = [t for t in self.g.initializer if t.name in used]
-        del self.g.initializer[:]
-        self.g.initializer.extend(live)
+        drop_unused_initializers(self.g)
         try:
             onnx.checker.check_model(self.model, full_check=True)
         except Exception as exc:

@@ -29,6 +29,7 @@ from converters.graph import (
     all_names,
     consumers,
     copy_model,
+    drop_unused_initializers,
     ensure_node_names,
     graph_output_names,
     initializers,
@@ -592,10 +593,7 @@ def remove_dead(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProt
         report.dead_nodes_removed += len(g.node) - len(keep)
         del g.node[:]
         g.node.extend(keep)
-    used = {name for node in g.node for name in node.input} | graph_output_names(g)
-    live = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
+    used = drop_unused_initializers(g)
     known = used | {o for n in g.node for o in n.output}
     vi = [v for v in g.value_info if v.name in known]
     del g.value_info[:]

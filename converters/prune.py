@@ -48,7 +48,7 @@ from converters.evaluate import Feed, compare, run_model
 from converters.graph import (
     ConversionError,
     copy_model,
-    graph_output_names,
+    drop_unused_initializers,
     initializers,
     real_inputs,
     replace_initializer,
@@ -746,10 +746,7 @@ def _remove(
     del g.value_info[:]
     if any(v.name in drop_tensor for v in g.output):  # never: graph outputs are blocked
         raise ConversionError("pruning would change a graph output")
-    used = {i for n in g.node for i in n.input} | graph_output_names(g)
-    live = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
+    drop_unused_initializers(g)
     return _Removal(work, dict(drop_tensor), layers)
 
 
@@ -827,10 +824,7 @@ def _refit(
             del targets[n.name]
             eta.step(len(refitted))
         start += len(chunk)
-    used = {i for n in g.node for i in n.input} | graph_output_names(g)
-    live = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(live)
+    drop_unused_initializers(g)
     return refitted
 
 

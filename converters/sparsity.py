@@ -25,7 +25,7 @@ import onnx
 from onnx import numpy_helper
 
 from converters.evaluate import Feed
-from converters.graph import initializers, producers, replace_initializer
+from converters.graph import drop_unused_initializers, initializers, producers, replace_initializer
 from converters.patches import conv_out_hw, frames, im2col, plain_conv, sample_positions
 from converters.progress import Eta, Progress
 
@@ -224,10 +224,7 @@ def apply_sparse(model: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> o
         if node.name in weights:
             replace_initializer(work.graph, f"{node.name}_2to4_w", weights[node.name])
             node.input[1] = f"{node.name}_2to4_w"
-    used = {i for n in work.graph.node for i in n.input}
-    live = [t for t in work.graph.initializer if t.name in used]
-    del work.graph.initializer[:]
-    work.graph.initializer.extend(live)
+    drop_unused_initializers(work.graph)
     return work
 
 
