@@ -85,12 +85,16 @@ def bench_runner(
         runner.infer(feed)
         warm += 1
     samples: list[float] = []
+    stages: list[tuple[float, float, float]] = []  # h2d, compute, d2h (CUDA events) where the backend has them
     start = time.perf_counter()
     while True:
         t0 = time.perf_counter()
         runner.infer(feed)
         t1 = time.perf_counter()
         samples.append((t1 - t0) * 1000.0)
+        times = runner.stage_times()
+        if times is not None:
+            stages.append((times.h2d_ms, times.compute_ms, times.d2h_ms))
         elapsed = t1 - start
         if on_progress:
             on_progress(elapsed, len(samples))
@@ -100,6 +104,7 @@ def bench_runner(
     arr = np.asarray(samples)
     cv = float(arr.std() / arr.mean()) if arr.mean() > 0 else 0.0
     lat = latency_stats(arr)
+    split = np.asarray(stages) if len(stages) == len(samples) and stages else None
     return {
         "schema": SCHEMA,
         "warmup": {"ms": options.warmup_ms, "iterations": warm},
@@ -107,9 +112,11 @@ def bench_runner(
         "duration_s": round(wall, 3),
         "throughput_per_s": round(len(samples) / wall, 2),
         "latency_ms": lat,
-        "h2d_ms": None,  # no host-device transfers on a CPU backend
-        "compute_ms": lat,
-        "d2h_ms": None,
+        # A CPU backend has no transfers: compute is the whole latency. A GPU backend splits each inference with
+        # CUDA events, as trtexec reports H2D latency, GPU compute time and D2H latency.
+        "h2d_ms": latency_stats(split[:, 0]) if split is not None else None,
+        "compute_ms": latency_stats(split[:, 1]) if split is not None else lat,
+        "d2h_ms": latency_stats(split[:, 2]) if split is not None else None,
         "cv": round(cv, 5),
         "cv_warning": cv > options.cv_warn,
         "machine": machine_info(),

@@ -44,6 +44,13 @@ SOURCE_HELP = (
 )
 
 
+BACKENDS = ["onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"]
+BACKEND_HELP = (
+    "onnxruntime (CPU, default), onnxruntime-cuda / onnxruntime-tensorrt (onnxruntime-gpu's providers), tensorrt "
+    "(an engine built on this device, see `edgert build`)"
+)
+
+
 class CliError(EdgertError):
     """An expected failure of a subcommand: printed as one line, exit status 1, no traceback."""
 
@@ -102,6 +109,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         "model.package": args.model,
         "model.backend": args.backend,
         "model.threads": args.threads,
+        "model.device": args.device,
         "ingest.endpoint": args.ingest,
         "ingest.mode": args.ingest_mode,
         "ingest.pattern": args.ingest_pattern,
@@ -117,7 +125,15 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     else:
         data = apply_overrides({"model": {"package": str(demo_package_path())}}, overrides)
         config = build_config(data, Path.cwd(), where="command line")
-    return Daemon(dataclasses.replace(config, ready_file=args.ready_file)).run()
+    engine_source = None
+    if config.backend.needs_engine:
+        from converters.engine import BuildOptions, daemon_engine_source
+
+        e = config.engine
+        options = BuildOptions(workspace_mib=e.workspace_mib, opt_level=e.opt_level, dla_core=e.dla_core,
+                               timing_cache=e.timing_cache, device=config.device)  # fmt: skip
+        engine_source = daemon_engine_source(options, e.cache_dir, e.build_on_start, e.on_mismatch)
+    return Daemon(dataclasses.replace(config, ready_file=args.ready_file), engine_source).run()
 
 
 def _ctl(args: argparse.Namespace, out: Output) -> int:
@@ -343,9 +359,13 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     from converters.data import load_feeds
     from converters.graph import real_inputs
     from converters.prepare import PrepareReport, fix_input_shapes
-    from edge_runtime.backends import BackendKind, create_runner
+    from edge_runtime.backends import BackendKind, GpuOptions, create_runner
     from edge_runtime.bench import BenchOptions, ProgressBar, bench_runner
 
+    kind = BackendKind(args.backend)
+    engine = None
+    if kind.needs_engine:
+        engine = _bench_engine(args, out)
     model, card, _, _ = load_model(Path(args.model), None)
     conversion = None
     data = args.data or ("synthetic" if card else "random")
@@ -377,7 +397,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path))
-        runner = create_runner(BackendKind(args.backend), path, threads=args.threads)
+        runner = create_runner(kind, path, threads=args.threads, engine=engine, gpu=GpuOptions(device=args.device))
         bar = ProgressBar(args.duration_s, enabled=not out.quiet)
         with runner:
             timed = bench_runner(runner, feed, bench, bar.update)
@@ -386,12 +406,17 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
         model=str(args.model), backend=args.backend, precision=args.precision, threads=args.threads,
         input_shapes={k: list(v.shape) for k, v in feed.items()}, conversion=conversion,
     )  # fmt: skip
+    if engine is not None:
+        timed["engine"] = str(engine)
     lat = timed["latency_ms"]
     out.say(f"{args.model} on {args.backend} ({args.precision}, threads {args.threads or 'auto'}), "
             f"input {timed['input_shapes']}")  # fmt: skip
     out.say(f"  {timed['iterations']} iterations in {timed['duration_s']:.2f} s after {timed['warmup']['iterations']} "
             f"warm-up: {timed['throughput_per_s']:.1f} inferences/s")  # fmt: skip
     out.say("  latency ms  " + "  ".join(f"{k} {v:.3f}" for k, v in lat.items()))
+    for part in ("h2d_ms", "compute_ms", "d2h_ms"):
+        if timed[part] is not None and timed["h2d_ms"] is not None:
+            out.say(f"  {part[:-3]:<10}  " + "  ".join(f"{k} {v:.3f}" for k, v in timed[part].items()))
     out.say(f"  coefficient of variation {timed['cv'] * 100:.2f}%")
     if timed["cv_warning"]:
         print(f"  warning: latency varies by more than {bench.cv_warn * 100:.0f}%: the machine is busy or throttling; "
@@ -399,6 +424,100 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     if conversion:
         out.say(f"  conversion: {conversion}")
     out.result(timed)
+    return ExitCode.OK
+
+
+def _bench_engine(args: argparse.Namespace, out: Output) -> Path:
+    """The engine `bench --backend tensorrt` times: the package's, from the cache or built here."""
+    from converters.engine import BuildOptions, build_engine
+    from edge_runtime.package import load_package
+
+    if args.precision != "fp32" or args.input_shape is not None:
+        raise UsageError("--backend tensorrt benchmarks a converted package as it is: convert first, then bench it")
+    package = load_package(args.model)
+    return build_engine(package, BuildOptions(device=args.device), say=out.progress).engine
+
+
+def _build(args: argparse.Namespace, out: Output) -> int:
+    import shutil
+
+    from converters.engine import (
+        Builder,
+        BuildOptions,
+        HardwareCompat,
+        Int8Path,
+        Sparse,
+        TrtVersion,
+        build_engine,
+        installed_version,
+        parse_shapes,
+        plan_build,
+        shape_profiles,
+        trtexec_command,
+    )
+    from edge_runtime.backends.engine_cache import EngineCache, OnMismatch
+    from edge_runtime.package import load_package
+
+    package = load_package(args.package)
+    if args.shapes and args.opt_shapes:
+        raise UsageError("--shapes and --opt-shapes say the same thing: give one")
+    opt = args.opt_shapes or args.shapes
+    if (args.min_shapes or args.max_shapes) and not opt:
+        raise UsageError("--min-shapes/--max-shapes need --opt-shapes (or --shapes)")
+    profiles = (
+        shape_profiles(
+            parse_shapes(opt),
+            parse_shapes(args.min_shapes) if args.min_shapes else None,
+            parse_shapes(args.max_shapes) if args.max_shapes else None,
+        )
+        if opt
+        else ()
+    )
+    options = BuildOptions(
+        workspace_mib=args.workspace, opt_level=args.opt_level, shapes=profiles, timing_cache=args.timing_cache,
+        dla_core=args.dla_core, gpu_fallback=not args.no_gpu_fallback, sparse=Sparse(args.sparse),
+        hardware_compat=HardwareCompat(args.hardware_compat), version_compatible=args.version_compatible,
+        int8_path=Int8Path(args.int8_path), device=args.device,
+    )  # fmt: skip
+    if args.print_trtexec:
+        found = installed_version()
+        version = TrtVersion.parse(args.trt_version) if args.trt_version else found[0] if found else None
+        if version is None:
+            raise UsageError("no TensorRT here to take the version from: give --trt-version (e.g. 10.3.0)")
+        plan = plan_build(package, options, version, out.progress)
+        engine_out = (args.out or Path(".")) / "model.engine"
+        cmd = trtexec_command(plan, engine_out, engine_out.with_name("layers.json"))
+        out.say(" ".join(cmd))
+        out.result({"trt_version": str(version), "command": cmd, "notes": list(plan.notes)})
+        return ExitCode.OK
+    result = build_engine(
+        package, options, cache=EngineCache(args.cache) if args.cache else None, on_mismatch=OnMismatch(args.on_mismatch),
+        rebuild=args.rebuild, builder=Builder(args.builder), say=out.progress,
+    )  # fmt: skip
+    engine = result.engine
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in ("manifest.json", "layers.json"):
+            if (engine.parent / name).is_file():
+                shutil.copy2(engine.parent / name, args.out / name)
+        shutil.copy2(engine, args.out / "model.engine")
+        engine = args.out / "model.engine"
+    plan = result.plan
+    out.say(f"{package.card.name} {package.card.version}: {'cached' if result.cached else 'built'} engine {engine}")
+    out.say(f"  TensorRT {plan.trt_version} on {result.platform.gpu_name} (compute {result.platform.compute_capability})"
+            f", {plan.precision.value}, {'strongly' if plan.strongly_typed else 'weakly'} typed, "
+            f"flags {', '.join(plan.builder_flags) or 'none'}, via {result.builder.value}")  # fmt: skip
+    out.say(f"  layers: {result.layers.summary()}")
+    for note in plan.notes:
+        out.say(f"  note: {note}")
+    out.result({
+        "engine": str(engine), "cached": result.cached, "build_seconds": round(result.seconds, 3),
+        "trt_version": str(plan.trt_version), "gpu": result.platform.gpu_name,
+        "compute_capability": result.platform.compute_capability, "precision": plan.precision.value,
+        "strongly_typed": plan.strongly_typed, "builder_flags": list(plan.builder_flags),
+        "sparse_layers": list(plan.sparse_layers), "layer_precisions": result.layers.counts,
+        "builder": result.builder.value, "notes": list(plan.notes),
+    })  # fmt: skip
     return ExitCode.OK
 
 
@@ -483,8 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", "run the inference daemon", _serve)
     p.add_argument("--config", type=Path, help="daemon.toml; the flags below override it")
     p.add_argument("--model", help="model package (default without --config: bundled demo model)")
-    p.add_argument("--backend", choices=["onnxruntime"], help="inference backend")
+    p.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--threads", type=int, help="backend threads (0 = one per core)")
+    p.add_argument("--device", type=int, help="CUDA device for the GPU backends (default 0)")
     p.add_argument("--ingest", help="frame endpoint, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--ingest-mode", choices=["bind", "connect"])
     p.add_argument("--ingest-pattern", choices=["pull", "sub"])
@@ -574,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX file or model package")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
                    help="convert first (behind the accuracy gate, default options) and measure that")  # fmt: skip
-    p.add_argument("--backend", choices=["onnxruntime"], default="onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help=BACKEND_HELP)
+    p.add_argument("--device", type=int, default=0, help="CUDA device for the GPU backends (default 0)")
     _input_shape_argument(p)
     p.add_argument("--data", help="input, calibration and gate data (default: synthetic for a package, random "
                    "otherwise): " + SOURCE_HELP)  # fmt: skip
@@ -584,6 +705,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10, help="minimum timed iterations (default 10)")
     p.add_argument("--threads", type=int, default=0, help="backend threads (0 = one per core)")
     _json_argument(p, "the results")
+
+    p = command("build", "build a TensorRT engine for a model package on this device (cached by content)", _build)
+    p.add_argument("package", help="model package (converted: FP16 typed graph or Q/DQ INT8 graph)")
+    p.add_argument("-o", "--out", type=Path, help="also copy model.engine, manifest.json and layers.json here")
+    p.add_argument("--cache", type=Path, help="engine cache folder (default $EDGERT_ENGINE_CACHE, else "
+                   "~/.cache/edgert/engines)")  # fmt: skip
+    p.add_argument("--workspace", type=int, metavar="MIB", help="workspace memory pool limit in MiB "
+                   "(trtexec --memPoolSize=workspace:N)")  # fmt: skip
+    p.add_argument("--opt-level", type=int, help="builder optimization level 0..5 (TensorRT's default 3)")
+    p.add_argument("--shapes", help="optimization profile opt shapes, NAME:1x3x256x256[,...] (as trtexec; "
+                   "default: the card's input shape for dynamic inputs)")  # fmt: skip
+    p.add_argument("--min-shapes", help="profile min shapes (default: the opt shapes)")
+    p.add_argument("--opt-shapes", help="same as --shapes")
+    p.add_argument("--max-shapes", help="profile max shapes (default: the opt shapes)")
+    p.add_argument("--timing-cache", type=Path, help="timing cache file: read if present, updated after the build")
+    p.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson AGX Orin, Orin NX)")
+    p.add_argument("--no-gpu-fallback", action="store_true", help="with --dla-core: fail if a layer cannot run "
+                   "on the DLA (default: those layers run on the GPU)")  # fmt: skip
+    p.add_argument("--sparse", choices=["auto", "on", "off"], default="auto",
+                   help="sparse weights for 2:4 layers (auto: on when the card lists layers the pruner made 2:4)")  # fmt: skip
+    p.add_argument("--hardware-compat", choices=["none", "ampere+", "same-compute-capability"], default="none",
+                   help="one engine for several GPUs (dGPUs only; slower kernels)")  # fmt: skip
+    p.add_argument("--version-compatible", action="store_true",
+                   help="an engine later TensorRT versions can run (8.6+, lean runtime embedded)")  # fmt: skip
+    p.add_argument("--int8-path", choices=["auto", "explicit", "implicit"], default="auto",
+                   help="INT8 packages: explicit Q/DQ graph, or implicit (FP32 graph + calibration.cache; TensorRT "
+                   "8.x/10.x; auto: implicit only for the DLA)")  # fmt: skip
+    p.add_argument("--device", type=int, default=0, help="CUDA device (default 0)")
+    p.add_argument("--builder", choices=["auto", "tensorrt-python", "trtexec"], default="auto",
+                   help="TensorRT's Python API, or trtexec (auto: the Python API if importable)")  # fmt: skip
+    p.add_argument("--on-mismatch", choices=["rebuild", "refuse"], default="rebuild",
+                   help="an engine cached for this model under another TensorRT or GPU: rebuild (default) or refuse")  # fmt: skip
+    p.add_argument("--rebuild", action="store_true", help="build even when the cache has the engine")
+    p.add_argument("--print-trtexec", action="store_true",
+                   help="print the equivalent trtexec command line and exit (no TensorRT needed with --trt-version)")  # fmt: skip
+    p.add_argument("--trt-version", help="with --print-trtexec: the target's TensorRT version (default: this one's)")
+    _json_argument(p, "the build result")
 
     p = command("ctl", "status, stats, health or model reload of a running daemon", _ctl)
     p.add_argument("action", metavar="{status,stats,health,reload}", choices=["status", "stats", "health", "reload"],

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from calibration.preprocessing import Color, Placement, Preprocessor, resize_labels
-from edge_runtime.backends import BackendError, BackendKind, Runner, create_runner
+from edge_runtime.backends import BackendError, BackendKind, GpuOptions, Runner, create_runner
 from edge_runtime.contours import outer_contours
 from edge_runtime.package import ModelPackage, OutputSpec, PackageError
 from edge_runtime.protocol import Frame, PixelFormat, Result, ResultStatus, Task
@@ -90,7 +91,16 @@ class SegmentationDecoder:
 class InferencePipeline:
     """One model, ready to turn frames into results. Not thread-safe: one inference thread owns it."""
 
-    def __init__(self, package: ModelPackage, backend: BackendKind = BackendKind.ONNXRUNTIME, threads: int = 0) -> None:
+    def __init__(
+        self,
+        package: ModelPackage,
+        backend: BackendKind = BackendKind.ONNXRUNTIME,
+        threads: int = 0,
+        *,
+        engine: Path | None = None,
+        gpu: GpuOptions = GpuOptions(),
+    ) -> None:
+        """`engine`: for the tensorrt backend, the plan built on this device for the package."""
         if package.card.task is not Task.SEGMENTATION:  # the decoders for the others are not wired to results yet
             raise PackageError(
                 f"{package.root}: the daemon serves segmentation models; this is a {package.card.task.label} model "
@@ -100,7 +110,7 @@ class InferencePipeline:
         self.card = package.card
         self.model_id = package.model_id
         self.backend = backend
-        self.runner: Runner = create_runner(backend, package.onnx_path, threads=threads)
+        self.runner: Runner = create_runner(backend, package.onnx_path, threads=threads, engine=engine, gpu=gpu)
         self.preprocess = Preprocessor(self.card.preprocess)
         self.decoder = SegmentationDecoder(self.card.output)
         self._labels = self.card.output.labels

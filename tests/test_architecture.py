@@ -14,6 +14,7 @@ CORE = {
     "edge_runtime.package",
     "edge_runtime.tasks",
     "edge_runtime.backends.base",
+    "edge_runtime.backends.engine_cache",
     "edge_runtime.errors",
 }
 

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_runtime.backends.base import BackendError, BackendKind, Runner
+from edge_runtime.backends.base import BackendError, BackendKind, GpuOptions, Runner, StageTimes
 
-__all__ = ["BackendError", "BackendKind", "Runner", "create_runner"]
+__all__ = ["BackendError", "BackendKind", "GpuOptions", "Runner", "StageTimes", "create_runner"]
 
 
-def create_runner(kind: BackendKind, model_path: str | Path, threads: int = 0) -> Runner:
-    """A runner of the given kind for an ONNX model (not yet activated)."""
-    if kind is BackendKind.ONNXRUNTIME:
-        from edge_runtime.backends.onnxruntime import OnnxRuntimeRunner
+def create_runner(
+    kind: BackendKind,
+    model_path: str | Path,
+    threads: int = 0,
+    *,
+    engine: str | Path | None = None,
+    gpu: GpuOptions = GpuOptions(),
+) -> Runner:
+    """A runner of the given kind (not yet activated). ONNX Runtime kinds run `model_path`; the TensorRT kind runs
+    `engine`, a plan built on this device for that model (see `converters.engine.build_engine`)."""
+    if kind is BackendKind.TENSORRT:
+        if engine is None:
+            raise BackendError(f"the tensorrt backend runs a built engine; none was given for {model_path}")
+        from edge_runtime.backends.tensorrt import TensorRTRunner
 
-        return OnnxRuntimeRunner(model_path, threads=threads)
-    raise BackendError(f"backend '{kind.value}' is not available in this build")
+        return TensorRTRunner(engine, device=gpu.device)
+    from edge_runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(model_path, threads=threads, kind=kind, gpu=gpu)

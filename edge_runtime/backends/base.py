@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import numpy as np
@@ -13,7 +15,34 @@ from edge_runtime.errors import EdgertError
 
 
 class BackendKind(str, enum.Enum):
-    ONNXRUNTIME = "onnxruntime"
+    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime on the CPU: the embedded default
+    ONNXRUNTIME_CUDA = "onnxruntime-cuda"  # onnxruntime-gpu, CUDA execution provider
+    ONNXRUNTIME_TENSORRT = "onnxruntime-tensorrt"  # onnxruntime-gpu, TensorRT execution provider
+    TENSORRT = "tensorrt"  # a TensorRT engine built on this device (`edgert build`)
+
+    @property
+    def needs_engine(self) -> bool:
+        return self is BackendKind.TENSORRT
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """One inference split where the backend can measure it (CUDA events): copies in, compute, copies out."""
+
+    h2d_ms: float
+    compute_ms: float
+    d2h_ms: float
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    """The provider options that matter on a cart."""
+
+    device: int = 0
+    fp16: bool = False  # TensorRT provider: let TensorRT pick FP16 kernels (an FP16 graph runs as FP16 anyway)
+    int8: bool = False  # TensorRT provider: the graph's explicit Q/DQ pairs (no calibration table)
+    workspace_mib: int | None = None
+    cache_dir: Path | None = None  # engine caches (TensorRT); default: edgert's engine cache
 
 
 class BackendError(EdgertError, RuntimeError):
@@ -48,6 +77,11 @@ class Runner(abc.ABC):
         if not self._active:
             raise BackendError(f"{self.name}: infer() called before activate()")
         return self._infer(feed)
+
+    def stage_times(self) -> StageTimes | None:
+        """The last inference's host-to-device, compute and device-to-host times; None where there are no
+        transfers (a CPU backend: compute is the whole latency)."""
+        return None
 
     @abc.abstractmethod
     def _activate(self) -> None: ...

@@ -1,22 +1,106 @@
-"""ONNX Runtime on the CPU: the embedded default backend, available everywhere."""
+"""ONNX Runtime: on the CPU (the embedded default, available everywhere), or on an NVIDIA GPU through the CUDA
+or TensorRT execution providers of `onnxruntime-gpu`.
+
+ONNX Runtime quietly runs a session on the CPU when a requested GPU provider cannot load (a missing CUDA or
+TensorRT library prints a warning and carries on). A cart that believes it runs on the GPU and runs on the CPU
+misses every deadline, so here a provider that is not available is an error before the session is made, and a
+session that came up without the provider it was asked for is an error after.
+
+The TensorRT provider's engine and timing caches go under a folder named by the ONNX file's sha256 and the
+provider options, inside edgert's engine cache: ORT's own cache names have collided between models of the same
+structure (onnxruntime issue 6455) and drifted between runs (issue 14999); a folder per content cannot collide.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends.base import BackendError, Runner
+from edge_runtime.backends.base import BackendError, BackendKind, GpuOptions, Runner
+from edge_runtime.backends.engine_cache import default_cache_dir, file_sha256
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_HINT = (
+    "install onnxruntime-gpu in place of onnxruntime (`pip uninstall onnxruntime && pip install onnxruntime-gpu`) "
+    "with CUDA and cuDNN libraries of the versions it was built for (and TensorRT for the TensorRT provider; on "
+    "Jetson, the wheel for your JetPack from the Jetson Zoo)"
+)
+
+
+def provider_chain(kind: BackendKind, options: GpuOptions, cache: Path | None) -> list[tuple[str, dict[str, Any]]]:
+    """The providers to ask for, first choice first; nodes the first cannot run fall to the next, CPU last."""
+    cuda = (CUDA, {"device_id": options.device, "cudnn_conv_algo_search": "EXHAUSTIVE"})
+    if kind is BackendKind.ONNXRUNTIME:
+        return [(CPU, {})]
+    if kind is BackendKind.ONNXRUNTIME_CUDA:
+        return [cuda, (CPU, {})]
+    if kind is BackendKind.ONNXRUNTIME_TENSORRT:
+        trt: dict[str, Any] = {
+            "device_id": options.device,
+            "trt_fp16_enable": options.fp16,
+            "trt_int8_enable": options.int8,
+            "trt_int8_use_native_calibration_table": False,
+        }
+        if options.workspace_mib is not None:
+            trt["trt_max_workspace_size"] = options.workspace_mib << 20
+        if cache is not None:
+            trt.update(
+                trt_engine_cache_enable=True,
+                trt_engine_cache_path=str(cache),
+                trt_timing_cache_enable=True,
+                trt_timing_cache_path=str(cache),
+            )
+        return [(TENSORRT, trt), cuda, (CPU, {})]
+    raise BackendError(f"backend '{kind.value}' is not an ONNX Runtime backend")
+
+
+def check_available(chain: Sequence[tuple[str, dict[str, Any]]], available: Sequence[str]) -> None:
+    """Refuse a chain whose first provider this onnxruntime build does not have."""
+    wanted = chain[0][0]
+    if wanted not in available:
+        raise BackendError(f"ONNX Runtime has no {wanted} here (this build has {', '.join(available)}); {GPU_HINT}")
+
+
+def check_session(chain: Sequence[tuple[str, dict[str, Any]]], active: Sequence[str]) -> None:
+    """Refuse a session that came up without the provider it was asked for: ONNX Runtime's silent CPU fallback."""
+    wanted = chain[0][0]
+    if wanted not in active:
+        raise BackendError(
+            f"ONNX Runtime fell back to {', '.join(active)}: {wanted} did not load (its CUDA, cuDNN or TensorRT "
+            f"libraries are missing or of the wrong version; ONNX Runtime's warning above says which); {GPU_HINT}"
+        )
+
+
+def ort_cache_dir(model_path: Path, chain: Sequence[tuple[str, dict[str, Any]]], root: Path, ort_version: str) -> Path:
+    """A folder per (ONNX content, provider options, ONNX Runtime version) for the TensorRT provider's caches."""
+    options = {name: {k: v for k, v in opts.items() if "cache" not in k} for name, opts in chain}
+    text = json.dumps({"onnx": file_sha256(model_path), "ort": ort_version, "providers": options}, sort_keys=True)
+    return root / "onnxruntime-tensorrt" / hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, model_path: str | Path, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        threads: int = 0,
+        kind: BackendKind = BackendKind.ONNXRUNTIME,
+        gpu: GpuOptions = GpuOptions(),
+    ) -> None:
         """`threads` = 0 lets ONNX Runtime use one thread per physical core."""
-        super().__init__(f"onnxruntime[{Path(model_path).name}]")
+        label = "onnxruntime" if kind is BackendKind.ONNXRUNTIME else kind.value
+        super().__init__(f"{label}[{Path(model_path).name}]")
         self.model_path = Path(model_path)
         self.threads = threads
+        self.kind = kind
+        self.gpu = gpu
+        self.providers: list[str] = []  # what the session runs on, once active
         self._session: Any = None  # onnxruntime.InferenceSession once active; ORT is imported lazily
         self._outputs: list[str] = []
 
@@ -27,10 +111,23 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        chain = provider_chain(self.kind, self.gpu, None)
+        check_available(chain, ort.get_available_providers())
+        if self.kind is BackendKind.ONNXRUNTIME_TENSORRT:
+            cache = ort_cache_dir(self.model_path, chain, self.gpu.cache_dir or default_cache_dir(), ort.__version__)
+            cache.mkdir(parents=True, exist_ok=True)
+            chain = provider_chain(self.kind, self.gpu, cache)
         try:
-            session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(self.model_path),
+                options,
+                providers=[name for name, _ in chain],
+                provider_options=[o for _, o in chain],
+            )
         except Exception as exc:  # ORT raises its own untyped exceptions for a broken or unsupported graph
             raise BackendError(f"{self.name}: cannot load {self.model_path}: {exc}") from exc
+        check_session(chain, session.get_providers())
+        self.providers = list(session.get_providers())
         self._outputs = [o.name for o in session.get_outputs()]
         self._session = session
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backends import BackendKind
+from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import Limits
@@ -51,11 +52,34 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """[engine]: how the tensorrt backend finds its engine (the content-keyed cache) and builds one on a miss."""
+
+    cache_dir: Path | None = None  # default: $EDGERT_ENGINE_CACHE, else ~/.cache/edgert/engines
+    build_on_start: bool = True  # build before reporting ready on a miss (minutes on a Jetson); false: refuse
+    on_mismatch: OnMismatch = OnMismatch.REBUILD  # an engine cached under another TensorRT or GPU: rebuild or refuse
+    workspace_mib: int | None = None
+    opt_level: int | None = None
+    dla_core: int | None = None
+    timing_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.workspace_mib is not None and self.workspace_mib <= 0:
+            raise ConfigError("engine.workspace_mib must be positive")
+        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
+            raise ConfigError("engine.opt_level must be in 0..5")
+        if self.dla_core is not None and self.dla_core < 0:
+            raise ConfigError("engine.dla_core must be >= 0")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     model: Path
     backend: BackendKind = BackendKind.ONNXRUNTIME
     threads: int = 0  # intra-op threads for the backend; 0 = one per core
     warmup: int = 3
+    device: int = 0  # CUDA device for the GPU backends
+    engine: EngineConfig = field(default_factory=EngineConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     results_endpoint: str = DEFAULT_RESULTS
     control_endpoint: str = DEFAULT_CONTROL
@@ -87,8 +111,8 @@ class DaemonConfig:
             raise ConfigError(f"heartbeat.interval_ms: {self.heartbeat_ms} outside 50..1000 (at least once a second)")
         if self.inference_deadline_ms <= 0:
             raise ConfigError("watchdog.inference_deadline_ms must be positive")
-        if self.threads < 0 or self.warmup < 0:
-            raise ConfigError("model.threads and model.warmup must be >= 0")
+        if self.threads < 0 or self.warmup < 0 or self.device < 0:
+            raise ConfigError("model.threads, model.warmup and model.device must be >= 0")
         if (self.server_key is None) != (self.authorized_clients is None):
             raise ConfigError("security.server_key and security.authorized_clients go together")
         lim = self.limits
@@ -102,7 +126,16 @@ class DaemonConfig:
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
-    "model": {"package": str, "backend": str, "threads": int, "warmup": int},
+    "model": {"package": str, "backend": str, "threads": int, "warmup": int, "device": int},
+    "engine": {
+        "cache_dir": str,
+        "build_on_start": bool,
+        "on_mismatch": str,
+        "workspace_mib": int,
+        "opt_level": int,
+        "dla_core": int,
+        "timing_cache": str,
+    },
     "ingest": {"endpoint": str, "mode": str, "pattern": str},
     "results": {"endpoint": str},
     "control": {"endpoint": str, "reload_dirs": list},
@@ -132,7 +165,7 @@ def _check_types(data: Mapping[str, Any], where: str) -> None:
             if key not in _SCHEMA[section]:
                 raise ConfigError(f"{where}: unknown key {section}.{key}; known: {', '.join(_SCHEMA[section])}")
             kind = _SCHEMA[section][key]
-            if not isinstance(value, kind) or isinstance(value, bool):
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
                 raise ConfigError(f"{where}: {section}.{key} = {value!r} should be {kind.__name__}")
 
 
@@ -153,6 +186,8 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             backend=_enum(BackendKind, model.get("backend", BackendKind.ONNXRUNTIME.value), f"{where}: model.backend"),
             threads=model.get("threads", 0),
             warmup=model.get("warmup", 3),
+            device=model.get("device", 0),
+            engine=_engine(data.get("engine", {}), base_dir, where),
             ingest=IngestConfig(
                 endpoint=ingest.get("endpoint", DEFAULT_INGEST),
                 mode=_enum(SocketMode, ingest.get("mode", "bind"), f"{where}: ingest.mode"),
@@ -174,6 +209,18 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _engine(section: Mapping[str, Any], base_dir: Path, where: str) -> EngineConfig:
+    return EngineConfig(
+        cache_dir=_path(section.get("cache_dir"), base_dir),
+        build_on_start=section.get("build_on_start", True),
+        on_mismatch=_enum(OnMismatch, section.get("on_mismatch", "rebuild"), f"{where}: engine.on_mismatch"),
+        workspace_mib=section.get("workspace_mib"),
+        opt_level=section.get("opt_level"),
+        dla_core=section.get("dla_core"),
+        timing_cache=_path(section.get("timing_cache"), base_dir),
+    )
 
 
 def _path(value: str | None, base_dir: Path) -> Path | None:

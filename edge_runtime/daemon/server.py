@@ -22,13 +22,14 @@ from typing import Any
 
 import zmq
 
+from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.ingest import HANDSHAKE_IVL_MS, IngestSocket, MessageBounds, PeerEvents, Received
 from edge_runtime.daemon.slots import Admission, StreamTable
 from edge_runtime.daemon.stats import DaemonStats
 from edge_runtime.errors import EdgertError
-from edge_runtime.package import load_package
+from edge_runtime.package import ModelPackage, load_package
 from edge_runtime.pipeline import InferencePipeline
 from edge_runtime.protocol import (
     DaemonState,
@@ -56,6 +57,10 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
 
 
+EngineSource = Callable[[ModelPackage, Callable[[str], None]], Path]
+"""(package, say) -> the path of a TensorRT engine for it on this device, from a cache or freshly built."""
+
+
 class DaemonError(EdgertError, RuntimeError):
     pass
 
@@ -67,8 +72,11 @@ def _is_power_of_two(n: int) -> bool:
 class Daemon:
     """Usable in-process (`start` / `stop`) or as the `edgert serve` main loop (`run`)."""
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, engine_source: EngineSource | None = None) -> None:
+        """`engine_source` finds (or builds) the TensorRT engine for a package; only the tensorrt backend needs
+        one. `edgert serve` passes the converters' builder; the daemon itself never imports it."""
         self.config = config
+        self._engine_source = engine_source
         self.stats = DaemonStats()
         self.state = DaemonState.STARTING
         self.endpoints: dict[str, str] = {}
@@ -150,7 +158,22 @@ class Daemon:
 
     def _load_pipeline(self, path: Path) -> InferencePipeline:
         """Load, activate, warm up and self-test a model; nothing is left active if any step fails."""
-        pipeline = InferencePipeline(load_package(path), self.config.backend, threads=self.config.threads)
+        cfg = self.config
+        package = load_package(path)
+        engine = None
+        if cfg.backend.needs_engine:
+            if self._engine_source is None:
+                raise DaemonError(
+                    f"backend '{cfg.backend.value}' needs an engine source (edgert serve provides one; a program "
+                    "embedding the daemon passes one to Daemon)"
+                )
+            log.info("finding the TensorRT engine for %s", package.model_id)
+            try:
+                engine = self._engine_source(package, lambda line: log.info("engine: %s", line))
+            except EdgertError as exc:
+                raise DaemonError(f"no engine for {package.model_id}: {exc}") from None
+        gpu = GpuOptions(device=cfg.device, cache_dir=cfg.engine.cache_dir)
+        pipeline = InferencePipeline(package, cfg.backend, threads=cfg.threads, engine=engine, gpu=gpu)
         try:
             pipeline.runner.activate()
             if self.config.warmup:
