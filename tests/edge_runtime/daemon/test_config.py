@@ -66,6 +66,10 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
         ('[model]\npackage = "/m"\n[heartbeat]\ninterval_ms = 5000\n', "at least once a second"),
         ('[model]\npackage = "/m"\n[limits]\nmax_width = 0\n', "limits"),
         ("[model\n", "not valid TOML"),
+        ('[model]\npackage = "/m"\n[engine]\nbuild_on_start = "yes"\n', "engine.build_on_start = 'yes' should be bool"),
+        ('[model]\npackage = "/m"\n[engine]\non_mismatch = "ignore"\n', "engine.on_mismatch: 'ignore' is not one of"),
+        ('[model]\npackage = "/m"\n[engine]\nopt_level = 9\n', "engine.opt_level must be in 0..5"),
+        ('[model]\npackage = "/m"\nthreads = true\n', "model.threads = True should be int"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -85,3 +89,33 @@ def test_documented_example_config_is_valid() -> None:
     cfg = load_config(example)
     assert cfg.model == Path("/opt/edgert/models/us_seg_demo")
     assert cfg.limits.max_width == 4096 and cfg.heartbeat_ms == 500
+
+
+def test_gpu_backends_and_the_engine_section(tmp_path: Path) -> None:
+    from edge_runtime.backends import BackendKind
+    from edge_runtime.backends.engine_cache import OnMismatch
+
+    path = _write(
+        tmp_path,
+        """
+[model]
+package = "m"
+backend = "tensorrt"
+device = 1
+[engine]
+cache_dir = "engines"
+build_on_start = false
+on_mismatch = "refuse"
+workspace_mib = 1024
+dla_core = 0
+timing_cache = "timing.cache"
+""",
+    )
+    cfg = load_config(path)
+    assert cfg.backend is BackendKind.TENSORRT and cfg.device == 1
+    e = cfg.engine
+    assert e.cache_dir == tmp_path / "engines" and e.timing_cache == tmp_path / "timing.cache"
+    assert e.build_on_start is False and e.on_mismatch is OnMismatch.REFUSE
+    assert (e.workspace_mib, e.dla_core, e.opt_level) == (1024, 0, None)
+    default = load_config(_write(tmp_path, '[model]\npackage = "m"\nbackend = "onnxruntime-cuda"\n'))
+    assert default.backend is BackendKind.ONNXRUNTIME_CUDA and default.engine.build_on_start is True
