@@ -45,6 +45,7 @@ import onnx
 from calibration.cache import CacheError, read_cache, version_code
 from edge_runtime import __version__
 from edge_runtime.backends.engine_cache import (
+    INSTALL_HINT,
     EngineCache,
     EngineKey,
     OnMismatch,
@@ -61,11 +62,6 @@ Progress = Callable[[str], None]
 CALIBRATION_CACHE = "calibration.cache"
 PREPARED_FP32 = "prepared_fp32.onnx"
 TRTEXEC_JETPACK = Path("/usr/src/tensorrt/bin/trtexec")  # where JetPack installs trtexec (not on the PATH)
-INSTALL_HINT = (
-    "TensorRT is not installed: on Jetson it ships with JetPack (`sudo apt install nvidia-jetpack`; inside a "
-    "virtual environment create it with --system-site-packages, or put /usr/src/tensorrt/bin on the PATH for "
-    "trtexec); on an x86 workstation with an NVIDIA GPU `pip install 'edgert[tensorrt]'`"
-)
 
 
 class BuildError(EdgertError, RuntimeError):

@@ -39,8 +39,8 @@ class GpuOptions:
     """The provider options that matter on a cart."""
 
     device: int = 0
-    fp16: bool = False  # TensorRT provider: let TensorRT pick FP16 kernels (an FP16 graph runs as FP16 anyway)
-    int8: bool = False  # TensorRT provider: the graph's explicit Q/DQ pairs (no calibration table)
+    fp16: bool | None = None  # TensorRT provider: FP16 kernels; None: on for a graph with FP16 weights
+    int8: bool | None = None  # TensorRT provider: the graph's explicit Q/DQ pairs; None: on when it has them
     workspace_mib: int | None = None
     cache_dir: Path | None = None  # engine caches (TensorRT); default: edgert's engine cache
 

@@ -37,6 +37,11 @@ MANIFEST_SCHEMA = "edgert.engine/1"
 ENGINE_FILE = "engine.plan"
 MANIFEST_FILE = "manifest.json"
 UNKNOWN = "unknown"  # a GPU that could not be identified: its engines are never reused
+INSTALL_HINT = (
+    "TensorRT is not installed: on Jetson it ships with JetPack (`sudo apt install nvidia-jetpack`; a virtual "
+    "environment needs --system-site-packages to see it, or /usr/src/tensorrt/bin on the PATH for trtexec); on an "
+    "x86 workstation with an NVIDIA GPU `pip install 'edgert[tensorrt]'`"
+)
 
 
 class EngineCacheError(EdgertError, RuntimeError):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,8 @@ def provider_chain(kind: BackendKind, options: GpuOptions, cache: Path | None) -
     if kind is BackendKind.ONNXRUNTIME_TENSORRT:
         trt: dict[str, Any] = {
             "device_id": options.device,
-            "trt_fp16_enable": options.fp16,
-            "trt_int8_enable": options.int8,
+            "trt_fp16_enable": bool(options.fp16),
+            "trt_int8_enable": bool(options.int8),
             "trt_int8_use_native_calibration_table": False,
         }
         if options.workspace_mib is not None:
@@ -85,6 +86,19 @@ def ort_cache_dir(model_path: Path, chain: Sequence[tuple[str, dict[str, Any]]],
     return root / "onnxruntime-tensorrt" / hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def graph_precisions(model_path: Path) -> tuple[bool, bool]:
+    """(has FP16 weights, has Q/DQ pairs): what the TensorRT provider must enable to run the graph as converted."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # onnx raises several unrelated types for a broken file
+        raise BackendError(f"{model_path}: not a readable ONNX model ({exc.__class__.__name__})") from None
+    ops = {n.op_type for n in model.graph.node}
+    fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    return fp16, "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
 class OnnxRuntimeRunner(Runner):
     def __init__(
         self,
@@ -111,12 +125,16 @@ class OnnxRuntimeRunner(Runner):
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chain = provider_chain(self.kind, self.gpu, None)
+        gpu = self.gpu
+        if self.kind is BackendKind.ONNXRUNTIME_TENSORRT and (gpu.fp16 is None or gpu.int8 is None):
+            fp16, int8 = graph_precisions(self.model_path)
+            gpu = replace(gpu, fp16=fp16 if gpu.fp16 is None else gpu.fp16, int8=int8 if gpu.int8 is None else gpu.int8)
+        chain = provider_chain(self.kind, gpu, None)
         check_available(chain, ort.get_available_providers())
         if self.kind is BackendKind.ONNXRUNTIME_TENSORRT:
-            cache = ort_cache_dir(self.model_path, chain, self.gpu.cache_dir or default_cache_dir(), ort.__version__)
+            cache = ort_cache_dir(self.model_path, chain, gpu.cache_dir or default_cache_dir(), ort.__version__)
             cache.mkdir(parents=True, exist_ok=True)
-            chain = provider_chain(self.kind, self.gpu, cache)
+            chain = provider_chain(self.kind, gpu, cache)
         try:
             session = ort.InferenceSession(
                 str(self.model_path),

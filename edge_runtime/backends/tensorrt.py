@@ -22,13 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.backends.base import BackendError, Runner, StageTimes
-from edge_runtime.backends.engine_cache import MANIFEST_FILE, Manifest, Platform, check_engine
-
-INSTALL_HINT = (
-    "TensorRT is not installed: on Jetson it ships with JetPack (`sudo apt install nvidia-jetpack`; a virtual "
-    "environment needs --system-site-packages to see it, and `pip install pycuda`); on an x86 workstation with an "
-    "NVIDIA GPU `pip install 'edgert[tensorrt]'`"
-)
+from edge_runtime.backends.engine_cache import INSTALL_HINT, MANIFEST_FILE, Manifest, Platform, check_engine
 
 
 def import_tensorrt() -> tuple[Any, Any]:

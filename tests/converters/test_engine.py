@@ -254,3 +254,13 @@ def test_print_trtexec_needs_no_tensorrt(packages: dict[str, ModelPackage], caps
     if not HAS_TENSORRT:
         assert main(["build", str(packages["int8"].root), "--print-trtexec"]) == 2
         assert "give --trt-version" in capsys.readouterr().err
+
+
+def test_onnxruntimes_tensorrt_provider_is_told_what_the_converted_graph_carries(
+    packages: dict[str, ModelPackage],
+) -> None:
+    from edge_runtime.backends.onnxruntime import graph_precisions
+
+    assert graph_precisions(packages["fp32"].onnx_path) == (False, False)
+    assert graph_precisions(packages["fp16"].onnx_path) == (True, False)
+    assert graph_precisions(packages["int8"].onnx_path) == (False, True)
