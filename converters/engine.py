@@ -55,7 +55,7 @@ from edge_runtime.backends.engine_cache import (
     resolve,
 )
 from edge_runtime.errors import EdgertError
-from edge_runtime.package import CARD_FILE, ModelPackage
+from edge_runtime.package import CARD_FILE, ModelPackage, graph_precisions
 
 Progress = Callable[[str], None]
 
@@ -253,11 +253,7 @@ def _graph_facts(path: Path) -> _GraphFacts:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a broken file
         raise BuildError(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
-    ops = {n.op_type for n in model.graph.node}
-    fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or any(
-        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
-        for n in model.graph.node
-    )
+    fp16, qdq = graph_precisions(model)
     init = {i.name for i in model.graph.initializer}
     inputs: dict[str, list[int | None]] = {}
     for value in model.graph.input:
@@ -265,7 +261,7 @@ def _graph_facts(path: Path) -> _GraphFacts:
             continue
         dims = value.type.tensor_type.shape.dim
         inputs[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
-    return _GraphFacts("QuantizeLinear" in ops and "DequantizeLinear" in ops, fp16, inputs)
+    return _GraphFacts(qdq, fp16, inputs)
 
 
 def _conversion_note(package: ModelPackage) -> dict[str, Any]:

@@ -198,6 +198,17 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     )
 
 
+def graph_precisions(model: onnx.ModelProto) -> tuple[bool, bool]:
+    """(carries FP16: weights or casts to FP16, carries INT8: Q/DQ pairs) of a converted graph, for the backends
+    and the engine builder that must enable what the converter wrote."""
+    ops = {n.op_type for n in model.graph.node}
+    fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in n.attribute)
+        for n in model.graph.node
+    )
+    return fp16, "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
     dims: list[int | str | None] = []
     for d in value_info.type.tensor_type.shape.dim:

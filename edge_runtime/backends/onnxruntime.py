@@ -87,16 +87,16 @@ def ort_cache_dir(model_path: Path, chain: Sequence[tuple[str, dict[str, Any]]],
 
 
 def graph_precisions(model_path: Path) -> tuple[bool, bool]:
-    """(has FP16 weights, has Q/DQ pairs): what the TensorRT provider must enable to run the graph as converted."""
+    """(FP16, Q/DQ) of the file: what the TensorRT provider must enable to run the graph as converted."""
     import onnx
+
+    from edge_runtime.package import graph_precisions as of_model
 
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a broken file
         raise BackendError(f"{model_path}: not a readable ONNX model ({exc.__class__.__name__})") from None
-    ops = {n.op_type for n in model.graph.node}
-    fp16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    return fp16, "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    return of_model(model)
 
 
 class OnnxRuntimeRunner(Runner):
