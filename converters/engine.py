@@ -43,6 +43,7 @@ from typing import Any
 import onnx
 
 from calibration.cache import CacheError, read_cache, version_code
+from converters.report import Precision
 from edge_runtime import __version__
 from edge_runtime.backends.engine_cache import (
     INSTALL_HINT,
@@ -73,12 +74,6 @@ class TensorRTMissing(BuildError):
 
     def __init__(self) -> None:
         super().__init__(INSTALL_HINT)
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 class HardwareCompat(str, enum.Enum):
