@@ -237,9 +237,10 @@ class Lookup:
         return self.decision is Decision.HIT
 
 
-def check_engine(engine: Path, manifest: Manifest, platform: Platform) -> list[Mismatch]:
+def check_engine(engine: Path, manifest: Manifest, platform: Platform, blob: bytes | None = None) -> list[Mismatch]:
     """What stops a given engine (with its manifest) from running on `platform`: the TensorRT version, the GPU,
-    the compute capability, or bytes that are not the ones the manifest describes. Empty when it may run."""
+    the compute capability, or bytes that are not the ones the manifest describes. Empty when it may run.
+    `blob`: the engine's bytes when the caller has already read them (the file is then not read again)."""
     out: list[Mismatch] = []
     built = manifest.key.platform
     if not built.known or not platform.known:
@@ -251,11 +252,17 @@ def check_engine(engine: Path, manifest: Manifest, platform: Platform) -> list[M
     ):
         if a != b:
             out.append(Mismatch(name, a, b))
-    try:
-        size = engine.stat().st_size
-    except OSError:
-        return [*out, Mismatch("engine file", manifest.engine_sha256[:16], "missing")]
-    sha = file_sha256(engine) if size == manifest.engine_bytes else "size differs"
+    if blob is not None:
+        size = len(blob)
+    else:
+        try:
+            size = engine.stat().st_size
+        except OSError:
+            return [*out, Mismatch("engine file", manifest.engine_sha256[:16], "missing")]
+    if size != manifest.engine_bytes:
+        sha = "size differs"
+    else:
+        sha = hashlib.sha256(blob).hexdigest() if blob is not None else file_sha256(engine)
     if sha != manifest.engine_sha256:
         out.append(Mismatch("engine sha256", manifest.engine_sha256[:16], sha[:16]))
     return out

@@ -71,7 +71,7 @@ class TensorRTRunner(Runner):
             raise BackendError(f"{self.name}: no CUDA device {self.device} (this machine has {cuda.Device.count()})")
         dev = cuda.Device(self.device)
         if self.check_manifest:
-            self._check_manifest(trt, dev)
+            self._check_manifest(trt, dev, blob)
         self._ctx = dev.retain_primary_context()
         self._ctx.push()
         try:
@@ -84,13 +84,13 @@ class TensorRTRunner(Runner):
             raise
         self._ctx.pop()
 
-    def _check_manifest(self, trt: Any, dev: Any) -> None:
+    def _check_manifest(self, trt: Any, dev: Any, blob: bytes) -> None:
         manifest_path = self.engine_path.parent / MANIFEST_FILE
         if not manifest_path.is_file():
             return  # an engine from elsewhere (trtexec --saveEngine): TensorRT's own version check still applies
         manifest = Manifest.read(manifest_path)
         here = Platform(trt.__version__, dev.name(), "{}.{}".format(*dev.compute_capability()))
-        problems = check_engine(self.engine_path, manifest, here)
+        problems = check_engine(self.engine_path, manifest, here, blob)
         if problems:
             raise BackendError(
                 f"{self.name}: this engine may not run here ({'; '.join(map(str, problems))}); rebuild it on this "

@@ -130,6 +130,8 @@ def test_check_engine_names_each_difference_and_refuses_unknown_gpus(tmp_path: P
     cache = EngineCache(tmp_path)
     path, manifest = cache.store(KEY, b"plan")
     assert check_engine(path, manifest, ORIN) == []
+    assert check_engine(path, manifest, ORIN, blob=b"plan") == []  # bytes already read: hashed, not re-read
+    assert [m.field for m in check_engine(path, manifest, ORIN, blob=b"PLAN")] == ["engine sha256"]
     problems = {m.field for m in check_engine(path, manifest, Platform("10.3.0", "NVIDIA H100 80GB HBM3", "9.0"))}
     assert problems == {"GPU", "compute capability"}
     assert any(m.field == "platform" for m in check_engine(path, manifest, Platform("10.3.0", "unknown", "unknown")))
