@@ -119,5 +119,9 @@ def format_table(mc: ModelComparison) -> str:
         lines.append(f"pixel agreement {c.pixel_agreement:.5f}")
     if c.top1_agreement is not None:
         lines.append(f"top-1 agreement {c.top1_agreement:.5f}")
+    if c.kl_divergence is not None:
+        lines.append(f"mean KL divergence {c.kl_divergence:.5g}")
+    if c.f1 is not None:
+        lines.append(f"F1 at IoU 0.5 {c.f1:.5f} ({c.reference_boxes} reference boxes)")
     lines.append(f"{c.metric_name}: {c.metric:.5f}")
     return "\n".join(lines)

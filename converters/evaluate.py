@@ -20,7 +20,7 @@ from onnx import TensorProto
 from converters.graph import ConversionError, copy_model, elem_types
 from edge_runtime.package import ModelCard
 from edge_runtime.protocol import Task
-from edge_runtime.tasks import DECODED_TASKS, ClassAgreement, TaskHead, head_for
+from edge_runtime.tasks import ClassAgreement, TaskHead, card_head
 
 Feed = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -100,6 +100,9 @@ class Comparison:
     per_class: dict[str, ClassAgreement] = field(default_factory=dict)
     pixel_agreement: float | None = None
     top1_agreement: float | None = None
+    kl_divergence: float | None = None  # classification: mean KL(reference || candidate)
+    f1: float | None = None  # detection: F1 at IoU 0.5 against the reference's boxes
+    reference_boxes: int | None = None  # detection
     samples: int = 0
 
     def to_json(self) -> dict[str, Any]:
@@ -145,16 +148,19 @@ def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], head: Ta
         samples=len(reference),
     )
     if head is not None:
-        if head.output not in reference[0]:
-            raise ConversionError(f"the task reads output '{head.output}'; the model has {names}")
+        absent = [n for n in head.outputs if n not in reference[0]]
+        if absent:
+            raise ConversionError(f"the task reads output(s) {absent}; the model has {names}")
         try:
-            agreement = head.agreement([r[head.output] for r in reference], [c[head.output] for c in candidate])
+            agreement = head.agreement(reference, candidate)
         except ValueError as exc:
             raise ConversionError(str(exc)) from None
         result.task = head.task
         result.metric_name, result.metric = agreement.metric_name, agreement.metric
         result.per_class = agreement.per_class
         result.pixel_agreement, result.top1_agreement = agreement.pixel_agreement, agreement.top1_agreement
+        result.kl_divergence, result.f1 = agreement.kl_divergence, agreement.f1
+        result.reference_boxes = agreement.reference_boxes
     if any(s.nonfinite for s in stats):
         result.metric = 0.0  # NaN or inf anywhere is a failure whatever the task metric says
     return result
@@ -169,8 +175,8 @@ def default_tolerance(head: TaskHead | None) -> float:
 
 
 def head_of(card: ModelCard | None) -> TaskHead | None:
-    """The task head a card describes; None (numeric comparison: min cosine over the outputs) without a card or
-    for a task with no decoder yet (detection: its raw head tensors are compared)."""
-    if card is None or card.task not in DECODED_TASKS:
+    """The task head a card describes (the daemon's decoder); None (numeric comparison: min cosine over the
+    outputs) without a card."""
+    if card is None:
         return None
-    return head_for(card.task, card.output)
+    return card_head(card)

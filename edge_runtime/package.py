@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from calibration.preprocessing import Color, DicomOutput, Layout, PreprocessSpec, ResizeMode
@@ -46,6 +47,54 @@ class Decode(str, enum.Enum):
     THRESHOLD = "threshold"  # one foreground channel compared with `threshold` (2 labels)
 
 
+class BoxLayout(str, enum.Enum):
+    """How a detector's output holds its boxes."""
+
+    YOLO = "yolo"  # one tensor [1, N, 5 + C]: cx, cy, w, h, objectness, C class scores (YOLOv5/v7 exports)
+    YOLO_ANCHOR_FREE = "yolo-anchor-free"  # one tensor [1, 4 + C, N]: cx, cy, w, h, C class scores (YOLOv8 exports)
+    NMS = "nms"  # already suppressed: boxes [1, K, 4], scores [1, K], classes [1, K], optional count [1] or [1, 1]
+
+
+class BoxFormat(str, enum.Enum):
+    CXCYWH = "cxcywh"  # centre and size
+    XYXY = "xyxy"  # corners
+
+
+@dataclass(frozen=True)
+class TrackerSpec:
+    """Hysteresis for boxes: a track shows once matched in `min_hits` of its last `window` frames, and keeps showing
+    its last box for at most `max_missed` frames without a match (bounded, so a box never outlives its object by
+    more than that)."""
+
+    min_hits: int = 3
+    window: int = 5
+    max_missed: int = 2
+    iou: float = 0.3  # the least overlap that continues a track (same class)
+
+
+@dataclass(frozen=True)
+class DetectionSpec:
+    layout: BoxLayout
+    box_format: BoxFormat
+    normalized: bool = False  # coordinates in 0..1 of the model input instead of input pixels
+    score_threshold: float = 0.25
+    iou_threshold: float = 0.45  # class-aware NMS (yolo layouts)
+    max_detections: int = 100
+    candidates: int = 1000  # the highest-scoring boxes that enter NMS
+    scores: str | None = None  # nms layout: the other outputs (the boxes are `OutputSpec.name`)
+    classes: str | None = None
+    count: str | None = None
+    tracker: TrackerSpec | None = None
+
+
+@dataclass(frozen=True)
+class ClassificationSpec:
+    multi_label: bool = False  # independent sigmoid per class instead of one softmax
+    top_k: int = 5
+    saliency: str | None = None  # CAM: the graph output holding the feature map that the linear head pools
+    no_saliency_reason: str = ""  # said in the card when the head cannot give a CAM
+
+
 @dataclass(frozen=True)
 class OutputSpec:
     name: str
@@ -54,6 +103,18 @@ class OutputSpec:
     activation: Activation = Activation.SOFTMAX
     decode: Decode = Decode.ARGMAX
     threshold: float = 0.5  # a probability after a sigmoid, else a raw score
+    detection: DetectionSpec | None = None  # detection cards only
+    classification: ClassificationSpec | None = None  # classification cards only
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every graph output the task reads."""
+        extra: tuple[str | None, ...] = ()
+        if self.detection is not None:
+            extra = (self.detection.scores, self.detection.classes, self.detection.count)
+        if self.classification is not None:
+            extra = (self.classification.saliency,)
+        return (self.name, *(n for n in extra if n))
 
 
 @dataclass(frozen=True)
@@ -71,10 +132,20 @@ class ModelCard:
 
 
 @dataclass(frozen=True)
+class CamWeights:
+    """The linear head after global average pooling, read from the graph: logits = weights @ mean(features) + bias,
+    so the class activation map of class k is weights[k] . features at each position (no gradients)."""
+
+    weights: np.ndarray  # [classes, channels] float32
+    bias: np.ndarray  # [classes]
+
+
+@dataclass(frozen=True)
 class ModelPackage:
     root: Path
     card: ModelCard
     sha256: str
+    cam: CamWeights | None = None  # classification cards naming a saliency feature map
 
     @property
     def onnx_path(self) -> Path:
@@ -149,9 +220,12 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     out = _get(data, "output", dict, where)
     labels = tuple(str(x) for x in _get(out, "labels", list, f"{where}.output"))
     colors_raw = _get(out, "colors", list, f"{where}.output")
-    if len(labels) < 2 or len(colors_raw) != len(labels):
+    multi_label = bool(_get(out, "multi_label", bool, f"{where}.output", False))
+    fewest = 1 if task is Task.DETECTION or (task is Task.CLASSIFICATION and multi_label) else 2
+    if len(labels) < fewest or len(colors_raw) != len(labels):
         raise PackageError(
-            f"{where}.output: need >= 2 labels and one color per label ({len(labels)} labels, {len(colors_raw)} colors)"
+            f"{where}.output: need >= {fewest} labels for {task.label} and one color per label "
+            f"({len(labels)} labels, {len(colors_raw)} colors)"
         )
     if len(set(labels)) != len(labels):
         raise PackageError(f"{where}.output.labels: duplicate names in {labels}")
@@ -161,9 +235,12 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         raise PackageError(f"{where}.output.colors: each color must be [r, g, b]") from None
     if any(not 0 <= v <= 255 for c in colors for v in c):
         raise PackageError(f"{where}.output.colors: values must be 0..255")
+    default_activation = "sigmoid" if task is Task.DETECTION or multi_label else "softmax"
     activation = _enum(
-        Activation, _get(out, "activation", str, f"{where}.output", "softmax"), f"{where}.output.activation"
+        Activation, _get(out, "activation", str, f"{where}.output", default_activation), f"{where}.output.activation"
     )
+    if task is Task.DETECTION and activation is Activation.SOFTMAX:
+        raise PackageError(f"{where}.output.activation: detection scores are 'sigmoid' (probabilities) or 'none'")
     decode = _enum(Decode, _get(out, "decode", str, f"{where}.output", "argmax"), f"{where}.output.decode")
     if decode is Decode.THRESHOLD and len(labels) != 2:
         raise PackageError(f"{where}.output: decode 'threshold' is for one foreground class (2 labels)")
@@ -188,6 +265,12 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
             activation=activation,
             decode=decode,
             threshold=threshold,
+            detection=_detection(out, f"{where}.output") if task is Task.DETECTION else None,
+            classification=(
+                _classification(out, multi_label, len(labels), f"{where}.output")
+                if task is Task.CLASSIFICATION
+                else None
+            ),
         ),
         onnx_sha256=sha,
         dicom_output=_enum(
@@ -196,6 +279,68 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         description=str(data.get("description", "")),
         metrics=data.get("metrics", {}) or {},
     )
+
+
+def _fraction(section: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = float(_get(section, key, (int, float), where, default))
+    if not 0.0 <= value <= 1.0:
+        raise PackageError(f"{where}.{key}: must be within [0, 1], got {value}")
+    return value
+
+
+def _count(section: Mapping[str, Any], key: str, where: str, default: int, least: int = 1) -> int:
+    value = int(_get(section, key, int, where, default))
+    if value < least:
+        raise PackageError(f"{where}.{key}: must be at least {least}, got {value}")
+    return value
+
+
+def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
+    layout = _enum(BoxLayout, _get(out, "layout", str, where), f"{where}.layout")
+    default_format = "xyxy" if layout is BoxLayout.NMS else "cxcywh"
+    names: dict[str, str | None] = {}
+    for key in ("scores", "classes", "count"):
+        names[key] = _get(out, key, str, where, None) if key in out else None
+    if layout is BoxLayout.NMS and not (names["scores"] and names["classes"]):
+        raise PackageError(f"{where}: layout 'nms' names its 'scores' and 'classes' outputs ('count' is optional)")
+    if layout is not BoxLayout.NMS and any(names.values()):
+        raise PackageError(f"{where}: 'scores', 'classes' and 'count' belong to layout 'nms', not '{layout.value}'")
+    tracker = None
+    if "tracker" in out:
+        t = _get(out, "tracker", dict, where)
+        tw = f"{where}.tracker"
+        window = _count(t, "window", tw, TrackerSpec.window)
+        min_hits = _count(t, "min_hits", tw, min(TrackerSpec.min_hits, window))
+        if min_hits > window:
+            raise PackageError(f"{tw}: min_hits {min_hits} is more than the window of {window} frames")
+        tracker = TrackerSpec(min_hits, window, _count(t, "max_missed", tw, TrackerSpec.max_missed, least=0),
+                              _fraction(t, "iou", tw, TrackerSpec.iou))  # fmt: skip
+    return DetectionSpec(
+        layout=layout,
+        box_format=_enum(BoxFormat, _get(out, "box_format", str, where, default_format), f"{where}.box_format"),
+        normalized=bool(_get(out, "normalized", bool, where, False)),
+        score_threshold=_fraction(out, "score_threshold", where, DetectionSpec.score_threshold),
+        iou_threshold=_fraction(out, "iou_threshold", where, DetectionSpec.iou_threshold),
+        max_detections=_count(out, "max_detections", where, DetectionSpec.max_detections),
+        candidates=_count(out, "candidates", where, DetectionSpec.candidates),
+        tracker=tracker,
+        **names,
+    )
+
+
+def _classification(out: Mapping[str, Any], multi_label: bool, n_labels: int, where: str) -> ClassificationSpec:
+    saliency = _get(out, "saliency", (str, dict), where, None)
+    reason = ""
+    if isinstance(saliency, dict):
+        if _get(saliency, "method", str, f"{where}.saliency") != "cam":
+            raise PackageError(f"{where}.saliency.method: only 'cam' (class activation map) is supported")
+        features = _get(saliency, "features", str, f"{where}.saliency")
+    elif saliency is None:
+        features = None
+        reason = "the card names no feature map for a class activation map"
+    else:
+        features, reason = None, str(saliency)  # a string says why there is none
+    return ClassificationSpec(multi_label, min(_count(out, "top_k", where, 5), n_labels), features, reason)
 
 
 def graph_precisions(model: onnx.ModelProto) -> tuple[bool, bool]:
@@ -229,10 +374,9 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
         raise PackageError(
             f"{where}: the graph has {len(inputs)} inputs {sorted(inputs)}; one image input is supported"
         )
-    if card.output.name not in outputs:
-        raise PackageError(
-            f"{where}: card output '{card.output.name}' is not a graph output; the graph has {sorted(outputs)}"
-        )
+    for name in card.output.names:
+        if name not in outputs:
+            raise PackageError(f"{where}: card output '{name}' is not a graph output; the graph has {sorted(outputs)}")
     inp = inputs[card.input_name]
     if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise PackageError(
@@ -260,7 +404,104 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
             f"{where}: output '{card.output.name}' has shape {out_dims}; a classification output must be "
             f"[1, {len(card.output.labels)}] (or [1, {len(card.output.labels)}, 1, 1]) for its labels"
         )
-    # Detection outputs are raw head tensors in many layouts: the card names them, the shape is not checked.
+    det = card.output.detection
+    if det is not None and det.layout is not BoxLayout.NMS:
+        n = len(card.output.labels)
+        extra, axis = (5, 2) if det.layout is BoxLayout.YOLO else (4, 1)
+        if len(out_dims) != 3 or (isinstance(out_dims[axis], int) and out_dims[axis] != extra + n):
+            needed = f"[1, N, {5 + n}]" if det.layout is BoxLayout.YOLO else f"[1, {4 + n}, N]"
+            raise PackageError(
+                f"{where}: output '{card.output.name}' has shape {out_dims}; layout '{det.layout.value}' with "
+                f"{n} label(s) needs {needed}"
+            )
+
+
+def cam_weights(model: onnx.ModelProto, features: str, logits: str) -> CamWeights:
+    """The linear head that turns `features` ([1, C, h, w]) into `logits`, for a class activation map: global
+    average pooling (GlobalAveragePool, or ReduceMean over H and W), then Flatten/Reshape/Squeeze, then Gemm or
+    MatMul (+ Add), then optionally Softmax/Sigmoid. Weights held as initializers, FP16 casts or INT8
+    DequantizeLinear are all read. Raises ValueError naming what does not fit."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def const(name: str) -> np.ndarray:
+        if name in consts:
+            return np.asarray(consts[name], np.float32)
+        node = producers.get(name)
+        if node is not None and node.op_type in ("Cast", "Identity"):
+            return const(node.input[0])
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in consts:
+            q = consts[node.input[0]].astype(np.float32)
+            scale = const(node.input[1])
+            zero = const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros_like(scale)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and scale.size > 1:
+                shape = [1] * q.ndim
+                shape[axis] = scale.size
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            return np.asarray((q - zero) * scale, np.float32)
+        if node is not None and node.op_type == "Constant":
+            return np.asarray(onnx.numpy_helper.to_array(node.attribute[0].t), np.float32)
+        raise ValueError(f"'{name}' is not a constant the head can be read from")
+
+    def only_consumer(name: str) -> onnx.NodeProto:
+        users = [n for n in consumers.get(name, []) if n.op_type != "QuantizeLinear"] or consumers.get(name, [])
+        if len(users) != 1:
+            raise ValueError(f"'{name}' feeds {len(users)} nodes; a CAM needs one pooling path to the logits")
+        node = users[0]
+        if node.op_type == "QuantizeLinear":  # an INT8 graph: skip the Q/DQ pair
+            dq = only_consumer(node.output[0])
+            return only_consumer(dq.output[0]) if dq.op_type == "DequantizeLinear" else dq
+        return node
+
+    pool = only_consumer(features)
+    if pool.op_type not in ("GlobalAveragePool", "ReduceMean"):
+        raise ValueError(f"'{features}' goes to {pool.op_type}, not to global average pooling")
+    node = only_consumer(pool.output[0])
+    while node.op_type in ("Flatten", "Reshape", "Squeeze"):
+        node = only_consumer(node.output[0])
+    if node.op_type == "Gemm":
+        attrs = {a.name: a for a in node.attribute}
+        w = const(node.input[1]) * (attrs["alpha"].f if "alpha" in attrs else 1.0)
+        w = w if "transB" in attrs and attrs["transB"].i else w.T
+        bias = const(node.input[2]) * (attrs["beta"].f if "beta" in attrs else 1.0) if len(node.input) > 2 else None
+        out = node.output[0]
+    elif node.op_type == "MatMul":
+        w, bias, out = const(node.input[1]).T, None, node.output[0]
+        add = consumers.get(out, [])
+        if len(add) == 1 and add[0].op_type == "Add":
+            other = [i for i in add[0].input if i != out][0]
+            bias, out = const(other), add[0].output[0]
+    else:
+        raise ValueError(f"pooled features go to {node.op_type}, not to a linear head (Gemm or MatMul)")
+    after = consumers.get(out, [])
+    if out != logits and not (
+        len(after) == 1 and after[0].op_type in ("Softmax", "Sigmoid") and after[0].output[0] == logits
+    ):
+        raise ValueError(f"the linear head's output '{out}' is not the card's output '{logits}'")
+    weights = np.ascontiguousarray(w, np.float32)
+    bias_v = np.zeros(weights.shape[0], np.float32) if bias is None else np.broadcast_to(bias, weights.shape[:1])
+    return CamWeights(weights, np.asarray(bias_v, np.float32))
+
+
+def expose_cam_features(model: onnx.ModelProto, logits: str) -> str | None:
+    """Add to `model`'s outputs the feature map that its linear head pools (in place), for a package whose card
+    then names it as the saliency source; returns its name, or None when the head is not pooling + linear."""
+    for node in model.graph.node:
+        if node.op_type == "GlobalAveragePool":
+            features = str(node.input[0])
+            try:
+                cam_weights(model, features, logits)
+            except ValueError:
+                continue
+            if features not in {o.name for o in model.graph.output}:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(features, onnx.TensorProto.FLOAT, None))
+            return features
+    return None
 
 
 def _extract(archive: Path) -> Path:
@@ -310,7 +551,18 @@ def load_package(path: str | Path) -> ModelPackage:
             f"{onnx_path}: not a valid ONNX model ({exc.__class__.__name__}: {str(exc)[:200]})"
         ) from None
     _check_graph(model, card, str(onnx_path))
-    return ModelPackage(root=root, card=card, sha256=sha)
+    cam = None
+    spec = card.output.classification
+    if spec is not None and spec.saliency:
+        try:
+            cam = cam_weights(model, spec.saliency, card.output.name)
+        except ValueError as exc:
+            raise PackageError(f"{onnx_path}: output.saliency names '{spec.saliency}' but {exc}") from None
+        if cam.weights.shape[0] != len(card.output.labels):
+            raise PackageError(
+                f"{onnx_path}: the linear head has {cam.weights.shape[0]} classes, the card {len(card.output.labels)}"
+            )
+    return ModelPackage(root=root, card=card, sha256=sha, cam=cam)
 
 
 def demo_package_path() -> Path:

@@ -10,6 +10,8 @@ and logs without stopping. Pixel buffers are wrapped, not copied.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import math
@@ -24,7 +26,7 @@ from edge_runtime.errors import EdgertError, FrameError
 
 MAGIC = b"EDGR"
 VERSION_MAJOR = 1
-VERSION_MINOR = 0
+VERSION_MINOR = 1  # 1.1: detection boxes, classification scores and saliency in the result body
 
 Buffer = bytes | bytearray | memoryview
 
@@ -189,6 +191,42 @@ Polygon = list[tuple[int, int]]  # (x, y) vertices in frame pixels
 
 
 @dataclass(frozen=True)
+class Box:
+    """A detection in frame pixel coordinates: edges, not pixel centres (a box round pixel 0 alone is 0..1)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    class_id: int  # index into the result's labels
+    score: float  # 0..1
+    track_id: int = 0  # 0: not tracked; else stable across frames while the tracker follows the object
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    class_id: int  # index into the result's labels
+    score: float  # a probability: softmax over classes (single label) or a sigmoid per class (multi-label)
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Where a classifier looked: a low-resolution map covering the whole frame (row 0 at the top, column 0 at the
+    left), 0 = no contribution, 255 = the strongest, for the class `class_id`."""
+
+    class_id: int
+    values: np.ndarray  # (h, w) uint8
+
+    @property
+    def height(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.values.shape[1])
+
+
+@dataclass(frozen=True)
 class Result:
     stream_id: int
     seq: int
@@ -207,6 +245,18 @@ class Result:
     areas_mm2: Mapping[str, float] | None = None
     contours: Mapping[str, list[Polygon]] = field(default_factory=dict)
     error: str | None = None
+    boxes: tuple[Box, ...] = ()  # detection, best score first
+    classes: tuple[ClassScore, ...] = ()  # classification: the top-k, best first
+    saliency: Heatmap | None = None  # classification with a CAM-capable head
+
+    def label(self, class_id: int) -> str:
+        """The name of a class id, refusing one outside the labels the result carries."""
+        if not 0 <= class_id < len(self.labels):
+            raise ValueError(f"class id {class_id} is outside the result's {len(self.labels)} labels")
+        return self.labels[class_id]
+
+
+MAX_SALIENCY_SIDE = 256  # a heatmap is low resolution by design; larger ones are refused
 
 
 @dataclass(frozen=True)
@@ -398,7 +448,7 @@ def encode_result(result: Result) -> list[Buffer]:
         result.stream_id, result.seq, result.capture_ts_ns, result.recv_ts_ns, result.infer_start_ns,
         result.infer_end_ns, result.publish_ts_ns, result.task, result.status, 0, mw, mh, _sha_bytes(result.model),
     )  # fmt: skip
-    body = {
+    body: dict[str, Any] = {
         "model": {"name": result.model.name, "version": result.model.version},
         "labels": list(result.labels),
         "colors": [list(c) for c in result.colors],
@@ -407,6 +457,22 @@ def encode_result(result: Result) -> list[Buffer]:
         "contours": {k: [[list(p) for p in poly] for poly in polys] for k, polys in result.contours.items()},
         "error": result.error,
     }
+    if result.task is Task.DETECTION:  # 1.1: keys a 1.0 reader ignores
+        body["boxes"] = [
+            [round(b.x1, 2), round(b.y1, 2), round(b.x2, 2), round(b.y2, 2), b.class_id, round(b.score, 4), b.track_id]
+            for b in result.boxes
+        ]
+    if result.task is Task.CLASSIFICATION:
+        body["classes"] = [[c.class_id, round(c.score, 5)] for c in result.classes]
+        body["saliency"] = None
+        if result.saliency is not None:
+            values = np.ascontiguousarray(result.saliency.values, np.uint8)
+            body["saliency"] = {
+                "class": result.saliency.class_id,
+                "width": result.saliency.width,
+                "height": result.saliency.height,
+                "data": base64.b64encode(values.tobytes()).decode("ascii"),
+            }
     return [header, _json_part(body), np.ascontiguousarray(mask).data.cast("B") if mask is not None else b""]
 
 
@@ -435,15 +501,57 @@ def decode_result(parts: Sequence[Buffer], limits: Limits = Limits()) -> Result:
         areas_px = {str(k): int(v) for k, v in body["areas_px"].items()}
         areas_mm2 = None if body["areas_mm2"] is None else {str(k): float(v) for k, v in body["areas_mm2"].items()}
         error = body["error"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        boxes = tuple(_box(b, len(labels)) for b in body.get("boxes") or ())
+        classes = tuple(_class_score(c, len(labels)) for c in body.get("classes") or ())
+        saliency = _heatmap(body["saliency"], len(labels)) if body.get("saliency") is not None else None
+        if len(boxes) > MAX_BOXES:
+            raise ValueError(f"{len(boxes)} boxes, at most {MAX_BOXES}")
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError, binascii.Error) as exc:
         raise ProtocolError(RejectReason.BAD_PAYLOAD, f"result body: {exc.__class__.__name__}: {exc}") from None
     mask = np.frombuffer(parts[2], np.uint8).reshape(mh, mw) if mw * mh else None
     return Result(
         stream_id=stream_id, seq=seq, capture_ts_ns=capture, recv_ts_ns=recv, infer_start_ns=start,
         infer_end_ns=end, publish_ts_ns=publish, task=Task(task), status=ResultStatus(status), model=model,
         labels=labels, colors=colors, mask=mask, areas_px=areas_px, areas_mm2=areas_mm2, contours=contours,
-        error=None if error is None else str(error),
+        error=None if error is None else str(error), boxes=boxes, classes=classes, saliency=saliency,
     )  # fmt: skip
+
+
+MAX_BOXES = 1000
+
+
+def _class_id(value: Any, n_labels: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_labels:
+        raise ValueError(f"class id {value!r} outside the {n_labels} labels")
+    return value
+
+
+def _box(row: Any, n_labels: int) -> Box:
+    x1, y1, x2, y2, cls, score, track = row
+    coords = [float(v) for v in (x1, y1, x2, y2, score)]
+    if not all(math.isfinite(v) for v in coords) or coords[2] < coords[0] or coords[3] < coords[1]:
+        raise ValueError(f"box {row!r} is not finite with x1 <= x2 and y1 <= y2")
+    if not 0.0 <= coords[4] <= 1.0 or not isinstance(track, int) or track < 0:
+        raise ValueError(f"box {row!r}: score must be in [0, 1] and the track id a non-negative int")
+    return Box(coords[0], coords[1], coords[2], coords[3], _class_id(cls, n_labels), coords[4], track)
+
+
+def _class_score(row: Any, n_labels: int) -> ClassScore:
+    cls, score = row
+    if not 0.0 <= float(score) <= 1.0:
+        raise ValueError(f"class score {score!r} outside [0, 1]")
+    return ClassScore(_class_id(cls, n_labels), float(score))
+
+
+def _heatmap(obj: Any, n_labels: int) -> Heatmap:
+    width, height = int(obj["width"]), int(obj["height"])
+    if not (0 < width <= MAX_SALIENCY_SIDE and 0 < height <= MAX_SALIENCY_SIDE):
+        raise ValueError(f"saliency {width}x{height} outside 1..{MAX_SALIENCY_SIDE}")
+    data = base64.b64decode(str(obj["data"]), validate=True)
+    if len(data) != width * height:
+        raise ValueError(f"saliency has {len(data)} bytes for {width}x{height}")
+    values = np.frombuffer(data, np.uint8).reshape(height, width)
+    return Heatmap(_class_id(obj["class"], n_labels), values)
 
 
 def encode_heartbeat(hb: Heartbeat) -> list[Buffer]:

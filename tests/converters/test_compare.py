@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from calibration.preprocessing import Placement
 from calibration.sources import Sampling
 from converters.compare import compare_models
 from converters.convert import ConvertOptions, Precision, convert_model, write_result
 from converters.evaluate import compare
 from converters.graph import ConversionError
 from edge_runtime.package import Activation, Decode, OutputSpec
-from edge_runtime.pipeline import SegmentationDecoder
 from edge_runtime.protocol import Task
 from edge_runtime.tasks import SegmentationHead, default_head
 
@@ -49,7 +49,8 @@ def test_the_gate_thresholds_as_the_daemon_does() -> None:
     logits = np.array([[[[-1.0, 1.0], [1.5, 3.0]]]], np.float32)  # sigmoid: 0.27, 0.73, 0.82, 0.95
     spec = OutputSpec("y", ("bg", "fg"), ((0, 0, 0), (255, 0, 0)), Activation.SIGMOID, Decode.THRESHOLD, 0.9)
     head = SegmentationHead(spec)
-    daemon_mask = SegmentationDecoder(spec).labels_at_model_resolution(logits)
+    daemon_mask = head.decode({"y": logits}, Placement(2, 2, 0, 0, 2, 2), None).mask  # what the daemon sends
+    assert daemon_mask is not None
     assert daemon_mask.tolist() == head.class_map(logits)[0].tolist() == [[0, 0], [0, 1]]
     shifted = logits - 1.0  # sigmoid: 0.12, 0.5, 0.62, 0.88: at 0.9 nothing is foreground any more
     c = compare([{"y": logits}], [{"y": shifted}], head)
@@ -71,7 +72,7 @@ def test_compare_bare_onnx_files_with_random_data(tiny_models: dict[str, Path]) 
     mc = compare_models(tiny_models["old_dynamic"], tiny_models["old_dynamic"], "random", Sampling(3),
                         task=Task.CLASSIFICATION, input_shape=[2, 3, 8, 8])  # fmt: skip
     assert mc.comparison.top1_agreement == 1.0 and not mc.emulated_fp16
-    with pytest.raises(ConversionError, match="no decoder for detection"):
+    with pytest.raises(ConversionError, match="box layout"):
         compare_models(tiny_models["residual"], tiny_models["residual"], "random", Sampling(1), task=Task.DETECTION)
 
 
@@ -96,15 +97,11 @@ def test_a_tiny_structure_cannot_swing_the_metric_and_absent_classes_say_so() ->
     assert c.per_class["fg"].reference_pixels == 578 and c.per_class["fg"].candidate_pixels == 576
 
 
-def test_a_detection_card_is_compared_numerically_as_the_gate_judges_it(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    import json
-    import shutil
-
-    pkg = tmp_path / "det"
-    shutil.copytree(tiny_models["seg_tiny"], pkg)
-    card = json.loads((pkg / "model.json").read_text())
-    (pkg / "model.json").write_text(json.dumps({**card, "task": "detection"}))
-    mc = compare_models(pkg, pkg, "synthetic:frames=2,size=64x64", Sampling(2))
-    assert mc.task is None and mc.comparison.metric_name == "min cosine similarity" and mc.comparison.metric > 0.9999
+def test_a_detection_package_is_compared_by_map_against_the_reference_boxes(tiny_models: dict[str, Path]) -> None:
+    """Detection is judged on decoded boxes (NMS and threshold as the daemon runs them), not raw tensors."""
+    mc = compare_models(
+        tiny_models["det_dense"], tiny_models["det_dense"], "synthetic:frames=4,size=64x64", Sampling(4)
+    )
+    c = mc.comparison
+    assert mc.task is Task.DETECTION and c.metric_name == "mAP@0.5 vs reference boxes"
+    assert c.metric == 1.0 and c.f1 == 1.0 and c.reference_boxes is not None

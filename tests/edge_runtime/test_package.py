@@ -104,12 +104,37 @@ def test_parse_card_rejects_non_objects() -> None:
         parse_card([1, 2])  # type: ignore[arg-type]
 
 
-def test_a_classification_card_is_checked_against_its_output_and_the_daemon_will_not_serve_it(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    from edge_runtime.pipeline import InferencePipeline
-
+def test_a_classification_card_is_served_with_its_top_k(tiny_models: dict[str, Path]) -> None:
     pkg = load_package(tiny_models["cls_tiny"])
-    assert pkg.card.task is Task.CLASSIFICATION
-    with pytest.raises(PackageError, match="the daemon serves segmentation models; this is a classification model"):
-        InferencePipeline(pkg)
+    assert pkg.card.task is Task.CLASSIFICATION and pkg.cam is None
+    spec = pkg.card.output.classification
+    assert (
+        spec is not None and spec.top_k == 3 and spec.saliency is None and "no feature map" in spec.no_saliency_reason
+    )
+
+
+@pytest.mark.parametrize(
+    "model, changes, message",
+    [
+        ("det_dense", {"output__layout": "ssd"}, "output.layout: 'ssd' is not one of"),
+        ("det_dense", {"output__labels": ["a", "b"], "output__colors": [[0, 0, 0]] * 2}, r"needs \[1, 6, N\]"),
+        ("det_dense", {"output__scores": "preds"}, "belong to layout 'nms'"),
+        ("det_dense", {"output__score_threshold": 1.5}, r"score_threshold: must be within \[0, 1\]"),
+        ("det_dense", {"output__tracker": {"min_hits": 4, "window": 3}}, "min_hits 4 is more than the window"),
+        ("det_dense", {"output__activation": "softmax"}, "detection scores are 'sigmoid'"),
+        ("det_nms", {"output__classes": "labels"}, "card output 'labels' is not a graph output"),
+        ("cls_cam", {"output__saliency": {"method": "cam", "features": "logits"}}, "feeds 0 nodes; a CAM needs one"),
+        ("cls_cam", {"output__saliency": {"method": "gradcam", "features": "feat"}}, "only 'cam'"),
+    ],
+)
+def test_task_fields_of_a_card_are_checked(
+    tiny_models: dict[str, Path], tmp_path: Path, model: str, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PackageError, match=message):
+        load_package(_copy(tiny_models[model], tmp_path / "pkg", **changes))
+
+
+def test_detection_card_defaults(tiny_models: dict[str, Path]) -> None:
+    spec = load_package(tiny_models["det_nms"]).card.output.detection
+    assert spec is not None and spec.box_format.value == "xyxy" and spec.tracker is None
+    assert (spec.score_threshold, spec.iou_threshold, spec.max_detections) == (0.5, 0.45, 100)

@@ -186,3 +186,46 @@ def test_message_type_sniffing() -> None:
     assert p.message_type(GOOD) is p.MessageType.FRAME
     assert p.message_type([b"garbage-garbage"]) is None
     assert p.message_type([]) is None
+
+
+def _detection_result(**kw: object) -> p.Result:
+    args: dict[str, object] = dict(
+        stream_id=1, seq=2, capture_ts_ns=3, recv_ts_ns=4, infer_start_ns=5, infer_end_ns=6, publish_ts_ns=7,
+        task=p.Task.DETECTION, status=p.ResultStatus.OK, model=p.ModelId("d", "1", "cd" * 32), labels=("polyp",),
+        colors=((1, 2, 3),), boxes=(p.Box(1.0, 2.0, 3.0, 4.0, 0, 0.5, 7),),
+    )  # fmt: skip
+    return p.Result(**{**args, **kw})  # type: ignore[arg-type]
+
+
+def test_task_payloads_round_trip() -> None:
+    det = _detection_result()
+    assert p.decode_result([bytes(x) for x in p.encode_result(det)]).boxes == det.boxes
+    heat = p.Heatmap(1, np.arange(6, dtype=np.uint8).reshape(2, 3))
+    cls = _detection_result(task=p.Task.CLASSIFICATION, labels=("a", "b"), colors=((0, 0, 0),) * 2, boxes=(),
+                            classes=(p.ClassScore(1, 0.75), p.ClassScore(0, 0.25)), saliency=heat)  # fmt: skip
+    back = p.decode_result([bytes(x) for x in p.encode_result(cls)])
+    assert back.classes == cls.classes and back.saliency is not None
+    np.testing.assert_array_equal(back.saliency.values, heat.values)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("boxes", [[1, 2, 3, 4, 1, 0.5, 0]]),  # class 1 of one label: it would be drawn with no name
+        ("boxes", [[3, 2, 1, 4, 0, 0.5, 0]]),  # x2 < x1
+        ("boxes", [[1, 2, 3, 4, 0, 1.5, 0]]),  # score over 1
+        ("boxes", [[1, 2, 3, 4, 0, 0.5]]),  # a field short
+        ("classes", [[0, -0.1]]),
+        ("saliency", {"class": 0, "width": 2, "height": 2, "data": "AAA="}),  # 2 bytes for 2x2
+        ("saliency", {"class": 0, "width": 300, "height": 1, "data": ""}),
+    ],
+)
+def test_bad_task_payloads_are_refused_as_bad_payload(key: str, value: object) -> None:
+    import json
+
+    parts = [bytes(x) for x in p.encode_result(_detection_result())]
+    body = json.loads(parts[1])
+    body[key] = value
+    with pytest.raises(ProtocolError) as err:
+        p.decode_result([parts[0], json.dumps(body).encode(), parts[2]])
+    assert err.value.reason is RejectReason.BAD_PAYLOAD

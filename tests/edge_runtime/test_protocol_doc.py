@@ -32,7 +32,7 @@ EXAMPLES = _examples()
 
 
 def test_doc_has_the_three_examples() -> None:
-    assert set(EXAMPLES) == {"frame", "result", "heartbeat"}
+    assert set(EXAMPLES) == {"frame", "result", "heartbeat", "detection", "classification"}
 
 
 def test_frame_example() -> None:
@@ -58,14 +58,14 @@ def test_result_example() -> None:
     assert r.contours == {"cyst": [[(2, 0), (3, 0), (3, 1), (1, 1)]]}
 
 
-@pytest.mark.parametrize("name", ["frame", "result", "heartbeat"])
+@pytest.mark.parametrize("name", ["frame", "result", "heartbeat", "detection", "classification"])
 def test_examples_are_byte_exact_encoder_output(name: str) -> None:
     parts = EXAMPLES[name]
     if name == "frame":
         f = p.decode_frame(parts)
         again = p.encode_frame(np.array(f.pixels), stream_id=f.stream_id, seq=f.seq, capture_ts_ns=f.capture_ts_ns,
                                send_ts_ns=f.send_ts_ns, spacing_mm=f.spacing_mm, meta=f.meta)  # fmt: skip
-    elif name == "result":
+    elif name in ("result", "detection", "classification"):
         again = p.encode_result(p.decode_result(parts))
     else:
         again = p.encode_heartbeat(p.decode_heartbeat(parts))
@@ -77,3 +77,26 @@ def test_heartbeat_example() -> None:
     assert hb.state is p.DaemonState.READY
     assert (hb.frames_in, hb.frames_out, hb.frames_dropped, hb.frames_rejected) == (120, 118, 2, 1)
     assert json.loads(EXAMPLES["heartbeat"][1])["backend"] == "onnxruntime"
+
+
+def test_detection_example() -> None:
+    r = p.decode_result(EXAMPLES["detection"])
+    assert r.task is p.Task.DETECTION and r.labels == ("polyp",) and r.mask is None
+    assert r.boxes == (p.Box(12.5, 40.0, 96.25, 120.0, 0, 0.9134, 3),)
+    assert r.label(r.boxes[0].class_id) == "polyp"
+
+
+def test_classification_example() -> None:
+    r = p.decode_result(EXAMPLES["classification"])
+    assert r.task is p.Task.CLASSIFICATION
+    assert r.classes == (p.ClassScore(0, 0.875), p.ClassScore(1, 0.125))
+    assert r.saliency is not None and r.saliency.class_id == 0
+    np.testing.assert_array_equal(r.saliency.values, [[0, 64], [128, 255]])
+
+
+def test_a_1_0_reader_sees_a_detection_result_as_a_result_without_a_mask() -> None:
+    """What a 1.0 reader reads: the same header fields at the same offsets and the 1.0 body keys, all present."""
+    parts = EXAMPLES["detection"]
+    body = json.loads(parts[1])
+    assert {"model", "labels", "colors", "areas_px", "areas_mm2", "contours", "error"} <= set(body)
+    assert parts[0][5] == 1 and len(parts) == 3 and parts[2] == b""

@@ -29,6 +29,13 @@ Converter test models (random fixed weights, seeded):
 - `silu_concat`: YOLOX-style ops between convs: SiLU (Sigmoid, Mul), a Concat of two branches, a Reshape pair, and
   a Mul by a constant (which ORT has no integer kernel for).
 - `cls_tiny`: classification card: [1,1,16,16] -> conv, global average pool -> [1,3] scores (dark, mid, bright).
+- `cls_cam`: [1,1,16,16] -> 1x1 conv to two feature channels (x and 1 - x) -> global average pool -> Flatten -> Gemm
+  -> logits (bright, dark); the card names the feature map for a class activation map, which is therefore the
+  image itself for "bright".
+- `det_dense`: [1,1,32,32] -> anchor-free YOLO layout [1, 5, 16]: a 4x4 grid of 8x8 cells, each cell's box fixed
+  to the cell, its score the cell's mean brightness (0..1): a bright cell is a detected "spot".
+- `det_nms`: the same boxes and scores through ONNX NonMaxSuppression (score threshold 0.5), then Gathers to boxes
+  [K, 4], scores [K] and classes [K] int64: a model that ends in NMS.
 """
 
 from __future__ import annotations
@@ -413,6 +420,83 @@ def cls_tiny() -> onnx.ModelProto:
                    [helper.make_tensor_value_info("scores", F, [1, 3])], inits)  # fmt: skip
 
 
+def cls_cam() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.array([1.0, -1.0], np.float32).reshape(2, 1, 1, 1), "w_feat"),
+             numpy_helper.from_array(np.array([0.0, 1.0], np.float32), "b_feat"),
+             numpy_helper.from_array(np.array([[8.0, 0.0], [0.0, 8.0]], np.float32), "w_head"),
+             numpy_helper.from_array(np.array([-4.0, -4.0], np.float32), "b_head")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["image", "w_feat", "b_feat"], ["conv"], name="features"),
+             helper.make_node("Relu", ["conv"], ["feat"]),
+             helper.make_node("GlobalAveragePool", ["feat"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+             helper.make_node("Gemm", ["flat", "w_head", "b_head"], ["logits"], transB=1)]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 16, 16])],
+                   [helper.make_tensor_value_info("logits", F, [1, 2]),
+                    helper.make_tensor_value_info("feat", F, [1, 2, 16, 16])], inits)  # fmt: skip
+
+
+def _cell_boxes() -> np.ndarray:
+    """xyxy boxes of the 4x4 grid of 8x8 cells of a 32x32 input, row by row: [16, 4]."""
+    r, c = np.divmod(np.arange(16), 4)
+    return np.stack([c * 8, r * 8, c * 8 + 8, r * 8 + 8], axis=1).astype(np.float32)
+
+
+def _cell_scores(nodes: list, inits: list) -> None:
+    """image [1,1,32,32] -> cell_scores [1,1,16]: the mean of each 8x8 cell."""
+    inits.append(numpy_helper.from_array(np.array([1, 1, 16], np.int64), "score_shape"))
+    nodes += [helper.make_node("AveragePool", ["image"], ["cells"], kernel_shape=[8, 8], strides=[8, 8]),
+              helper.make_node("Reshape", ["cells", "score_shape"], ["cell_scores"])]  # fmt: skip
+
+
+def det_dense() -> onnx.ModelProto:
+    F = TensorProto.FLOAT
+    b = _cell_boxes()
+    cxcywh = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]])
+    nodes: list = []
+    inits = [numpy_helper.from_array(cxcywh[None].astype(np.float32), "cell_boxes")]  # [1, 4, 16]
+    _cell_scores(nodes, inits)
+    nodes.append(helper.make_node("Concat", ["cell_boxes", "cell_scores"], ["preds"], axis=1))
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 32, 32])],
+                   [helper.make_tensor_value_info("preds", F, [1, 5, 16])], inits)  # fmt: skip
+
+
+def det_nms() -> onnx.ModelProto:
+    F, I64 = TensorProto.FLOAT, TensorProto.INT64
+    nodes: list = []
+    inits = [numpy_helper.from_array(_cell_boxes()[None], "cell_boxes"),  # [1, 16, 4]
+             numpy_helper.from_array(np.array([16], np.int64), "max_out"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "iou"),
+             numpy_helper.from_array(np.array([0.5], np.float32), "score_min"),
+             numpy_helper.from_array(np.array([1], np.int64), "col_class"),
+             numpy_helper.from_array(np.array([2], np.int64), "col_box"),
+             numpy_helper.from_array(np.array([-1], np.int64), "flat")]  # fmt: skip
+    _cell_scores(nodes, inits)
+    nodes += [helper.make_node("NonMaxSuppression", ["cell_boxes", "cell_scores", "max_out", "iou", "score_min"],
+                               ["selected"]),
+              helper.make_node("Gather", ["selected", "col_box"], ["box_idx2"], axis=1),
+              helper.make_node("Reshape", ["box_idx2", "flat"], ["box_idx"]),
+              helper.make_node("Gather", ["selected", "col_class"], ["cls2"], axis=1),
+              helper.make_node("Reshape", ["cls2", "flat"], ["classes"]),
+              helper.make_node("Squeeze", ["cell_boxes"], ["all_boxes"], axes=None),
+              helper.make_node("Gather", ["all_boxes", "box_idx"], ["boxes"], axis=0),
+              helper.make_node("Reshape", ["cell_scores", "flat"], ["all_scores"]),
+              helper.make_node("Gather", ["all_scores", "box_idx"], ["scores"], axis=0)]  # fmt: skip
+    return _finish(nodes, [helper.make_tensor_value_info("image", F, [1, 1, 32, 32])],
+                   [helper.make_tensor_value_info("boxes", F, ["K", 4]),
+                    helper.make_tensor_value_info("scores", F, ["K"]),
+                    helper.make_tensor_value_info("classes", I64, ["K"])], inits)  # fmt: skip
+
+
+def _detection_card(name: str, output: dict) -> dict:
+    return {
+        **card(name, size=32),
+        "task": "detection",
+        "preprocessing": {"resize": "stretch", "color": "gray", "mean": [0.0], "std": [1.0]},
+        "output": {"labels": ["spot"], "colors": [[255, 200, 0]], "score_threshold": 0.5, **output},
+    }
+
+
 def build(out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(residual(), str(out / "residual.onnx"))
@@ -445,13 +529,40 @@ def build(out: Path) -> dict[str, Path]:
                 "task": "classification",
                 "output": {
                     "name": "scores",
-                    "activation": "softmax",
+                    "activation": "none",
                     "decode": "argmax",
                     "labels": ["dark", "mid", "bright"],
                     "colors": [[0, 0, 0]] * 3,
                 },
             },
         ),  # fmt: skip
+        "cls_cam": write_package(
+            out / "cls_cam",
+            cls_cam(),
+            {
+                **card("cls-cam"),
+                "task": "classification",
+                "preprocessing": {"resize": "stretch", "color": "gray", "mean": [0.0], "std": [1.0]},
+                "output": {
+                    "name": "logits",
+                    "activation": "none",
+                    "labels": ["bright", "dark"],
+                    "top_k": 2,
+                    "colors": [[255, 255, 0], [0, 0, 255]],
+                    "saliency": {"method": "cam", "features": "feat"},
+                },
+            },
+        ),  # fmt: skip
+        "det_dense": write_package(
+            out / "det_dense",
+            det_dense(),
+            _detection_card("det-dense", {"name": "preds", "layout": "yolo-anchor-free"}),
+        ),
+        "det_nms": write_package(
+            out / "det_nms",
+            det_nms(),
+            _detection_card("det-nms", {"name": "boxes", "layout": "nms", "scores": "scores", "classes": "classes"}),
+        ),
         "seg_tiny": write_package(out / "seg_tiny", _conv_model(3, 16), card("seg-tiny")),
         "seg_bad_runtime": write_package(
             out / "seg_bad_runtime", _conv_model(2, 16, out_channels_param="classes"), card("seg-bad-runtime")
