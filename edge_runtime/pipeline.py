@@ -27,6 +27,9 @@ def frame_color(fmt: PixelFormat) -> Color:
     return _FRAME_COLOR[fmt]
 
 
+MAX_TRACKED_STREAMS = 64
+
+
 class InferencePipeline:
     """One model, ready to turn frames into results. Not thread-safe: one inference thread owns it."""
 
@@ -39,9 +42,11 @@ class InferencePipeline:
         engine: Path | None = None,
         gpu: GpuOptions = GpuOptions(),
         tracker: TrackerSpec | None = None,
+        tracking: bool | None = None,
     ) -> None:
         """`engine`: for the tensorrt backend, the plan built on this device for the package. `tracker`: box
-        tracking for a detector, overriding the card's (`output.tracker`)."""
+        tracking for a detector, over the card's (`output.tracker`); `tracking` False turns tracking off, None
+        leaves it as the card and `tracker` say."""
         self.package = package
         self.card = package.card
         self.model_id = package.model_id
@@ -52,6 +57,10 @@ class InferencePipeline:
         self._outputs = list(self.head.outputs)
         detection = self.card.output.detection
         self.tracker_spec = tracker or (detection.tracker if detection is not None else None)
+        if tracking is False or detection is None:
+            self.tracker_spec = None
+        elif tracking and self.tracker_spec is None:
+            self.tracker_spec = TrackerSpec()
         self._trackers: dict[int, BoxTracker] = {}  # per stream: one object's track never jumps to another stream
         self._labels = self.card.output.labels
         self._colors = self.card.output.colors
@@ -88,16 +97,21 @@ class InferencePipeline:
             x, place = self.preprocess(frame.pixels, frame_color(frame.pixel_format))
             outputs = self.runner.infer({self.card.input_name: x})
             decoded = self.head.decode(outputs, place, frame.spacing_mm)
-            if self.tracker_spec is not None and self.card.output.detection is not None:
-                tracker = self._trackers.setdefault(frame.stream_id, BoxTracker(self.tracker_spec))
-                decoded = Decoded(boxes=tracker.update(decoded.boxes))
+            if self.tracker_spec is not None:
+                decoded = Decoded(boxes=self._tracker(frame.stream_id).update(decoded.boxes))
         except Exception as exc:  # a bad frame or a backend failure must not stop the stream
             return self._result(frame, recv_ts_ns, start, ResultStatus.ERROR, error=f"{exc.__class__.__name__}: {exc}")
         return self._result(frame, recv_ts_ns, start, ResultStatus.OK, decoded)
 
-    def forget_stream(self, stream_id: int) -> None:
-        """Drop a stream's tracks (the daemon forgot the stream)."""
-        self._trackers.pop(stream_id, None)
+    def _tracker(self, stream_id: int) -> BoxTracker:
+        """The stream's tracker, most recently used last; the least recently used goes beyond MAX_TRACKED_STREAMS
+        (more streams than the daemon keeps alive), so stream ids cannot grow the table without bound."""
+        assert self.tracker_spec is not None
+        tracker = self._trackers.pop(stream_id, None) or BoxTracker(self.tracker_spec)
+        self._trackers[stream_id] = tracker
+        while len(self._trackers) > MAX_TRACKED_STREAMS:
+            del self._trackers[next(iter(self._trackers))]
+        return tracker
 
     def _result(
         self,

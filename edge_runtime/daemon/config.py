@@ -17,6 +17,7 @@ from edge_runtime.backends import BackendKind
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.errors import EdgertError
+from edge_runtime.package import TrackerSpec
 from edge_runtime.protocol import Limits
 
 if sys.version_info >= (3, 11):
@@ -94,6 +95,8 @@ class DaemonConfig:
         None  # CURVE: the daemon's .key_secret; with authorized_clients, secures ingest and control
     )
     authorized_clients: Path | None = None  # folder of client public certificates allowed to connect
+    tracker: TrackerSpec | None = None  # [tracker]: box tracking for detectors, over the card's `output.tracker`
+    tracker_enabled: bool | None = None  # [tracker] enabled: false turns the card's tracker off; None: as the card
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -145,6 +148,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
     "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int},
     "security": {"server_key": str, "authorized_clients": str},
+    "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
 }
 
 
@@ -206,9 +210,24 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
             limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
             streams=StreamLimits(**data.get("streams", {})),
+            tracker=_tracker(data.get("tracker", {})),
+            tracker_enabled=data.get("tracker", {}).get("enabled"),
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _tracker(section: Mapping[str, Any]) -> TrackerSpec | None:
+    values = {k: v for k, v in section.items() if k != "enabled"}
+    if not values and not section.get("enabled"):
+        return None
+    spec = TrackerSpec(**values)
+    if not 1 <= spec.min_hits <= spec.window or spec.max_missed < 0 or not 0.0 < spec.iou <= 1.0:
+        raise ValueError(
+            f"tracker: need 1 <= min_hits <= window, max_missed >= 0 and 0 < iou <= 1 (got min_hits {spec.min_hits}, "
+            f"window {spec.window}, max_missed {spec.max_missed}, iou {spec.iou})"
+        )
+    return spec
 
 
 def _engine(section: Mapping[str, Any], base_dir: Path, where: str) -> EngineConfig:

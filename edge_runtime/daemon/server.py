@@ -173,7 +173,10 @@ class Daemon:
             except EdgertError as exc:
                 raise DaemonError(f"no engine for {package.model_id}: {exc}") from None
         gpu = GpuOptions(device=cfg.device, cache_dir=cfg.engine.cache_dir)
-        pipeline = InferencePipeline(package, cfg.backend, threads=cfg.threads, engine=engine, gpu=gpu)
+        pipeline = InferencePipeline(
+            package, cfg.backend, threads=cfg.threads, engine=engine, gpu=gpu,
+            tracker=cfg.tracker, tracking=cfg.tracker_enabled,
+        )  # fmt: skip
         try:
             pipeline.runner.activate()
             if self.config.warmup:

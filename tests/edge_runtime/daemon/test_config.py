@@ -119,3 +119,13 @@ timing_cache = "timing.cache"
     assert (e.workspace_mib, e.dla_core, e.opt_level) == (1024, 0, None)
     default = load_config(_write(tmp_path, '[model]\npackage = "m"\nbackend = "onnxruntime-cuda"\n'))
     assert default.backend is BackendKind.ONNXRUNTIME_CUDA and default.engine.build_on_start is True
+
+
+def test_the_tracker_section(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[model]\npackage = "m"\n[tracker]\nmin_hits = 2\nwindow = 4\niou = 0.5\n'))
+    assert cfg.tracker is not None and (cfg.tracker.min_hits, cfg.tracker.window, cfg.tracker.iou) == (2, 4, 0.5)
+    assert cfg.tracker.max_missed == 2 and cfg.tracker_enabled is None
+    off = load_config(_write(tmp_path, '[model]\npackage = "m"\n[tracker]\nenabled = false\n'))
+    assert off.tracker is None and off.tracker_enabled is False
+    with pytest.raises(ConfigError, match="min_hits <= window"):
+        load_config(_write(tmp_path, '[model]\npackage = "m"\n[tracker]\nmin_hits = 5\nwindow = 3\n'))
