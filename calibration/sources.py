@@ -1,7 +1,8 @@
 """Frame sources named the same way on every command (`replay`, `--data`, `--calib`).
 
-A source is a path or `synthetic[:frames=300,size=240x320,seed=0,fps=30,clip=60]` (clip: frames per scene; 1 gives
-independent images). A path is a DICOM file (single or multi-frame), an image (PNG, JPEG, BMP, TIFF), a video
+A source is a path, `synthetic[:frames=300,size=240x320,seed=0,fps=30,clip=60]` (ultrasound; clip: frames per
+scene; 1 gives independent images) or `synthetic-endoscopy[:...]` (the same options; RGB colonoscopy-like video
+with polyps, see `calibration.endoscopy`). A path is a DICOM file (single or multi-frame), an image (PNG, JPEG, BMP, TIFF), a video
 (needs the optional `av` package: `pip install edgert[video]`), a `.npy`/`.npz` array of frames, or a folder of
 any of these. In a folder, unreadable files are skipped with a warning; a source with no frames is an error.
 Sources yield display-ready frames (uint8/uint16 gray or uint8 RGB) with their color order and pixel spacing.
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
+from calibration.endoscopy import SyntheticEndoscopy
 from calibration.preprocessing import Color, DicomOutput
 from calibration.synthetic import SyntheticUltrasound
 from edge_runtime.errors import EdgertError
@@ -50,23 +52,44 @@ class FrameSource:
         raise NotImplementedError
 
 
+SYNTHETIC = "synthetic"  # ultrasound
+SYNTHETIC_ENDOSCOPY = "synthetic-endoscopy"
+
+
 class SyntheticSource(FrameSource):
+    """Generated frames: ultrasound (`synthetic`, gray) or colonoscopy (`synthetic-endoscopy`, RGB)."""
+
     def __init__(
-        self, frames: int = 300, height: int = 240, width: int = 320, seed: int = 0, fps: float = 30.0, clip: int = 60
+        self,
+        frames: int = 300,
+        height: int = 240,
+        width: int = 320,
+        seed: int = 0,
+        fps: float = 30.0,
+        clip: int = 60,
+        kind: str = SYNTHETIC,
     ) -> None:
         if frames <= 0 or fps <= 0 or clip <= 0:
-            raise SourceError("synthetic: frames, fps and clip must be positive")
+            raise SourceError(f"{kind}: frames, fps and clip must be positive")
         if height < 32 or width < 32:
-            raise SourceError(f"synthetic: size must be at least 32x32, got {height}x{width}")
+            raise SourceError(f"{kind}: size must be at least 32x32, got {height}x{width}")
         self.frames, self.height, self.width, self.seed, self.fps, self.clip = frames, height, width, seed, fps, clip
+        self.kind = kind
         scenes = "independent scenes" if clip == 1 else f"a new scene every {clip} frames"
-        self.description = (
-            f"synthetic ultrasound, {frames} frames {width}x{height} at {fps:g} fps, {scenes} (seed {seed})"
-        )
+        what = "ultrasound" if kind == SYNTHETIC else "endoscopy"
+        self.description = f"synthetic {what}, {frames} frames {width}x{height} at {fps:g} fps, {scenes} (seed {seed})"
 
     def __iter__(self) -> Iterator[SourceFrame]:
-        gen = SyntheticUltrasound(self.height, self.width, seed=self.seed)
         produced = 0
+        if self.kind == SYNTHETIC_ENDOSCOPY:
+            endo = SyntheticEndoscopy(self.height, self.width, seed=self.seed)
+            while produced < self.frames:
+                for f in endo.cine(min(self.clip, self.frames - produced)):
+                    meta: dict[str, object] = {"source": self.kind, "frame": produced}
+                    yield SourceFrame(f.image, Color.RGB, None, 1.0 / self.fps, meta)
+                    produced += 1
+            return
+        gen = SyntheticUltrasound(self.height, self.width, seed=self.seed)
         while produced < self.frames:  # clip=1 gives independent images, as calibration and evaluation want
             for image, _mask in gen.cine(min(self.clip, self.frames - produced)):
                 yield SourceFrame(image, Color.GRAY, None, 1.0 / self.fps, {"source": "synthetic", "frame": produced})
@@ -258,8 +281,10 @@ def sample_source(
     A synthetic source sampled without its own `clip`, `frames` or `seed` gives independent scenes (clip=1), just
     as many as needed, seeded by the sampling seed: a cine's consecutive frames are nearly the same image, and
     calibrating on one scene is how INT8 ranges go wrong."""
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        given = dict(_synthetic_options(spec.partition(":")[2]))
+    kind = _synthetic_kind(spec)
+    if kind:
+        given: dict[str, int | float | str] = dict(_synthetic_options(spec.partition(":")[2], kind))
+        given["kind"] = kind
         given.setdefault("clip", 1)
         given.setdefault("frames", sampling.count * sampling.stride)
         given.setdefault("seed", sampling.seed)
@@ -272,7 +297,14 @@ def sample_source(
     return frames, f"{len(frames)} frames from {source.description} ({sampling.describe()})"
 
 
-def _synthetic_options(options: str) -> list[tuple[str, int | float]]:
+def _synthetic_kind(spec: str) -> str | None:
+    for kind in (SYNTHETIC, SYNTHETIC_ENDOSCOPY):
+        if spec == kind or spec.startswith(kind + ":"):
+            return kind
+    return None
+
+
+def _synthetic_options(options: str, kind: str = SYNTHETIC) -> list[tuple[str, int | float]]:
     parsed: list[tuple[str, int | float]] = []
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
@@ -285,13 +317,15 @@ def _synthetic_options(options: str) -> list[tuple[str, int | float]]:
             elif key == "fps":
                 parsed.append((key, float(value)))
             else:
-                raise SourceError(f"synthetic: unknown option '{key}' (frames, size=HxW, seed, fps, clip)")
+                raise SourceError(f"{kind}: unknown option '{key}' (frames, size=HxW, seed, fps, clip)")
+        except SourceError:
+            raise
         except ValueError:
-            raise SourceError(f"synthetic: bad value '{value}' for '{key}'") from None
+            raise SourceError(f"{kind}: bad value '{value}' for '{key}'") from None
     return parsed
 
 
-def _synthetic_source(options: dict[str, int | float]) -> SyntheticSource:
+def _synthetic_source(options: dict[str, int | float | str]) -> SyntheticSource:
     try:
         return SyntheticSource(**options)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
@@ -299,11 +333,12 @@ def _synthetic_source(options: dict[str, int | float]) -> SyntheticSource:
 
 
 def open_source(spec: str, dicom_output: DicomOutput = DicomOutput.DISPLAY8) -> FrameSource:
-    """A source from its name: a path (file or folder) or `synthetic[:options]`. DICOM images in it are rendered
+    """A source from its name: a path (file or folder), `synthetic[:options]` or `synthetic-endoscopy[:options]`. DICOM images in it are rendered
     as `dicom_output` says."""
-    if spec == "synthetic" or spec.startswith("synthetic:"):
-        return _synthetic_source(dict(_synthetic_options(spec.partition(":")[2])))
+    kind = _synthetic_kind(spec)
+    if kind:
+        return _synthetic_source({**dict(_synthetic_options(spec.partition(":")[2], kind)), "kind": kind})
     path = Path(spec)
     if not path.exists():
-        raise SourceError(f"{spec}: no such file or folder (or use 'synthetic')")
+        raise SourceError(f"{spec}: no such file or folder (or use 'synthetic' or 'synthetic-endoscopy')")
     return PathSource(path, dicom_output)

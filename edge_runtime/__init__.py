@@ -17,6 +17,7 @@ _LAZY = {
     "ControlClient": "edge_runtime.control",
     "EdgertError": "edge_runtime.errors",
     "draw_overlay": "edge_runtime.overlay",
+    "typed": "edge_runtime.results",
     "to_display_rgb": "edge_runtime.overlay",
     "Daemon": "edge_runtime.daemon.server",
     "load_package": "edge_runtime.package",

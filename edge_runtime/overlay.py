@@ -1,10 +1,12 @@
-"""Draw a segmentation result onto its frame (numpy only), for viewers and the demo."""
+"""Draw a result onto its frame, for viewers and the demo: masks and contours (segmentation), boxes with label,
+score and track id (detection), a banner with the top classes and a saliency heatmap (classification)."""
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
-from edge_runtime.protocol import PixelFormat, Result, ResultStatus
+from edge_runtime.protocol import Heatmap, PixelFormat, Result, ResultStatus, Task
 
 
 def to_display_rgb(pixels: np.ndarray, pixel_format: PixelFormat) -> np.ndarray:
@@ -34,18 +36,104 @@ def _draw_polygon(img: np.ndarray, poly: list[tuple[int, int]], color: np.ndarra
                 img[np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)] = color
 
 
-def draw_overlay(
-    frame_rgb: np.ndarray, result: Result, alpha: float = 0.35, contours: bool = True, line_width: int = 2
-) -> np.ndarray:
-    """A new RGB image: class colors blended over the frame, contours drawn on top.
+def _font(frame_height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=max(11, frame_height // 28))
 
-    Refuses (ValueError) a result whose mask does not have the frame's size, so a result can never be drawn over
-    the wrong frame geometry. An ERROR result draws nothing: the caller should show the frame without AI output.
+
+def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, color: tuple[int, int, int],
+           font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> None:  # fmt: skip
+    """Text on a filled box of `color`, in black or white, whichever reads better on it."""
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=color)
+    ink = (0, 0, 0) if 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 140 else (255, 255, 255)
+    draw.text(xy, text, fill=ink, font=font)
+
+
+def _draw_boxes(out: np.ndarray, result: Result, line_width: int) -> np.ndarray:
+    h, w = out.shape[:2]
+    for b in result.boxes:
+        if b.x2 > w + 0.5 or b.y2 > h + 0.5:
+            raise ValueError(f"box ({b.x1}, {b.y1}, {b.x2}, {b.y2}) is outside the {w}x{h} frame")
+    image = Image.fromarray(out)
+    draw = ImageDraw.Draw(image)
+    font = _font(h)
+    for b in sorted(result.boxes, key=lambda b: b.score):  # the best box is drawn last, on top
+        color = result.colors[b.class_id]
+        draw.rectangle((b.x1, b.y1, max(b.x1, b.x2 - 1), max(b.y1, b.y2 - 1)), outline=color, width=line_width)
+        text = f"{result.label(b.class_id)} {b.score:.2f}" + (f" #{b.track_id}" if b.track_id else "")
+        size = draw.textbbox((0, 0), text, font=font)
+        ty = b.y1 - (size[3] - size[1]) - 4 if b.y1 >= size[3] + 4 else b.y1 + 3
+        _label(draw, (b.x1 + 2, ty), text, color, font)
+    return np.asarray(image).copy()
+
+
+HEAT_STOPS = np.array([[0, 0, 128], [0, 96, 255], [0, 220, 220], [255, 230, 0], [255, 40, 0]], np.float32)
+
+
+def heatmap_rgb(heat: Heatmap, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(colors (H, W, 3) float, strength (H, W) 0..1) of a heatmap smoothly upsampled to the frame."""
+    values = heat.values.astype(np.float32) / 255.0
+    hh, hw = values.shape
+    ys = np.clip((np.arange(height) + 0.5) * hh / height - 0.5, 0, hh - 1)
+    xs = np.clip((np.arange(width) + 0.5) * hw / width - 0.5, 0, hw - 1)
+    y0, x0 = ys.astype(np.intp), xs.astype(np.intp)
+    y1, x1 = np.minimum(y0 + 1, hh - 1), np.minimum(x0 + 1, hw - 1)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    v = (values[y0][:, x0] * (1 - wx) + values[y0][:, x1] * wx) * (1 - wy) + (
+        values[y1][:, x0] * (1 - wx) + values[y1][:, x1] * wx
+    ) * wy
+    pos = v * (len(HEAT_STOPS) - 1)
+    i = np.minimum(pos.astype(np.intp), len(HEAT_STOPS) - 2)
+    f = (pos - i)[..., None]
+    return HEAT_STOPS[i] * (1 - f) + HEAT_STOPS[i + 1] * f, v
+
+
+def _draw_classes(out: np.ndarray, result: Result, alpha: float, saliency: bool) -> np.ndarray:
+    h, w = out.shape[:2]
+    if saliency and result.saliency is not None:
+        colors, strength = heatmap_rgb(result.saliency, h, w)
+        a = (alpha * 1.6 * strength)[..., None]  # no tint where the model did not look
+        out = (out.astype(np.float32) * (1 - a) + colors * a + 0.5).astype(np.uint8)
+    if not result.classes:
+        return out
+    image = Image.fromarray(out)
+    draw = ImageDraw.Draw(image)
+    font = _font(h)
+    top = result.classes[0]
+    text = f"{result.label(top.class_id)} {top.score:.2f}"
+    if len(result.classes) > 1:
+        second = result.classes[1]
+        text += f"   ({result.label(second.class_id)} {second.score:.2f})"
+    _label(draw, (8, 6), text, result.colors[top.class_id], font)
+    return np.asarray(image).copy()
+
+
+def draw_overlay(
+    frame_rgb: np.ndarray,
+    result: Result,
+    alpha: float = 0.35,
+    contours: bool = True,
+    line_width: int = 2,
+    saliency: bool = True,
+) -> np.ndarray:
+    """A new RGB image with the result drawn on the frame in the card's colors: class colors blended and contours
+    (segmentation), boxes labelled with class, score and track id (detection), a banner with the top classes and
+    the saliency heatmap (classification; `saliency=False` leaves the heatmap out).
+
+    Refuses (ValueError) a result that does not fit the frame (a mask of another size, a box beyond the frame), so
+    a result can never be drawn over the wrong frame geometry. An ERROR result draws nothing: the caller should
+    show the frame without AI output.
     """
     if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
         raise ValueError(f"frame must be (H, W, 3) uint8 RGB, got {frame_rgb.dtype} {frame_rgb.shape}")
     out = frame_rgb.copy()
-    if result.status is not ResultStatus.OK or result.mask is None:
+    if result.status is not ResultStatus.OK:
+        return out
+    if result.task is Task.DETECTION:
+        return _draw_boxes(out, result, line_width)
+    if result.task is Task.CLASSIFICATION:
+        return _draw_classes(out, result, alpha, saliency)
+    if result.mask is None:
         return out
     if result.mask.shape != frame_rgb.shape[:2]:
         raise ValueError(f"result mask {result.mask.shape} does not match frame {frame_rgb.shape[:2]}")

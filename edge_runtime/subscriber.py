@@ -22,6 +22,7 @@ from edge_runtime.protocol import (
     decode_result,
     message_type,
 )
+from edge_runtime.results import TaskResult, typed
 
 log = logging.getLogger("edgert.subscriber")
 
@@ -128,6 +129,11 @@ class ResultSubscriber:
                 return result
             if time.monotonic() >= deadline:
                 return None
+
+    def recv_typed(self, timeout_ms: float = 1000.0) -> TaskResult | None:
+        """Like `recv`, as the typed view of the result's task (`edge_runtime.results`)."""
+        result = self.recv(timeout_ms)
+        return typed(result) if result is not None else None
 
     def recv_latest(self, timeout_ms: float = 1000.0) -> Result | None:
         """Like `recv`, but drains everything queued and returns only the newest fresh result (for slow displays)."""

@@ -54,3 +54,36 @@ def test_display_conversion_of_every_format() -> None:
     bgr = np.zeros((1, 1, 3), np.uint8)
     bgr[..., 0] = 255
     assert to_display_rgb(bgr, PixelFormat.BGR8)[0, 0].tolist() == [0, 0, 255]
+
+
+def _task_result(task: Task, **kw: object) -> Result:
+    from dataclasses import replace
+
+    return replace(_result(None), task=task, **kw)  # type: ignore[arg-type]
+
+
+def test_boxes_are_drawn_in_their_class_color_with_a_label() -> None:
+    from edge_runtime.protocol import Box
+
+    frame = np.zeros((120, 160, 3), np.uint8)
+    r = _task_result(Task.DETECTION, boxes=(Box(40.0, 50.0, 100.0, 110.0, 1, 0.87, 4),))
+    out = draw_overlay(frame, r, line_width=2)
+    assert tuple(out[80, 40]) == (0, 200, 0) and tuple(out[109, 70]) == (0, 200, 0)  # left and bottom edges
+    assert tuple(out[80, 70]) == (0, 0, 0)  # inside stays the frame
+    assert (out[30:50, 40:100] == (0, 200, 0)).all(axis=2).sum() > 100  # the label's box above it
+    with pytest.raises(ValueError, match="outside the 160x120 frame"):
+        draw_overlay(frame, _task_result(Task.DETECTION, boxes=(Box(0.0, 0.0, 300.0, 10.0, 1, 0.5),)))
+
+
+def test_classification_banner_and_saliency() -> None:
+    from edge_runtime.protocol import ClassScore, Heatmap
+
+    frame = np.full((60, 80, 3), 100, np.uint8)
+    heat = np.zeros((3, 4), np.uint8)
+    heat[:, :2] = 255  # the model looked at the left half
+    r = _task_result(Task.CLASSIFICATION, classes=(ClassScore(1, 0.9),), saliency=Heatmap(1, heat))
+    out = draw_overlay(frame, r, alpha=0.5)
+    assert (out[40:, :20].astype(int) - 100).__abs__().sum() > 0 and (out[40:, 65:] == 100).all()
+    assert (out[:20, :60] == (0, 200, 0)).all(axis=2).any()  # the banner in the top class's color
+    plain = draw_overlay(frame, r, saliency=False)
+    assert (plain[40:] == 100).all()

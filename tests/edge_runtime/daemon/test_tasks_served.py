@@ -77,3 +77,27 @@ def test_classification_top_k_and_saliency_come_back(
     assert first.saliency is not None and first.saliency.values.shape == (16, 32)
     assert first.saliency.values[:, :12].min() > 200 and first.saliency.values[:, 20:].max() < 30
     assert second.label(second.classes[0].class_id) == "bright" and second.classes[0].score > 0.9
+
+
+@pytest.mark.slow
+def test_the_subscriber_gives_typed_results_per_task(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    from edge_runtime.results import ClassificationResult, DetectionResult
+
+    for model, expected in (("det_nms", DetectionResult), ("cls_cam", ClassificationResult)):
+        daemon = start_daemon(tiny_models[model])
+        with (
+            ResultSubscriber(daemon.endpoints["results"], context=zmq_ctx, max_age_ms=None) as sub,
+            FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender,
+        ):
+            wait_until(lambda: sub.recv(50) is None and sub.daemon_alive, timeout=5)
+            assert wait_until(lambda: sender.send(_spot(1, 1), seq=0), timeout=5)
+            view = wait_until(lambda: sub.recv_typed(100), timeout=10)
+        assert isinstance(view, expected)
+        if isinstance(view, DetectionResult):
+            assert [(d.label, d.x1, d.y1, d.color) for d in view.detections] == [("spot", 16.0, 16.0, (255, 200, 0))]
+        else:
+            assert isinstance(view, ClassificationResult)
+            assert [c.label for c in view.top] == ["dark", "bright"] and view.saliency_label == "dark"
+        daemon.stop()
