@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
-from calibration.endoscopy import SyntheticEndoscopy
+from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy
 from calibration.preprocessing import Color, DicomOutput
 from calibration.synthetic import SyntheticUltrasound
 from edge_runtime.errors import EdgertError
@@ -68,6 +68,7 @@ class SyntheticSource(FrameSource):
         fps: float = 30.0,
         clip: int = 60,
         kind: str = SYNTHETIC,
+        quality: str = "clear",
     ) -> None:
         if frames <= 0 or fps <= 0 or clip <= 0:
             raise SourceError(f"{kind}: frames, fps and clip must be positive")
@@ -75,16 +76,24 @@ class SyntheticSource(FrameSource):
             raise SourceError(f"{kind}: size must be at least 32x32, got {height}x{width}")
         self.frames, self.height, self.width, self.seed, self.fps, self.clip = frames, height, width, seed, fps, clip
         self.kind = kind
+        if quality not in ("clear", "mixed") or (quality != "clear" and kind != SYNTHETIC_ENDOSCOPY):
+            raise SourceError(f"{kind}: quality must be 'clear' or 'mixed' (endoscopy only), got '{quality}'")
+        self.quality = quality
         scenes = "independent scenes" if clip == 1 else f"a new scene every {clip} frames"
         what = "ultrasound" if kind == SYNTHETIC else "endoscopy"
         self.description = f"synthetic {what}, {frames} frames {width}x{height} at {fps:g} fps, {scenes} (seed {seed})"
+        if quality == "mixed":
+            self.description += ", scenes of every frame quality"
 
     def __iter__(self) -> Iterator[SourceFrame]:
         produced = 0
         if self.kind == SYNTHETIC_ENDOSCOPY:
             endo = SyntheticEndoscopy(self.height, self.width, seed=self.seed)
+            scene = 0
             while produced < self.frames:
-                for f in endo.cine(min(self.clip, self.frames - produced)):
+                quality = EndoscopyQuality(scene % len(EndoscopyQuality)) if self.quality == "mixed" else None
+                scene += 1
+                for f in endo.cine(min(self.clip, self.frames - produced), quality):
                     meta: dict[str, object] = {"source": self.kind, "frame": produced}
                     yield SourceFrame(f.image, Color.RGB, None, 1.0 / self.fps, meta)
                     produced += 1
@@ -304,8 +313,8 @@ def _synthetic_kind(spec: str) -> str | None:
     return None
 
 
-def _synthetic_options(options: str, kind: str = SYNTHETIC) -> list[tuple[str, int | float]]:
-    parsed: list[tuple[str, int | float]] = []
+def _synthetic_options(options: str, kind: str = SYNTHETIC) -> list[tuple[str, int | float | str]]:
+    parsed: list[tuple[str, int | float | str]] = []
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         try:
@@ -316,8 +325,11 @@ def _synthetic_options(options: str, kind: str = SYNTHETIC) -> list[tuple[str, i
                 parsed.append((key, int(value)))
             elif key == "fps":
                 parsed.append((key, float(value)))
+            elif key == "quality" and kind == SYNTHETIC_ENDOSCOPY:
+                parsed.append((key, value))
             else:
-                raise SourceError(f"{kind}: unknown option '{key}' (frames, size=HxW, seed, fps, clip)")
+                extra = ", quality=clear|mixed" if kind == SYNTHETIC_ENDOSCOPY else ""
+                raise SourceError(f"{kind}: unknown option '{key}' (frames, size=HxW, seed, fps, clip{extra})")
         except SourceError:
             raise
         except ValueError:

@@ -186,12 +186,13 @@ class _Conversion:
 
 def _sources(options: ConvertOptions, card: ModelCard | None) -> tuple[str | None, str | None]:
     """(evaluation source, calibration source). Either defaults to the other; with a card and neither given, INT8,
-    FP16 and pruning use synthetic images (said in the progress output and the report)."""
+    FP16 and pruning use the card's `data_source`, else synthetic ultrasound images (said in the progress output
+    and the report)."""
     data = options.data or options.calib
     calib = options.calib or options.data
     measured = options.precision is not Precision.FP32 or options.prune is not None
     if measured and data is None and card is not None:
-        data = calib = DEFAULT_SOURCE
+        data = calib = card.data_source or DEFAULT_SOURCE
     return data, (calib if options.precision is Precision.INT8 or options.prune is not None else None)
 
 
@@ -236,7 +237,8 @@ def convert_model(
     extra: dict[str, str | bytes] = {}
     if eval_source is not None:
         if options.data is None and options.calib is None:
-            say(f"no --data or --calib given: using {DEFAULT_SOURCE} images (pass your own frames for a real check)")
+            what = "the card's data_source" if card is not None and card.data_source else "synthetic ultrasound images"
+            say(f"no --data or --calib given: using {eval_source}, {what} (pass your own frames for a real check)")
         say(f"loading evaluation data from {eval_source}")
         sampling = _sampling(options, eval=calib_source == eval_source)
         data = load_feeds(eval_source, prepared, card, sampling)

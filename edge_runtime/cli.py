@@ -238,11 +238,13 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
 
 def _demo(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.demo import DemoOptions, run_demo
+    from edge_runtime.protocol import Task
 
     options = DemoOptions(
         frames=args.frames,
         source=args.source,
         model=args.model,
+        task=Task.from_name(args.task),
         fps=args.fps,
         dicom=DicomOutput(args.dicom) if args.dicom else None,
         out=args.out,
@@ -591,7 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", "live demo: daemon + DICOM cine replay + overlay subscriber, with a latency summary", _demo)
     p.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
     p.add_argument("--source", default=None, help=SOURCE_HELP + " (default: the bundled ultrasound cine)")
-    p.add_argument("--model", type=Path, default=None, help="model package (default: bundled demo model)")
+    p.add_argument("--model", type=Path, default=None, help="model package (default: the bundled demo model of --task)")
+    p.add_argument(
+        "--task",
+        choices=["segmentation", "detection", "classification"],
+        default="segmentation",
+        help="bundled demo: segmentation (ultrasound cine, default), detection (polyps in synthetic colonoscopy) or "
+        "classification (endoscopy frame quality with saliency)",
+    )
     p.add_argument("--fps", type=float, default=None, help="replay rate (default: the recording's)")
     _dicom_argument(p, from_card=True)
     p.add_argument(

@@ -1,7 +1,9 @@
 """`edgert demo`: the whole product on one machine.
 
-A daemon process serves the model on loopback, a replay thread plays an ultrasound cine into it as a scanner
-would, and the main thread subscribes to results as a cart display would, draws the overlays and measures latency.
+A daemon process serves the model on loopback, a replay thread plays a cine into it as a scanner would, and the
+main thread subscribes to results as a cart display would, draws the overlays and measures latency. One demo per
+task: ultrasound segmentation (the default, on pydicom's bundled cine), polyp detection and endoscopy frame
+quality with saliency (both on synthetic colonoscopy video).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from edge_runtime.daemon.stats import percentiles_ms
 from edge_runtime.errors import EdgertError
 from edge_runtime.overlay import draw_overlay, to_display_rgb
 from edge_runtime.package import PackageError, demo_package_path, load_package
-from edge_runtime.protocol import Result, ResultStatus, pixel_format_for
+from edge_runtime.protocol import Result, ResultStatus, Task, pixel_format_for
 from edge_runtime.replay import ReplayStats, replay
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
@@ -42,11 +44,18 @@ class DemoError(EdgertError, RuntimeError):
     pass
 
 
+DEMO_SOURCES = {  # what each bundled demo model plays by default
+    Task.DETECTION: "synthetic-endoscopy:frames=600,size=480x640,clip=150,seed=7",
+    Task.CLASSIFICATION: "synthetic-endoscopy:frames=600,size=480x640,clip=45,seed=7,quality=mixed",
+}
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     frames: int = 300
-    source: str | None = None  # a frame source (calibration.sources); default: the bundled ultrasound cine
-    model: Path | None = None  # a model package; default: the bundled demo model
+    source: str | None = None  # a frame source (calibration.sources); default: the task's demo source
+    model: Path | None = None  # a model package; default: the bundled demo model of `task`
+    task: Task = Task.SEGMENTATION  # which bundled demo: segmentation, detection or classification
     fps: float | None = None  # default: the recording's rate
     dicom: DicomOutput | None = None  # default: the card's preprocessing.dicom
     out: Path = Path("edgert-demo")
@@ -109,7 +118,8 @@ def _annotate(img: np.ndarray, r: Result, e2e_ms: float) -> Image.Image:
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), f"{r.model.name} {r.model.version}  frame {r.seq}  {e2e_ms:.1f} ms", fill=(230, 230, 230))
     x = 4
-    for name, color in list(zip(r.labels, r.colors))[1:]:
+    legend = list(zip(r.labels, r.colors))
+    for name, color in legend[1:] if r.task is Task.SEGMENTATION else legend:  # class 0 is the background
         draw.rectangle((x, 16, x + 8, 24), fill=tuple(color))
         draw.text((x + 11, 14), name, fill=(200, 200, 200))
         x += 14 + 7 * len(name)
@@ -138,8 +148,11 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     try:
-        package = load_package(options.model or demo_package_path())
-        source = open_source(options.source or bundled_cine(), options.dicom or package.card.dicom_output)
+        package = load_package(options.model or demo_package_path(options.task))
+        default_source = DEMO_SOURCES.get(package.card.task) if options.model is None else None
+        source = open_source(
+            options.source or default_source or bundled_cine(), options.dicom or package.card.dicom_output
+        )
     except (PackageError, SourceError, DicomError) as exc:
         raise DemoError(str(exc)) from None
     say(f"model   {package.model_id} ({package.card.task.label}, {len(package.card.output.labels)} classes)")

@@ -129,6 +129,7 @@ class ModelCard:
     description: str = ""
     metrics: Mapping[str, Any] = field(default_factory=dict)
     dicom_output: DicomOutput = DicomOutput.DISPLAY8  # how DICOM training images were rendered (preprocessing.dicom)
+    data_source: str | None = None  # frames like the model's own (a calibration.sources name), for conversion
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,7 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         ),
         description=str(data.get("description", "")),
         metrics=data.get("metrics", {}) or {},
+        data_source=_get(data, "data_source", str, where, None),
     )
 
 
@@ -565,6 +567,13 @@ def load_package(path: str | Path) -> ModelPackage:
     return ModelPackage(root=root, card=card, sha256=sha, cam=cam)
 
 
-def demo_package_path() -> Path:
-    """The bundled demo model package (installed with edge_runtime)."""
-    return Path(__file__).resolve().parent / "models" / "us_seg_demo"
+DEMO_PACKAGES = {
+    Task.SEGMENTATION: "us_seg_demo",  # ultrasound: vessel, cyst, lesion
+    Task.DETECTION: "polyp_det_demo",  # colonoscopy: polyps
+    Task.CLASSIFICATION: "endo_quality_demo",  # colonoscopy frame quality, with saliency
+}
+
+
+def demo_package_path(task: Task = Task.SEGMENTATION) -> Path:
+    """A bundled demo model package (installed with edge_runtime): one per task."""
+    return Path(__file__).resolve().parent / "models" / DEMO_PACKAGES[task]

@@ -124,3 +124,15 @@ def test_converter_zoo_smoke(tmp_path: Path) -> None:
     assert rows["fp32"]["speedup"] == 1.0 and rows["fp32"]["metric"] == 1.0
     assert all(0.9 < r["metric"] <= 1.0 and r["ms"] > 0 for r in rows.values())
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_flicker_benchmark_smoke(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "flicker.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "flicker.py"), "--model", str(tiny_models["det_dense"]),
+         "--frames", "6", "--clip", "3", "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["ground_truth"]["recall_iou50"] == 1.0 and report["tracker"]["min_hits"] == 3
+    assert {"events_per_s", "recall_iou50", "false_positives"} <= set(report["with_tracker"])

@@ -314,6 +314,7 @@ def export(model: nn.Module, args: TrainOptions) -> None:
     base = {
         "schema": "edgert.model/1",
         "version": args.version,
+        "data_source": "synthetic-endoscopy" + (":quality=mixed" if not detector else ""),
         "input": {"name": "image", "layout": spec.layout.value, "shape": list(spec.input_shape), "dtype": "float32"},
         "preprocessing": {
             "resize": spec.resize.value,
