@@ -370,7 +370,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
         engine = _bench_engine(args, out)
     model, card, _, _ = load_model(Path(args.model), None)
     conversion = None
-    data = args.data or ("synthetic" if card else "random")
+    data = args.data or ((card.data_source or "synthetic") if card else "random")
     if args.precision != "fp32":
         out.progress(f"converting to {args.precision} (accuracy gate on {data})")
         source = args.data or (None if card else "random")  # None: convert's own default for a package

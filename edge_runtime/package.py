@@ -501,7 +501,13 @@ def expose_cam_features(model: onnx.ModelProto, logits: str) -> str | None:
             except ValueError:
                 continue
             if features not in {o.name for o in model.graph.output}:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(features, onnx.TensorProto.FLOAT, None))
+                inferred = onnx.shape_inference.infer_shapes(model)
+                known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+                shape = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                    for d in known[features].type.tensor_type.shape.dim
+                ] if features in known else ["N", "C", "H", "W"]  # fmt: skip
+                model.graph.output.append(onnx.helper.make_tensor_value_info(features, onnx.TensorProto.FLOAT, shape))
             return features
     return None
 

@@ -13,6 +13,8 @@ CORE = {
     "calibration.preprocessing",
     "edge_runtime.package",
     "edge_runtime.tasks",
+    "edge_runtime.contours",
+    "edge_runtime.tracking",
     "edge_runtime.backends.base",
     "edge_runtime.backends.engine_cache",
     "edge_runtime.errors",

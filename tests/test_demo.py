@@ -40,6 +40,29 @@ def test_demo_streams_the_bundled_cine_and_writes_overlays(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("task, color", [("detection", (40, 255, 120)), ("classification", None)])
+def test_demo_per_task_writes_overlays(tmp_path: Path, task: str, color: tuple[int, int, int] | None) -> None:
+    """The bundled detector and classifier on their synthetic colonoscopy, the same files as the default demo."""
+    out = tmp_path / task
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "demo", "--task", task, "--frames", "40", "--fps", "20",
+         "--source", "synthetic-endoscopy:frames=40,size=240x320,clip=40,seed=3" + (",quality=mixed" if color is None else ""),
+         "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"({task}," in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"]["received"] > 0 and summary["frames"]["errors"] == 0
+    with Image.open(out / "overlay_last.png") as png:
+        pixels = np.asarray(png.convert("RGB"))
+    if color is not None:  # the boxes' class color is drawn somewhere below the caption strip
+        assert (pixels[28:] == color).all(axis=2).sum() > 20
+    with Image.open(out / "overlay.gif") as gif:
+        assert gif.n_frames > 5
+
+
+@pytest.mark.slow
 def test_demo_whose_source_fails_part_way_exits_1_without_a_traceback(tmp_path: Path) -> None:
     """Every frame of this DICOM fails to render after its header was read: the failure happens in the scanner
     thread, and the demo reports it in one line and exits 1."""
