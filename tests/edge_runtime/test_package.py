@@ -138,3 +138,20 @@ def test_detection_card_defaults(tiny_models: dict[str, Path]) -> None:
     spec = load_package(tiny_models["det_nms"]).card.output.detection
     assert spec is not None and spec.box_format.value == "xyxy" and spec.tracker is None
     assert (spec.score_threshold, spec.iou_threshold, spec.max_detections) == (0.5, 0.45, 100)
+
+
+def test_expose_cam_features_adds_the_pooled_feature_map_as_a_checked_output() -> None:
+    import onnx
+
+    from tests.models.make_models import cls_cam
+
+    model = cls_cam()
+    del model.graph.output[1:]  # as a trainer exports it: logits only
+    from edge_runtime.package import cam_weights, expose_cam_features
+
+    assert expose_cam_features(model, "logits") == "feat"
+    onnx.checker.check_model(model)  # the new output carries its inferred shape
+    out = model.graph.output[1]
+    assert out.name == "feat" and [d.dim_value for d in out.type.tensor_type.shape.dim] == [1, 2, 16, 16]
+    cam = cam_weights(model, "feat", "logits")
+    assert cam.weights.tolist() == [[8.0, 0.0], [0.0, 8.0]] and cam.bias.tolist() == [-4.0, -4.0]
