@@ -300,9 +300,7 @@ def _count(section: Mapping[str, Any], key: str, where: str, default: int, least
 def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
     layout = _enum(BoxLayout, _get(out, "layout", str, where), f"{where}.layout")
     default_format = "xyxy" if layout is BoxLayout.NMS else "cxcywh"
-    names: dict[str, str | None] = {}
-    for key in ("scores", "classes", "count"):
-        names[key] = _get(out, key, str, where, None) if key in out else None
+    names: dict[str, str | None] = {key: _get(out, key, str, where, None) for key in ("scores", "classes", "count")}
     if layout is BoxLayout.NMS and not (names["scores"] and names["classes"]):
         raise PackageError(f"{where}: layout 'nms' names its 'scores' and 'classes' outputs ('count' is optional)")
     if layout is not BoxLayout.NMS and any(names.values()):
