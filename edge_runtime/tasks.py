@@ -261,6 +261,8 @@ class ClassificationHead(_Head):
             raise ValueError(
                 f"saliency features have shape {list(features.shape)}, expected [1, {self.cam.weights.shape[1]}, h, w]"
             )
+        if not np.isfinite(features).all():
+            raise ValueError("saliency features have non-finite values")
         _, channels, fh, fw = features.shape
         cam = (self.cam.weights[class_id] @ features[0].reshape(channels, -1).astype(np.float32)).reshape(fh, fw)
         cam = np.maximum(cam, 0.0)  # where the evidence for the class is, not against it
@@ -411,6 +413,8 @@ class DetectionHead(_Head):
             if opt.count:
                 count = int(np.asarray(_get(outputs, opt.count)).reshape(-1)[0])
                 boxes, scores, classes = boxes[:count], scores[:count], classes[:count]
+            if not np.isfinite(boxes).all() or not np.isfinite(scores).all():
+                raise ValueError(f"output '{self.spec.name}' or '{opt.scores}' has non-finite values")
             classes = classes.astype(np.int64)
             keep = (scores >= opt.score_threshold) & (classes >= 0) & (classes < n_labels)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]

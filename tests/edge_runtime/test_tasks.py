@@ -209,3 +209,14 @@ def test_iou_of_disjoint_and_identical_boxes() -> None:
     iou = box_iou(b, b)
     assert iou.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     assert list(itertools.chain.from_iterable(box_iou(b, np.zeros((0, 4))).tolist())) == []
+
+
+def test_non_finite_boxes_are_an_error_for_the_frame_in_every_layout() -> None:
+    """A NaN box must become an ERROR result, never a box on the display (nor a JSON encoder failure)."""
+    nan_boxes = np.array([[[np.nan, 0.0, 10.0, 10.0]]], np.float32)
+    nms_head = _det_head(BoxLayout.NMS)
+    with pytest.raises(ValueError, match="non-finite"):
+        nms_head.decode({"out": nan_boxes, "scores": np.array([[0.9]]), "classes": np.array([[0]])}, IDENTITY, None)
+    dense = np.array([[[np.nan, 20, 20, 20, 0.9, 0.9, 0.1]]], np.float32)
+    with pytest.raises(ValueError, match="non-finite"):
+        _det_head(BoxLayout.YOLO).decode({"out": dense}, IDENTITY, None)
