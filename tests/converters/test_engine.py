@@ -105,7 +105,9 @@ def test_a_calibration_cache_for_another_tensorrt_is_refused_by_name(packages: d
         plan_build(packages["int8"], BuildOptions(int8_path=Int8Path.IMPLICIT), "8.6.1")
 
 
-def test_options_that_the_version_or_the_package_cannot_honour_are_refused(packages: dict[str, ModelPackage]) -> None:
+def test_options_that_the_version_or_the_package_cannot_honour_are_refused(
+    packages: dict[str, ModelPackage], tmp_path: Path
+) -> None:
     fp16, fp32 = packages["fp16"], packages["fp32"]
     with pytest.raises(BuildError, match="too old"):
         plan_build(fp16, BuildOptions(), "8.4.3")
@@ -118,20 +120,20 @@ def test_options_that_the_version_or_the_package_cannot_honour_are_refused(packa
     with pytest.raises(BuildError, match="for GPUs, not the DLA"):
         plan_build(fp16, BuildOptions(dla_core=0, hardware_compat=HardwareCompat.AMPERE_PLUS), "10.3.0")
     with pytest.raises(BuildError, match="implicit INT8 needs calibration.cache"):
-        plan_build(_int8_card_on(fp32), BuildOptions(int8_path=Int8Path.IMPLICIT), "10.3.0")
+        plan_build(_int8_card_on(fp32, tmp_path), BuildOptions(int8_path=Int8Path.IMPLICIT), "10.3.0")
     with pytest.raises(BuildError, match="outside 0..5"):
         BuildOptions(opt_level=6)
     with pytest.raises(BuildError, match="must be positive"):
         BuildOptions(workspace_mib=0)
 
 
-def _int8_card_on(package: ModelPackage) -> ModelPackage:
-    path = Path(str(package.root) + "-int8card")
-    if not path.exists():
-        shutil.copytree(package.root, path)
-        card = json.loads((path / "model.json").read_text())
-        card["conversion"] = {"precision": "int8"}
-        (path / "model.json").write_text(json.dumps(card))
+def _int8_card_on(package: ModelPackage, tmp_path: Path) -> ModelPackage:
+    """A copy of `package` (in `tmp_path`, never beside the source package) whose card says INT8."""
+    path = tmp_path / "int8card"
+    shutil.copytree(package.root, path)
+    card = json.loads((path / "model.json").read_text())
+    card["conversion"] = {"precision": "int8"}
+    (path / "model.json").write_text(json.dumps(card))
     return load_package(path)
 
 
