@@ -72,16 +72,8 @@ HEAT_STOPS = np.array([[0, 0, 128], [0, 96, 255], [0, 220, 220], [255, 230, 0], 
 
 def heatmap_rgb(heat: Heatmap, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(colors (H, W, 3) float, strength (H, W) 0..1) of a heatmap smoothly upsampled to the frame."""
-    values = heat.values.astype(np.float32) / 255.0
-    hh, hw = values.shape
-    ys = np.clip((np.arange(height) + 0.5) * hh / height - 0.5, 0, hh - 1)
-    xs = np.clip((np.arange(width) + 0.5) * hw / width - 0.5, 0, hw - 1)
-    y0, x0 = ys.astype(np.intp), xs.astype(np.intp)
-    y1, x1 = np.minimum(y0 + 1, hh - 1), np.minimum(x0 + 1, hw - 1)
-    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
-    v = (values[y0][:, x0] * (1 - wx) + values[y0][:, x1] * wx) * (1 - wy) + (
-        values[y1][:, x0] * (1 - wx) + values[y1][:, x1] * wx
-    ) * wy
+    plane = Image.fromarray(heat.values.astype(np.float32) / 255.0, mode="F")
+    v = np.asarray(plane.resize((width, height), Image.Resampling.BILINEAR))  # centre-aligned, edges clamped
     pos = v * (len(HEAT_STOPS) - 1)
     i = np.minimum(pos.astype(np.intp), len(HEAT_STOPS) - 2)
     f = (pos - i)[..., None]

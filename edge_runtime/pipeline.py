@@ -54,7 +54,6 @@ class InferencePipeline:
         self.runner: Runner = create_runner(backend, package.onnx_path, threads=threads, engine=engine, gpu=gpu)
         self.preprocess = Preprocessor(self.card.preprocess)
         self.head = card_head(self.card, package.cam)
-        self._outputs = list(self.head.outputs)
         detection = self.card.output.detection
         self.tracker_spec = tracker or (detection.tracker if detection is not None else None)
         if tracking is False or detection is None:

@@ -19,28 +19,18 @@ import numpy as np
 
 from edge_runtime.package import TrackerSpec
 from edge_runtime.protocol import Box
+from edge_runtime.tasks import box_iou
 
 
 def _xyxy(boxes: Sequence[Box]) -> np.ndarray:
     return np.asarray([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.float64).reshape(-1, 4)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    out: np.ndarray = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-    return out
-
-
 def match(previous: Sequence[Box], current: Sequence[Box], threshold: float) -> list[tuple[int, int]]:
     """Greedy one-to-one matching, highest IoU first, same class only, IoU at least `threshold`."""
     if not previous or not current:
         return []
-    iou = _iou(_xyxy(previous), _xyxy(current))
+    iou = box_iou(_xyxy(previous), _xyxy(current))
     same = np.asarray([[p.class_id == c.class_id for c in current] for p in previous])
     iou = np.where(same, iou, -1.0)
     pairs: list[tuple[int, int]] = []
