@@ -12,6 +12,7 @@ import argparse
 import enum
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -117,6 +118,8 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         "control.endpoint": args.control,
         "heartbeat.interval_ms": args.heartbeat_ms,
         "metrics.endpoint": args.metrics,
+        "preview.enabled": True if args.preview else None,
+        "preview.endpoint": args.preview,
         "security.server_key": str(args.server_key) if args.server_key else None,
         "security.authorized_clients": str(args.authorized_clients) if args.authorized_clients else None,
     }
@@ -253,6 +256,23 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
     out.result({"ok": result.ok, "error": result.error, **result.summary})
     if not result.ok:
         raise CliError(result.error or "the demo failed")
+    return ExitCode.OK
+
+
+def _view(args: argparse.Namespace, out: Output) -> int:
+    from edge_runtime.view import ViewOptions, ViewServer
+
+    if _verbosity(args) < 2:
+        logging.getLogger("edgert.view.http").setLevel(logging.WARNING)  # one line per page load is noise
+    options = ViewOptions(
+        results=args.results, preview=args.preview, host=args.host, port=args.port, token=args.token,
+        stream_id=args.stream_id, max_age_ms=args.max_age_ms,
+    )  # fmt: skip
+    server = ViewServer(options)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
     return ExitCode.OK
 
 
@@ -622,8 +642,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval in ms (50..1000)")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once ready")
     p.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (off by default)")
+    p.add_argument("--preview", metavar="ENDPOINT", help="publish each processed frame as a JPEG for `edgert view` "
+                   "on this PUB endpoint, e.g. tcp://127.0.0.1:5558 (off by default)")  # fmt: skip
     p.add_argument("--server-key", type=Path, help="CURVE: this daemon's .key_secret (with --authorized-clients)")
     p.add_argument("--authorized-clients", type=Path, help="CURVE: folder of client .key files allowed to connect")
+
+    p = command("view", "live video with the model's overlays in a browser (needs the daemon's --preview)", _view)
+    p.add_argument("--results", default="tcp://127.0.0.1:5556", help="the daemon's results endpoint")
+    p.add_argument("--preview", help="the daemon's preview endpoint (default: the one its heartbeats announce)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to serve the page on (default 127.0.0.1; anything else is reachable from other "
+                   "machines: use --token)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--token", default=os.environ.get("EDGERT_VIEW_TOKEN"),
+                   help="access token the page URL must carry (?token=...), at least 8 characters; default "
+                   "$EDGERT_VIEW_TOKEN, else none")  # fmt: skip
+    p.add_argument("--stream-id", type=int, help="show this stream (default: the first that sends)")
+    p.add_argument("--max-age-ms", type=float, default=500.0,
+                   help="an overlay older than this (capture to now) is not shown; the page says STALE (default 500)")  # fmt: skip
 
     p = command("replay", "play DICOM, images, video or a synthetic cine to a daemon, as a scanner would", _replay)
     p.add_argument("source", help=SOURCE_HELP)
@@ -774,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log_level(args: argparse.Namespace) -> int:
-    base = logging.INFO if args.command in ("serve", "demo") else logging.WARNING
+    base = logging.INFO if args.command in ("serve", "demo", "view") else logging.WARNING
     return min(logging.ERROR, max(logging.DEBUG, base - 10 * _verbosity(args)))
 
 

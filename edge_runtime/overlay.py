@@ -9,17 +9,23 @@ from PIL import Image, ImageDraw, ImageFont
 from edge_runtime.protocol import Heatmap, PixelFormat, Result, ResultStatus, Task
 
 
+def display_pixels(pixels: np.ndarray, pixel_format: PixelFormat) -> np.ndarray:
+    """Any protocol frame as 8-bit pixels for display: gray stays (H, W), colour becomes (H, W, 3) RGB."""
+    if pixel_format is PixelFormat.GRAY16:
+        out: np.ndarray = (pixels >> 8).astype(np.uint8)
+    elif pixel_format is PixelFormat.GRAY32F:
+        out = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif pixel_format is PixelFormat.BGR8:
+        out = np.ascontiguousarray(pixels[:, :, ::-1])
+    else:
+        out = np.ascontiguousarray(pixels, np.uint8)
+    return out
+
+
 def to_display_rgb(pixels: np.ndarray, pixel_format: PixelFormat) -> np.ndarray:
     """Any protocol frame as (H, W, 3) uint8 RGB for display."""
-    if pixel_format is PixelFormat.GRAY16:
-        pixels = (pixels >> 8).astype(np.uint8)
-    elif pixel_format is PixelFormat.GRAY32F:
-        pixels = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if pixels.ndim == 2:
-        return np.repeat(pixels[:, :, None], 3, axis=2)
-    if pixel_format is PixelFormat.BGR8:
-        return np.ascontiguousarray(pixels[:, :, ::-1])
-    return np.array(pixels, np.uint8)
+    out = display_pixels(pixels, pixel_format)
+    return np.repeat(out[:, :, None], 3, axis=2) if out.ndim == 2 else np.array(out, np.uint8)
 
 
 def _draw_polygon(img: np.ndarray, poly: list[tuple[int, int]], color: np.ndarray, width: int) -> None:

@@ -26,7 +26,7 @@ from edge_runtime.errors import EdgertError, FrameError
 
 MAGIC = b"EDGR"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1.1: detection boxes, classification scores and saliency in the result body
+VERSION_MINOR = 2  # 1.1: detection boxes, classification scores and saliency in the result body; 1.2: PREVIEW
 
 Buffer = bytes | bytearray | memoryview
 
@@ -34,11 +34,13 @@ _PREFIX = struct.Struct("<4sBBHBBH")  # magic, major, minor, header_len, msg_typ
 _FRAME = struct.Struct("<IQQQIIHBBIff")  # after the prefix
 _RESULT = struct.Struct("<IQQQQQQBBHII32s")
 _HEARTBEAT = struct.Struct("<BBHQQQQQ32s")
+_PREVIEW = struct.Struct("<IQQIIIIBBH")
 
 PREFIX_SIZE = _PREFIX.size
 FRAME_HEADER_SIZE = PREFIX_SIZE + _FRAME.size
 RESULT_HEADER_SIZE = PREFIX_SIZE + _RESULT.size
 HEARTBEAT_HEADER_SIZE = PREFIX_SIZE + _HEARTBEAT.size
+PREVIEW_HEADER_SIZE = PREFIX_SIZE + _PREVIEW.size
 PUBLISH_TS_OFFSET = PREFIX_SIZE + 44  # result header: publish_ts_ns, stamped by the daemon just before sending
 
 MAX_META_BYTES = 64 * 1024
@@ -49,6 +51,7 @@ class MessageType(enum.IntEnum):
     FRAME = 1
     RESULT = 2
     HEARTBEAT = 3
+    PREVIEW = 4  # 1.2: the processed frame as a compressed image, on the daemon's preview socket only
 
 
 class DType(enum.IntEnum):
@@ -93,6 +96,10 @@ class Task(enum.IntEnum):
             return cls[name.upper()]
         except KeyError:
             raise ValueError(f"unknown task '{name}'; expected one of {[t.label for t in cls]}") from None
+
+
+class PreviewCodec(enum.IntEnum):
+    JPEG = 1
 
 
 class ResultStatus(enum.IntEnum):
@@ -578,3 +585,55 @@ def decode_heartbeat(parts: Sequence[Buffer]) -> Heartbeat:
         m = info.get("model") or {}
         model = ModelId(str(m.get("name", "")), str(m.get("version", "")), sha.hex())
     return Heartbeat(DaemonState(state), ts, fin, fout, fdrop, frej, model, info)
+
+
+MAX_PREVIEW_BYTES = 16 * 1024 * 1024  # a display-size JPEG is tens of KB; anything near this is not a preview
+_JPEG_SOI = b"\xff\xd8\xff"
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The frame a result belongs to, as a display-size compressed image: same stream and seq as the result, and
+    the frame's own size, so that a display can check the pair before drawing one on the other."""
+
+    stream_id: int
+    seq: int
+    capture_ts_ns: int
+    frame_width: int  # the frame the result's coordinates refer to
+    frame_height: int
+    image_width: int  # the encoded image: at most the frame's size (scaled down for display, same aspect)
+    image_height: int
+    codec: PreviewCodec
+    data: Buffer  # the encoded image
+
+
+def encode_preview(preview: Preview) -> list[Buffer]:
+    """Preview parts: [header, image]."""
+    header = _prefix(MessageType.PREVIEW, PREVIEW_HEADER_SIZE) + _PREVIEW.pack(
+        preview.stream_id, preview.seq, preview.capture_ts_ns, preview.frame_width, preview.frame_height,
+        preview.image_width, preview.image_height, preview.codec, 0, 0,
+    )  # fmt: skip
+    return [header, preview.data]
+
+
+def decode_preview(parts: Sequence[Buffer], limits: Limits = Limits()) -> Preview:
+    """Validate a preview message: sizes within the limits, the image no larger than its frame, and the bytes a
+    JPEG stream (the display decodes it; a broken one fails there without an overlay being drawn)."""
+    if len(parts) != 2:
+        raise ProtocolError(RejectReason.BAD_PART_COUNT, f"{len(parts)} parts, a preview has 2")
+    _check_prefix(parts[0], MessageType.PREVIEW, _PREVIEW.size)
+    stream_id, seq, capture, fw, fh, iw, ih, codec, _, _ = _PREVIEW.unpack_from(parts[0], PREFIX_SIZE)
+    if codec not in PreviewCodec._value2member_map_:
+        raise ProtocolError(RejectReason.BAD_PAYLOAD, f"preview codec {codec}")
+    if not (0 < fw <= limits.max_width and 0 < fh <= limits.max_height):
+        raise ProtocolError(
+            RejectReason.BAD_DIMENSIONS, f"frame {fw}x{fh} outside 1..{limits.max_width} x 1..{limits.max_height}"
+        )
+    if not (0 < iw <= fw and 0 < ih <= fh):
+        raise ProtocolError(RejectReason.BAD_DIMENSIONS, f"preview image {iw}x{ih} for a {fw}x{fh} frame")
+    data = parts[1]
+    if not 0 < len(data) <= MAX_PREVIEW_BYTES:
+        raise ProtocolError(RejectReason.SIZE_MISMATCH, f"preview image of {len(data)} bytes, 1..{MAX_PREVIEW_BYTES}")
+    if bytes(data[:3]) != _JPEG_SOI:
+        raise ProtocolError(RejectReason.BAD_PAYLOAD, "preview image does not start like a JPEG stream")
+    return Preview(stream_id, seq, capture, fw, fh, iw, ih, PreviewCodec(codec), data)

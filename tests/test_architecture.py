@@ -61,3 +61,9 @@ def test_only_the_cli_sees_the_converters_from_the_runtime() -> None:
 
 def test_metrics_does_not_import_the_daemon_server() -> None:
     assert "edge_runtime.daemon.server" not in _imports(ROOT / "edge_runtime" / "daemon" / "metrics.py")
+
+
+@pytest.mark.parametrize("path", _modules("edge_runtime/view"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_view_knows_the_daemon_only_by_its_wire_protocol(path: Path) -> None:
+    outside = {m for m in _imports(path) if not m.startswith("edge_runtime.view")}
+    assert outside <= CORE, outside

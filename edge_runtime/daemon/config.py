@@ -28,6 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"
 DEFAULT_RESULTS = "tcp://127.0.0.1:5556"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
+DEFAULT_PREVIEW = "tcp://127.0.0.1:5558"
 _TRANSPORTS = ("tcp://", "ipc://", "inproc://")
 
 
@@ -74,6 +75,24 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class PreviewConfig:
+    """[preview]: publish each processed frame as a display-size JPEG on its own PUB socket (off by default), with
+    the stream and seq of its result, for `edgert view`. It costs a JPEG encode per frame on its own thread; when
+    that falls behind, older previews are skipped, never queued."""
+
+    enabled: bool = False
+    endpoint: str = DEFAULT_PREVIEW
+    max_side: int = 640  # longest side of the image in pixels; larger frames are scaled down, never up
+    quality: int = 80  # JPEG quality, 1..95
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.max_side <= 8192:
+            raise ConfigError(f"preview.max_side: {self.max_side} outside 16..8192")
+        if not 1 <= self.quality <= 95:
+            raise ConfigError(f"preview.quality: {self.quality} outside 1..95")
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     model: Path
     backend: BackendKind = BackendKind.ONNXRUNTIME
@@ -97,6 +116,7 @@ class DaemonConfig:
     authorized_clients: Path | None = None  # folder of client public certificates allowed to connect
     tracker: TrackerSpec | None = None  # [tracker]: box tracking for detectors, over the card's `output.tracker`
     tracker_enabled: bool | None = None  # [tracker] enabled: false turns the card's tracker off; None: as the card
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -107,6 +127,7 @@ class DaemonConfig:
             ("ingest.endpoint", self.ingest.endpoint),
             ("results.endpoint", self.results_endpoint),
             ("control.endpoint", self.control_endpoint),
+            ("preview.endpoint", self.preview.endpoint),
         ):
             if not endpoint.startswith(_TRANSPORTS):
                 raise ConfigError(f"{name}: '{endpoint}' must start with one of {', '.join(_TRANSPORTS)}")
@@ -149,6 +170,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int},
     "security": {"server_key": str, "authorized_clients": str},
     "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
+    "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
 }
 
 
@@ -212,6 +234,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             streams=StreamLimits(**data.get("streams", {})),
             tracker=_tracker(data.get("tracker", {})),
             tracker_enabled=data.get("tracker", {}).get("enabled"),
+            preview=PreviewConfig(**data.get("preview", {})),
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None

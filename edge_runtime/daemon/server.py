@@ -26,6 +26,7 @@ from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.ingest import HANDSHAKE_IVL_MS, IngestSocket, MessageBounds, PeerEvents, Received
+from edge_runtime.daemon.preview import PreviewPublisher
 from edge_runtime.daemon.slots import Admission, StreamTable
 from edge_runtime.daemon.stats import DaemonStats
 from edge_runtime.errors import EdgertError
@@ -49,6 +50,7 @@ log = logging.getLogger("edgert.daemon")
 INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
 FRAME_MAX_PARTS = 3  # header, pixels, optional metadata
 RESULTS_SNDHWM = 16
+PREVIEW_SNDHWM = 2  # a display that falls behind misses previews; it never makes them queue
 POLL_MS = 50
 CONTROL_COMMANDS = ("status", "stats", "reload")
 CONTROL_MAX_REQUEST = 4096  # bytes of one control request; larger ones are answered with an error
@@ -90,6 +92,7 @@ class Daemon:
         self._security: ServerSecurity | None = None
         self._busy_since: float | None = None
         self._metrics: Any = None  # monotonic start of the inference in progress, for the watchdog
+        self._preview: PreviewPublisher | None = None
         self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
         self._swapped = threading.Event()
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
@@ -135,6 +138,9 @@ class Daemon:
         ]
         for t in self._threads:
             t.start()
+        if "preview" in sockets:
+            self._preview = PreviewPublisher(sockets["preview"], cfg.preview.max_side, cfg.preview.quality)
+            self._preview.start()
         if cfg.metrics_endpoint:
             from edge_runtime.daemon.metrics import MetricsServer
 
@@ -247,6 +253,10 @@ class Daemon:
             if self._security is not None:
                 self._security.apply(rep)
             attach(rep, "control", cfg.control_endpoint)
+            preview = None
+            if cfg.preview.enabled:
+                preview = make(zmq.PUB, SNDHWM=PREVIEW_SNDHWM)
+                attach(preview, "preview", cfg.preview.endpoint)
             handoff = f"inproc://edgert-results-{id(self)}"
             pull = make(zmq.PULL)
             pull.bind(handoff)
@@ -256,7 +266,8 @@ class Daemon:
             for sock in opened:
                 sock.close(linger=0)
             raise
-        return {"ingest": ingest, "pub": pub, "rep": rep, "pull": pull, "push": push}
+        sockets = {"ingest": ingest, "pub": pub, "rep": rep, "pull": pull, "push": push}
+        return sockets if preview is None else {**sockets, "preview": preview}
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving: the frame being inferred is finished and published, pending frames are abandoned.
@@ -275,6 +286,8 @@ class Daemon:
             t.join(timeout)
             if t.is_alive():
                 log.error("thread %s did not stop within %.1f s", t.name, timeout)
+        if self._preview is not None:
+            self._preview.stop(timeout)
         if self._pipeline:
             self._pipeline.runner.deactivate()
         if self._security is not None:
@@ -410,6 +423,9 @@ class Daemon:
                     self.config.inference_deadline_ms * 1_000_000,
                 )
                 push.send_multipart(encode_result(result), copy=False)
+                if self._preview is not None:  # after the result: the preview never delays it
+                    self._preview.offer(pending.frame)
+                del pending  # the received buffer is released now (or once its preview is encoded)
         finally:
             push.close(linger=1000)  # hand the last result to the I/O thread
 
@@ -520,7 +536,7 @@ class Daemon:
         if cmd == "status":
             return {"ok": True, **self.status()}
         if cmd == "stats":
-            return {"ok": True, **self.stats.snapshot()}
+            return {"ok": True, **self.stats.snapshot(), **(self._preview.counts() if self._preview else {})}
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}; known: {', '.join(CONTROL_COMMANDS)}"}
 
     def _begin_reload(self, package: str) -> dict[str, Any] | None:
@@ -632,7 +648,12 @@ class Daemon:
             frames_dropped=s.frames_dropped,
             frames_rejected=s.frames_rejected,
             model=self._pipeline.model_id if self._pipeline else None,
-            info={"interval_ms": self.config.heartbeat_ms, "backend": self.config.backend.value, **watchdog},
+            info={
+                "interval_ms": self.config.heartbeat_ms,
+                "backend": self.config.backend.value,
+                **({"preview": self.endpoints["preview"]} if "preview" in self.endpoints else {}),
+                **watchdog,
+            },
         )
 
     def _write_ready_file(self, path: Path) -> None:
