@@ -46,7 +46,7 @@ log = logging.getLogger("edgert.view")
 
 FRAME_MAGIC = b"EVF1"  # the binary WebSocket message of one display frame: magic, u32 meta length, meta, image, overlay
 _FRAME_HEAD = struct.Struct("<4sI")
-DEFAULT_MISSES = 2.5  # heartbeat intervals without a sign of life before the daemon counts as offline
+DEFAULT_MISSES = 2.0  # heartbeat intervals without a sign of life before the daemon is offline (PROTOCOL.md)
 DEFAULT_INTERVAL_MS = 500.0  # until the first heartbeat says otherwise
 FOLLOW_SWITCH_S = 2.0  # without --stream, follow another stream once the followed one has been quiet this long
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")

@@ -68,7 +68,7 @@ class ViewOptions:
     token: str | None = None  # when set, the page and the socket need ?token=...
     stream_id: int | None = None  # default: the first stream that sends, then whichever sends after 2 s of quiet
     max_age_ms: float = 500.0  # an overlay older than this is not shown (the page says STALE)
-    misses: float = 2.5  # heartbeat intervals of silence before the page says OFFLINE
+    misses: float = 2.0  # heartbeat intervals of silence before the page says OFFLINE (PROTOCOL.md: two)
     log_every_s: float = 10.0  # display-latency summary in the log; 0: only at the end
 
     def __post_init__(self) -> None:
@@ -78,6 +78,14 @@ class ViewOptions:
             raise ValueError(f"port {self.port} outside 0..65535")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("an access token needs at least 8 characters")
+
+
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """What to warn about when the page is served beyond this machine, or None on loopback."""
+    if is_loopback(host):
+        return None
+    advice = "the access token limits it to those given the URL" if token else "set an access token with --token"
+    return f"serving the view on {host}: other machines can reach it and see the video ({advice})"
 
 
 def is_loopback(host: str) -> bool:
@@ -224,11 +232,9 @@ class ViewServer:
                 raise ViewError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}") from None
             async with server:
                 self.address = server.sockets[0].getsockname()[:2]
-                if not is_loopback(opts.host):
-                    log.warning(
-                        "listening on %s, reachable from other machines: anyone who can reach it sees the video%s",
-                        opts.host, "" if opts.token else " (set an access token with --token)",
-                    )  # fmt: skip
+                warning = exposure_warning(opts.host, opts.token)
+                if warning is not None:
+                    log.warning("%s", warning)
                 log.info("view on %s (results %s)", self.url.split("?")[0], opts.results)
                 self._started.set()
                 ticker = asyncio.create_task(self._tick())

@@ -229,3 +229,52 @@ def test_bad_task_payloads_are_refused_as_bad_payload(key: str, value: object) -
     with pytest.raises(ProtocolError) as err:
         p.decode_result([parts[0], json.dumps(body).encode(), parts[2]])
     assert err.value.reason is RejectReason.BAD_PAYLOAD
+
+
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 20 + b"\xff\xd9"
+
+
+def _preview(**changes: object) -> p.Preview:
+    fields: dict[str, object] = dict(
+        stream_id=3, seq=7, capture_ts_ns=123, frame_width=640, frame_height=480, image_width=320,
+        image_height=240, codec=p.PreviewCodec.JPEG, data=JPEG,
+    )  # fmt: skip
+    fields.update(changes)
+    return p.Preview(**fields)  # type: ignore[arg-type]
+
+
+def test_preview_round_trip() -> None:
+    parts = p.encode_preview(_preview())
+    assert p.message_type(parts) is p.MessageType.PREVIEW
+    pv = p.decode_preview(parts)
+    assert (pv.stream_id, pv.seq, pv.capture_ts_ns, pv.frame_width, pv.image_height) == (3, 7, 123, 640, 240)
+    assert bytes(pv.data) == JPEG
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"image_width": 641}, RejectReason.BAD_DIMENSIONS),  # an image larger than its frame
+        ({"frame_width": 0}, RejectReason.BAD_DIMENSIONS),
+        ({"frame_height": 9000, "image_height": 10}, RejectReason.BAD_DIMENSIONS),  # over the reader's limits
+        ({"data": b"\x89PNG\r\n\x1a\n"}, RejectReason.BAD_PAYLOAD),  # not a JPEG stream
+        ({"data": b""}, RejectReason.SIZE_MISMATCH),
+    ],
+)
+def test_preview_refusals(changes: dict[str, object], reason: RejectReason) -> None:
+    with pytest.raises(ProtocolError) as err:
+        p.decode_preview(p.encode_preview(_preview(**changes)))
+    assert err.value.reason is reason
+
+
+def test_preview_refuses_an_unknown_codec_and_other_messages() -> None:
+    header = bytearray(p.encode_preview(_preview())[0])
+    header[p.PREFIX_SIZE + 36] = 9
+    with pytest.raises(ProtocolError, match="codec 9"):
+        p.decode_preview([bytes(header), JPEG])
+    with pytest.raises(ProtocolError) as err:
+        p.decode_preview(p.encode_heartbeat(p.Heartbeat(p.DaemonState.READY, 1, 0, 0, 0, 0, None)))
+    assert err.value.reason is RejectReason.UNEXPECTED_MESSAGE_TYPE
+    with pytest.raises(ProtocolError) as err:
+        p.decode_preview([p.encode_preview(_preview())[0]])
+    assert err.value.reason is RejectReason.BAD_PART_COUNT

@@ -31,8 +31,8 @@ def _examples() -> dict[str, list[bytes]]:
 EXAMPLES = _examples()
 
 
-def test_doc_has_the_three_examples() -> None:
-    assert set(EXAMPLES) == {"frame", "result", "heartbeat", "detection", "classification"}
+def test_doc_has_every_example() -> None:
+    assert set(EXAMPLES) == {"frame", "result", "heartbeat", "detection", "classification", "preview"}
 
 
 def test_frame_example() -> None:
@@ -58,7 +58,7 @@ def test_result_example() -> None:
     assert r.contours == {"cyst": [[(2, 0), (3, 0), (3, 1), (1, 1)]]}
 
 
-@pytest.mark.parametrize("name", ["frame", "result", "heartbeat", "detection", "classification"])
+@pytest.mark.parametrize("name", ["frame", "result", "heartbeat", "detection", "classification", "preview"])
 def test_examples_are_byte_exact_encoder_output(name: str) -> None:
     parts = EXAMPLES[name]
     if name == "frame":
@@ -67,9 +67,18 @@ def test_examples_are_byte_exact_encoder_output(name: str) -> None:
                                send_ts_ns=f.send_ts_ns, spacing_mm=f.spacing_mm, meta=f.meta)  # fmt: skip
     elif name in ("result", "detection", "classification"):
         again = p.encode_result(p.decode_result(parts))
+    elif name == "preview":
+        again = p.encode_preview(p.decode_preview(parts))
     else:
         again = p.encode_heartbeat(p.decode_heartbeat(parts))
     assert [bytes(x) for x in again] == parts
+
+
+def test_preview_example() -> None:
+    pv = p.decode_preview(EXAMPLES["preview"])
+    assert (pv.stream_id, pv.seq, pv.capture_ts_ns) == (1, 42, 1_700_000_000_000_000_000)
+    assert (pv.frame_width, pv.frame_height, pv.image_width, pv.image_height) == (4, 2, 4, 2)
+    assert pv.codec is p.PreviewCodec.JPEG and bytes(pv.data[:2]) == b"\xff\xd8"
 
 
 def test_heartbeat_example() -> None:

@@ -1,0 +1,145 @@
+"""The view's web side without a browser: HTTP, the token, and newest-wins flow control on the WebSocket."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from edge_runtime.view.feed import DisplayFrame
+from edge_runtime.view.server import MAX_IN_FLIGHT, ViewOptions, ViewServer, exposure_warning, is_loopback
+from tests.conftest import wait_until
+
+TOKEN = "s3cret-token"
+NOWHERE = "tcp://127.0.0.1:9"  # no daemon: these tests feed frames in directly
+
+
+@pytest.fixture
+def server() -> Iterator[ViewServer]:
+    view = ViewServer(ViewOptions(results=NOWHERE, port=0, token=TOKEN, log_every_s=0))
+    view.start()
+    yield view
+    view.stop()
+
+
+def _get(view: ViewServer, path: str) -> tuple[int, str, bytes]:
+    assert view.address is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{view.address[1]}{path}", timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def _frame(seq: int) -> DisplayFrame:
+    meta = {"seq": seq, "capture_ms": time.time_ns() / 1e6, "width": 4, "height": 2, "task": "segmentation"}
+    return DisplayFrame(0, seq, time.time_ns(), meta, b"\xff\xd8jpeg\xff\xd9")
+
+
+def _ws(view: ViewServer, token: str = TOKEN) -> ClientConnection:
+    assert view.address is not None
+    return connect(f"ws://127.0.0.1:{view.address[1]}/ws?token={token}", open_timeout=5)
+
+
+def _next_frame(ws: ClientConnection, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The meta of the next frame message, answering clock probes and skipping status messages; None on timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = ws.recv(timeout=left)
+        except TimeoutError:
+            return None
+        if isinstance(message, bytes):
+            length = int.from_bytes(message[4:8], "little")
+            meta: dict[str, Any] = json.loads(message[8 : 8 + length])
+            return meta
+    return None
+
+
+def test_the_page_needs_the_token_and_its_code_does_not(server: ViewServer) -> None:
+    assert _get(server, "/")[0] == 401
+    status, kind, body = _get(server, f"/?token={TOKEN}")
+    assert status == 200 and kind.startswith("text/html") and b"view.js" in body
+    assert _get(server, "/?token=wrong-token!")[0] == 401
+    status, kind, body = _get(server, "/view.js")  # the page's code carries no data
+    assert status == 200 and kind.startswith("text/javascript") and b"requestAnimationFrame" in body
+    assert _get(server, f"/nothing?token={TOKEN}")[0] == 404
+    status, kind, body = _get(server, f"/stats?token={TOKEN}")
+    assert status == 200 and json.loads(body)["link"] == "waiting"
+    with pytest.raises(InvalidStatus):
+        _ws(server, token="wrong-token!")
+    assert server.stats.refused >= 4
+
+
+def test_a_browser_that_does_not_keep_up_gets_the_newest_frame_not_a_queue(server: ViewServer) -> None:
+    with _ws(server) as ws:
+        status = json.loads(ws.recv(timeout=2))
+        assert status["type"] == "status" and status["link"] == "waiting" and status["max_age_ms"] == 500.0
+        wait_until(lambda: server.stats.clients == 1, timeout=2)
+        for seq in range(MAX_IN_FLIGHT):  # sent at once: the page may have this many frames in flight
+            server._on_frame(_frame(seq))
+            meta = _next_frame(ws)
+            assert meta is not None and meta["seq"] == seq
+        for seq in range(MAX_IN_FLIGHT, 20):
+            server._on_frame(_frame(seq))
+        assert _next_frame(ws, timeout=0.5) is None  # nothing more until the page acknowledges
+        ws.send(json.dumps({"type": "ack", "seq": 0, "painted": False}))
+        newest = _next_frame(ws)
+        assert newest is not None and newest["seq"] == 19  # frames 2..18 were never queued for this browser
+    assert server.stats.skipped == 17 and server.stats.sent == 3
+
+
+def test_paint_reports_give_the_display_latency(server: ViewServer) -> None:
+    with _ws(server) as ws:
+        wait_until(lambda: server.stats.clients == 1, timeout=2)
+        probe: dict[str, Any] | None = None
+        while probe is None:
+            message = json.loads(ws.recv(timeout=3))
+            probe = message if message["type"] == "clock" else None
+        browser_ahead_ms = 5000.0  # the browser's clock runs 5 s ahead of the server's
+        ws.send(json.dumps({"type": "clock", "t0": probe["t0"], "tc": time.time_ns() / 1e6 + browser_ahead_ms}))
+        server._on_frame(_frame(1))
+        meta = _next_frame(ws)
+        assert meta is not None
+        paint = meta["capture_ms"] + browser_ahead_ms + 40.0  # painted 40 ms after capture
+        ws.send(json.dumps({"type": "ack", "seq": 1, "painted": True, "paint_ms": paint,
+                            "capture_ms": meta["capture_ms"]}))  # fmt: skip
+        wait_until(lambda: server.latency.samples, timeout=2)
+    assert server.latency.samples[0] == pytest.approx(40.0, abs=5.0)
+    assert server.snapshot()["display_latency_ms"]["n"] == 1
+
+
+def test_a_message_that_is_not_an_ack_or_clock_reply_ends_that_connection(server: ViewServer) -> None:
+    with _ws(server) as ws:
+        ws.send("GET /etc/passwd")
+        with pytest.raises(ConnectionClosed):
+            for _ in range(50):
+                ws.recv(timeout=2)
+    assert server.stats.refused == 1
+    with _ws(server) as ws:  # the server goes on
+        assert json.loads(ws.recv(timeout=2))["type"] == "status"
+
+
+def test_serving_beyond_loopback_is_warned_about() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    assert exposure_warning("127.0.0.1", None) is None
+    assert "set an access token" in str(exposure_warning("0.0.0.0", None))
+    assert "access token limits" in str(exposure_warning("0.0.0.0", TOKEN))
+    with pytest.raises(ValueError, match="at least 8"):
+        ViewOptions(results=NOWHERE, token="short")
+
+
+def test_a_port_in_use_is_a_clear_error(server: ViewServer) -> None:
+    assert server.address is not None
+    other = ViewServer(ViewOptions(results=NOWHERE, port=server.address[1]))
+    with pytest.raises(Exception, match=f"cannot listen on 127.0.0.1:{server.address[1]}"):
+        other.start()
+    other.stop()
