@@ -251,6 +251,7 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
         fps=args.fps,
         dicom=DicomOutput(args.dicom) if args.dicom else None,
         out=args.out,
+        view_port=args.view,
     )
     result = run_demo(options, say=out.say)
     out.result({"ok": result.ok, "error": result.error, **result.summary})
@@ -262,8 +263,8 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
 def _view(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.view import ViewOptions, ViewServer
 
-    if _verbosity(args) < 2:
-        logging.getLogger("edgert.view.http").setLevel(logging.WARNING)  # one line per page load is noise
+    if _verbosity(args) >= 2:
+        logging.getLogger("edgert.view.http").setLevel(logging.DEBUG)  # websockets' line per connection
     options = ViewOptions(
         results=args.results, preview=args.preview, host=args.host, port=args.port, token=args.token,
         stream_id=args.stream_id, max_age_ms=args.max_age_ms,
@@ -626,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)"
     )
+    p.add_argument("--view", type=int, nargs="?", const=8080, metavar="PORT",
+                   help="also show the live overlays in a browser at http://127.0.0.1:PORT/ (default 8080; needs "
+                   "the view extra)")  # fmt: skip
     _json_argument(p, "the summary")
 
     p = command("serve", "run the inference daemon", _serve)

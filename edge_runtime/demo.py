@@ -59,6 +59,7 @@ class DemoOptions:
     fps: float | None = None  # default: the recording's rate
     dicom: DicomOutput | None = None  # default: the card's preprocessing.dicom
     out: Path = Path("edgert-demo")
+    view_port: int | None = None  # also serve `edgert view` on 127.0.0.1:PORT while the demo runs
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
     say(f"source  {source.description}, {options.frames} frames" + (f" at {options.fps:g} fps" if options.fps else ""))
     say("starting daemon ...")
     with tempfile.TemporaryDirectory(prefix="edgert-demo-") as tmp:
-        daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log")
+        preview = ["--preview", "tcp://127.0.0.1:*"] if options.view_port is not None else []
+        daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log", preview)
         try:
             return _run(options, daemon, source, say)
         except DaemonError as exc:
@@ -170,8 +172,25 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
 
 
 def _run(args: DemoOptions, daemon: DaemonProcess, source: Any, say: Callable[[str], None]) -> DemoResult:
-    out = args.out
     endpoints = daemon.wait_ready()
+    view = None
+    if args.view_port is not None:
+        from edge_runtime.view import ViewOptions, ViewServer
+
+        view = ViewServer(ViewOptions(results=endpoints["results"], preview=endpoints["preview"], port=args.view_port))
+        view.start()
+        say(f"view    {view.url} (the overlays live in a browser while the demo runs)")
+    try:
+        return _play(args, daemon, endpoints, source, say)
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def _play(
+    args: DemoOptions, daemon: DaemonProcess, endpoints: dict[str, str], source: Any, say: Callable[[str], None]
+) -> DemoResult:
+    out = args.out
     rec = Recorder()
     stop = threading.Event()
     stats_box: list[ReplayStats] = []

@@ -166,6 +166,8 @@ class ViewServer:
             import websockets  # noqa: F401  (checked here, so that the error names the missing extra)
         except ImportError:
             raise ViewError("edgert view needs the 'websockets' package: pip install 'edgert[view]'") from None
+        if http_log.level == logging.NOTSET:  # a line per page load is debug detail unless asked for
+            http_log.setLevel(logging.WARNING)
         self.options = options
         self.stats = ViewStats()
         self.latency = LatencyLog()

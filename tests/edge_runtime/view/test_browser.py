@@ -28,9 +28,10 @@ from PIL import Image
 
 from calibration.sources import open_source
 from edge_runtime.daemon.process import DaemonProcess
+from edge_runtime.demo import DemoOptions, run_demo
 from edge_runtime.package import demo_package_path, load_package
 from edge_runtime.sender import FrameSender
-from edge_runtime.view.headless import launch_chromium
+from tests.edge_runtime.view.conftest import open_page
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[3]
@@ -127,16 +128,10 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
 
 
 @pytest.fixture(scope="module")
-def page(scene: Scene) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = launch_chromium(pw)  # fails (never skips) with the reason when Chromium cannot start
-        # bypass_csp: Playwright's wait_for_function evaluates strings, which the page's policy forbids
-        p = browser.new_page(viewport={"width": 900, "height": 700}, bypass_csp=True)
-        p.goto(scene.url)
-        yield p
-        browser.close()
+def page(scene: Scene, browser: Any) -> Iterator[Any]:
+    p = open_page(browser, scene.url)
+    yield p
+    p.close()
 
 
 def _painted(page: Any) -> int:
@@ -270,3 +265,24 @@ def test_the_view_recovers_when_the_daemon_comes_back(page: Any, scene: Scene) -
     with urllib.request.urlopen(scene.url + "stats", timeout=5) as response:
         stats = response.read().decode()
     assert '"mismatched": 0' in stats
+
+
+def test_edgert_demo_view_shows_the_demo_live(browser: Any, tmp_path: Path) -> None:
+    """`edgert demo --view PORT`: the demo's daemon publishes previews and the page shows its overlays."""
+    port = _free_port()
+    lines: list[str] = []
+    options = DemoOptions(frames=240, fps=30.0, out=tmp_path / "demo", view_port=port)
+    runner = threading.Thread(target=lambda: lines.append(str(run_demo(options, say=lines.append).ok)), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while not any(line.startswith("view ") for line in lines):
+        assert runner.is_alive() and time.monotonic() < deadline, lines
+        time.sleep(0.1)
+    demo_page = open_page(browser, f"http://127.0.0.1:{port}/")
+    try:
+        demo_page.wait_for_function("Number(document.body.dataset.painted) > 5", timeout=20_000)
+        assert _near(_video(demo_page), _class_colours()) > 50
+    finally:
+        demo_page.close()
+        runner.join(60)
+    assert lines[-1] == "True"
