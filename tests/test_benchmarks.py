@@ -136,3 +136,18 @@ def test_flicker_benchmark_smoke(tiny_models: dict[str, Path], tmp_path: Path) -
     report = json.loads(out.read_text())
     assert report["ground_truth"]["recall_iou50"] == 1.0 and report["tracker"]["min_hits"] == 3
     assert {"events_per_s", "recall_iou50", "false_positives"} <= set(report["with_tracker"])
+
+
+@pytest.mark.slow
+def test_view_latency_benchmark_smoke(tmp_path: Path) -> None:
+    """A few seconds of the display-latency benchmark: daemon, scanner, `edgert view` and headless Chromium."""
+    out = tmp_path / "view.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "view_latency.py"), "--size", "120x160", "--fps", "15",
+         "--seconds", "3", "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    display, to_view = report["display_latency_ms"], report["to_view_latency_ms"]
+    assert display["n"] > 10 and 0 < to_view["p50"] < display["p50"]  # painting comes after pairing
+    assert report["frames"]["painted"] > 10 and report["painted_fps"] > 5

@@ -16,7 +16,7 @@ import logging
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +80,11 @@ class Liveness:
         self.heartbeat: Heartbeat | None = None
         self.disconnected = False  # the transport dropped (the daemon's process is gone) and no sign of life since
         self.stopping = False
+
+    def to_view_ms(self) -> list[float]:
+        """Capture to paired here, in ms, for each display frame handed on (the last 20000)."""
+        with self._lock:
+            return list(self._to_view_ms)
 
     @property
     def timeout_s(self) -> float:
@@ -311,6 +316,7 @@ class Feed:
         self.limits = limits
         self.stats = FeedStats()
         self._on_frame = on_frame
+        self._to_view_ms: deque[float] = deque(maxlen=20_000)  # capture to paired here, per display frame
         self._liveness = Liveness(misses)
         self._pairer = Pairer()
         self.stats.pairs = self._pairer.stats
@@ -338,10 +344,10 @@ class Feed:
         with self._lock:
             return self._liveness.status(time.monotonic(), self._preview_in_use)
 
-    @property
-    def timeout_s(self) -> float:
+    def to_view_ms(self) -> list[float]:
+        """Capture to paired here, in ms, for each display frame handed on (the last 20000)."""
         with self._lock:
-            return self._liveness.timeout_s
+            return list(self._to_view_ms)
 
     # -- the thread ----------------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -461,8 +467,11 @@ class Feed:
     def _emit(self, pair: tuple[Result, Preview] | None) -> None:
         if pair is None:
             return
-        frame = display_frame(*pair, received_ns=time.time_ns())
+        now = time.time_ns()
+        frame = display_frame(*pair, received_ns=now)
         self.stats.frames += 1
+        with self._lock:
+            self._to_view_ms.append((now - frame.capture_ts_ns) / 1e6)
         self._on_frame(frame)
 
     def _rejected(self, exc: ProtocolError) -> None:

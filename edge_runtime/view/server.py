@@ -118,12 +118,10 @@ class LatencyLog:
 
     samples: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     recent: list[float] = field(default_factory=list)
-    painted: int = 0
 
     def add(self, ms: float) -> None:
         self.samples.append(ms)
         self.recent.append(ms)
-        self.painted += 1
 
     @staticmethod
     def summary(values: list[float] | deque[float]) -> dict[str, float] | None:
@@ -426,5 +424,6 @@ class ViewServer:
             "preview": status.preview,
             "view": asdict(self.stats),
             "feed": {**{k: v for k, v in asdict(feed).items() if k != "pairs"}, **asdict(feed.pairs)},
-            "display_latency_ms": self.latency.summary(self.latency.samples),
+            "display_latency_ms": self.latency.summary(self.latency.samples),  # capture to paint
+            "to_view_latency_ms": self.latency.summary(self._feed.to_view_ms()),  # capture to paired here
         }
