@@ -97,7 +97,7 @@ def main() -> None:
                     break
                 except OSError:
                     if time.monotonic() > deadline or view.poll() is not None:
-                        raise SystemExit("edgert view did not start: " + (Path(tmp) / "view.log").read_text())
+                        raise SystemExit("edgert view did not start: " + (Path(tmp) / "view.log").read_text()) from None
                     time.sleep(0.1)
             scanner = threading.Thread(target=_scanner, args=(endpoints["ingest"], frames, args.fps, stop, sent))
             scanner.start()

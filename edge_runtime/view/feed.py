@@ -81,11 +81,6 @@ class Liveness:
         self.disconnected = False  # the transport dropped (the daemon's process is gone) and no sign of life since
         self.stopping = False
 
-    def to_view_ms(self) -> list[float]:
-        """Capture to paired here, in ms, for each display frame handed on (the last 20000)."""
-        with self._lock:
-            return list(self._to_view_ms)
-
     @property
     def timeout_s(self) -> float:
         return self.misses * self.interval_ms / 1000.0
