@@ -16,6 +16,7 @@ import http
 import ipaddress
 import json
 import logging
+import signal
 import threading
 import time
 from collections import deque
@@ -188,7 +189,7 @@ class ViewServer:
         return f"http://{host}:{self.address[1]}/" + (f"?token={self.options.token}" if self.options.token else "")
 
     def run(self) -> None:
-        """Serve until interrupted (KeyboardInterrupt) or `stop()`."""
+        """Serve until SIGINT or SIGTERM (from the main thread) or `stop()`; the latency summary is logged at the end."""
         asyncio.run(self._main())
 
     def start(self) -> None:
@@ -222,6 +223,9 @@ class ViewServer:
         opts = self.options
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
+        if threading.current_thread() is threading.main_thread():  # `edgert view`: SIGINT and SIGTERM end it cleanly
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(signum, self._stopped.set)
         self._feed.start()
         try:
             try:
@@ -235,7 +239,8 @@ class ViewServer:
                 warning = exposure_warning(opts.host, opts.token)
                 if warning is not None:
                     log.warning("%s", warning)
-                log.info("view on %s (results %s)", self.url.split("?")[0], opts.results)
+                token = " with ?token=... (the --token given)" if opts.token else ""
+                log.info("view on %s%s (results %s)", self.url.split("?")[0], token, opts.results)  # never the token
                 self._started.set()
                 ticker = asyncio.create_task(self._tick())
                 try:
@@ -266,7 +271,7 @@ class ViewServer:
 
         if url.path not in ("/view.js", "/view.css") and not self._authorized(url.query):  # code only, no data
             self.stats.refused += 1
-            return respond(http.HTTPStatus.UNAUTHORIZED, b"access token required: open the URL edgert view printed\n",
+            return respond(http.HTTPStatus.UNAUTHORIZED, b"access token required: add ?token=TOKEN (edgert view --token) to the URL\n",
                            "text/plain; charset=utf-8")  # fmt: skip
         if url.path == "/ws":
             return None  # the WebSocket handshake goes on
@@ -321,20 +326,25 @@ class ViewServer:
 
     async def _send_loop(self, client: _Client) -> None:
         """Everything a browser gets goes out here, one message at a time: a stuck browser blocks only itself."""
-        while True:
-            await client.wake.wait()
-            client.wake.clear()
-            for text in (client.status, client.probe):
-                if text is not None:
-                    await client.ws.send(text)
-            client.status = client.probe = None
-            frame = client.latest
-            if frame is None or len(client.in_flight) >= MAX_IN_FLIGHT:
-                continue  # an acknowledgement wakes this loop again
-            client.latest = None
-            client.in_flight[frame.seq] = time.monotonic()
-            await client.ws.send(frame.message(time.time_ns()))
-            self.stats.sent += 1
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                await client.wake.wait()
+                client.wake.clear()
+                for text in (client.status, client.probe):
+                    if text is not None:
+                        await client.ws.send(text)
+                client.status = client.probe = None
+                frame = client.latest
+                if frame is None or len(client.in_flight) >= MAX_IN_FLIGHT:
+                    continue  # an acknowledgement wakes this loop again
+                client.latest = None
+                client.in_flight[frame.seq] = time.monotonic()
+                await client.ws.send(frame.message(time.time_ns()))
+                self.stats.sent += 1
+        except ConnectionClosed:  # the receiving side of `_socket` ends the connection's bookkeeping
+            return
 
     def _on_message(self, client: _Client, message: Any) -> bool:
         """Handle an acknowledgement or a clock reply; False for anything else (the connection is closed)."""
