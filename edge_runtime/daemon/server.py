@@ -136,11 +136,11 @@ class Daemon:
                 daemon=True,
             ),
         ]
-        for t in self._threads:
-            t.start()
-        if "preview" in sockets:
+        if "preview" in sockets:  # before the inference thread, which offers it every frame from the first
             self._preview = PreviewPublisher(sockets["preview"], cfg.preview.max_side, cfg.preview.quality)
             self._preview.start()
+        for t in self._threads:
+            t.start()
         if cfg.metrics_endpoint:
             from edge_runtime.daemon.metrics import MetricsServer
 

@@ -138,11 +138,6 @@ def _painted(page: Any) -> int:
     return int(page.evaluate("document.body.dataset.painted"))
 
 
-def _wait_painted(page: Any, more: int, timeout_ms: int = 15_000) -> None:
-    target = _painted(page) + more
-    page.wait_for_function(f"Number(document.body.dataset.painted) >= {target}", timeout=timeout_ms)
-
-
 def _video(page: Any) -> np.ndarray:
     """The canvas's own pixels (the video with its overlay, without the banners laid over it)."""
     url = page.evaluate("document.getElementById('video').toDataURL('image/png')")
@@ -180,20 +175,26 @@ def test_the_overlay_is_painted_in_the_models_colours(page: Any) -> None:
 
 
 def test_keyboard_toggles_the_overlay_and_contours_only(page: Any) -> None:
-    filled = _tinted(_video(page))
+    page.keyboard.press("f")  # compare the modes on one frame
+    page.wait_for_function("document.body.dataset.frozen === 'true'")
+    filled = _video(page)
     page.keyboard.press("c")
     page.wait_for_function("document.body.dataset.mode === 'contours'")
-    _wait_painted(page, 3)
+    page.wait_for_timeout(100)  # the next animation frame redraws
     contours = _video(page)
-    assert 0 < _tinted(contours) < filled / 2  # lines only
+    assert 0 < _tinted(contours) < _tinted(filled) / 2  # lines only
     assert _near(contours, _class_colours()) > 100
     page.keyboard.press("c")
     page.keyboard.press("o")
-    page.wait_for_function("document.body.dataset.overlay === 'off'")
-    _wait_painted(page, 3)
+    page.wait_for_function("document.body.dataset.overlay === 'off' && document.body.dataset.mode === 'fill'")
+    page.wait_for_timeout(100)
     assert _tinted(_video(page)) < 50  # the gray image alone
     page.keyboard.press("o")
-    page.wait_for_function("document.body.dataset.overlay === 'on' && document.body.dataset.mode === 'fill'")
+    page.wait_for_function("document.body.dataset.overlay === 'on'")
+    page.wait_for_timeout(100)
+    assert np.array_equal(_video(page), filled)  # the same frame, drawn the same way again
+    page.keyboard.press("f")
+    page.wait_for_function("document.body.dataset.frozen === 'false'")
 
 
 def test_freeze_holds_the_frame_and_says_so(page: Any) -> None:
