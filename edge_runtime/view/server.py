@@ -149,7 +149,6 @@ class _Client:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.latest: DisplayFrame | None = None
-        self.last_sent_key: tuple[int, int, int] | None = None
         self.in_flight: dict[int, float] = {}  # seq -> monotonic time sent
         self.wake = asyncio.Event()
         self.clock = ClockOffset()
