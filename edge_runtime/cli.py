@@ -114,6 +114,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         "ingest.endpoint": args.ingest,
         "ingest.mode": args.ingest_mode,
         "ingest.pattern": args.ingest_pattern,
+        "ingest.format": args.ingest_format,
         "results.endpoint": args.results,
         "control.endpoint": args.control,
         "heartbeat.interval_ms": args.heartbeat_ms,
@@ -640,7 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=int, help="CUDA device for the GPU backends (default 0)")
     p.add_argument("--ingest", help="frame endpoint, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--ingest-mode", choices=["bind", "connect"])
-    p.add_argument("--ingest-pattern", choices=["pull", "sub"])
+    p.add_argument("--ingest-pattern", choices=["pull", "sub", "rep"], help="rep: imagezmq REQ senders")
+    p.add_argument(
+        "--ingest-format", choices=["edgert", "imagezmq"], help="imagezmq: accept unmodified imagezmq ImageSenders"
+    )
     p.add_argument("--results", help="result PUB endpoint, e.g. tcp://127.0.0.1:5556")
     p.add_argument("--control", help="control endpoint, e.g. tcp://127.0.0.1:5557")
     p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval in ms (50..1000)")

@@ -146,6 +146,7 @@ class RejectReason(str, enum.Enum):
     WRONG_MECHANISM = "wrong_mechanism"  # handshake: no CURVE, or PLAIN, against a CURVE socket
     HANDSHAKE_FAILED = "handshake_failed"  # handshake: any other protocol error libzmq reports
     INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # closed before the handshake ended: wrong socket type, not ZMTP
+    UNKNOWN_STREAM_NAME = "unknown_stream_name"  # imagezmq ingest: a name not in ingest.streams (or too many names)
 
 
 class ProtocolError(EdgertError, ValueError):

@@ -44,6 +44,12 @@ class SocketMode(str, enum.Enum):
 class IngestPattern(str, enum.Enum):
     PULL = "pull"  # one or more senders PUSH to the daemon
     SUB = "sub"  # the daemon subscribes to a scanner that PUBlishes
+    REP = "rep"  # senders use REQ and wait for a reply (imagezmq's default); answered at once, before inference
+
+
+class IngestFormat(str, enum.Enum):
+    EDGERT = "edgert"  # our wire protocol (PROTOCOL.md)
+    IMAGEZMQ = "imagezmq"  # imagezmq's [JSON {msg, dtype, shape}, array] or [JSON {msg}, JPEG]; see imagezmq.py
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,28 @@ class IngestConfig:
     endpoint: str = DEFAULT_INGEST
     mode: SocketMode = SocketMode.BIND
     pattern: IngestPattern = IngestPattern.PULL
+    format: IngestFormat = IngestFormat.EDGERT
+    streams: Mapping[str, int] = field(default_factory=dict)  # imagezmq: sender name -> stream id
+    auto_streams: bool = True  # imagezmq: a name not in `streams` takes the lowest free stream id
+
+    def __post_init__(self) -> None:
+        if self.format is IngestFormat.IMAGEZMQ:
+            if self.pattern is IngestPattern.PULL:
+                raise ConfigError("ingest.pattern: imagezmq senders use REQ ('rep') or PUB ('sub'), not PUSH")
+            if self.pattern is IngestPattern.SUB and self.mode is SocketMode.BIND:
+                raise ConfigError("ingest.mode: an imagezmq PUB sender binds its own port, so the daemon must 'connect'")
+            if self.pattern is IngestPattern.REP and self.mode is SocketMode.CONNECT:
+                raise ConfigError("ingest.mode: imagezmq REQ senders connect, so the daemon must 'bind'")
+        else:
+            if self.pattern is IngestPattern.REP:
+                raise ConfigError("ingest.pattern 'rep' needs ingest.format = 'imagezmq'")
+            if self.streams or not self.auto_streams:
+                raise ConfigError("ingest.streams and ingest.auto_streams apply to ingest.format = 'imagezmq' only")
+        for name, stream_id in self.streams.items():
+            if not isinstance(stream_id, int) or isinstance(stream_id, bool) or not 0 <= stream_id < 2**32:
+                raise ConfigError(f"ingest.streams.{name}: {stream_id!r} is not a stream id (0..2**32-1)")
+        if len(set(self.streams.values())) != len(self.streams):
+            raise ConfigError("ingest.streams: two names map to the same stream id")
 
 
 @dataclass(frozen=True)
@@ -160,7 +188,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
         "dla_core": int,
         "timing_cache": str,
     },
-    "ingest": {"endpoint": str, "mode": str, "pattern": str},
+    "ingest": {"endpoint": str, "mode": str, "pattern": str, "format": str, "streams": dict, "auto_streams": bool},
     "results": {"endpoint": str},
     "control": {"endpoint": str, "reload_dirs": list},
     "heartbeat": {"interval_ms": int},
@@ -218,6 +246,9 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
                 endpoint=ingest.get("endpoint", DEFAULT_INGEST),
                 mode=_enum(SocketMode, ingest.get("mode", "bind"), f"{where}: ingest.mode"),
                 pattern=_enum(IngestPattern, ingest.get("pattern", "pull"), f"{where}: ingest.pattern"),
+                format=_enum(IngestFormat, ingest.get("format", "edgert"), f"{where}: ingest.format"),
+                streams=dict(ingest.get("streams", {})),
+                auto_streams=ingest.get("auto_streams", True),
             ),
             results_endpoint=data.get("results", {}).get("endpoint", DEFAULT_RESULTS),
             control_endpoint=data.get("control", {}).get("endpoint", DEFAULT_CONTROL),

@@ -59,6 +59,7 @@ class Received:
 
     parts: list[zmq.Frame]
     user_id: str | None
+    envelope: bytes | None = None  # a ROUTER socket's routing id of the sender, to answer it
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Refused:
     reason: RejectReason
     detail: str
     reset: bool  # the socket was reopened to drop the rest of the message
+    envelope: bytes | None = None  # a ROUTER socket's routing id of the sender, to answer it (None after a reset)
 
 
 class IngestSocket:
@@ -77,6 +79,7 @@ class IngestSocket:
         self.bounds = bounds
         self.socket = factory()
         self._curve = bool(self.socket.get(zmq.CURVE_SERVER))  # ZAP then names each message's sender
+        self.routed = self.socket.type == zmq.ROUTER  # REQ senders: [routing id, empty, parts...], to be answered
         self.resets = 0
 
     def receive(self) -> Received | Refused | None:
@@ -85,10 +88,21 @@ class IngestSocket:
             first = self.socket.recv(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return None
+        envelope = None
+        if self.routed:  # the routing id and the REQ delimiter are the socket's, not the sender's, parts
+            envelope = first.bytes
+            if not first.more:
+                return Refused(RejectReason.BAD_PART_COUNT, "an empty message", reset=False)
+            delimiter = self.socket.recv(copy=False)
+            if len(delimiter) or not delimiter.more:  # not a REQ socket's request: nothing there expects an answer
+                if delimiter.more:
+                    return self._discard(RejectReason.BAD_PART_COUNT, "not a REQ request", None)
+                return Refused(RejectReason.BAD_PART_COUNT, "not a REQ request", reset=False)
+            first = self.socket.recv(copy=False)
         parts, size, part = [first], len(first), first
         while part.more:  # the remaining parts are already here: ZeroMQ delivers whole messages
             if len(parts) == self.bounds.max_parts:
-                return self._discard(RejectReason.BAD_PART_COUNT, f"more than {self.bounds.max_parts} parts")
+                return self._discard(RejectReason.BAD_PART_COUNT, f"more than {self.bounds.max_parts} parts", envelope)
             part = self.socket.recv(copy=False)
             parts.append(part)
             size += len(part)
@@ -96,11 +110,11 @@ class IngestSocket:
                 detail = f"over {self.bounds.max_bytes} bytes in {len(parts)} or more parts"
                 parts.clear()  # let go of what was read before dropping the rest
                 if not part.more:
-                    return Refused(RejectReason.MESSAGE_TOO_LARGE, detail, reset=False)
-                return self._discard(RejectReason.MESSAGE_TOO_LARGE, detail)
-        return Received(parts, _user_id(first) if self._curve else None)
+                    return Refused(RejectReason.MESSAGE_TOO_LARGE, detail, reset=False, envelope=envelope)
+                return self._discard(RejectReason.MESSAGE_TOO_LARGE, detail, envelope)
+        return Received(parts, _user_id(first) if self._curve else None, envelope)
 
-    def _discard(self, reason: RejectReason, detail: str) -> Refused:
+    def _discard(self, reason: RejectReason, detail: str, envelope: bytes | None) -> Refused:
         """Read and drop the rest of the current message for up to DISCARD_BUDGET_S, then reopen the socket."""
         deadline = time.perf_counter() + DISCARD_BUDGET_S
         dropped = 0
@@ -108,10 +122,17 @@ class IngestSocket:
             part = self.socket.recv(copy=False)
             dropped += 1
             if not part.more:
-                return Refused(reason, f"{detail}; {dropped} more parts dropped", reset=False)
+                return Refused(reason, f"{detail}; {dropped} more parts dropped", reset=False, envelope=envelope)
             if dropped % 256 == 0 and time.perf_counter() > deadline:
-                self.reset()
+                self.reset()  # the sender's connection goes with the socket: it cannot be answered
                 return Refused(reason, f"{detail}; too long to read, dropped by reopening the socket", reset=True)
+
+    def answer(self, envelope: bytes, reply: bytes) -> None:
+        """Answer a REQ sender (ROUTER only); a sender that has gone away, or a full pipe, loses its answer."""
+        try:
+            self.socket.send_multipart([envelope, b"", reply], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def reset(self) -> None:
         """Close the socket (libzmq frees whatever it holds in its own thread) and open it again."""
@@ -128,8 +149,8 @@ class IngestSocket:
         self.resets += 1
         _give_back_freed_memory()
 
-    def close(self) -> None:
-        self.socket.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        self.socket.close(linger=linger_ms)
 
 
 def _user_id(frame: zmq.Frame) -> str | None:

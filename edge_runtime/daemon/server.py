@@ -24,7 +24,8 @@ import zmq
 
 from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
-from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
+from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
+from edge_runtime.daemon.imagezmq import REPLY_OK, ImagezmqDecoder, StreamNames, refusal_reply
 from edge_runtime.daemon.ingest import HANDSHAKE_IVL_MS, IngestSocket, MessageBounds, PeerEvents, Received
 from edge_runtime.daemon.preview import PreviewPublisher
 from edge_runtime.daemon.slots import Admission, StreamTable
@@ -56,6 +57,8 @@ CONTROL_COMMANDS = ("status", "stats", "reload")
 CONTROL_MAX_REQUEST = 4096  # bytes of one control request; larger ones are answered with an error
 CONTROL_MAX_MESSAGE = 65536  # ZeroMQ drops (and disconnects) anything larger before we see it
 GIL_SWITCH_INTERVAL_S = 0.0005
+REPLY_STOPPING = b"REFUSED stopping"  # what REQ senders waiting at shutdown are told
+REPLY_LINGER_MS = 200  # at shutdown, how long the last answers to REQ senders may take to leave
 PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
 
 
@@ -84,6 +87,10 @@ class Daemon:
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
         self._slots = StreamTable(config.streams, on_stale=self.stats.stale)
+        self._imagezmq: ImagezmqDecoder | None = None
+        if config.ingest.format is IngestFormat.IMAGEZMQ:
+            names = StreamNames(config.ingest.streams, config.ingest.auto_streams)
+            self._imagezmq = ImagezmqDecoder(names, config.limits)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._threads: list[threading.Thread] = []
         self._pipeline: InferencePipeline | None = None
@@ -224,7 +231,10 @@ class Daemon:
                 )
 
         try:
-            kind = zmq.PULL if cfg.ingest.pattern is IngestPattern.PULL else zmq.SUB
+            # REP: a ROUTER, which can answer each REQ sender at once and never waits on one (see imagezmq.py)
+            kind = {IngestPattern.PULL: zmq.PULL, IngestPattern.SUB: zmq.SUB, IngestPattern.REP: zmq.ROUTER}[
+                cfg.ingest.pattern
+            ]
 
             def make_ingest() -> zmq.Socket[bytes]:  # also called by IngestSocket.reset, after start-up
                 # MAXMSGSIZE bounds each part: ZeroMQ has no whole-message bound (IngestSocket adds one)
@@ -345,9 +355,13 @@ class Daemon:
                     if message is None:
                         break
                     if isinstance(message, Received):
-                        self._admit(message)
+                        refused = self._admit(message)
+                        if message.envelope is not None:  # a REQ sender waits for this answer, sent at once
+                            ingest.answer(message.envelope, REPLY_OK if refused is None else refusal_reply(refused))
                         continue
                     self._rejected(message.reason, message.detail)
+                    if message.envelope is not None:
+                        ingest.answer(message.envelope, refusal_reply(message.reason))
                     if message.reset:  # the socket was re-opened: watch and poll the new one
                         self.stats.ingest_reset()
                         log.warning("ingest socket re-opened to drop a message (%d so far)", ingest.resets)
@@ -355,30 +369,48 @@ class Daemon:
                         poller, peers = watch()
         finally:
             peers.close()
-            ingest.close()
+            if ingest.routed:
+                self._answer_waiting(ingest)
+            ingest.close(REPLY_LINGER_MS if ingest.routed else 0)
+
+    @staticmethod
+    def _answer_waiting(ingest: IngestSocket) -> None:
+        """At shutdown, answer every REQ sender whose request is queued, then let the answers leave: a sender left
+        without an answer would wait forever. Its next request then waits in its own socket for the next daemon."""
+        while (message := ingest.receive()) is not None:
+            if message.envelope is not None:
+                ingest.answer(message.envelope, REPLY_STOPPING)
 
     def _watch(self, sock: zmq.Socket[bytes], name: str) -> PeerEvents:
         assert self._ctx is not None
         return PeerEvents(self._ctx, sock, lambda reason, detail: self._rejected(reason, f"{name}: {detail}"))
 
-    def _admit(self, message: Received) -> None:
-        """Decode one message and offer it to the stream table; a refusal is counted. Holds no reference after."""
+    def _admit(self, message: Received) -> RejectReason | None:
+        """Decode one message and offer it to the stream table; a refusal is counted and returned. Holds no
+        reference after."""
         recv_ts = time.time_ns()
+        buffers = [p.buffer for p in message.parts]
         try:
-            frame = decode_frame([p.buffer for p in message.parts], self.config.limits)
+            if self._imagezmq is not None:
+                frame = self._imagezmq.decode(buffers, recv_ts)
+            else:
+                frame = decode_frame(buffers, self.config.limits)
         except ProtocolError as exc:
             self._rejected(exc.reason, exc.detail)
-            return
+            return exc.reason
         except Exception as exc:  # a decoder bug must not end the receive loop
             self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
-            return
+            return RejectReason.DECODER_ERROR
         admission = self._slots.put(frame, recv_ts, owner=message.user_id)
         if admission.accepted:
             self.stats.accepted(admission is Admission.REPLACED)
-        elif admission is Admission.STREAM_OWNER:
+            return None
+        if admission is Admission.STREAM_OWNER:
             self._rejected(RejectReason.STREAM_OWNER, f"stream {frame.stream_id} belongs to another client key")
-        else:
-            self._rejected(RejectReason(admission.value), lambda: self._table_detail(frame.stream_id))
+            return RejectReason.STREAM_OWNER
+        reason = RejectReason(admission.value)
+        self._rejected(reason, lambda: self._table_detail(frame.stream_id))
+        return reason
 
     def _rejected(self, reason: RejectReason, detail: str | Callable[[], str]) -> None:
         """Count a refusal; log it at the 1st, 2nd, 4th... of its reason (a callable detail is built only then)."""
@@ -629,6 +661,7 @@ class Daemon:
             "reloads": self.reloads,
             "reloads_refused": self.reloads_refused,
             "pid": os.getpid(),
+            **({"imagezmq_streams": self._imagezmq.names.snapshot()} if self._imagezmq else {}),
         }
 
     def _counts(self) -> dict[str, int]:
