@@ -31,12 +31,13 @@ class ExitCode(enum.IntEnum):
     ERROR = 1  # the command failed (bad input, unreachable daemon, unhealthy daemon, ...)
     USAGE = 2  # the command line itself is wrong (argparse's status)
     GATE_FAILED = 3  # a conversion or comparison was refused by the accuracy gate: not a crash
+    CHAIN_BROKEN = 4  # `audit verify` found an edited, inserted or deleted record
     INTERRUPTED = 130
 
 
 EXIT_CODES_HELP = (
     "exit status: 0 ok, 1 error, 2 usage error, 3 accuracy gate failed (convert, compare --tolerance, bench with a "
-    "conversion)"
+    "conversion), 4 audit chain broken (audit verify)"
 )
 SOURCE_HELP = (
     "a frame source: a DICOM file or folder, images (PNG/JPEG/TIFF, 8 or 16 bit), a video, a .npy/.npz array, a "
@@ -123,6 +124,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
         "preview.endpoint": args.preview,
         "security.server_key": str(args.server_key) if args.server_key else None,
         "security.authorized_clients": str(args.authorized_clients) if args.authorized_clients else None,
+        "audit.path": str(args.audit) if args.audit else None,
     }
     if args.config:
         config = load_config(args.config, overrides)
@@ -190,6 +192,27 @@ def _keys(args: argparse.Namespace, out: Output) -> int:
     out.say(f"secret key  {secret}   (stays on this device, mode 600)")
     out.result({"public": str(public), "secret": str(secret)})
     return ExitCode.OK
+
+
+def _audit(args: argparse.Namespace, out: Output) -> int:
+    from edge_runtime.audit import verify
+
+    found = verify(args.file, expected_head=args.head)
+    names = ", ".join(f.name for f in found.files)
+    out.say(f"{'ok' if found.ok else 'BROKEN'}: {found.records} records in {len(found.files)} file(s) ({names})")
+    if found.records:
+        start = "the first record ever" if found.complete_history else f"record {found.first_seq} (older rotated away)"
+        out.say(f"  from {start} to record {found.head_seq}, head {found.head}")
+        out.say(
+            "  ends with a clean stop" if found.ends_with_stop else "  open: the daemon is running, or its end was cut"
+        )
+    for problem in found.problems:
+        out.say(f"  {problem}")
+    out.result({"ok": found.ok, "records": found.records, "files": [str(f) for f in found.files],
+                "first_seq": found.first_seq, "head_seq": found.head_seq, "head": found.head,
+                "complete_history": found.complete_history, "ends_with_stop": found.ends_with_stop,
+                "problems": found.problems})  # fmt: skip
+    return ExitCode.OK if found.ok else ExitCode.CHAIN_BROKEN
 
 
 def _package(args: argparse.Namespace, out: Output) -> int:
@@ -654,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "on this PUB endpoint, e.g. tcp://127.0.0.1:5558 (off by default)")  # fmt: skip
     p.add_argument("--server-key", type=Path, help="CURVE: this daemon's .key_secret (with --authorized-clients)")
     p.add_argument("--authorized-clients", type=Path, help="CURVE: folder of client .key files allowed to connect")
+    p.add_argument("--audit", type=Path, metavar="FILE", help="keep the hash-chained audit log in FILE (JSON lines)")
 
     p = command("view", "live video with the model's overlays in a browser (needs the daemon's --preview)", _view)
     p.add_argument("--results", default="tcp://127.0.0.1:5556", help="the daemon's results endpoint")
@@ -810,6 +834,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="key name, e.g. daemon or scanner-1")
     p.add_argument("--dir", type=Path, required=True, help="folder to write NAME.key and NAME.key_secret into")
     _json_argument(p, "the key file paths")
+
+    p = command("audit", "check an audit log's hash chain: any edited, inserted or deleted record is found", _audit)
+    p.add_argument("action", choices=["verify"])
+    p.add_argument("file", type=Path, help="the audit log (its rotated files NAME.1, NAME.2... are read too)")
+    p.add_argument("--head", help="the newest record's hash as recorded elsewhere (ctl status): also finds a cut end")
+    _json_argument(p, "the verification")
 
     p = command("package", "validate a model package and show its card", _package)
     p.add_argument("package", nargs="?", help="package folder or archive (default: bundled demo model)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from edge_runtime.errors import EdgertError
 
@@ -68,15 +69,18 @@ class ClientKeys:
         sock.curve_secretkey = self.secret
 
 
+KeyVerdict = Callable[[bool, bytes], object]
+"""(allowed, the client's public key in Z85) -> None, called for every CURVE handshake the authenticator judges."""
+
+
 class _CountingAuthenticator(ThreadAuthenticator):
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], on_denied: Callable[[], object]) -> None:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], on_verdict: KeyVerdict) -> None:
         super().__init__(context)
-        self._on_denied = on_denied
+        self._on_verdict = on_verdict
 
     async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:  # async in pyzmq >= 25
         allowed, reason = await super()._authenticate_curve(domain, client_key)
-        if not allowed:
-            self._on_denied()
+        self._on_verdict(allowed, z85.encode(client_key))
         return allowed, reason
 
 
@@ -92,8 +96,8 @@ class ServerSecurity:
         self.authorized = authorized_clients
         self._auth: ThreadAuthenticator | None = None
 
-    def start(self, context: zmq.Context[zmq.Socket[bytes]], on_denied: Callable[[], object]) -> None:
-        self._auth = _CountingAuthenticator(context, on_denied)
+    def start(self, context: zmq.Context[zmq.Socket[bytes]], on_verdict: KeyVerdict) -> None:
+        self._auth = _CountingAuthenticator(context, on_verdict)
         self._auth.start()
         self._auth.configure_curve(domain=ZAP_DOMAIN, location=str(self.authorized))  # "*" covers only no domain
 

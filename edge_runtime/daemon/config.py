@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.audit import AuditOptions
 from edge_runtime.backends import BackendKind
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.daemon.slots import StreamLimits
@@ -66,7 +67,9 @@ class IngestConfig:
             if self.pattern is IngestPattern.PULL:
                 raise ConfigError("ingest.pattern: imagezmq senders use REQ ('rep') or PUB ('sub'), not PUSH")
             if self.pattern is IngestPattern.SUB and self.mode is SocketMode.BIND:
-                raise ConfigError("ingest.mode: an imagezmq PUB sender binds its own port, so the daemon must 'connect'")
+                raise ConfigError(
+                    "ingest.mode: an imagezmq PUB sender binds its own port, so the daemon must 'connect'"
+                )
             if self.pattern is IngestPattern.REP and self.mode is SocketMode.CONNECT:
                 raise ConfigError("ingest.mode: imagezmq REQ senders connect, so the daemon must 'bind'")
         else:
@@ -145,6 +148,7 @@ class DaemonConfig:
     tracker: TrackerSpec | None = None  # [tracker]: box tracking for detectors, over the card's `output.tracker`
     tracker_enabled: bool | None = None  # [tracker] enabled: false turns the card's tracker off; None: as the card
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    audit: AuditOptions | None = None  # [audit]: the hash-chained log of security-relevant events; off unless set
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -199,6 +203,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "security": {"server_key": str, "authorized_clients": str},
     "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
     "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
+    "audit": {"path": str, "max_bytes": int, "backups": int, "fsync": bool},
 }
 
 
@@ -266,9 +271,20 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             tracker=_tracker(data.get("tracker", {})),
             tracker_enabled=data.get("tracker", {}).get("enabled"),
             preview=PreviewConfig(**data.get("preview", {})),
+            audit=_audit(data.get("audit", {}), base_dir),
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _audit(section: Mapping[str, Any], base_dir: Path) -> AuditOptions | None:
+    if not section:
+        return None
+    if "path" not in section:
+        raise ValueError("audit.path is required to keep an audit log")
+    path = _path(section["path"], base_dir)
+    assert path is not None
+    return AuditOptions(path=path, **{k: v for k, v in section.items() if k != "path"})
 
 
 def _tracker(section: Mapping[str, Any]) -> TrackerSpec | None:

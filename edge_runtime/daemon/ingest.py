@@ -112,7 +112,7 @@ class IngestSocket:
                 if not part.more:
                     return Refused(RejectReason.MESSAGE_TOO_LARGE, detail, reset=False, envelope=envelope)
                 return self._discard(RejectReason.MESSAGE_TOO_LARGE, detail, envelope)
-        return Received(parts, _user_id(first) if self._curve else None, envelope)
+        return Received(parts, frame_user_id(first) if self._curve else None, envelope)
 
     def _discard(self, reason: RejectReason, detail: str, envelope: bytes | None) -> Refused:
         """Read and drop the rest of the current message for up to DISCARD_BUDGET_S, then reopen the socket."""
@@ -153,7 +153,8 @@ class IngestSocket:
         self.socket.close(linger=linger_ms)
 
 
-def _user_id(frame: zmq.Frame) -> str | None:
+def frame_user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of a received message part (with CURVE, the sender's public key in Z85), or None."""
     try:
         value = frame.get("User-Id")
     except zmq.ZMQError:  # no ZAP identity on this message
@@ -201,8 +202,10 @@ class PeerEvents:
         socket: zmq.Socket[bytes],
         on_refused: Callable[[RejectReason, str], None],
         settle_s: float = HANDSHAKE_IVL_MS / 1000,
+        on_peer: Callable[[bool], None] | None = None,
     ) -> None:
         self._on_refused = on_refused
+        self._on_peer = on_peer  # (True: a peer connected, False: one left), for the audit log
         self._settle_ns = int(settle_s * 1e9)
         address = f"inproc://edgert-monitor-{next(_MONITOR_IDS)}"
         socket.monitor(address, _WATCHED)
@@ -232,6 +235,8 @@ class PeerEvents:
         kind, value = event["event"], event["value"]
         if kind & _OPENED:
             self._handshaking[value] = None
+            if self._on_peer is not None:
+                self._on_peer(True)
         elif kind & (_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED):
             if self._handshaking:
                 self._handshaking.popitem(last=False)
@@ -241,9 +246,12 @@ class PeerEvents:
                 self._on_refused(_PROTOCOL_REASONS.get(value, RejectReason.HANDSHAKE_FAILED), _protocol_error(value))
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 self._on_refused(RejectReason.HANDSHAKE_FAILED, "no detail from ZeroMQ")
-        elif kind == zmq.EVENT_DISCONNECTED and value in self._handshaking:
-            del self._handshaking[value]
-            self._closed_early.append(time.monotonic_ns())
+        elif kind == zmq.EVENT_DISCONNECTED:
+            if self._on_peer is not None:
+                self._on_peer(False)
+            if value in self._handshaking:
+                del self._handshaking[value]
+                self._closed_early.append(time.monotonic_ns())
 
     def close(self) -> None:
         try:

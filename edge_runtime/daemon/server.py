@@ -9,6 +9,8 @@ Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 import os
@@ -16,17 +18,26 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import zmq
 
+from edge_runtime import __version__
+from edge_runtime.audit import AuditError, AuditEvent, AuditLog, key_id
 from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
 from edge_runtime.daemon.imagezmq import REPLY_OK, ImagezmqDecoder, StreamNames, refusal_reply
-from edge_runtime.daemon.ingest import HANDSHAKE_IVL_MS, IngestSocket, MessageBounds, PeerEvents, Received
+from edge_runtime.daemon.ingest import (
+    HANDSHAKE_IVL_MS,
+    IngestSocket,
+    MessageBounds,
+    PeerEvents,
+    Received,
+    frame_user_id,
+)
 from edge_runtime.daemon.preview import PreviewPublisher
 from edge_runtime.daemon.slots import Admission, StreamTable
 from edge_runtime.daemon.stats import DaemonStats
@@ -70,6 +81,32 @@ class DaemonError(EdgertError, RuntimeError):
     pass
 
 
+def _command_name(text: str) -> str:
+    """The command of a control request, for the audit log: a known name, else "unknown" (never its text)."""
+    name = text
+    if text.startswith("{"):
+        try:
+            name = str(json.loads(text).get("cmd", ""))
+        except (ValueError, AttributeError):
+            return "unknown"
+    return name if name in CONTROL_COMMANDS else "unknown"
+
+
+def _plain(value: Any) -> Any:
+    """A configuration as JSON values: dataclasses as objects, paths as text, enums as their values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
 def _is_power_of_two(n: int) -> bool:
     return n & (n - 1) == 0
 
@@ -106,6 +143,8 @@ class Daemon:
         self._reload_envelope: list[bytes] = []  # who asked for it
         self.reloads = 0
         self.reloads_refused = 0
+        self._audit: AuditLog | None = None
+        self.audit_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,10 +158,24 @@ class Daemon:
 
     def _start(self) -> None:
         cfg = self.config
+        if cfg.audit is not None:
+            try:
+                self._audit = AuditLog(cfg.audit)
+            except (AuditError, OSError) as exc:
+                raise DaemonError(f"audit log: {exc}") from None
+            self._audited(AuditEvent.START, version=__version__, pid=os.getpid(), config=_plain(cfg))
         pipeline = self._load_pipeline(cfg.model)
         self._pipeline = pipeline
         log.info(
             "model %s loaded on %s (warm-up %.1f ms/inference)", pipeline.model_id, cfg.backend.value, self._warmup_ms
+        )
+        model = pipeline.model_id
+        self._audited(
+            AuditEvent.MODEL_LOADED,
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            backend=cfg.backend.value,
         )
         self._ctx = zmq.Context()
         if cfg.server_key is not None and cfg.authorized_clients is not None:
@@ -130,7 +183,7 @@ class Daemon:
                 self._security = ServerSecurity(cfg.server_key, cfg.authorized_clients)
             except SecurityError as exc:
                 raise DaemonError(str(exc)) from None
-            self._security.start(self._ctx, lambda: self.stats.reject(RejectReason.UNAUTHORIZED))
+            self._security.start(self._ctx, self._key_verdict)
         sockets = self._open_sockets()
         infer = threading.Thread(target=self._inference_loop, args=(sockets["push"],), name="edgert-infer", daemon=True)
         self._threads = [
@@ -309,6 +362,9 @@ class Daemon:
         if self.config.ready_file:
             self.config.ready_file.unlink(missing_ok=True)
         log.info("stopped: %s", json.dumps(self._counts()))
+        if self._audit is not None:
+            self._audited(AuditEvent.STOP, counts=self._counts())
+            self._audit.close()
 
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM (main thread only); returns the process exit status."""
@@ -383,7 +439,34 @@ class Daemon:
 
     def _watch(self, sock: zmq.Socket[bytes], name: str) -> PeerEvents:
         assert self._ctx is not None
-        return PeerEvents(self._ctx, sock, lambda reason, detail: self._rejected(reason, f"{name}: {detail}"))
+
+        def on_peer(connected: bool) -> None:
+            self._audited(AuditEvent.CONNECTED if connected else AuditEvent.DISCONNECTED, socket=name)
+
+        return PeerEvents(
+            self._ctx,
+            sock,
+            lambda reason, detail: self._rejected(reason, f"{name}: {detail}"),
+            on_peer=on_peer if self._audit is not None else None,
+        )
+
+    def _key_verdict(self, allowed: bool, z85_key: bytes) -> None:
+        """Called by the CURVE authenticator for every client key it judges (its own thread)."""
+        if not allowed:
+            self.stats.reject(RejectReason.UNAUTHORIZED)
+        self._audited(AuditEvent.KEY_ALLOWED if allowed else AuditEvent.KEY_REFUSED, key_id=key_id(z85_key))
+
+    def _audited(self, event: AuditEvent, **fields: Any) -> None:
+        """Append to the audit log, if there is one. A failing log (a full disk) is logged and counted, and the
+        daemon keeps serving: the overlay on the surgeon's screen matters more than its paper trail."""
+        if self._audit is None:
+            return
+        try:
+            self._audit.record(event, **fields)
+        except (AuditError, OSError, ValueError) as exc:
+            self.audit_failures += 1
+            if _is_power_of_two(self.audit_failures):
+                log.error("audit log: cannot write %s (%d failures so far): %s", event.value, self.audit_failures, exc)
 
     def _admit(self, message: Received) -> RejectReason | None:
         """Decode one message and offer it to the stream table; a refusal is counted and returned. Holds no
@@ -514,9 +597,11 @@ class Daemon:
         """Answer every waiting control request, each to the peer that sent it."""
         while True:
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK)
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            parts = [f.bytes for f in frames]
+            user = frame_user_id(frames[-1]) if self._security is not None else None
             # [routing id, b"" (REQ clients), request]; a DEALER client sends no empty delimiter
             envelope = parts[:2] if len(parts) > 2 and parts[1] == b"" else parts[:1]
             body = parts[len(envelope) :]
@@ -535,6 +620,12 @@ class Daemon:
             except Exception as exc:  # a control request must always get an answer, and never stop the daemon
                 self._control_refused(RejectReason.BAD_CONTROL_REQUEST, f"{exc.__class__.__name__}: {exc}")
                 reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
+            self._audited(
+                AuditEvent.CONTROL,
+                command=_command_name(text),
+                key_id=key_id(user) if user else None,
+                ok=None if reply is None else bool(reply.get("ok")),  # None: a reload, audited again when it ends
+            )
             if reply is None:  # a reload is under way and answers this peer when it is done
                 self._reload_envelope = envelope
             else:
@@ -598,6 +689,13 @@ class Daemon:
                 else:
                     self.reloads += 1
                     reply.update(ok=True, model=str(new.model_id), previous=str(current))
+                    self._audited(
+                        AuditEvent.RELOADED,
+                        name=new.model_id.name,
+                        version=new.model_id.version,
+                        sha256=new.model_id.sha256,
+                        previous_sha256=current.sha256 if current else None,
+                    )
             done.set()
 
         threading.Thread(target=work, name="edgert-reload", daemon=True).start()
@@ -622,6 +720,7 @@ class Daemon:
 
     def _refuse_reload(self, reason: str) -> dict[str, Any]:
         self.reloads_refused += 1
+        self._audited(AuditEvent.RELOAD_REFUSED, reason=reason[:500])
         log.warning("reload refused (%d so far): %r", self.reloads_refused, reason)  # repr: one line, whatever it holds
         return {"ok": False, "error": f"reload refused: {reason}"}
 
@@ -662,6 +761,17 @@ class Daemon:
             "reloads_refused": self.reloads_refused,
             "pid": os.getpid(),
             **({"imagezmq_streams": self._imagezmq.names.snapshot()} if self._imagezmq else {}),
+            **({"audit": self._audit_head()} if self._audit is not None else {}),
+        }
+
+    def _audit_head(self) -> dict[str, Any]:
+        """The newest audit record: kept elsewhere, it anchors `edgert audit verify --head`."""
+        assert self._audit is not None
+        return {
+            "path": str(self._audit.options.path),
+            "seq": self._audit.seq,
+            "head": self._audit.head,
+            "failures": self.audit_failures,
         }
 
     def _counts(self) -> dict[str, int]:

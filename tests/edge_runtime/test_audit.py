@@ -1,0 +1,144 @@
+"""The audit log's hash chain: every edit, insertion and deletion is found, across rotation and restarts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.audit import GENESIS, AuditError, AuditEvent, AuditLog, AuditOptions, chain_files, key_id, verify
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _log(path: Path, n: int, **options: object) -> AuditLog:
+    log = AuditLog(AuditOptions(path, fsync=False, **options))  # type: ignore[arg-type]
+    for i in range(n):
+        log.record(AuditEvent.CONTROL, command="status", n=i)
+    return log
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_a_fresh_log_verifies_from_the_first_record(tmp_path: Path) -> None:
+    log = _log(tmp_path / "audit.jsonl", 5)
+    log.record(AuditEvent.STOP, counts={"frames_in": 3})
+    log.close()
+    found = verify(tmp_path / "audit.jsonl")
+    assert found.ok and found.records == 6 and found.complete_history and found.ends_with_stop
+    first = json.loads(_lines(tmp_path / "audit.jsonl")[0])
+    assert first["prev"] == GENESIS and first["seq"] == 1 and first["event"] == "control"
+    assert found.head == log.head and found.head_seq == 6
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [(lambda ls: ls[:2] + [ls[2].replace('"n":2', '"n":7')] + ls[3:], "record 3 was altered"),
+     (lambda ls: ls[:2] + ls[3:], "does not follow"),  # a record deleted in the middle
+     (lambda ls: ls[:3] + [ls[1]] + ls[3:], "does not follow"),  # a copy of a record inserted
+     (lambda ls: ls[1:], "records before it were deleted"),  # the first record deleted
+     (lambda ls: ls[:2] + [ls[3], ls[2]] + ls[4:], "does not follow"),  # two records swapped
+     (lambda ls: ls[:2] + ["not json\n"] + ls[3:], "not an audit record"),
+     (lambda ls: ls + ['{"event":"stop"}'], "incomplete")],
+)  # fmt: skip
+def test_tampering_is_found(tmp_path: Path, tamper: object, expected: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    _log(path, 6).close()
+    path.write_text("".join(tamper(_lines(path))))  # type: ignore[operator]
+    found = verify(path)
+    assert not found.ok
+    assert any(expected in p for p in found.problems), found.problems
+
+
+def test_an_edited_record_with_a_recomputed_own_hash_still_breaks_the_next_link(tmp_path: Path) -> None:
+    from edge_runtime.audit import _canonical, _digest
+
+    path = tmp_path / "audit.jsonl"
+    _log(path, 4).close()
+    lines = _lines(path)
+    record = json.loads(lines[1])
+    record["command"] = "reload"
+    record["hash"] = _digest(record)
+    lines[1] = _canonical(record) + "\n"
+    path.write_text("".join(lines))
+    assert any("record 3 does not follow" in p for p in verify(path).problems)
+
+
+def test_a_cut_off_end_is_found_against_the_recorded_head(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = _log(path, 5)
+    head = log.head
+    log.close()
+    assert verify(path, expected_head=head).ok
+    path.write_text("".join(_lines(path)[:-1]))
+    assert verify(path).ok  # the chain alone cannot see it...
+    assert not verify(path, expected_head=head).ok  # ...the anchored head does
+
+
+def test_rotation_keeps_the_chain_across_files_and_prunes_the_oldest(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = _log(path, 200, max_bytes=4096, backups=3)
+    log.close()
+    files = chain_files(path)
+    assert [f.name for f in files] == ["audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"]
+    assert all(f.stat().st_size <= 4096 for f in files)
+    found = verify(path)
+    assert found.ok and found.head_seq == log.seq
+    assert not found.complete_history  # older files were pruned: the chain starts at a rotation record
+    assert json.loads(_lines(files[0])[0])["event"] == "rotated"
+    middle = files[1]
+    middle.write_text("".join(_lines(middle)[:3] + _lines(middle)[4:]))  # a deletion inside a rotated file
+    assert not verify(path).ok
+
+
+def test_a_restarted_log_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _log(path, 3).close()
+    log = _log(path, 2)
+    log.close()
+    found = verify(path)
+    assert found.ok and found.records == 5 and found.complete_history and log.seq == 5
+
+
+def test_a_torn_or_altered_tail_is_refused_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _log(path, 3).close()
+    path.write_text(path.read_text() + '{"seq":4')
+    with pytest.raises(AuditError, match="incomplete"):
+        AuditLog(AuditOptions(path))
+    path.write_text("".join(_lines(path)[:2]) + _lines(path)[2].replace("status", "reload"))
+    with pytest.raises(AuditError, match="does not verify"):
+        AuditLog(AuditOptions(path))
+
+
+def test_records_refuse_the_chain_fields_and_key_ids_are_short_hashes(tmp_path: Path) -> None:
+    log = _log(tmp_path / "a.jsonl", 0)
+    with pytest.raises(ValueError, match="own fields"):
+        log.record(AuditEvent.CONTROL, hash="x")
+    log.close()
+    assert len(key_id("rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7")) == 16
+    with pytest.raises(ValueError, match="max_bytes"):
+        AuditOptions(tmp_path / "a", max_bytes=10)
+
+
+def test_edgert_audit_verify_exit_codes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _log(path, 4).close()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge_runtime.cli", "audit", "verify", str(path), *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+
+    ok = run("--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["records"] == 4
+    path.write_text("".join(_lines(path)[:1] + _lines(path)[2:]))
+    broken = run()
+    assert broken.returncode == 4 and "BROKEN" in broken.stdout and "does not follow" in broken.stdout
+    missing = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "audit", "verify", str(tmp_path / "none")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert missing.returncode == 1 and "no such audit log" in missing.stderr
