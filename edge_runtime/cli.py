@@ -301,6 +301,56 @@ def _view(args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
+def _record(args: argparse.Namespace, out: Output) -> int:
+    import signal
+    import threading
+
+    from edge_runtime.record import PacsTarget, Recorder, RecordOptions, SourceStudy
+
+    options = RecordOptions(
+        results=args.results, spool=args.spool, preview=args.preview,
+        pacs=PacsTarget.parse(args.pacs, args.calling_ae) if args.pacs else None,
+        trigger=None if args.trigger == "none" else args.trigger, every_s=args.every, stream_id=args.stream_id,
+        max_age_ms=args.max_age_ms, source=SourceStudy.from_file(args.source_dicom) if args.source_dicom else None,
+    )  # fmt: skip
+    recorder = Recorder(options)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    recorder.start()
+    where = f"sent to {args.pacs}" if args.pacs else "kept"
+    out.progress(f"recording from {args.results}: captures spooled in {args.spool} and {where}; trigger "
+                 f"{options.trigger or 'none'}{f', every {args.every:g} s' if args.every else ''}")  # fmt: skip
+    try:
+        recorder.run(stop, max_captures=args.count)
+        if recorder.sender is not None and args.count is not None:  # a bounded run waits for its records to go out
+            deadline = time.monotonic() + args.drain_s
+            while recorder.spool.pending() and time.monotonic() < deadline and not stop.is_set():
+                time.sleep(0.1)
+    finally:
+        recorder.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    counts = recorder.sender.counts if recorder.sender else None
+    pending = len(recorder.spool.pending())
+    out.say(f"{recorder.captures} captures, {recorder.refused} refused; "
+            + (f"{counts.sent} objects sent, {pending} still spooled" if counts else f"{pending} objects in the spool"))  # fmt: skip
+    out.result({"captures": recorder.captures, "refused": recorder.refused, "spooled": pending,
+                "sent": counts.sent if counts else 0, "pacs_refused": counts.refused if counts else 0})  # fmt: skip
+    return ExitCode.OK
+
+
+def _capture(args: argparse.Namespace, out: Output) -> int:
+    from edge_runtime.record import request_capture
+
+    reply = request_capture(args.trigger, args.timeout)
+    out.result(reply)
+    if not reply.get("ok"):
+        out.say(f"capture refused: {reply.get('error')}")
+        return ExitCode.ERROR
+    out.say(f"captured stream {reply['stream']} seq {reply['seq']}: {len(reply['instances'])} DICOM objects")
+    return ExitCode.OK
+
+
 # -- convert, compare, bench --------------------------------------------------------------------------------------
 def _sampling(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from calibration.sources import SampleOrder, Sampling
@@ -692,6 +742,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-id", type=int, help="show this stream (default: the first that sends)")
     p.add_argument("--max-age-ms", type=float, default=500.0,
                    help="an overlay older than this (capture to now) is not shown; the page says STALE (default 500)")  # fmt: skip
+
+    p = command("record", "record the live frame and its result as DICOM (SC, and SEG for segmentation) to a PACS "
+                "on a trigger", _record)  # fmt: skip
+    p.add_argument("--results", default="tcp://127.0.0.1:5556", help="the daemon's results endpoint")
+    p.add_argument("--preview", help="the daemon's preview endpoint (default: the one its heartbeats announce)")
+    p.add_argument("--pacs", metavar="AE@HOST:PORT", help="C-STORE to this PACS, e.g. ORTHANC@127.0.0.1:4242 "
+                   "(default: keep the files in --spool)")  # fmt: skip
+    p.add_argument("--calling-ae", default="EDGERT", help="our AE title (default EDGERT)")
+    p.add_argument("--spool", type=Path, default=Path("edgert-records"),
+                   help="folder where records wait until the PACS has them (default ./edgert-records)")  # fmt: skip
+    p.add_argument("--trigger", default="tcp://127.0.0.1:5559",
+                   help="REP endpoint for `edgert capture` (default tcp://127.0.0.1:5559; 'none' for no socket)")  # fmt: skip
+    p.add_argument("--every", type=float, metavar="SECONDS", help="also capture every SECONDS")
+    p.add_argument("--source-dicom", type=Path, help="the DICOM file the frames come from: records join its study "
+                   "and reference it (its patient data is copied, never invented)")  # fmt: skip
+    p.add_argument("--stream-id", type=int, help="record this stream (default: the first that sends)")
+    p.add_argument("--max-age-ms", type=float, default=1000.0, help="refuse to record a result older than this")
+    p.add_argument("--count", type=int, help="stop after this many captures (then wait up to --drain-s for the PACS)")
+    p.add_argument("--drain-s", type=float, default=30.0, help="with --count: how long to wait for the PACS")
+    _json_argument(p, "the counts")
+
+    p = command("capture", "ask a running `edgert record` to record the current frame now", _capture)
+    p.add_argument("--trigger", default="tcp://127.0.0.1:5559", help="the recorder's trigger endpoint")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    _json_argument(p, "the recorder's reply")
 
     p = command("replay", "play DICOM, images, video or a synthetic cine to a daemon, as a scanner would", _replay)
     p.add_argument("source", help=SOURCE_HELP)

@@ -290,14 +290,16 @@ class FeedStats:
 class Feed:
     """The thread that subscribes to the daemon's results and previews and hands on paired display frames.
 
-    `on_frame` is called from this thread with each new `DisplayFrame`; `status()` may be called from any thread.
+    `on_frame` is called from this thread with each new `DisplayFrame`, and `on_pair` (for other consumers, such
+    as `edgert record`) with each checked (result, preview) pair; `status()` may be called from any thread.
     """
 
     def __init__(
         self,
         results: str,
-        on_frame: Callable[[DisplayFrame], None],
+        on_frame: Callable[[DisplayFrame], None] | None,
         *,
+        on_pair: Callable[[Result, Preview], None] | None = None,
         preview: str | None = None,
         stream_id: int | None = None,
         max_age_ms: float | None = 500.0,
@@ -311,6 +313,7 @@ class Feed:
         self.limits = limits
         self.stats = FeedStats()
         self._on_frame = on_frame
+        self._on_pair = on_pair
         self._to_view_ms: deque[float] = deque(maxlen=20_000)  # capture to paired here, per display frame
         self._liveness = Liveness(misses)
         self._pairer = Pairer()
@@ -461,6 +464,10 @@ class Feed:
 
     def _emit(self, pair: tuple[Result, Preview] | None) -> None:
         if pair is None:
+            return
+        if self._on_pair is not None:
+            self._on_pair(*pair)
+        if self._on_frame is None:
             return
         now = time.time_ns()
         frame = display_frame(*pair, received_ns=now)

@@ -1,0 +1,173 @@
+"""`edgert record`: subscribe to the daemon's results and previews and, on a trigger, record the current frame and
+its result as DICOM, spooled and sent to a PACS.
+
+Triggers: a request on the recorder's own trigger socket (`edgert capture`, or any REQ client sending "capture"),
+and a timer (`every_s`). A capture is refused, with the reason in the reply and the log, when the daemon is not
+live or the newest result is older than `max_age_ms`: a record, like an overlay, is never of a stale result.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from PIL import Image
+
+from edge_runtime.protocol import Preview, Result, ResultStatus
+from edge_runtime.record.objects import RecordError, Series, SourceStudy, build_objects
+from edge_runtime.record.pacs import PacsSender, PacsTarget, Spool
+from edge_runtime.view.feed import Feed, Link
+
+log = logging.getLogger("edgert.record")
+
+DEFAULT_TRIGGER = "tcp://127.0.0.1:5559"
+TRIGGER_COMMAND = "capture"
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    results: str = "tcp://127.0.0.1:5556"
+    spool: Path = Path("edgert-records")
+    preview: str | None = None  # default: the endpoint the daemon's heartbeats announce
+    pacs: PacsTarget | None = None  # None: records stay in the spool folder
+    trigger: str | None = DEFAULT_TRIGGER  # REP endpoint for capture requests; None: none
+    every_s: float | None = None  # also capture on a timer
+    stream_id: int | None = None  # default: the first stream that sends
+    max_age_ms: float = 1000.0  # the newest result must be younger than this to be recorded
+    source: SourceStudy | None = None  # the DICOM the frames came from: its study, patient and instance
+    retry_s: float = 1.0  # first wait before sending to a PACS that was down (doubles, up to 30 s)
+
+    def __post_init__(self) -> None:
+        if self.every_s is not None and self.every_s <= 0:
+            raise RecordError("every_s must be positive")
+        if self.max_age_ms <= 0:
+            raise RecordError("max_age_ms must be positive")
+
+
+@dataclass
+class Captured:
+    """One capture: the files spooled, by SOP instance UID."""
+
+    seq: int
+    stream_id: int
+    instances: dict[str, str] = field(default_factory=dict)  # SOP instance UID -> what it is
+
+
+class Recorder:
+    def __init__(self, options: RecordOptions) -> None:
+        self.options = options
+        self.spool = Spool(options.spool)
+        self.series = Series.new(options.source)
+        self.captures = 0
+        self.refused = 0
+        self._latest: tuple[Result, Preview] | None = None
+        self._lock = threading.Lock()
+        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview,
+                         stream_id=options.stream_id, max_age_ms=None)  # fmt: skip
+        self.sender = PacsSender(options.pacs, self.spool, options.retry_s) if options.pacs else None
+
+    def _on_pair(self, result: Result, preview: Preview) -> None:
+        if result.status is ResultStatus.OK:
+            with self._lock:
+                self._latest = (result, preview)
+
+    def start(self) -> None:
+        self.feed.start()
+        if self.sender is not None:
+            self.sender.start()
+
+    def stop(self) -> None:
+        self.feed.stop()
+        if self.sender is not None:
+            self.sender.stop()
+
+    def capture(self) -> Captured:
+        """Record the newest result with its frame now; RecordError says why not."""
+        status = self.feed.status()
+        if status.link is not Link.ONLINE:
+            raise RecordError(f"nothing to record: the AI is {status.link.value} ({status.reason})")
+        with self._lock:
+            latest = self._latest
+        if latest is None:
+            raise RecordError("nothing to record yet: no result with its frame has arrived (is --preview on?)")
+        result, preview = latest
+        age_ms = (time.time_ns() - result.capture_ts_ns) / 1e6
+        if age_ms > self.options.max_age_ms:
+            raise RecordError(f"the newest result is {age_ms:.0f} ms old (limit {self.options.max_age_ms:.0f} ms)")
+        image: Image.Image = Image.open(io.BytesIO(bytes(preview.data))).convert("RGB")
+        if image.size != (preview.frame_width, preview.frame_height):  # the result's geometry is the frame's
+            image = image.resize((preview.frame_width, preview.frame_height), Image.Resampling.BILINEAR)
+        self.captures += 1
+        objects = build_objects(np.asarray(image), result, self.series, self.captures, self.options.source)
+        captured = Captured(result.seq, result.stream_id)
+        for ds in objects:
+            self.spool.put(ds)
+            captured.instances[str(ds.SOPInstanceUID)] = str(ds.get("SeriesDescription", ds.Modality))
+        if self.sender is not None:
+            self.sender.wake()
+        log.info("captured stream %d seq %d: %d objects", result.stream_id, result.seq, len(objects))
+        return captured
+
+    def try_capture(self) -> dict[str, Any]:
+        """`capture` as a reply: {"ok": true, "instances": ...} or {"ok": false, "error": ...}."""
+        try:
+            captured = self.capture()
+        except RecordError as exc:
+            self.refused += 1
+            log.warning("capture refused: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        return {"ok": True, "stream": captured.stream_id, "seq": captured.seq, "instances": captured.instances}
+
+    def run(self, stop: threading.Event, max_captures: int | None = None) -> None:
+        """Serve triggers until `stop` is set (or `max_captures` were made)."""
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        rep = None
+        try:
+            if self.options.trigger is not None:
+                rep = ctx.socket(zmq.REP)
+                rep.setsockopt(zmq.LINGER, 0)
+                rep.setsockopt(zmq.MAXMSGSIZE, 4096)
+                try:
+                    rep.bind(self.options.trigger)
+                except zmq.ZMQError as exc:
+                    raise RecordError(f"cannot bind the trigger socket to {self.options.trigger}: {exc}") from None
+            next_timer = time.monotonic() + self.options.every_s if self.options.every_s else None
+            while not stop.is_set() and (max_captures is None or self.captures < max_captures):
+                if rep is not None and rep.poll(50):
+                    request = rep.recv()[:64].decode("utf-8", "replace").strip()
+                    if request == TRIGGER_COMMAND:
+                        reply = self.try_capture()
+                    else:
+                        reply = {"ok": False, "error": f"unknown request; send {TRIGGER_COMMAND!r}"}
+                    rep.send(json.dumps(reply).encode())
+                elif rep is None:
+                    stop.wait(0.05)
+                if next_timer is not None and time.monotonic() >= next_timer:
+                    self.try_capture()
+                    next_timer += self.options.every_s or 0.0
+        finally:
+            ctx.destroy(linger=0)
+
+
+def request_capture(endpoint: str = DEFAULT_TRIGGER, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Ask a running `edgert record` to capture now; its reply."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(endpoint)
+        req.send(TRIGGER_COMMAND.encode())
+        if not req.poll(int(timeout_s * 1000)):
+            raise RecordError(f"no answer from a recorder at {endpoint} within {timeout_s:.0f} s")
+        reply: dict[str, Any] = json.loads(req.recv())
+        return reply
+    finally:
+        ctx.destroy(linger=0)
