@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +18,14 @@ from pydicom import dcmread
 
 from edge_runtime.daemon.config import PreviewConfig
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.record import PacsSender, PacsTarget, Recorder, RecordOptions, Series, Spool, build_objects
-from edge_runtime.record import request_capture
+from edge_runtime.record import (
+    PacsSender,
+    PacsTarget,
+    Series,
+    Spool,
+    build_objects,
+    request_capture,
+)
 from edge_runtime.sender import FrameSender
 from tests.conftest import LOOPBACK, wait_until
 from tests.edge_runtime.record.conftest import OrthancServer
