@@ -67,3 +67,18 @@ def test_metrics_does_not_import_the_daemon_server() -> None:
 def test_the_view_knows_the_daemon_only_by_its_wire_protocol(path: Path) -> None:
     outside = {m for m in _imports(path) if not m.startswith("edge_runtime.view")}
     assert outside <= CORE, outside
+
+
+INTEGRATION_MODULES = [*_modules("edge_runtime/record"), ROOT / "edge_runtime" / "igtl.py"]
+
+
+@pytest.mark.parametrize("path", INTEGRATION_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_integrations_know_the_daemon_only_by_its_wire_protocol(path: Path) -> None:
+    """record and igtl are clients of the daemon, like the view: the SDK, the view's ZeroMQ side, the overlay."""
+    sdk = {"edge_runtime", "edge_runtime.sender", "edge_runtime.overlay", "edge_runtime.view.feed"}
+    outside = {m for m in _imports(path) if not m.startswith("edge_runtime.record")}
+    assert outside <= CORE | sdk, outside
+
+
+def test_the_audit_log_stands_alone() -> None:
+    assert _imports(ROOT / "edge_runtime" / "audit.py") <= {"edge_runtime.errors"}

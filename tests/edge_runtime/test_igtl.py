@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyigtl  # the counterpart of these tests, on the other end of the socket
 import pytest
 import zmq
 
@@ -31,8 +32,6 @@ from edge_runtime.protocol import Box, ModelId, PixelFormat, Result, ResultStatu
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
 from tests.conftest import LOOPBACK, wait_until
-
-pyigtl = pytest.importorskip("pyigtl", reason="the OpenIGTLink bridge needs pyigtl (the igtl extra)")
 
 MODEL = ModelId("det", "1", "cd" * 32)
 

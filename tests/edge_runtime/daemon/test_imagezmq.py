@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import imagezmq  # the unmodified package, the counterpart of these tests
 import numpy as np
 import pytest
 import zmq
@@ -26,8 +27,6 @@ from edge_runtime.daemon.server import Daemon
 from edge_runtime.protocol import Limits, PixelFormat, ProtocolError, RejectReason, encode_frame
 from edge_runtime.subscriber import ResultSubscriber
 from tests.conftest import LOOPBACK, wait_until
-
-imagezmq = pytest.importorskip("imagezmq", reason="the imagezmq package (pip install imagezmq) is the counterpart")
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -12,8 +12,6 @@ from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage
 from edge_runtime.protocol import Box, ModelId, Result, ResultStatus, Task
 from edge_runtime.record import PacsTarget, RecordError, Series, SourceStudy, build_objects
 
-pytest.importorskip("highdicom", reason="edgert record needs highdicom (the pacs extra)")
-
 MODEL = ModelId("us-seg", "1.2.0", "ab" * 32)
 
 

@@ -31,7 +31,6 @@ from tests.conftest import LOOPBACK, wait_until
 from tests.edge_runtime.record.conftest import OrthancServer
 from tests.edge_runtime.record.test_objects import frame, segmentation
 
-pytest.importorskip("pynetdicom", reason="edgert record needs pynetdicom (the pacs extra)")
 ROOT = Path(__file__).resolve().parents[3]
 
 
