@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import zmq
 
@@ -19,6 +22,7 @@ from make_models import build  # noqa: E402
 from edge_runtime.daemon.config import DaemonConfig, IngestConfig  # noqa: E402
 from edge_runtime.daemon.server import Daemon  # noqa: E402
 from edge_runtime.package import demo_package_path  # noqa: E402
+from edge_runtime.sender import FrameSender  # noqa: E402
 
 LOOPBACK = "tcp://127.0.0.1:*"
 
@@ -33,6 +37,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP ports free on 127.0.0.1 right now (for servers that must be restarted on the same port)."""
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [int(s.getsockname()[1]) for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def stream_frames(sender: FrameSender, stop: threading.Event, fps: float = 30.0) -> threading.Thread:
+    """A scanner on its own thread: a bright rectangle on a 120x160 frame, sent at `fps` until `stop` is set."""
+    image = np.zeros((120, 160), np.uint8)
+    image[40:80, 50:110] = 220
+
+    def run() -> None:
+        while not stop.wait(1 / fps):
+            sender.send(image)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ their spacing and timestamp, and come back to Slicer where they came from."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,15 +30,9 @@ from edge_runtime.igtl import (
 from edge_runtime.protocol import Box, ModelId, PixelFormat, Result, ResultStatus, Task
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
-from tests.conftest import LOOPBACK, wait_until
+from tests.conftest import LOOPBACK, free_ports, stream_frames, wait_until
 
 MODEL = ModelId("det", "1", "cd" * 32)
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_label_maps_for_segmentation_and_detection() -> None:
@@ -91,21 +84,12 @@ def test_slicer_gets_the_frame_the_label_map_and_the_result(
     start_daemon: Callable[..., Daemon], zmq_ctx: zmq.Context
 ) -> None:
     daemon = start_daemon(preview=PreviewConfig(enabled=True, endpoint=LOOPBACK, max_side=80))
-    port = _port()
+    port = free_ports(1)[0]
     bridge = IgtlBridge(IgtlOptions(results=daemon.endpoints["results"], port=port, spacing_mm=(0.5, 0.5)))
     bridge.start()
     slicer = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=port)
     stop = threading.Event()
-    sender = FrameSender(daemon.endpoints["ingest"], context=zmq_ctx)
-
-    def scanner() -> None:
-        image = np.zeros((120, 160), np.uint8)
-        image[40:80, 50:110] = 220
-        while not stop.wait(1 / 30):
-            sender.send(image)
-
-    thread = threading.Thread(target=scanner, daemon=True)
-    thread.start()
+    stream_frames(FrameSender(daemon.endpoints["ingest"], context=zmq_ctx), stop)
     try:
         got = _messages(slicer, {IMAGE_DEVICE, LABELS_DEVICE, RESULT_DEVICE})
         image, labels = got[IMAGE_DEVICE], got[LABELS_DEVICE]
@@ -127,7 +111,7 @@ def test_images_from_plus_reach_the_daemon_with_spacing_and_go_back_where_they_c
     start_daemon: Callable[..., Daemon], zmq_ctx: zmq.Context, tmp_path: Path
 ) -> None:
     daemon = start_daemon(preview=PreviewConfig(enabled=True, endpoint=LOOPBACK, max_side=4096))
-    plus_port, slicer_port = _port(), _port()
+    plus_port, slicer_port = free_ports(2)
     plus = pyigtl.OpenIGTLinkServer(port=plus_port, local_server=True)  # a PLUS server, as pyigtl plays it
     bridge = IgtlBridge(IgtlOptions(results=daemon.endpoints["results"], port=slicer_port,
                                     source=("127.0.0.1", plus_port), ingest=daemon.endpoints["ingest"],

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from edge_runtime.daemon.imagezmq import MAX_NAMES, ImagezmqDecoder, StreamNames
 from edge_runtime.daemon.server import Daemon
 from edge_runtime.protocol import Limits, PixelFormat, ProtocolError, RejectReason, encode_frame
 from edge_runtime.subscriber import ResultSubscriber
-from tests.conftest import LOOPBACK, wait_until
+from tests.conftest import LOOPBACK, free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -223,7 +222,7 @@ def test_req_rep_refusals_without_a_request_body_are_answered(
 def test_pub_sub_sender_binds_and_the_daemon_connects(
     start_daemon: Callable[..., Daemon], zmq_ctx: zmq.Context
 ) -> None:
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     sender = imagezmq.ImageSender(connect_to=f"tcp://127.0.0.1:{port}", REQ_REP=False)  # binds, as imagezmq does
     daemon = _imagezmq_daemon(
         start_daemon, endpoint=f"tcp://127.0.0.1:{port}", mode=SocketMode.CONNECT, pattern=IngestPattern.SUB
@@ -246,16 +245,6 @@ def test_pub_sub_sender_binds_and_the_daemon_connects(
         sub.close()
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _serve_imagezmq(model: Path, ports: list[int], ready: Path) -> subprocess.Popen:
     ingest, results, control = (f"tcp://127.0.0.1:{p}" for p in ports)
     return subprocess.Popen(
@@ -272,7 +261,7 @@ def test_a_req_sender_keeps_going_through_a_daemon_restart(
 ) -> None:
     """imagezmq's own hub leaves a REQ sender waiting forever when it restarts mid-request. The daemon answers
     every queued request before it stops; the sender's next request waits in its own socket for the new daemon."""
-    ports = _free_ports(3)
+    ports = free_ports(3)
     ready = tmp_path / "ready.json"
     daemon = _serve_imagezmq(tiny_models["seg_tiny"], ports, ready)
     stop = threading.Event()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,19 +17,9 @@ import zmq
 
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
-from tests.conftest import wait_until
+from tests.conftest import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _serve(model: Path, ports: list[int], ready: Path) -> subprocess.Popen:
@@ -44,7 +33,7 @@ def _serve(model: Path, ports: list[int], ready: Path) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_and_restart(tiny_models: dict[str, Path], tmp_path: Path, zmq_ctx: zmq.Context) -> None:
-    ports = _free_ports(3)
+    ports = free_ports(3)
     ready = tmp_path / "ready.json"
     daemon = _serve(tiny_models["seg_tiny"], ports, ready)
     stop = threading.Event()

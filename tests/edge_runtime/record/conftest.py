@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -15,14 +14,10 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import free_ports
+
 ORTHANC = shutil.which("Orthanc")
 AE_TITLE = "ORTHANC"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OrthancServer:
@@ -30,7 +25,7 @@ class OrthancServer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.http_port, self.dicom_port = _free_port(), _free_port()
+        self.http_port, self.dicom_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         config = {
             "Name": "edgert-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zmq
 from pydicom import dcmread
@@ -27,7 +26,7 @@ from edge_runtime.record import (
     request_capture,
 )
 from edge_runtime.sender import FrameSender
-from tests.conftest import LOOPBACK, wait_until
+from tests.conftest import LOOPBACK, stream_frames, wait_until
 from tests.edge_runtime.record.conftest import OrthancServer
 from tests.edge_runtime.record.test_objects import frame, segmentation
 
@@ -113,16 +112,7 @@ def test_edgert_record_and_capture_end_to_end(
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     stop = threading.Event()
-    sender = FrameSender(daemon.endpoints["ingest"], context=zmq_ctx)
-
-    def scanner() -> None:
-        image = np.zeros((120, 160), np.uint8)
-        image[40:80, 50:110] = 200
-        while not stop.wait(1 / 30):
-            sender.send(image)
-
-    thread = threading.Thread(target=scanner, daemon=True)
-    thread.start()
+    stream_frames(FrameSender(daemon.endpoints["ingest"], context=zmq_ctx), stop)
     try:
         replies = []
 
