@@ -151,3 +151,17 @@ def test_view_latency_benchmark_smoke(tmp_path: Path) -> None:
     display, to_view = report["display_latency_ms"], report["to_view_latency_ms"]
     assert display["n"] > 10 and 0 < to_view["p50"] < display["p50"]  # painting comes after pairing
     assert report["frames"]["painted"] > 10 and report["painted_fps"] > 5
+
+
+@pytest.mark.slow
+def test_imagezmq_ingest_benchmark_smoke(tmp_path: Path) -> None:
+    """A few frames of the imagezmq sender benchmark: both sides send, get OK, and are timed."""
+    out = tmp_path / "izmq.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "imagezmq_ingest.py"), "--frames", "10", "--size", "120x160",
+         "--json", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    for side in ("edgert_imagezmq_ingest", "imagezmq_hub_infer_then_reply"):
+        assert report[side]["n"] == 10 and report[side]["replies"] == ["OK"] and report[side]["p50"] > 0
