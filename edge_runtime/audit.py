@@ -99,14 +99,17 @@ class AuditLog:
         with self._lock:
             if self._file.closed:
                 raise AuditError(f"{self.options.path}: the audit log is closed")
-            line = self._line(event, fields)
+            record = self._chained(event, fields)
+            line = _canonical(record) + "\n"
             if self._file.tell() + len(line) > self.options.max_bytes and self._file.tell() > 0:
                 self._rotate()
-                line = self._line(event, fields)
-            self._write(line)
+                record = self._chained(event, fields)  # after the rotation record
+                line = _canonical(record) + "\n"
+            self._write(line, record)
             return self.head
 
-    def _line(self, event: AuditEvent, fields: Mapping[str, Any]) -> str:
+    def _chained(self, event: AuditEvent, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The next record: `fields` with the chain's own fields, its hash computed last."""
         record = {
             **fields,
             "seq": self.seq + 1,
@@ -115,14 +118,13 @@ class AuditLog:
             "prev": self.head,
         }
         record["hash"] = _digest(record)
-        return _canonical(record) + "\n"
+        return record
 
-    def _write(self, line: str) -> None:
+    def _write(self, line: str, record: Mapping[str, Any]) -> None:
         self._file.write(line)
         self._file.flush()
         if self.options.fsync:
             os.fsync(self._file.fileno())
-        record = json.loads(line)
         self.seq, self.head = record["seq"], record["hash"]
 
     def _rotate(self) -> None:
@@ -135,7 +137,8 @@ class AuditLog:
         os.replace(path, _rotated(path, 1))
         self._file = open(path, "a", encoding="ascii")  # noqa: SIM115
         os.chmod(path, 0o640)
-        self._write(self._line(AuditEvent.ROTATED, {"previous_file": _rotated(path, 1).name}))
+        record = self._chained(AuditEvent.ROTATED, {"previous_file": _rotated(path, 1).name})
+        self._write(_canonical(record) + "\n", record)
 
     def close(self) -> None:
         with self._lock:

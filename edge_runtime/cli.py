@@ -9,13 +9,16 @@ source is named the same way everywhere (`SOURCE_HELP`); exit codes are `ExitCod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -301,10 +304,20 @@ def _view(args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
-def _record(args: argparse.Namespace, out: Output) -> int:
-    import signal
-    import threading
+@contextlib.contextmanager
+def _stop_on_signal() -> Iterator[threading.Event]:
+    """An event that SIGINT or SIGTERM sets while the block runs (the long-running clients' way to end cleanly);
+    the previous handlers come back after it."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
+
+def _record(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.record import PacsTarget, Recorder, RecordOptions, SourceStudy
 
     options = RecordOptions(
@@ -314,22 +327,19 @@ def _record(args: argparse.Namespace, out: Output) -> int:
         max_age_ms=args.max_age_ms, source=SourceStudy.from_file(args.source_dicom) if args.source_dicom else None,
     )  # fmt: skip
     recorder = Recorder(options)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    recorder.start()
     where = f"sent to {args.pacs}" if args.pacs else "kept"
-    out.progress(f"recording from {args.results}: captures spooled in {args.spool} and {where}; trigger "
-                 f"{options.trigger or 'none'}{f', every {args.every:g} s' if args.every else ''}")  # fmt: skip
-    try:
-        recorder.run(stop, max_captures=args.count)
-        if recorder.sender is not None and args.count is not None:  # a bounded run waits for its records to go out
-            deadline = time.monotonic() + args.drain_s
-            while recorder.spool.pending() and time.monotonic() < deadline and not stop.is_set():
-                time.sleep(0.1)
-    finally:
-        recorder.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stop_on_signal() as stop:
+        recorder.start()
+        out.progress(f"recording from {args.results}: captures spooled in {args.spool} and {where}; trigger "
+                     f"{options.trigger or 'none'}{f', every {args.every:g} s' if args.every else ''}")  # fmt: skip
+        try:
+            recorder.run(stop, max_captures=args.count)
+            if recorder.sender is not None and args.count is not None:  # a bounded run waits for its records
+                deadline = time.monotonic() + args.drain_s
+                while recorder.spool.pending() and time.monotonic() < deadline and not stop.is_set():
+                    time.sleep(0.1)
+        finally:
+            recorder.stop()
     counts = recorder.sender.counts if recorder.sender else None
     pending = len(recorder.spool.pending())
     out.say(f"{recorder.captures} captures, {recorder.refused} refused; "
@@ -340,9 +350,6 @@ def _record(args: argparse.Namespace, out: Output) -> int:
 
 
 def _igtl(args: argparse.Namespace, out: Output) -> int:
-    import signal
-    import threading
-
     from edge_runtime.igtl import IgtlBridge, IgtlOptions, parse_source
 
     options = IgtlOptions(
@@ -351,17 +358,14 @@ def _igtl(args: argparse.Namespace, out: Output) -> int:
         source_device=args.source_device, ingest=args.ingest, source_stream_id=args.source_stream_id,
     )  # fmt: skip
     bridge = IgtlBridge(options)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    bridge.start()
-    out.progress(f"OpenIGTLink server for Slicer on 127.0.0.1:{args.port}"
-                 + (f"; images from {args.source} go to {args.ingest}" if args.source else ""))  # fmt: skip
-    try:
-        stop.wait()
-    finally:
-        bridge.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stop_on_signal() as stop:
+        bridge.start()
+        out.progress(f"OpenIGTLink server for Slicer on 127.0.0.1:{args.port}"
+                     + (f"; images from {args.source} go to {args.ingest}" if args.source else ""))  # fmt: skip
+        try:
+            stop.wait()
+        finally:
+            bridge.stop()
     c = bridge.counts
     out.say(f"{c.sent} frames sent to Slicer, {c.skipped} skipped; {c.forwarded} forwarded from the source, "
             f"{c.dropped} dropped, {c.refused} refused")  # fmt: skip

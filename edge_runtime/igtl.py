@@ -49,6 +49,14 @@ class IgtlError(EdgertError, ValueError):
     pass
 
 
+class SourceImageError(IgtlError):
+    """A source image that cannot be forwarded; `reason` is one of a few fixed labels, for the counts."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class IgtlOptions:
     results: str = "tcp://127.0.0.1:5556"
@@ -75,7 +83,7 @@ class IgtlCounts:
     forwarded: int = 0  # frames from `source` sent to the daemon
     dropped: int = 0  # frames from `source` the sender dropped (the daemon not keeping up or away)
     refused: int = 0  # source messages that are not an image we can forward
-    refusals: dict[str, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)  # by SourceImageError.reason: not_2d, pixel_type, bad_matrix
 
 
 def parse_source(text: str) -> tuple[str, int]:
@@ -92,16 +100,20 @@ def geometry(spacing_mm: tuple[float, float]) -> np.ndarray:
     return matrix
 
 
+def nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`labels` resampled to (height, width) by nearest neighbour: labels must stay labels."""
+    if labels.shape == (height, width):
+        return labels
+    rows = (np.arange(height) * labels.shape[0] // height)[:, None]
+    cols = (np.arange(width) * labels.shape[1] // width)[None, :]
+    return np.ascontiguousarray(labels[rows, cols])
+
+
 def label_map(result: Result, height: int, width: int) -> np.ndarray | None:
-    """The result as a label image of the frame's size: class ids for segmentation, box outlines (class id + 1)
-    for detection; None for classification."""
+    """The result as a (height, width) label image: the class ids of a segmentation, resampled; a detection's box
+    outlines (class id + 1), with the boxes taken in (height, width) pixels; None for classification."""
     if result.task is Task.SEGMENTATION and result.mask is not None:
-        mask = result.mask
-        if mask.shape != (height, width):  # nearest neighbour: labels must stay labels
-            rows = (np.arange(height) * mask.shape[0] // height)[:, None]
-            cols = (np.arange(width) * mask.shape[1] // width)[None, :]
-            mask = mask[rows, cols]
-        return np.ascontiguousarray(mask, dtype=np.uint8)
+        return np.ascontiguousarray(nearest(result.mask, height, width), dtype=np.uint8)
     if result.task is Task.DETECTION:
         labels = np.zeros((height, width), np.uint8)
         for box in result.boxes:
@@ -138,10 +150,10 @@ def result_json(result: Result) -> str:
 
 
 def frame_from_image(message: Any) -> tuple[np.ndarray, PixelFormat, tuple[float, float]]:
-    """Pixels, format and (x, y) spacing in mm of a pyigtl ImageMessage; IgtlError names what is not usable."""
+    """Pixels, format and (x, y) spacing in mm of a pyigtl ImageMessage; SourceImageError names what is not usable."""
     image = np.asarray(message.image)
     if image.ndim not in (3, 4) or image.shape[0] != 1:
-        raise IgtlError(f"image of shape {image.shape}: only one 2D slice (k = 1) is forwarded")
+        raise SourceImageError("not_2d", f"image of shape {image.shape}: only one 2D slice (k = 1) is forwarded")
     pixels = image[0]
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
@@ -153,11 +165,13 @@ def frame_from_image(message: Any) -> tuple[np.ndarray, PixelFormat, tuple[float
     elif pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
         fmt = PixelFormat.RGB8
     else:
-        raise IgtlError(f"pixels {pixels.shape} {pixels.dtype}: need gray uint8/uint16 or RGB uint8")
+        raise SourceImageError(
+            "pixel_type", f"pixels {pixels.shape} {pixels.dtype}: need gray uint8/uint16 or RGB uint8"
+        )
     matrix = np.asarray(message.ijk_to_world_matrix, dtype=np.float64)
     spacing = (float(np.linalg.norm(matrix[:3, 0])), float(np.linalg.norm(matrix[:3, 1])))
     if not all(np.isfinite(spacing)) or min(spacing) <= 0:
-        raise IgtlError(f"spacing {spacing} from the image's matrix is not usable")
+        raise SourceImageError("bad_matrix", f"spacing {spacing} from the image's matrix is not usable")
     return pixels, fmt, spacing
 
 
@@ -226,14 +240,10 @@ class IgtlBridge:
         stamp = result.capture_ts_ns / 1e9
         messages = [self._pyigtl.ImageMessage(rgb[None], ijk_to_world_matrix=matrix, timestamp=stamp,
                                               device_name=IMAGE_DEVICE)]  # fmt: skip
-        labels = label_map(result, height, width) if result.task is not Task.DETECTION else None
-        if result.task is Task.DETECTION:  # boxes are in frame pixels: draw them at the frame's size, then scale
-            full = label_map(result, preview.frame_height, preview.frame_width)
-            assert full is not None
-            rows = (np.arange(height) * preview.frame_height // height)[:, None]
-            cols = (np.arange(width) * preview.frame_width // width)[None, :]
-            labels = np.ascontiguousarray(full[rows, cols]) if (height, width) != full.shape else full
+        # in the frame's pixels (a detection's boxes are), then to the image's size
+        labels = label_map(result, preview.frame_height, preview.frame_width)
         if labels is not None:
+            labels = nearest(labels, height, width)
             messages.append(self._pyigtl.ImageMessage(labels[None], ijk_to_world_matrix=matrix, timestamp=stamp,
                                                       device_name=LABELS_DEVICE))  # fmt: skip
         messages.append(self._pyigtl.StringMessage(result_json(result), timestamp=stamp, device_name=RESULT_DEVICE))
@@ -257,10 +267,9 @@ class IgtlBridge:
                     continue
                 try:
                     pixels, fmt, spacing = frame_from_image(message)
-                except IgtlError as exc:
+                except SourceImageError as exc:
                     self.counts.refused += 1
-                    reason = str(exc).split(":")[0]
-                    self.counts.refusals[reason] = self.counts.refusals.get(reason, 0) + 1
+                    self.counts.refusals[exc.reason] = self.counts.refusals.get(exc.reason, 0) + 1
                     if self.counts.refused & (self.counts.refused - 1) == 0:
                         log.warning("image from %r not forwarded (%d so far): %s", message.device_name[:32],
                                     self.counts.refused, exc)  # fmt: skip

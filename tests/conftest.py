@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -48,6 +50,18 @@ def free_ports(n: int) -> list[int]:
     for s in sockets:
         s.close()
     return ports
+
+
+def serve_process(model: Path, ports: list[int], ready: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`edgert serve` as its own process on 127.0.0.1 ports (ingest, results, control), heartbeats every 100 ms, its
+    endpoints written to `ready` once it serves; `extra` are more flags."""
+    ingest, results, control = (f"tcp://127.0.0.1:{p}" for p in ports)
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(model), "--ingest", ingest,
+         "--results", results, "--control", control, "--heartbeat-ms", "100", "--ready-file", str(ready), *extra],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 def stream_frames(sender: FrameSender, stop: threading.Event, fps: float = 30.0) -> threading.Thread:

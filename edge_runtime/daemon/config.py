@@ -16,6 +16,7 @@ from typing import Any
 from edge_runtime.audit import AuditOptions
 from edge_runtime.backends import BackendKind
 from edge_runtime.backends.engine_cache import OnMismatch
+from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.errors import EdgertError
 from edge_runtime.package import TrackerSpec
@@ -77,11 +78,10 @@ class IngestConfig:
                 raise ConfigError("ingest.pattern 'rep' needs ingest.format = 'imagezmq'")
             if self.streams or not self.auto_streams:
                 raise ConfigError("ingest.streams and ingest.auto_streams apply to ingest.format = 'imagezmq' only")
-        for name, stream_id in self.streams.items():
-            if not isinstance(stream_id, int) or isinstance(stream_id, bool) or not 0 <= stream_id < 2**32:
-                raise ConfigError(f"ingest.streams.{name}: {stream_id!r} is not a stream id (0..2**32-1)")
-        if len(set(self.streams.values())) != len(self.streams):
-            raise ConfigError("ingest.streams: two names map to the same stream id")
+        try:
+            check_names(self.streams)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -49,17 +49,22 @@ def refusal_reply(reason: RejectReason) -> bytes:
     return b"REFUSED " + reason.value.encode()
 
 
+def check_names(configured: Mapping[str, int]) -> None:
+    """ValueError, naming the key of `[ingest] streams`, unless every id is a stream id and no two names share one."""
+    for name, stream_id in configured.items():
+        if not isinstance(stream_id, int) or isinstance(stream_id, bool) or not 0 <= stream_id < 2**32:
+            raise ValueError(f"ingest.streams.{name}: {stream_id!r} is not a stream id (0..2**32-1)")
+    if len(set(configured.values())) != len(configured):
+        raise ValueError("ingest.streams: two names map to the same stream id")
+
+
 class StreamNames:
     """imagezmq names to stream ids: the configured table first; with `auto`, an unknown name takes the lowest id
     neither configured nor taken. The table is bounded (MAX_NAMES) so a sender that puts changing text in the name
     cannot grow it without end. Thread-safe (the receiver assigns, `snapshot` is read by the control thread)."""
 
     def __init__(self, configured: Mapping[str, int], auto: bool = True) -> None:
-        for name, stream_id in configured.items():
-            if not 0 <= stream_id < 2**32:
-                raise ValueError(f"stream id {stream_id} for name {name!r} is outside 0..2**32-1")
-        if len(set(configured.values())) != len(configured):
-            raise ValueError("two names map to the same stream id")
+        check_names(configured)
         self._ids = dict(configured)
         self._auto = auto
         self._next = 0

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +22,9 @@ from edge_runtime.daemon.imagezmq import MAX_NAMES, ImagezmqDecoder, StreamNames
 from edge_runtime.daemon.server import Daemon
 from edge_runtime.protocol import Limits, PixelFormat, ProtocolError, RejectReason, encode_frame
 from edge_runtime.subscriber import ResultSubscriber
-from tests.conftest import LOOPBACK, free_ports, wait_until
+from tests.conftest import LOOPBACK, free_ports, serve_process, wait_until
 
-ROOT = Path(__file__).resolve().parents[3]
+IMAGEZMQ_REP = ("--ingest-format", "imagezmq", "--ingest-pattern", "rep")
 
 
 def _parts(meta: dict, payload: bytes) -> list[bytes]:
@@ -245,16 +242,6 @@ def test_pub_sub_sender_binds_and_the_daemon_connects(
         sub.close()
 
 
-def _serve_imagezmq(model: Path, ports: list[int], ready: Path) -> subprocess.Popen:
-    ingest, results, control = (f"tcp://127.0.0.1:{p}" for p in ports)
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(model), "--ingest", ingest,
-         "--ingest-format", "imagezmq", "--ingest-pattern", "rep", "--results", results, "--control", control,
-         "--heartbeat-ms", "100", "--ready-file", str(ready)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 @pytest.mark.slow
 def test_a_req_sender_keeps_going_through_a_daemon_restart(
     tiny_models: dict[str, Path], tmp_path: Path, zmq_ctx: zmq.Context
@@ -263,7 +250,7 @@ def test_a_req_sender_keeps_going_through_a_daemon_restart(
     every queued request before it stops; the sender's next request waits in its own socket for the new daemon."""
     ports = free_ports(3)
     ready = tmp_path / "ready.json"
-    daemon = _serve_imagezmq(tiny_models["seg_tiny"], ports, ready)
+    daemon = serve_process(tiny_models["seg_tiny"], ports, ready, *IMAGEZMQ_REP)
     stop = threading.Event()
     replies: list[bytes] = []
     longest = [0.0]
@@ -289,7 +276,9 @@ def test_a_req_sender_keeps_going_through_a_daemon_restart(
             daemon.send_signal(signal.SIGTERM)
             assert daemon.wait(10) == 0
             ready.unlink(missing_ok=True)
-            daemon = _serve_imagezmq(tiny_models["seg_tiny"], ports, ready)  # same endpoints, as systemd would
+            daemon = serve_process(
+                tiny_models["seg_tiny"], ports, ready, *IMAGEZMQ_REP
+            )  # same endpoints, as systemd would
             wait_until(ready.exists, timeout=30)
             before = len(replies)
             wait_until(lambda: len(replies) > before + 10, timeout=10)  # the sender goes on by itself

@@ -4,10 +4,7 @@ while heartbeats are missing, and results resume after the restart. Bounded time
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -17,25 +14,14 @@ import zmq
 
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
-from tests.conftest import free_ports, wait_until
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _serve(model: Path, ports: list[int], ready: Path) -> subprocess.Popen:
-    ingest, results, control = (f"tcp://127.0.0.1:{p}" for p in ports)
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(model), "--ingest", ingest,
-         "--results", results, "--control", control, "--heartbeat-ms", "100", "--ready-file", str(ready)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+from tests.conftest import free_ports, serve_process, wait_until
 
 
 @pytest.mark.slow
 def test_sigkill_and_restart(tiny_models: dict[str, Path], tmp_path: Path, zmq_ctx: zmq.Context) -> None:
     ports = free_ports(3)
     ready = tmp_path / "ready.json"
-    daemon = _serve(tiny_models["seg_tiny"], ports, ready)
+    daemon = serve_process(tiny_models["seg_tiny"], ports, ready)
     stop = threading.Event()
     frame = np.zeros((16, 16), np.uint8)
     try:
@@ -65,7 +51,7 @@ def test_sigkill_and_restart(tiny_models: dict[str, Path], tmp_path: Path, zmq_c
         dropped_while_down = sender.stats.dropped
 
         ready.unlink(missing_ok=True)
-        daemon = _serve(tiny_models["seg_tiny"], ports, ready)  # same endpoints, as a service manager would
+        daemon = serve_process(tiny_models["seg_tiny"], ports, ready)  # same endpoints, as a service manager would
         wait_until(ready.exists, timeout=30)
         wait_until(lambda: sub.recv(50) is not None and sub.daemon_alive, timeout=15)  # results resume by themselves
         assert sub.status_text == "AI live"
