@@ -105,8 +105,8 @@ class Recorder:
         image: Image.Image = Image.open(io.BytesIO(bytes(preview.data))).convert("RGB")
         if image.size != (preview.frame_width, preview.frame_height):  # the result's geometry is the frame's
             image = image.resize((preview.frame_width, preview.frame_height), Image.Resampling.BILINEAR)
+        objects = build_objects(np.asarray(image), result, self.series, self.captures + 1, self.options.source)
         self.captures += 1
-        objects = build_objects(np.asarray(image), result, self.series, self.captures, self.options.source)
         captured = Captured(result.seq, result.stream_id)
         for ds in objects:
             self.spool.put(ds)
@@ -124,6 +124,10 @@ class Recorder:
             self.refused += 1
             log.warning("capture refused: %s", exc)
             return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # building or spooling failed (a full disk...): answer, and keep recording
+            self.refused += 1
+            log.error("capture failed: %s", exc.__class__.__name__)
+            return {"ok": False, "error": f"capture failed: {exc.__class__.__name__}"}
         return {"ok": True, "stream": captured.stream_id, "seq": captured.seq, "instances": captured.instances}
 
     def run(self, stop: threading.Event, max_captures: int | None = None) -> None:
