@@ -102,3 +102,16 @@ def test_errors_name_the_problem_without_patient_data(tmp_path: Path) -> None:
     for bad in ("127.0.0.1:4242", "A@h:0", "WAY_TOO_LONG_AE_TITLE@h:1"):
         with pytest.raises(RecordError):
             PacsTarget.parse(bad)
+
+
+def test_a_capture_that_fails_is_answered_and_counted(tmp_path: Path) -> None:
+    from edge_runtime.record import Recorder, RecordOptions
+
+    recorder = Recorder(RecordOptions(spool=tmp_path / "spool", trigger=None))
+
+    def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    recorder.capture = disk_full  # type: ignore[method-assign, assignment]
+    assert recorder.try_capture() == {"ok": False, "error": "capture failed: OSError"}
+    assert recorder.refused == 1 and recorder.captures == 0
