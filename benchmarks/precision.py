@@ -69,9 +69,10 @@ def _dice_vs_truth(package_dir: Path, frames: int = 40) -> float:
         for i in range(frames):
             img, truth = gen.sample()
             r = pipe.run(Frame(0, i, 0, 0, PixelFormat.GRAY8, img), 0)
-            assert r.mask is not None
+            mask = r.frame_mask()
+            assert mask is not None
             for c in range(1, 4):
-                p, t = r.mask == c, truth == c
+                p, t = mask == c, truth == c
                 inter += int((p & t).sum())
                 total += int(p.sum() + t.sum())
     return 2 * inter / total

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from calibration.preprocessing import scale_labels
 from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import PixelFormat, Preview, Result, ResultStatus, Task
 from edge_runtime.sender import FrameSender
@@ -100,20 +101,11 @@ def geometry(spacing_mm: tuple[float, float]) -> np.ndarray:
     return matrix
 
 
-def nearest(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """`labels` resampled to (height, width) by nearest neighbour: labels must stay labels."""
-    if labels.shape == (height, width):
-        return labels
-    rows = (np.arange(height) * labels.shape[0] // height)[:, None]
-    cols = (np.arange(width) * labels.shape[1] // width)[None, :]
-    return np.ascontiguousarray(labels[rows, cols])
-
-
 def label_map(result: Result, height: int, width: int) -> np.ndarray | None:
     """The result as a (height, width) label image: the class ids of a segmentation, resampled; a detection's box
     outlines (class id + 1), with the boxes taken in (height, width) pixels; None for classification."""
     if result.task is Task.SEGMENTATION and result.mask is not None:
-        return np.ascontiguousarray(nearest(result.mask, height, width), dtype=np.uint8)
+        return np.ascontiguousarray(scale_labels(result.mask, height, width), dtype=np.uint8)
     if result.task is Task.DETECTION:
         labels = np.zeros((height, width), np.uint8)
         for box in result.boxes:
@@ -243,7 +235,7 @@ class IgtlBridge:
         # in the frame's pixels (a detection's boxes are), then to the image's size
         labels = label_map(result, preview.frame_height, preview.frame_width)
         if labels is not None:
-            labels = nearest(labels, height, width)
+            labels = scale_labels(labels, height, width)
             messages.append(self._pyigtl.ImageMessage(labels[None], ijk_to_world_matrix=matrix, timestamp=stamp,
                                                       device_name=LABELS_DEVICE))  # fmt: skip
         messages.append(self._pyigtl.StringMessage(result_json(result), timestamp=stamp, device_name=RESULT_DEVICE))

@@ -118,7 +118,7 @@ def draw_overlay(
     (segmentation), boxes labelled with class, score and track id (detection), a banner with the top classes and
     the saliency heatmap (classification; `saliency=False` leaves the heatmap out).
 
-    Refuses (ValueError) a result that does not fit the frame (a mask of another size, a box beyond the frame), so
+    Refuses (ValueError) a result that does not fit the frame (a mask for another frame size, a box beyond it), so
     a result can never be drawn over the wrong frame geometry. An ERROR result draws nothing: the caller should
     show the frame without AI output.
     """
@@ -133,11 +133,14 @@ def draw_overlay(
         return _draw_classes(out, result, alpha, saliency)
     if result.mask is None:
         return out
-    if result.mask.shape != frame_rgb.shape[:2]:
-        raise ValueError(f"result mask {result.mask.shape} does not match frame {frame_rgb.shape[:2]}")
+    covers = result.frame_shape or result.mask.shape  # no frame size: the mask is at the frame's resolution
+    if covers != frame_rgb.shape[:2]:
+        raise ValueError(f"result mask for a frame of {covers} does not match frame {frame_rgb.shape[:2]}")
+    mask = result.frame_mask()
+    assert mask is not None
     palette = np.asarray(result.colors, np.float32)
-    fg = result.mask > 0
-    blended = out[fg].astype(np.float32) * (1.0 - alpha) + palette[result.mask[fg]] * alpha
+    fg = mask > 0
+    blended = out[fg].astype(np.float32) * (1.0 - alpha) + palette[mask[fg]] * alpha
     out[fg] = (blended + 0.5).astype(np.uint8)
     if contours:
         index = {name: i for i, name in enumerate(result.labels)}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from calibration.preprocessing import Color, Preprocessor
-from edge_runtime.backends import BackendError, BackendKind, GpuOptions, Runner, create_runner
+from calibration.preprocessing import Color, Preprocessor, scale_labels
+from edge_runtime.backends import BackendError, BackendKind, CpuOptions, GpuOptions, Runner, create_runner
 from edge_runtime.package import ModelPackage, TrackerSpec
 from edge_runtime.protocol import Frame, PixelFormat, Result, ResultStatus
 from edge_runtime.tasks import Decoded, card_head
@@ -30,6 +32,25 @@ def frame_color(fmt: PixelFormat) -> Color:
 MAX_TRACKED_STREAMS = 64
 
 
+class MaskResolution(str, enum.Enum):
+    """The resolution a segmentation mask is published at. MODEL (the default since protocol 1.3): the model's
+    own, covering the frame, scaled up by the display (a 480x640 frame's mask shrinks from 307 KB to 49 KB with the
+    demo model, a full-HD one's from 2 MB); the frame's when that is no larger. FRAME: always the frame's, as
+    protocol 1.2 readers expect."""
+
+    MODEL = "model"
+    FRAME = "frame"
+
+
+@dataclass(frozen=True)
+class PipelineTimes:
+    """Where one `run` spent its time, in nanoseconds."""
+
+    preprocess_ns: int
+    model_ns: int  # the backend runner alone
+    postprocess_ns: int  # the task head (and the tracker)
+
+
 class InferencePipeline:
     """One model, ready to turn frames into results. Not thread-safe: one inference thread owns it."""
 
@@ -41,17 +62,21 @@ class InferencePipeline:
         *,
         engine: Path | None = None,
         gpu: GpuOptions = GpuOptions(),
+        cpu: CpuOptions = CpuOptions(),
         tracker: TrackerSpec | None = None,
         tracking: bool | None = None,
+        mask: MaskResolution = MaskResolution.MODEL,
     ) -> None:
         """`engine`: for the tensorrt backend, the plan built on this device for the package. `tracker`: box
         tracking for a detector, over the card's (`output.tracker`); `tracking` False turns tracking off, None
-        leaves it as the card and `tracker` say."""
+        leaves it as the card and `tracker` say. `mask`: the resolution of segmentation masks in results."""
         self.package = package
         self.card = package.card
         self.model_id = package.model_id
         self.backend = backend
-        self.runner: Runner = create_runner(backend, package.onnx_path, threads=threads, engine=engine, gpu=gpu)
+        self.runner: Runner = create_runner(
+            backend, package.onnx_path, threads=threads, engine=engine, gpu=gpu, cpu=cpu
+        )
         self.preprocess = Preprocessor(self.card.preprocess)
         self.head = card_head(self.card, package.cam)
         detection = self.card.output.detection
@@ -63,6 +88,8 @@ class InferencePipeline:
         self._trackers: dict[int, BoxTracker] = {}  # per stream: one object's track never jumps to another stream
         self._labels = self.card.output.labels
         self._colors = self.card.output.colors
+        self.last_times: PipelineTimes | None = None  # of the last successful `run`
+        self.mask_resolution = mask
 
     def __enter__(self) -> InferencePipeline:
         self.runner.activate()
@@ -92,15 +119,20 @@ class InferencePipeline:
     def run(self, frame: Frame, recv_ts_ns: int) -> Result:
         """Infer one frame. Failures become an ERROR result for this frame, never an exception."""
         start = time.time_ns()
+        self.last_times = None
         try:
             x, place = self.preprocess(frame.pixels, frame_color(frame.pixel_format))
+            prepared = time.time_ns()
             outputs = self.runner.infer({self.card.input_name: x})
+            inferred = time.time_ns()
             decoded = self.head.decode(outputs, place, frame.spacing_mm)
             if self.tracker_spec is not None:
                 decoded = Decoded(boxes=self._tracker(frame.stream_id).update(decoded.boxes))
         except Exception as exc:  # a bad frame or a backend failure must not stop the stream
             return self._result(frame, recv_ts_ns, start, ResultStatus.ERROR, error=f"{exc.__class__.__name__}: {exc}")
-        return self._result(frame, recv_ts_ns, start, ResultStatus.OK, decoded)
+        result = self._result(frame, recv_ts_ns, start, ResultStatus.OK, decoded)
+        self.last_times = PipelineTimes(prepared - start, inferred - prepared, result.infer_end_ns - inferred)
+        return result
 
     def _tracker(self, stream_id: int) -> BoxTracker:
         """The stream's tracker, most recently used last; the least recently used goes beyond MAX_TRACKED_STREAMS
@@ -122,6 +154,11 @@ class InferencePipeline:
         error: str | None = None,
     ) -> Result:
         d = decoded or Decoded()
+        mask = d.mask
+        if mask is not None and (
+            self.mask_resolution is MaskResolution.FRAME or mask.size >= frame.height * frame.width
+        ):
+            mask = scale_labels(mask, frame.height, frame.width)
         return Result(
             stream_id=frame.stream_id,
             seq=frame.seq,
@@ -135,7 +172,7 @@ class InferencePipeline:
             model=self.model_id,
             labels=self._labels,
             colors=self._colors,
-            mask=d.mask,
+            mask=mask,
             areas_px=d.areas_px,
             areas_mm2=d.areas_mm2,
             contours=d.contours,
@@ -143,4 +180,5 @@ class InferencePipeline:
             classes=d.classes,
             saliency=d.saliency,
             error=error,
+            frame_shape=(frame.height, frame.width),
         )

@@ -22,23 +22,26 @@ from typing import Any
 
 import numpy as np
 
+from calibration.preprocessing import scale_labels
 from edge_runtime.errors import EdgertError, FrameError
 
 MAGIC = b"EDGR"
 VERSION_MAJOR = 1
-VERSION_MINOR = 2  # 1.1: detection boxes, classification scores and saliency in the result body; 1.2: PREVIEW
+VERSION_MINOR = 3  # 1.1: detection boxes, classification scores and saliency in the result body; 1.2: PREVIEW;
+# 1.3: the result header carries the frame's size, and a mask may come at the model's resolution
 
 Buffer = bytes | bytearray | memoryview
 
 _PREFIX = struct.Struct("<4sBBHBBH")  # magic, major, minor, header_len, msg_type, flags, reserved
 _FRAME = struct.Struct("<IQQQIIHBBIff")  # after the prefix
 _RESULT = struct.Struct("<IQQQQQQBBHII32s")
+_RESULT_1_3 = struct.Struct("<II")  # appended in 1.3: frame_width, frame_height (0: unknown)
 _HEARTBEAT = struct.Struct("<BBHQQQQQ32s")
 _PREVIEW = struct.Struct("<IQQIIIIBBH")
 
 PREFIX_SIZE = _PREFIX.size
 FRAME_HEADER_SIZE = PREFIX_SIZE + _FRAME.size
-RESULT_HEADER_SIZE = PREFIX_SIZE + _RESULT.size
+RESULT_HEADER_SIZE = PREFIX_SIZE + _RESULT.size + _RESULT_1_3.size
 HEARTBEAT_HEADER_SIZE = PREFIX_SIZE + _HEARTBEAT.size
 PREVIEW_HEADER_SIZE = PREFIX_SIZE + _PREVIEW.size
 PUBLISH_TS_OFFSET = PREFIX_SIZE + 44  # result header: publish_ts_ns, stamped by the daemon just before sending
@@ -248,7 +251,7 @@ class Result:
     model: ModelId
     labels: tuple[str, ...] = ()
     colors: tuple[tuple[int, int, int], ...] = ()
-    mask: np.ndarray | None = None  # uint8 class ids, (H, W) of the frame
+    mask: np.ndarray | None = None  # uint8 class ids covering the frame, at the model's or the frame's resolution
     areas_px: Mapping[str, int] = field(default_factory=dict)
     areas_mm2: Mapping[str, float] | None = None
     contours: Mapping[str, list[Polygon]] = field(default_factory=dict)
@@ -256,6 +259,14 @@ class Result:
     boxes: tuple[Box, ...] = ()  # detection, best score first
     classes: tuple[ClassScore, ...] = ()  # classification: the top-k, best first
     saliency: Heatmap | None = None  # classification with a CAM-capable head
+    frame_shape: tuple[int, int] | None = None  # (height, width) of the frame the result describes; None: unknown
+
+    def frame_mask(self) -> np.ndarray | None:
+        """The mask at the frame's resolution: as it came when it already is, else scaled up by nearest neighbour
+        with the rule of docs/PROTOCOL.md (`calibration.preprocessing.scale_labels`)."""
+        if self.mask is None or self.frame_shape is None:
+            return self.mask
+        return scale_labels(self.mask, *self.frame_shape)
 
     def label(self, class_id: int) -> str:
         """The name of a class id, refusing one outside the labels the result carries."""
@@ -452,10 +463,11 @@ def encode_result(result: Result) -> list[Buffer]:
     if mask is not None and (mask.dtype != np.uint8 or mask.ndim != 2):
         raise ValueError(f"mask must be 2-D uint8, got {mask.dtype} {mask.shape}")
     mh, mw = mask.shape if mask is not None else (0, 0)
+    fh, fw = result.frame_shape or (0, 0)
     header = bytearray(_prefix(MessageType.RESULT, RESULT_HEADER_SIZE)) + _RESULT.pack(
         result.stream_id, result.seq, result.capture_ts_ns, result.recv_ts_ns, result.infer_start_ns,
         result.infer_end_ns, result.publish_ts_ns, result.task, result.status, 0, mw, mh, _sha_bytes(result.model),
-    )  # fmt: skip
+    ) + _RESULT_1_3.pack(fw, fh)  # fmt: skip
     body: dict[str, Any] = {
         "model": {"name": result.model.name, "version": result.model.version},
         "labels": list(result.labels),
@@ -500,6 +512,13 @@ def decode_result(parts: Sequence[Buffer], limits: Limits = Limits()) -> Result:
         raise ProtocolError(RejectReason.BAD_PAYLOAD, f"task {task} / status {status} unknown")
     if mw > limits.max_width or mh > limits.max_height or len(parts[2]) != mw * mh:
         raise ProtocolError(RejectReason.SIZE_MISMATCH, f"mask part has {len(parts[2])} bytes for {mw}x{mh}")
+    fw, fh = 0, 0
+    if len(parts[0]) >= PREFIX_SIZE + _RESULT.size + _RESULT_1_3.size:  # 1.3 and later
+        fw, fh = _RESULT_1_3.unpack_from(parts[0], PREFIX_SIZE + _RESULT.size)
+        if fw > limits.max_width or fh > limits.max_height or (fw == 0) != (fh == 0):
+            raise ProtocolError(RejectReason.SIZE_MISMATCH, f"frame size {fw}x{fh}")
+    if not fw and mw * mh:  # before 1.3, a mask came at the frame's resolution
+        fw, fh = mw, mh
     try:
         body = json.loads(bytes(parts[1]).decode("utf-8"))
         model = ModelId(str(body["model"]["name"]), str(body["model"]["version"]), sha.hex())
@@ -522,6 +541,7 @@ def decode_result(parts: Sequence[Buffer], limits: Limits = Limits()) -> Result:
         infer_end_ns=end, publish_ts_ns=publish, task=Task(task), status=ResultStatus(status), model=model,
         labels=labels, colors=colors, mask=mask, areas_px=areas_px, areas_mm2=areas_mm2, contours=contours,
         error=None if error is None else str(error), boxes=boxes, classes=classes, saliency=saliency,
+        frame_shape=(fh, fw) if fw else None,
     )  # fmt: skip
 
 

@@ -92,9 +92,10 @@ def typed(result: Result) -> TaskResult:
             ClassProbability(result.label(c.class_id), result.colors[c.class_id], c.score) for c in result.classes
         )
         return ClassificationResult(result, top, result.saliency)
-    if result.mask is None:
+    mask = result.frame_mask()
+    if mask is None:
         return FailedResult(result, "a segmentation result without a mask")
     return SegmentationResult(
-        result, result.mask, dict(result.areas_px), dict(result.areas_mm2) if result.areas_mm2 else None,
+        result, mask, dict(result.areas_px), dict(result.areas_mm2) if result.areas_mm2 else None,
         dict(result.contours),
     )  # fmt: skip

@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from calibration.preprocessing import Placement, resize_labels
+from calibration.preprocessing import Placement, crop_labels, label_areas
 from edge_runtime.contours import outer_contours
 from edge_runtime.package import (
     Activation,
@@ -64,7 +64,9 @@ class Agreement:
 
 @dataclass(frozen=True)
 class Decoded:
-    """A head's answer for one frame, in frame pixels: the task's fields of a `Result`."""
+    """A head's answer for one frame, in frame pixels: the task's fields of a `Result`. A segmentation mask is the
+    one exception: it covers the whole frame at the model's resolution (the padding cut away), and
+    `calibration.preprocessing.scale_labels` maps it to frame pixels, the rule the wire protocol shares."""
 
     mask: np.ndarray | None = None
     areas_px: dict[str, int] = field(default_factory=dict)
@@ -122,7 +124,8 @@ class _Head:
 class SegmentationHead(_Head):
     """[N, C, H, W] scores -> [N, H, W] class ids, as the card's `output.decode` says: argmax over C classes,
     or one foreground channel compared with `threshold` (a probability after a sigmoid, else a raw score).
-    Decoded: the class mask at frame resolution, per-class areas and outer contour polygons."""
+    Decoded: the class mask covering the frame at model resolution, per-class areas in frame pixels (exactly those
+    of the mask scaled to the frame) and outer contour polygons in frame pixels."""
 
     min_contour_px: int = 12
     max_contours: int = 16
@@ -158,9 +161,9 @@ class SegmentationHead(_Head):
             rows = (np.arange(self.input_hw[0]) * labels.shape[0] // self.input_hw[0])[:, None]
             cols = (np.arange(self.input_hw[1]) * labels.shape[1] // self.input_hw[1])[None, :]
             labels = labels[rows, cols]
-        mask = resize_labels(labels, place)
+        mask = crop_labels(labels, place)
         names = self.spec.labels
-        counts = np.bincount(mask.ravel(), minlength=len(names))
+        counts = label_areas(mask, place.frame_height, place.frame_width, len(names))
         areas_px = {names[i]: int(counts[i]) for i in range(1, len(names))}
         areas_mm2 = None
         if spacing_mm is not None:

@@ -37,6 +37,7 @@ from PIL import Image
 
 from calibration.sources import open_source
 from edge_runtime.bench import machine_info
+from edge_runtime.control import ControlClient
 from edge_runtime.daemon.process import DaemonProcess, wait_for_ready_file
 from edge_runtime.daemon.stats import percentiles_ms
 from edge_runtime.demo import bundled_cine
@@ -63,7 +64,9 @@ class Run:
     cpu_percent: float | None = None  # of one core, for the model process
     peak_rss_mb: float | None = None
     series: list[tuple[int, float]] = field(default_factory=list)  # (seq, e2e ms), kept for the overload chart
-    stages_p50_ms: dict[str, float] | None = None  # edgert only: where the time goes, from the result timestamps
+    # where the time goes, per stage (edgert: the daemon's `stats` plus the subscriber's receive; floor: the
+    # pipeline's own stages): {stage: {"p50": ms, "p99": ms}}
+    stages_ms: dict[str, dict[str, float]] | None = None
     skipped: str | None = None
 
     @property
@@ -147,16 +150,29 @@ def _pool(rounds: list[Run]) -> Run:
     pooled.cpu_percent = round(float(np.mean(cpus)), 1) if cpus else None
     pooled.peak_rss_mb = max(rss) if rss else None
     pooled.series = first.series
-    stages = [r.stages_p50_ms for r in rounds if r.stages_p50_ms]
-    if stages:
-        pooled.stages_p50_ms = {k: round(float(np.mean([s[k] for s in stages])), 3) for k in stages[0]}
+    stages = [r.stages_ms for r in rounds if r.stages_ms]
+    if stages:  # the mean over rounds of each round's percentiles
+        pooled.stages_ms = {
+            name: {q: round(float(np.mean([s[name][q] for s in stages if name in s])), 3) for q in ("p50", "p99")}
+            for name in stages[0]
+        }
     return pooled
+
+
+def _stage_summary(values_ns: dict[str, list[int]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, values in values_ns.items():
+        if values:
+            p = percentiles_ms(values) or {}
+            out[name] = {"p50": p["p50"], "p99": p["p99"]}
+    return out
 
 
 def run_floor(frames: list[np.ndarray], rate: float | None, n: int, size: str) -> Run:
     run = Run("floor", size, f"{rate:g}" if rate else "max")
     e2e: dict[int, float] = {}
     stat = ProcStat(os.getpid())
+    stages: dict[str, list[int]] = {"preprocess": [], "model": [], "postprocess": []}
     with InferencePipeline(load_package(demo_package_path())) as pipe:
         pipe.warm_up()
         for i in schedule(rate, n):
@@ -164,7 +180,12 @@ def run_floor(frames: list[np.ndarray], rate: float | None, n: int, size: str) -
             pipe.run(Frame(0, i, capture, capture, PixelFormat.RGB8, frames[i % len(frames)]), capture)
             e2e[i] = (time.time_ns() - capture) / 1e6
             run.sent += 1
+            if pipe.last_times is not None:
+                stages["preprocess"].append(pipe.last_times.preprocess_ns)
+                stages["model"].append(pipe.last_times.model_ns)
+                stages["postprocess"].append(pipe.last_times.postprocess_ns)
     run.cpu_percent = stat.finish()[0]  # the harness process: RSS would include the harness, so none is given
+    run.stages_ms = _stage_summary(stages)
     return _stats(run, e2e)
 
 
@@ -217,24 +238,25 @@ def run_edgert(frames: list[np.ndarray], rate: float | None, n: int, size: str, 
             thread = threading.Thread(target=send, daemon=True)
             thread.start()
 
-            stages: dict[str, list[int]] = {"in": [], "queue": [], "inference": [], "publish": [], "out": []}
+            subscriber: list[int] = []  # publish -> received here: the one stage the daemon cannot see
 
             def recv() -> tuple[int, float] | None:
                 r = sub.recv(50)
                 if r is None:
                     return None
                 now = time.time_ns()
-                for name, value in zip(stages, (r.recv_ts_ns - r.capture_ts_ns, r.infer_start_ns - r.recv_ts_ns,
-                                                r.infer_end_ns - r.infer_start_ns, r.publish_ts_ns - r.infer_end_ns,
-                                                now - r.publish_ts_ns)):  # fmt: skip
-                    stages[name].append(value)
+                subscriber.append(now - r.publish_ts_ns)
                 return r.seq, (now - r.capture_ts_ns) / 1e6
 
             e2e = _collect(stop, recv, done, sent, timeout_s=n / (rate or 100) * 3 + 30)
             thread.join(5)
         run.sent = sent[0]
         run.cpu_percent, run.peak_rss_mb = stat.finish()
-        run.stages_p50_ms = {k: round(float(np.median(v)) / 1e6, 3) for k, v in stages.items() if v}
+        daemon_stages = ControlClient(endpoints["control"]).request("stats")["stages_ms"]
+        run.stages_ms = {
+            **{k: {"p50": v["p50"], "p99": v["p99"]} for k, v in daemon_stages.items()},
+            **_stage_summary({"subscriber": subscriber}),
+        }
     finally:
         daemon.stop()
     return _stats(run, e2e)
@@ -360,6 +382,9 @@ def main() -> None:
                           f"p50 {lat.get('p50', float('nan')):8.2f} p99 {lat.get('p99', float('nan')):8.2f} "
                           f"max {lat.get('max', float('nan')):8.2f} ms  cpu {run.cpu_percent}%  rss {run.peak_rss_mb} MB",
                           flush=True)  # fmt: skip
+                    if run.stages_ms:
+                        print(" " * 36 + "p50 by stage: " + "  ".join(
+                            f"{k} {v['p50']:.2f}" for k, v in run.stages_ms.items()), flush=True)  # fmt: skip
         overload: list[Run] = []
         if args.overload_frames:
             floor = next((r for r in runs if r.pipeline == "floor" and r.rate == "max" and r.latency_ms), None)

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_runtime.backends.base import BackendError, BackendKind, GpuOptions, Runner, StageTimes
+from edge_runtime.backends.base import BackendError, BackendKind, CpuOptions, GpuOptions, Runner, Spin, StageTimes
 
-__all__ = ["BackendError", "BackendKind", "GpuOptions", "Runner", "StageTimes", "create_runner"]
+__all__ = [
+    "BackendError",
+    "BackendKind",
+    "CpuOptions",
+    "GpuOptions",
+    "Runner",
+    "Spin",
+    "StageTimes",
+    "create_runner",
+]
 
 
 def create_runner(
@@ -16,6 +25,7 @@ def create_runner(
     *,
     engine: str | Path | None = None,
     gpu: GpuOptions = GpuOptions(),
+    cpu: CpuOptions = CpuOptions(),
 ) -> Runner:
     """A runner of the given kind (not yet activated). ONNX Runtime kinds run `model_path`; the TensorRT kind runs
     `engine`, a plan built on this device for that model (see `converters.engine.build_engine`)."""
@@ -27,4 +37,4 @@ def create_runner(
         return TensorRTRunner(engine, device=gpu.device)
     from edge_runtime.backends.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(model_path, threads=threads, kind=kind, gpu=gpu)
+    return OnnxRuntimeRunner(model_path, threads=threads, kind=kind, gpu=gpu, cpu=cpu)

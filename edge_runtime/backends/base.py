@@ -45,6 +45,42 @@ class GpuOptions:
     cache_dir: Path | None = None  # engine caches (TensorRT); default: edgert's engine cache
 
 
+class Spin(str, enum.Enum):
+    """When ONNX Runtime's intra-op workers busy-wait for work instead of sleeping."""
+
+    RUN = "run"  # while a run is in progress only; they stop at once when it returns (the default)
+    ALWAYS = "always"  # ONNX Runtime's own default: they go on spinning for a while after each run
+    NEVER = "never"  # they always sleep: the least CPU, the slowest model
+
+
+@dataclass(frozen=True)
+class CpuOptions:
+    """How a CPU backend uses the cores. Spinning after a run (ONNX Runtime's default) keeps a core busy just
+    when the daemon's receive and publish threads need one: on a 2-core board it added 0.35 ms to publishing and
+    doubled the daemon's CPU use (docs/LATENCY.md)."""
+
+    spin: Spin = Spin.RUN
+    worker_cpus: tuple[int, ...] = ()  # pin ONNX Runtime's intra-op workers to these CPUs, in turn; () leaves them
+
+    def threads(self, threads: int) -> int:
+        """Intra-op threads for a requested count: with worker CPUs and no count, one per worker CPU plus the
+        calling thread (which runs part of every parallel section itself)."""
+        return threads or (len(self.worker_cpus) + 1 if self.worker_cpus else 0)
+
+    def session_config(self, threads: int) -> dict[str, str]:
+        """ONNX Runtime session config entries for these options and an intra-op thread count (0: ORT's)."""
+        config = {
+            Spin.RUN: {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+            Spin.ALWAYS: {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "0"},
+            Spin.NEVER: {"session.intra_op.allow_spinning": "0"},
+        }[self.spin]
+        workers = self.threads(threads) - 1
+        if self.worker_cpus and workers > 0:  # one entry per worker; the calling thread is not among them
+            cpus = [str(self.worker_cpus[i % len(self.worker_cpus)]) for i in range(workers)]
+            config["session.intra_op_thread_affinities"] = ";".join(cpus)
+        return config
+
+
 class BackendError(EdgertError, RuntimeError):
     """A backend failed to load a model or to run it; the message names the backend and the model."""
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.backends.base import BackendError, BackendKind, GpuOptions, Runner
+from edge_runtime.backends.base import BackendError, BackendKind, CpuOptions, GpuOptions, Runner
 from edge_runtime.backends.engine_cache import default_cache_dir, file_sha256
 
 CPU = "CPUExecutionProvider"
@@ -106,14 +106,17 @@ class OnnxRuntimeRunner(Runner):
         threads: int = 0,
         kind: BackendKind = BackendKind.ONNXRUNTIME,
         gpu: GpuOptions = GpuOptions(),
+        cpu: CpuOptions = CpuOptions(),
     ) -> None:
-        """`threads` = 0 lets ONNX Runtime use one thread per physical core."""
+        """`threads` = 0 lets ONNX Runtime use one thread per physical core (or one per `cpu.worker_cpus`, plus
+        the calling thread, when those are given)."""
         label = "onnxruntime" if kind is BackendKind.ONNXRUNTIME else kind.value
         super().__init__(f"{label}[{Path(model_path).name}]")
         self.model_path = Path(model_path)
         self.threads = threads
         self.kind = kind
         self.gpu = gpu
+        self.cpu = cpu
         self.providers: list[str] = []  # what the session runs on, once active
         self._session: Any = None  # onnxruntime.InferenceSession once active; ORT is imported lazily
         self._outputs: list[str] = []
@@ -122,9 +125,11 @@ class OnnxRuntimeRunner(Runner):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
+        options.intra_op_num_threads = self.cpu.threads(self.threads)
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        for key, value in self.cpu.session_config(self.threads).items():
+            options.add_session_config_entry(key, value)
         gpu = self.gpu
         if self.kind is BackendKind.ONNXRUNTIME_TENSORRT and (gpu.fp16 is None or gpu.int8 is None):
             fp16, int8 = graph_precisions(self.model_path)

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.audit import AuditOptions
-from edge_runtime.backends import BackendKind
+from edge_runtime.backends import BackendKind, CpuOptions, Spin
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.errors import EdgertError
 from edge_runtime.package import TrackerSpec
+from edge_runtime.pipeline import MaskResolution
 from edge_runtime.protocol import Limits
 
 if sys.version_info >= (3, 11):
@@ -124,6 +125,31 @@ class PreviewConfig:
 
 
 @dataclass(frozen=True)
+class CpuConfig:
+    """[cpu]: how the daemon uses the cores (docs/LATENCY.md has the measurements behind the defaults)."""
+
+    spin: Spin = Spin.RUN  # when ONNX Runtime's workers busy-wait for work: run | always | never
+    inference_cpus: tuple[int, ...] = ()  # the inference thread on the first, ONNX Runtime's workers on the rest
+    io_cpus: tuple[int, ...] = ()  # the receive and I/O threads
+    realtime_priority: int = 0  # SCHED_FIFO priority 1..99 for the receive and I/O threads; 0: normal scheduling
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.realtime_priority <= 99:
+            raise ConfigError(f"cpu.realtime_priority: {self.realtime_priority} outside 0..99")
+        for name, cpus in (("inference_cpus", self.inference_cpus), ("io_cpus", self.io_cpus)):
+            if any(c < 0 for c in cpus) or len(set(cpus)) != len(cpus):
+                raise ConfigError(f"cpu.{name}: {list(cpus)} must be distinct CPU numbers >= 0")
+
+    def backend(self) -> CpuOptions:
+        """The backend's share: spinning, and the CPUs for ONNX Runtime's workers."""
+        return CpuOptions(spin=self.spin, worker_cpus=self.inference_cpus[1:] or self.inference_cpus)
+
+    def threads(self, threads: int) -> int:
+        """Intra-op threads: as configured, else one per inference CPU when those are set (0: ORT's choice)."""
+        return threads or len(self.inference_cpus)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     model: Path
     backend: BackendKind = BackendKind.ONNXRUNTIME
@@ -133,6 +159,7 @@ class DaemonConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     results_endpoint: str = DEFAULT_RESULTS
+    mask: MaskResolution = MaskResolution.MODEL  # [results] mask: "frame" for readers of protocol 1.2 and older
     control_endpoint: str = DEFAULT_CONTROL
     heartbeat_ms: int = 500
     inference_deadline_ms: int = 500  # an inference running longer makes the daemon DEGRADED (a hung backend)
@@ -149,6 +176,7 @@ class DaemonConfig:
     tracker_enabled: bool | None = None  # [tracker] enabled: false turns the card's tracker off; None: as the card
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     audit: AuditOptions | None = None  # [audit]: the hash-chained log of security-relevant events; off unless set
+    cpu: CpuConfig = field(default_factory=CpuConfig)
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -193,7 +221,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
         "timing_cache": str,
     },
     "ingest": {"endpoint": str, "mode": str, "pattern": str, "format": str, "streams": dict, "auto_streams": bool},
-    "results": {"endpoint": str},
+    "results": {"endpoint": str, "mask": str},
     "control": {"endpoint": str, "reload_dirs": list},
     "heartbeat": {"interval_ms": int},
     "watchdog": {"inference_deadline_ms": int},
@@ -204,6 +232,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
     "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
     "audit": {"path": str, "max_bytes": int, "backups": int, "fsync": bool},
+    "cpu": {"spin": str, "inference_cpus": list, "io_cpus": list, "realtime_priority": int},
 }
 
 
@@ -256,6 +285,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
                 auto_streams=ingest.get("auto_streams", True),
             ),
             results_endpoint=data.get("results", {}).get("endpoint", DEFAULT_RESULTS),
+            mask=_enum(MaskResolution, data.get("results", {}).get("mask", "model"), f"{where}: results.mask"),
             control_endpoint=data.get("control", {}).get("endpoint", DEFAULT_CONTROL),
             reload_dirs=tuple(
                 Path(d) if Path(d).is_absolute() else base_dir / d
@@ -272,9 +302,24 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             tracker_enabled=data.get("tracker", {}).get("enabled"),
             preview=PreviewConfig(**data.get("preview", {})),
             audit=_audit(data.get("audit", {}), base_dir),
+            cpu=_cpu(data.get("cpu", {}), where),
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _cpu(section: Mapping[str, Any], where: str) -> CpuConfig:
+    lists = {}
+    for key in ("inference_cpus", "io_cpus"):
+        values = section.get(key, [])
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{where}: cpu.{key} must be a list of CPU numbers")
+        lists[key] = tuple(values)
+    return CpuConfig(
+        spin=_enum(Spin, section.get("spin", Spin.RUN.value), f"{where}: cpu.spin"),
+        realtime_priority=section.get("realtime_priority", 0),
+        **lists,
+    )
 
 
 def _audit(section: Mapping[str, Any], base_dir: Path) -> AuditOptions | None:

@@ -56,6 +56,10 @@ class _DaemonCollector:
             h = HistogramMetricFamily(f"edgert_{stage}_seconds", f"Latency of the {stage} stage")
             h.add_metric([], buckets=buckets, sum_value=total)
             yield h
+        stages = HistogramMetricFamily("edgert_stage_seconds", "Time a frame spends in each stage", labels=["stage"])
+        for stage, (buckets, total) in d.stats.stage_histograms().items():
+            stages.add_metric([stage.value], buckets=buckets, sum_value=total)
+        yield stages
         status = d.status()
         ready = GaugeMetricFamily("edgert_ready", "1 when serving (model loaded, warmed up, not degraded)")
         ready.add_metric([], 1.0 if status["state"] == DaemonState.READY.name.lower() else 0.0)

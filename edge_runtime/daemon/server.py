@@ -39,8 +39,9 @@ from edge_runtime.daemon.ingest import (
     frame_user_id,
 )
 from edge_runtime.daemon.preview import PreviewPublisher
-from edge_runtime.daemon.slots import Admission, StreamTable
-from edge_runtime.daemon.stats import DaemonStats
+from edge_runtime.daemon.scheduling import pin_current_thread, realtime_current_thread
+from edge_runtime.daemon.slots import Admission, Pending, StreamTable
+from edge_runtime.daemon.stats import DaemonStats, Stage
 from edge_runtime.errors import EdgertError
 from edge_runtime.package import ModelPackage, load_package
 from edge_runtime.pipeline import InferencePipeline
@@ -49,6 +50,7 @@ from edge_runtime.protocol import (
     Heartbeat,
     ProtocolError,
     RejectReason,
+    Result,
     ResultStatus,
     decode_frame,
     encode_heartbeat,
@@ -240,8 +242,8 @@ class Daemon:
                 raise DaemonError(f"no engine for {package.model_id}: {exc}") from None
         gpu = GpuOptions(device=cfg.device, cache_dir=cfg.engine.cache_dir)
         pipeline = InferencePipeline(
-            package, cfg.backend, threads=cfg.threads, engine=engine, gpu=gpu,
-            tracker=cfg.tracker, tracking=cfg.tracker_enabled,
+            package, cfg.backend, threads=cfg.cpu.threads(cfg.threads), engine=engine, gpu=gpu, cpu=cfg.cpu.backend(),
+            tracker=cfg.tracker, tracking=cfg.tracker_enabled, mask=cfg.mask,
         )  # fmt: skip
         try:
             pipeline.runner.activate()
@@ -391,7 +393,18 @@ class Daemon:
                 signal.signal(s, handler)
 
     # -- threads -----------------------------------------------------------------------------------------------
+    def _place_thread(self, cpus: tuple[int, ...], realtime: bool) -> None:
+        """Apply [cpu] to the calling thread; a lever the system refuses is logged once per thread, not fatal."""
+        problems = [
+            pin_current_thread(cpus),
+            realtime_current_thread(self.config.cpu.realtime_priority if realtime else 0),
+        ]
+        for problem in filter(None, problems):
+            log.warning("%s: %s", threading.current_thread().name, problem)
+
     def _receive_loop(self, ingest: IngestSocket) -> None:
+        self._place_thread(self.config.cpu.io_cpus, realtime=True)
+
         def watch() -> tuple[zmq.Poller, PeerEvents]:  # the ingest socket and its monitor, polled together
             peers = self._watch(ingest.socket, "ingest")
             poller = zmq.Poller()
@@ -484,7 +497,7 @@ class Daemon:
         except Exception as exc:  # a decoder bug must not end the receive loop
             self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
             return RejectReason.DECODER_ERROR
-        admission = self._slots.put(frame, recv_ts, owner=message.user_id)
+        admission = self._slots.put(frame, recv_ts, owner=message.user_id, admitted_ts_ns=time.time_ns())
         if admission.accepted:
             self.stats.accepted(admission is Admission.REPLACED)
             return None
@@ -510,6 +523,7 @@ class Daemon:
         )
 
     def _inference_loop(self, push: zmq.Socket[bytes]) -> None:
+        self._place_thread(self.config.cpu.inference_cpus[:1], realtime=False)
         pipeline = self._pipeline
         assert pipeline is not None
         try:
@@ -531,22 +545,46 @@ class Daemon:
                     log.warning(
                         "inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error
                     )
+                parts = encode_result(result)
+                encoded = time.time_ns()
+                # the encode time travels with the result (never on the wire): the I/O thread measures publishing
+                push.send_multipart([*parts, encoded.to_bytes(8, "little")], copy=False)
                 self.stats.inferred(
                     result.infer_start_ns - pending.recv_ts_ns,
                     result.infer_end_ns - result.infer_start_ns,
                     ok,
                     self.config.inference_deadline_ms * 1_000_000,
+                    self._stages(pending, result, pipeline, encoded),
                 )
-                push.send_multipart(encode_result(result), copy=False)
                 if self._preview is not None:  # after the result: the preview never delays it
                     self._preview.offer(pending.frame)
                 del pending  # the received buffer is released now (or once its preview is encoded)
         finally:
             push.close(linger=1000)  # hand the last result to the I/O thread
 
+    @staticmethod
+    def _stages(pending: Pending, result: Result, pipeline: InferencePipeline, encoded_ns: int) -> dict[Stage, int]:
+        """The frame's time per stage up to its encoded result (see `Stage`)."""
+        admitted = pending.admitted_ts_ns or pending.recv_ts_ns
+        stages = {
+            Stage.RECEIVE: pending.recv_ts_ns - pending.frame.capture_ts_ns,
+            Stage.DECODE: admitted - pending.recv_ts_ns,
+            Stage.QUEUE: result.infer_start_ns - admitted,
+            Stage.ENCODE: encoded_ns - result.infer_end_ns,
+        }
+        times = pipeline.last_times
+        if times is not None:  # a failed run has none
+            stages.update({
+                Stage.PREPROCESS: times.preprocess_ns,
+                Stage.MODEL: times.model_ns,
+                Stage.POSTPROCESS: times.postprocess_ns,
+            })  # fmt: skip
+        return stages
+
     def _io_loop(
         self, pull: zmq.Socket[bytes], pub: zmq.Socket[bytes], rep: zmq.Socket[bytes], infer: threading.Thread
     ) -> None:
+        self._place_thread(self.config.cpu.io_cpus, realtime=True)
         peers = self._watch(rep, "control")
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
@@ -590,7 +628,7 @@ class Daemon:
             header = bytearray(parts[0].buffer)
             stamp_publish_time(header, time.time_ns())
             pub.send_multipart([header, parts[1], parts[2]], copy=False)
-            self.stats.published()
+            self.stats.published(time.time_ns() - int.from_bytes(parts[3].buffer, "little"))
 
     # -- control and status ------------------------------------------------------------------------------------
     def _answer_control(self, router: zmq.Socket[bytes]) -> None:

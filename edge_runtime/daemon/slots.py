@@ -56,6 +56,7 @@ class Pending:
     frame: Frame
     recv_ts_ns: int  # wall clock, for latency reports
     recv_mono_ns: int = 0  # monotonic, for the age limit
+    admitted_ts_ns: int = 0  # wall clock once decoded and admitted (0: not recorded), for the stage breakdown
 
 
 class StreamTable:
@@ -71,7 +72,14 @@ class StreamTable:
         self.stale = 0  # frames dropped for age
         self.last_pressure_ns = 0  # monotonic ns of the last refusal or stale drop; 0: never
 
-    def put(self, frame: Frame, recv_ts_ns: int, now_ns: int | None = None, owner: str | None = None) -> Admission:
+    def put(
+        self,
+        frame: Frame,
+        recv_ts_ns: int,
+        now_ns: int | None = None,
+        owner: str | None = None,
+        admitted_ts_ns: int = 0,
+    ) -> Admission:
         """Offer a frame; `owner` is the sender's authenticated identity (CURVE), None without one."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         size = frame.pixels.nbytes
@@ -93,7 +101,7 @@ class StreamTable:
             if owner is not None:
                 self._owner[sid] = owner
             self._pending_bytes += size - freed
-            self._pending[sid] = Pending(frame, recv_ts_ns, now)  # a replaced stream keeps its turn
+            self._pending[sid] = Pending(frame, recv_ts_ns, now, admitted_ts_ns)  # a replaced stream keeps its turn
             self._cond.notify()
             return Admission.REPLACED if old is not None else Admission.ACCEPTED
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,20 @@ from edge_runtime.protocol import RejectReason
 
 _WINDOW = 1024  # latencies kept for the percentiles reported by `stats`
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # Prometheus histogram bounds
+
+
+class Stage(str, enum.Enum):
+    """Where a frame's time goes inside the daemon, in order: together the stages span capture to publish. The
+    subscriber's own receive (publish to received) is the only part of the end-to-end latency not among them."""
+
+    RECEIVE = "receive"  # capture (the sender's clock) -> read off the ingest socket: sending and transport
+    DECODE = "decode"  # message checks, decoding, admission to the stream table
+    QUEUE = "queue"  # waiting in the stream table for the inference thread
+    PREPROCESS = "preprocess"  # resize, colour, normalise
+    MODEL = "model"  # the backend runner alone
+    POSTPROCESS = "postprocess"  # the task head: mask, areas, contours, boxes, scores, tracking
+    ENCODE = "encode"  # the result message
+    PUBLISH = "publish"  # hand-off to the I/O thread and the PUB send
 
 
 def percentiles_ms(values_ns: list[int] | np.ndarray) -> dict[str, float] | None:
@@ -55,6 +71,8 @@ class DaemonStats:
         self._hist = {stage: LatencyHistogram() for stage in ("queue", "inference")}
         self._queue_ns: deque[int] = deque(maxlen=_WINDOW)
         self._infer_ns: deque[int] = deque(maxlen=_WINDOW)
+        self._stage_ns: dict[Stage, deque[int]] = {stage: deque(maxlen=_WINDOW) for stage in Stage}
+        self._stage_hist = {stage: LatencyHistogram() for stage in Stage}
 
     def accepted(self, replaced: bool) -> None:
         with self._lock:
@@ -76,7 +94,16 @@ class DaemonStats:
             self.control_rejected[reason.value] += 1
             return self.control_rejected[reason.value]
 
-    def inferred(self, queue_ns: int, infer_ns: int, ok: bool, deadline_ns: int | None = None) -> None:
+    def inferred(
+        self,
+        queue_ns: int,
+        infer_ns: int,
+        ok: bool,
+        deadline_ns: int | None = None,
+        stages: Mapping[Stage, int] | None = None,
+    ) -> None:
+        """One frame inferred: `queue_ns` from receipt to inference start, `infer_ns` the whole pipeline run, and
+        the finer `stages` measured so far (all but PUBLISH, which `published` adds)."""
         with self._lock:
             self.deadline_misses += int(deadline_ns is not None and infer_ns > deadline_ns)
             self._queue_ns.append(queue_ns)
@@ -84,6 +111,13 @@ class DaemonStats:
             self._hist["queue"].observe(queue_ns / 1e9)
             self._hist["inference"].observe(infer_ns / 1e9)
             self.inference_errors += int(not ok)
+            for stage, ns in (stages or {}).items():
+                self._stage(stage, ns)
+
+    def _stage(self, stage: Stage, ns: int) -> None:
+        ns = max(0, ns)  # the receive stage compares two processes' clocks; never report a negative time
+        self._stage_ns[stage].append(ns)
+        self._stage_hist[stage].observe(ns / 1e9)
 
     def stale(self) -> None:
         with self._lock:
@@ -93,9 +127,12 @@ class DaemonStats:
         with self._lock:
             self.ingest_resets += 1
 
-    def published(self) -> None:
+    def published(self, publish_ns: int | None = None) -> None:
+        """A result left the PUB socket, `publish_ns` after it was encoded."""
         with self._lock:
             self.frames_out += 1
+            if publish_ns is not None:
+                self._stage(Stage.PUBLISH, publish_ns)
 
     def dropped_at_shutdown(self, n: int) -> None:
         with self._lock:
@@ -106,6 +143,11 @@ class DaemonStats:
         with self._lock:
             return {stage: h.cumulative() for stage, h in self._hist.items()}
 
+    def stage_histograms(self) -> dict[Stage, tuple[list[tuple[str, int]], float]]:
+        """As `histograms`, per fine stage (see `Stage`)."""
+        with self._lock:
+            return {stage: h.cumulative() for stage, h in self._stage_hist.items()}
+
     @property
     def frames_rejected(self) -> int:
         with self._lock:
@@ -114,6 +156,7 @@ class DaemonStats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             queue, infer = list(self._queue_ns), list(self._infer_ns)
+            stages = {stage.value: percentiles_ms(list(ns)) for stage, ns in self._stage_ns.items() if ns}
             return {
                 "frames_in": self.frames_in,
                 "frames_out": self.frames_out,
@@ -126,4 +169,5 @@ class DaemonStats:
                 "inference_errors": self.inference_errors,
                 "deadline_misses": self.deadline_misses,
                 "latency_ms": {"queue": percentiles_ms(queue), "inference": percentiles_ms(infer)},
+                "stages_ms": stages,  # the last frames' time per stage, in the order a frame passes them
             }

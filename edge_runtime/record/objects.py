@@ -186,7 +186,7 @@ def _segmentation(source_image: Dataset, result: Result, series: Series, number:
         raise RecordError("a segmentation result needs at least one class besides the background")
     seg = hd.seg.Segmentation(
         source_images=[source_image],
-        pixel_array=np.ascontiguousarray(result.mask),
+        pixel_array=np.ascontiguousarray(result.frame_mask()),  # the source image's pixels, one to one
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=series.seg_uid,

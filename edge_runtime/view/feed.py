@@ -173,8 +173,9 @@ class Pairer:
 
 def geometry_problem(result: Result, width: int, height: int) -> str | None:
     """Why `result` cannot be drawn on a `width` x `height` frame, or None."""
-    if result.mask is not None and result.mask.shape != (height, width):
-        return f"mask {result.mask.shape[1]}x{result.mask.shape[0]} on a {width}x{height} frame"
+    if result.mask is not None and (result.frame_shape or result.mask.shape) != (height, width):
+        fh, fw = result.frame_shape or result.mask.shape
+        return f"mask for a {fw}x{fh} frame on a {width}x{height} frame"
     for b in result.boxes:
         if b.x2 > width + 0.5 or b.y2 > height + 0.5:
             return f"box ({b.x1:g}, {b.y1:g}, {b.x2:g}, {b.y2:g}) beyond a {width}x{height} frame"
@@ -251,8 +252,9 @@ def display_frame(result: Result, preview: Preview, received_ns: int) -> Display
         ]
         meta["areas_mm2"] = dict(result.areas_mm2) if result.areas_mm2 is not None else None
         meta["areas_px"] = dict(result.areas_px)
-        if result.mask is not None:
-            overlay = mask_png(result.mask, colors)
+        mask = result.frame_mask()  # the page draws the mask at the frame's size, scaled with the image
+        if mask is not None:
+            overlay = mask_png(mask, colors)
     if ok and result.task is Task.DETECTION:
         meta["boxes"] = [[b.x1, b.y1, b.x2, b.y2, b.class_id, b.score, b.track_id] for b in result.boxes]
     if ok and result.task is Task.CLASSIFICATION:

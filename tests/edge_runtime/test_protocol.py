@@ -152,8 +152,26 @@ def test_result_round_trip_and_publish_stamp() -> None:
     header = bytearray(parts[0])
     p.stamp_publish_time(header, 50)
     r = p.decode_result([header, bytes(parts[1]), bytes(parts[2])])
-    assert r == _result(publish_ts_ns=50, mask=r.mask)
+    assert r == _result(publish_ts_ns=50, mask=r.mask, frame_shape=(2, 2))  # no frame size sent: the mask's
     np.testing.assert_array_equal(r.mask, [[0, 1], [1, 1]])
+
+
+def test_a_model_resolution_mask_travels_with_the_frame_size() -> None:
+    parts = p.encode_result(_result(frame_shape=(5, 3)))
+    r = p.decode_result([bytes(x) for x in parts])
+    assert r.frame_shape == (5, 3) and r.mask is not None and r.mask.shape == (2, 2)
+    frame_mask = r.frame_mask()
+    assert frame_mask is not None
+    np.testing.assert_array_equal(frame_mask, [[0, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 1]])
+
+
+@pytest.mark.parametrize("size", [(0, 4), (4, 0), (9000, 4)])
+def test_a_bad_frame_size_is_refused(size: tuple[int, int]) -> None:
+    parts = [bytearray(x) for x in p.encode_result(_result(frame_shape=(3, 3)))]
+    struct.pack_into("<II", parts[0], 108, *size)
+    with pytest.raises(p.ProtocolError) as err:
+        p.decode_result(parts)
+    assert err.value.reason is p.RejectReason.SIZE_MISMATCH
 
 
 def test_error_result_has_no_mask() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,29 @@ def test_result_example() -> None:
     assert r.model == p.ModelId("demo", "1.0.0", "ab" * 32)
     assert r.labels == ("background", "cyst")
     np.testing.assert_array_equal(r.mask, [[0, 0, 1, 1], [0, 1, 1, 1]])
-    assert r.areas_px == {"cyst": 5} and r.areas_mm2 == {"cyst": 1.25}
-    assert r.contours == {"cyst": [[(2, 0), (3, 0), (3, 1), (1, 1)]]}
+    assert r.frame_shape == (4, 8)
+    frame_mask = r.frame_mask()
+    assert frame_mask is not None and frame_mask.shape == (4, 8)
+    np.testing.assert_array_equal(frame_mask[:, ::2][::2], r.mask)  # each mask pixel covers 2x2 frame pixels
+    assert r.areas_px == {"cyst": int((frame_mask == 1).sum())} == {"cyst": 20} and r.areas_mm2 == {"cyst": 5.0}
+    assert r.contours == {"cyst": [[(4, 0), (7, 0), (7, 3), (2, 3)]]}
+
+
+def test_a_1_2_reader_reads_a_1_3_result() -> None:
+    """A 1.2 reader knows the 108-byte header: every field it knows is at its offset, the header is longer (which it
+    skips), and the mask part is mask_width x mask_height bytes, as it checks."""
+    header, _, mask = EXAMPLES["result"]
+    assert header[5] == 3 and len(header) == 116 >= 108
+    _, _, _, _, _, _, _, task, status, _, mw, mh, sha = struct.unpack_from("<IQQQQQQBBHII32s", header, 12)
+    assert (task, status, mw, mh, sha) == (1, 0, 4, 2, b"\xab" * 32) and len(mask) == mw * mh
+
+
+def test_a_result_from_a_1_2_writer_has_its_mask_at_the_frame_resolution() -> None:
+    header, body, mask = EXAMPLES["result"]
+    old = bytearray(header[:108])
+    old[5], old[6:8] = 2, (108).to_bytes(2, "little")
+    r = p.decode_result([bytes(old), body, mask])
+    assert r.frame_shape == (2, 4) and r.frame_mask() is r.mask
 
 
 @pytest.mark.parametrize("name", ["frame", "result", "heartbeat", "detection", "classification", "preview"])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_runtime.backends import BackendError, BackendKind, GpuOptions, create_runner
+from edge_runtime.backends import BackendError, BackendKind, CpuOptions, GpuOptions, Spin, create_runner
 from edge_runtime.backends.onnxruntime import (
     CPU,
     CUDA,
@@ -87,3 +88,32 @@ def test_trt_provider_caches_get_one_folder_per_content_and_options(tmp_path: Pa
 def test_the_tensorrt_backend_needs_an_engine(demo_model: Path) -> None:
     with pytest.raises(BackendError, match="runs a built engine"):
         create_runner(BackendKind.TENSORRT, demo_model / "model.onnx")
+
+
+def test_spin_policies_become_session_config_entries() -> None:
+    assert CpuOptions().session_config(0) == {
+        "session.intra_op.allow_spinning": "1",
+        "session.force_spinning_stop": "1",  # spin during a run, never after it (the default)
+    }
+    assert CpuOptions(Spin.ALWAYS).session_config(0)["session.force_spinning_stop"] == "0"
+    assert CpuOptions(Spin.NEVER).session_config(0) == {"session.intra_op.allow_spinning": "0"}
+
+
+def test_worker_cpus_pin_one_worker_each() -> None:
+    options = CpuOptions(worker_cpus=(2, 3))
+    assert options.threads(0) == 3  # the calling thread and one worker per CPU
+    assert options.session_config(0)["session.intra_op_thread_affinities"] == "2;3"
+    assert options.session_config(5)["session.intra_op_thread_affinities"] == "2;3;2;3"  # more workers: in turn
+    assert "session.intra_op_thread_affinities" not in CpuOptions(worker_cpus=(1,)).session_config(1)
+
+
+@pytest.mark.parametrize("spin", list(Spin))
+def test_onnxruntime_accepts_every_cpu_option(demo_model: Path, spin: Spin) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_getaffinity") else []
+    cpu = CpuOptions(spin, worker_cpus=tuple(cpus[1:]))
+    with create_runner(BackendKind.ONNXRUNTIME, demo_model / "model.onnx", cpu=cpu) as runner:
+        out = runner.infer({"image": np.zeros((1, 1, 192, 256), np.float32)})
+        applied = runner._session.get_session_options()  # type: ignore[attr-defined]
+        for key, value in cpu.session_config(0).items():
+            assert applied.get_session_config_entry(key) == value
+    assert out["logits"].shape == (1, 4, 192, 256)

@@ -70,6 +70,11 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
         ('[model]\npackage = "/m"\n[engine]\non_mismatch = "ignore"\n', "engine.on_mismatch: 'ignore' is not one of"),
         ('[model]\npackage = "/m"\n[engine]\nopt_level = 9\n', "engine.opt_level must be in 0..5"),
         ('[model]\npackage = "/m"\nthreads = true\n', "model.threads = True should be int"),
+        ('[model]\npackage = "/m"\n[results]\nmask = "half"\n', "results.mask: 'half' is not one of"),
+        ('[model]\npackage = "/m"\n[cpu]\nspin = "sometimes"\n', "cpu.spin: 'sometimes' is not one of"),
+        ('[model]\npackage = "/m"\n[cpu]\nio_cpus = ["0"]\n', "cpu.io_cpus must be a list of CPU numbers"),
+        ('[model]\npackage = "/m"\n[cpu]\ninference_cpus = [1, 1]\n', "cpu.inference_cpus: .* distinct"),
+        ('[model]\npackage = "/m"\n[cpu]\nrealtime_priority = 100\n', "cpu.realtime_priority: 100 outside"),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -129,3 +134,18 @@ def test_the_tracker_section(tmp_path: Path) -> None:
     assert off.tracker is None and off.tracker_enabled is False
     with pytest.raises(ConfigError, match="min_hits <= window"):
         load_config(_write(tmp_path, '[model]\npackage = "m"\n[tracker]\nmin_hits = 5\nwindow = 3\n'))
+
+
+def test_the_cpu_and_results_sections(tmp_path: Path) -> None:
+    from edge_runtime.backends import Spin
+    from edge_runtime.pipeline import MaskResolution
+
+    default = load_config(_write(tmp_path, '[model]\npackage = "/m"\n'))
+    assert default.mask is MaskResolution.MODEL and default.cpu.spin is Spin.RUN
+    assert default.cpu.threads(0) == 0 and default.cpu.backend().worker_cpus == ()
+    cfg = load_config(_write(tmp_path, '[model]\npackage = "/m"\n[results]\nmask = "frame"\n[cpu]\nspin = "never"\n'
+                             'inference_cpus = [1, 2, 3]\nio_cpus = [0]\nrealtime_priority = 10\n'))  # fmt: skip
+    assert cfg.mask is MaskResolution.FRAME and cfg.cpu.spin is Spin.NEVER
+    assert cfg.cpu.io_cpus == (0,) and cfg.cpu.realtime_priority == 10
+    assert cfg.cpu.threads(0) == 3 and cfg.cpu.threads(2) == 2  # one per inference CPU unless model.threads says
+    assert cfg.cpu.backend().worker_cpus == (2, 3)  # the inference thread itself takes the first

@@ -53,10 +53,11 @@ def test_every_result_matches_its_frame(start_daemon: StartDaemon, zmq_ctx: zmq.
             assert (r.stream_id, r.seq, r.capture_ts_ns) == (4, seq, capture)
             assert r.capture_ts_ns <= r.recv_ts_ns <= r.infer_start_ns <= r.infer_end_ns <= r.publish_ts_ns <= received
             assert r.status is ResultStatus.OK and r.model == model_id
-            assert r.mask is not None and r.mask.shape == img.shape
+            mask = r.frame_mask()
+            assert r.frame_shape == img.shape and mask is not None and mask.shape == img.shape
             assert r.areas_mm2 is not None
             if truth.any():  # content check: this result was computed from this frame
-                assert _dice_fg(r.mask, truth) > 0.6
+                assert _dice_fg(mask, truth) > 0.6
     wait_until(lambda: daemon.stats.frames_out == 20)  # counted just after the send that the subscriber saw
     stats = daemon.stats.snapshot()
     assert stats["frames_in"] == stats["frames_out"] == 20

@@ -100,7 +100,7 @@ def test_the_daemon_publishes_one_preview_per_result_with_its_seq(
         r, pv = results[seq], previews[seq]
         assert r.mask is not None
         assert (pv.stream_id, pv.seq, pv.capture_ts_ns) == (r.stream_id, r.seq, r.capture_ts_ns)
-        assert (pv.frame_width, pv.frame_height) == (160, 120) == (r.mask.shape[1], r.mask.shape[0])
+        assert (pv.frame_height, pv.frame_width) == (120, 160) == r.frame_shape
         gray = np.asarray(Image.open(io.BytesIO(pv.data)))
         assert abs(int(gray.mean()) - int(frame[0, 0])) <= 2  # this frame's image, not another's
     stats = daemon.handle_command("stats")

@@ -52,7 +52,7 @@ def test_segmentation_gives_the_overlay_the_frame_and_a_seg_with_one_segment_per
     labelmap = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance(
         source_sop_instance_uids=[plain.SOPInstanceUID], combine_segments=True, skip_overlap_checks=True
     )[0]
-    np.testing.assert_array_equal(labelmap, result.mask)
+    np.testing.assert_array_equal(labelmap, result.frame_mask())
 
 
 def test_a_detection_gives_the_overlay_only() -> None:

@@ -1,0 +1,56 @@
+"""CPU placement and real-time priority for the daemon's threads (Linux; elsewhere they are reported unavailable).
+
+On a cart the daemon shares a few cores with the display and the acquisition software. Two levers keep its
+latency steady there, both off by default and set in `[cpu]`:
+- affinity: the inference thread (and ONNX Runtime's workers, through the session's own option) on some cores,
+  the receive and I/O threads on another, so that a frame is read and a result published without waiting for a
+  core that inference holds;
+- SCHED_FIFO for the receive and I/O threads: they run for microseconds per frame and then sleep, so a real-time
+  priority lets them preempt everything else on the cart without starving it. Inference is never made real-time:
+  it runs for tens of milliseconds at a time and would starve the display.
+Setting a real-time priority needs CAP_SYS_NICE or an RLIMIT_RTPRIO allowance (systemd: `LimitRTPRIO=`, see
+docs/LATENCY.md). A lever that cannot be applied is reported, and the daemon serves without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+
+def pin_current_thread(cpus: Sequence[int]) -> str | None:
+    """Restrict the calling thread to `cpus`; returns why it could not, or None."""
+    if not cpus:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        return "CPU affinity is not available on this platform"
+    try:
+        os.sched_setaffinity(0, set(cpus))  # 0: the calling thread (Linux schedules threads, not processes)
+    except OSError as exc:
+        return f"cannot pin to CPUs {sorted(cpus)}: {exc.strerror or exc}"
+    return None
+
+
+def realtime_current_thread(priority: int) -> str | None:
+    """Give the calling thread SCHED_FIFO at `priority` (1..99); returns why it could not, or None."""
+    if priority <= 0:
+        return None
+    if not hasattr(os, "sched_setscheduler"):
+        return "real-time scheduling is not available on this platform"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        return (
+            f"real-time priority {priority} not permitted (needs CAP_SYS_NICE or LimitRTPRIO={priority} in the "
+            "systemd unit); serving at normal priority"
+        )
+    except OSError as exc:
+        return f"cannot set real-time priority {priority}: {exc.strerror or exc}"
+    return None
+
+
+def available_cpus() -> set[int]:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
