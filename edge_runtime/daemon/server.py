@@ -3,8 +3,12 @@
 Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-safe):
 - receiver: drains the ingest socket, validates each message, keeps the newest frame per stream (within the
   stream table's limits: live streams, waiting bytes, frame age; see slots.py);
-- inference: takes the newest pending frame, runs the pipeline, hands the encoded result over inproc;
-- I/O: stamps and publishes results, answers control requests, sends heartbeats even while inference is busy.
+- inference: takes the newest pending frame, runs the pipeline, stamps and publishes the result itself;
+- I/O: answers control requests, sends heartbeats even while inference is busy.
+The results PUB socket is the one socket two threads use: the inference thread publishes each result the moment it
+is encoded (a hand-off to another thread cost a thread wake-up, 0.2 to 0.5 ms on a loaded 2-core board), and the I/O
+thread sends heartbeats on it. A lock serialises them, which is also the full memory barrier ZeroMQ asks for when
+a socket is used from more than one thread; neither holds it for more than a non-blocking send.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from edge_runtime.errors import EdgertError
 from edge_runtime.package import ModelPackage, load_package
 from edge_runtime.pipeline import InferencePipeline
 from edge_runtime.protocol import (
+    Buffer,
     DaemonState,
     Heartbeat,
     ProtocolError,
@@ -147,6 +152,7 @@ class Daemon:
         self.reloads_refused = 0
         self._audit: AuditLog | None = None
         self.audit_failures = 0
+        self._pub_lock = threading.Lock()  # the results socket: the inference thread's results, the I/O thread's beats
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,13 +193,13 @@ class Daemon:
                 raise DaemonError(str(exc)) from None
             self._security.start(self._ctx, self._key_verdict)
         sockets = self._open_sockets()
-        infer = threading.Thread(target=self._inference_loop, args=(sockets["push"],), name="edgert-infer", daemon=True)
+        infer = threading.Thread(target=self._inference_loop, args=(sockets["pub"],), name="edgert-infer", daemon=True)
         self._threads = [
             threading.Thread(target=self._receive_loop, args=(sockets["ingest"],), name="edgert-receive", daemon=True),
             infer,
             threading.Thread(
                 target=self._io_loop,
-                args=(sockets["pull"], sockets["pub"], sockets["rep"], infer),
+                args=(sockets["pub"], sockets["rep"], infer),
                 name="edgert-io",
                 daemon=True,
             ),
@@ -322,16 +328,11 @@ class Daemon:
             if cfg.preview.enabled:
                 preview = make(zmq.PUB, SNDHWM=PREVIEW_SNDHWM)
                 attach(preview, "preview", cfg.preview.endpoint)
-            handoff = f"inproc://edgert-results-{id(self)}"
-            pull = make(zmq.PULL)
-            pull.bind(handoff)
-            push = make(zmq.PUSH)
-            push.connect(handoff)
         except BaseException:
             for sock in opened:
                 sock.close(linger=0)
             raise
-        sockets = {"ingest": ingest, "pub": pub, "rep": rep, "pull": pull, "push": push}
+        sockets = {"ingest": ingest, "pub": pub, "rep": rep}
         return sockets if preview is None else {**sockets, "preview": preview}
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -522,45 +523,39 @@ class Daemon:
             f"{self._slots.pending_bytes} of {limits.max_pending_bytes} bytes waiting"
         )
 
-    def _inference_loop(self, push: zmq.Socket[bytes]) -> None:
+    def _inference_loop(self, pub: zmq.Socket[bytes]) -> None:
         self._place_thread(self.config.cpu.inference_cpus[:1], realtime=False)
         pipeline = self._pipeline
         assert pipeline is not None
-        try:
-            while not self._stop.is_set():
-                if self._swap_to is not None:  # between two frames: no frame ever sees half a model change
-                    old, pipeline = pipeline, self._swap_to
-                    self._pipeline, self._swap_to = pipeline, None
-                    old.runner.deactivate()
-                    self._swapped.set()
-                    log.info("now serving %s (was %s)", pipeline.model_id, old.model_id)
-                pending = self._slots.take(POLL_MS / 1000.0)
-                if pending is None:
-                    continue
-                self._busy_since = time.monotonic()
-                result = pipeline.run(pending.frame, pending.recv_ts_ns)
-                self._busy_since = None
-                ok = result.status is ResultStatus.OK
-                if not ok:
-                    log.warning(
-                        "inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error
-                    )
-                parts = encode_result(result)
-                encoded = time.time_ns()
-                # the encode time travels with the result (never on the wire): the I/O thread measures publishing
-                push.send_multipart([*parts, encoded.to_bytes(8, "little")], copy=False)
-                self.stats.inferred(
-                    result.infer_start_ns - pending.recv_ts_ns,
-                    result.infer_end_ns - result.infer_start_ns,
-                    ok,
-                    self.config.inference_deadline_ms * 1_000_000,
-                    self._stages(pending, result, pipeline, encoded),
-                )
-                if self._preview is not None:  # after the result: the preview never delays it
-                    self._preview.offer(pending.frame)
-                del pending  # the received buffer is released now (or once its preview is encoded)
-        finally:
-            push.close(linger=1000)  # hand the last result to the I/O thread
+        while not self._stop.is_set():
+            if self._swap_to is not None:  # between two frames: no frame ever sees half a model change
+                old, pipeline = pipeline, self._swap_to
+                self._pipeline, self._swap_to = pipeline, None
+                old.runner.deactivate()
+                self._swapped.set()
+                log.info("now serving %s (was %s)", pipeline.model_id, old.model_id)
+            pending = self._slots.take(POLL_MS / 1000.0)
+            if pending is None:
+                continue
+            self._busy_since = time.monotonic()
+            result = pipeline.run(pending.frame, pending.recv_ts_ns)
+            self._busy_since = None
+            ok = result.status is ResultStatus.OK
+            if not ok:
+                log.warning("inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error)
+            parts = encode_result(result)
+            encoded = time.time_ns()
+            self._publish(pub, parts, encoded)
+            self.stats.inferred(
+                result.infer_start_ns - pending.recv_ts_ns,
+                result.infer_end_ns - result.infer_start_ns,
+                ok,
+                self.config.inference_deadline_ms * 1_000_000,
+                self._stages(pending, result, pipeline, encoded),
+            )
+            if self._preview is not None:  # after the result: the preview never delays it
+                self._preview.offer(pending.frame)
+            del pending  # the received buffer is released now (or once its preview is encoded)
 
     @staticmethod
     def _stages(pending: Pending, result: Result, pipeline: InferencePipeline, encoded_ns: int) -> dict[Stage, int]:
@@ -581,33 +576,27 @@ class Daemon:
             })  # fmt: skip
         return stages
 
-    def _io_loop(
-        self, pull: zmq.Socket[bytes], pub: zmq.Socket[bytes], rep: zmq.Socket[bytes], infer: threading.Thread
-    ) -> None:
+    def _io_loop(self, pub: zmq.Socket[bytes], rep: zmq.Socket[bytes], infer: threading.Thread) -> None:
         self._place_thread(self.config.cpu.io_cpus, realtime=True)
         peers = self._watch(rep, "control")
         poller = zmq.Poller()
-        poller.register(pull, zmq.POLLIN)
         poller.register(rep, zmq.POLLIN)
         poller.register(peers.pipe, zmq.POLLIN)
         interval_ns = self.config.heartbeat_ms * 1_000_000
         next_beat = time.monotonic_ns()
         try:
             while True:
-                if self._stop.is_set() and not infer.is_alive():  # the last result is in the hand-off by now
-                    self._publish_pending(pull, pub)
-                    pub.send_multipart(encode_heartbeat(self._heartbeat()))  # STOPPING: displays can react at once
+                if self._stop.is_set() and not infer.is_alive():  # the last result is published by now
+                    self._send(pub, encode_heartbeat(self._heartbeat()))  # STOPPING: displays can react at once
                     return
                 now = time.monotonic_ns()
                 if now >= next_beat:
                     beat = self._heartbeat()
-                    pub.send_multipart(encode_heartbeat(beat))
+                    self._send(pub, encode_heartbeat(beat))
                     if beat.state is DaemonState.READY:
                         systemd.notify("WATCHDOG=1")  # withheld while inference hangs: systemd then restarts us
                     next_beat = now + interval_ns
                 events = dict(poller.poll(min(POLL_MS, max(0, (next_beat - now) // 1_000_000))))
-                if pull in events:
-                    self._publish_pending(pull, pub)
                 if self._reload is not None and self._reload[0].is_set():  # the deferred reply to `reload`
                     self._reply(rep, self._reload_envelope, self._reload[1])
                     self._reload = None
@@ -616,19 +605,21 @@ class Daemon:
                 peers.drain()
         finally:
             peers.close()
-            for sock in (pull, rep, pub):
+            for sock in (rep, pub):
                 sock.close()
 
-    def _publish_pending(self, pull: zmq.Socket[bytes], pub: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                parts = pull.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            header = bytearray(parts[0].buffer)
+    def _publish(self, pub: zmq.Socket[bytes], parts: list[Buffer], encoded_ns: int) -> None:
+        """Stamp the publish time into an encoded result and send it (from the inference thread)."""
+        header = parts[0]
+        assert isinstance(header, bytearray)
+        with self._pub_lock:
             stamp_publish_time(header, time.time_ns())
-            pub.send_multipart([header, parts[1], parts[2]], copy=False)
-            self.stats.published(time.time_ns() - int.from_bytes(parts[3].buffer, "little"))
+            pub.send_multipart(parts, copy=False)  # PUB never blocks: a subscriber that lags loses messages
+        self.stats.published(time.time_ns() - encoded_ns)
+
+    def _send(self, pub: zmq.Socket[bytes], parts: list[Buffer]) -> None:
+        with self._pub_lock:
+            pub.send_multipart(parts)
 
     # -- control and status ------------------------------------------------------------------------------------
     def _answer_control(self, router: zmq.Socket[bytes]) -> None:
