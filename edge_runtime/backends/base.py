@@ -48,18 +48,19 @@ class GpuOptions:
 class Spin(str, enum.Enum):
     """When ONNX Runtime's intra-op workers busy-wait for work instead of sleeping."""
 
-    RUN = "run"  # while a run is in progress only; they stop at once when it returns (the default)
-    ALWAYS = "always"  # ONNX Runtime's own default: they go on spinning for a while after each run
+    ALWAYS = "always"  # ONNX Runtime's own default: they go on spinning for a while after each run (ours too)
+    RUN = "run"  # while a run is in progress only; they stop at once when it returns: half the CPU, slower
     NEVER = "never"  # they always sleep: the least CPU, the slowest model
 
 
 @dataclass(frozen=True)
 class CpuOptions:
-    """How a CPU backend uses the cores. Spinning after a run (ONNX Runtime's default) keeps a core busy just
-    when the daemon's receive and publish threads need one: on a 2-core board it added 0.35 ms to publishing and
-    doubled the daemon's CPU use (docs/LATENCY.md)."""
+    """How a CPU backend uses the cores. Spinning after a run (ONNX Runtime's default, kept) costs a core while
+    idle: on a 2-core board it doubled the daemon's CPU use (74% -> 130% at 30 fps) and added 0.3 ms to publishing,
+    but workers that sleep between runs wake late, which cost 0.9 ms per inference and a far worse p99
+    (docs/LATENCY.md). Spin.RUN is the choice for a cart short of CPU or power."""
 
-    spin: Spin = Spin.RUN
+    spin: Spin = Spin.ALWAYS
     worker_cpus: tuple[int, ...] = ()  # pin ONNX Runtime's intra-op workers to these CPUs, in turn; () leaves them
 
     def threads(self, threads: int) -> int:

@@ -128,7 +128,7 @@ class PreviewConfig:
 class CpuConfig:
     """[cpu]: how the daemon uses the cores (docs/LATENCY.md has the measurements behind the defaults)."""
 
-    spin: Spin = Spin.RUN  # when ONNX Runtime's workers busy-wait for work: run | always | never
+    spin: Spin = Spin.ALWAYS  # when ONNX Runtime's workers busy-wait for work: always | run | never
     inference_cpus: tuple[int, ...] = ()  # the inference thread on the first, ONNX Runtime's workers on the rest
     io_cpus: tuple[int, ...] = ()  # the receive and I/O threads
     realtime_priority: int = 0  # SCHED_FIFO priority 1..99 for the receive and I/O threads; 0: normal scheduling
@@ -316,7 +316,7 @@ def _cpu(section: Mapping[str, Any], where: str) -> CpuConfig:
             raise ConfigError(f"{where}: cpu.{key} must be a list of CPU numbers")
         lists[key] = tuple(values)
     return CpuConfig(
-        spin=_enum(Spin, section.get("spin", Spin.RUN.value), f"{where}: cpu.spin"),
+        spin=_enum(Spin, section.get("spin", Spin.ALWAYS.value), f"{where}: cpu.spin"),
         realtime_priority=section.get("realtime_priority", 0),
         **lists,
     )

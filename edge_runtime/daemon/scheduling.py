@@ -5,7 +5,7 @@ latency steady there, both off by default and set in `[cpu]`:
 - affinity: the inference thread (and ONNX Runtime's workers, through the session's own option) on some cores,
   the receive and I/O threads on another, so that a frame is read and a result published without waiting for a
   core that inference holds;
-- SCHED_FIFO for the receive and I/O threads: they run for microseconds per frame and then sleep, so a real-time
+- SCHED_FIFO for the receive and I/O threads (and ZeroMQ's own I/O threads): they run for microseconds per frame and then sleep, so a real-time
   priority lets them preempt everything else on the cart without starving it. Inference is never made real-time:
   it runs for tens of milliseconds at a time and would starve the display.
 Setting a real-time priority needs CAP_SYS_NICE or an RLIMIT_RTPRIO allowance (systemd: `LimitRTPRIO=`, see
@@ -15,7 +15,11 @@ docs/LATENCY.md). A lever that cannot be applied is reported, and the daemon ser
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from typing import Any
+
+import zmq
 
 
 def pin_current_thread(cpus: Sequence[int]) -> str | None:
@@ -47,6 +51,30 @@ def realtime_current_thread(priority: int) -> str | None:
     except OSError as exc:
         return f"cannot set real-time priority {priority}: {exc.strerror or exc}"
     return None
+
+
+def realtime_permitted(priority: int) -> str | None:
+    """Whether SCHED_FIFO at `priority` would be granted, tried on a throwaway thread; why not, or None. ZeroMQ
+    aborts the process when it cannot apply the priority it was given to its I/O threads, so ask first."""
+    outcome: list[str | None] = []
+    thread = threading.Thread(target=lambda: outcome.append(realtime_current_thread(priority)), name="edgert-rt-probe")
+    thread.start()
+    thread.join()
+    return outcome[0] if outcome else "the probe thread failed"
+
+
+def configure_zmq_threads(ctx: zmq.Context[Any], cpus: Sequence[int], priority: int) -> str | None:
+    """Give ZeroMQ's own I/O threads (they move every byte in and out) the I/O CPUs and the real-time priority;
+    must run before the context's first socket. Returns why the priority was not applied, or None."""
+    for cpu in cpus:
+        ctx.set(zmq.THREAD_AFFINITY_CPU_ADD, cpu)
+    if priority <= 0:
+        return None
+    problem = realtime_permitted(priority)
+    if problem is None:
+        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+        ctx.set(zmq.THREAD_PRIORITY, priority)
+    return problem
 
 
 def available_cpus() -> set[int]:

@@ -43,7 +43,7 @@ from edge_runtime.daemon.ingest import (
     frame_user_id,
 )
 from edge_runtime.daemon.preview import PreviewPublisher
-from edge_runtime.daemon.scheduling import pin_current_thread, realtime_current_thread
+from edge_runtime.daemon.scheduling import configure_zmq_threads, pin_current_thread, realtime_current_thread
 from edge_runtime.daemon.slots import Admission, Pending, StreamTable
 from edge_runtime.daemon.stats import DaemonStats, Stage
 from edge_runtime.errors import EdgertError
@@ -186,6 +186,9 @@ class Daemon:
             backend=cfg.backend.value,
         )
         self._ctx = zmq.Context()
+        problem = configure_zmq_threads(self._ctx, cfg.cpu.io_cpus, cfg.cpu.realtime_priority)
+        if problem:
+            log.warning("ZeroMQ I/O threads: %s", problem)
         if cfg.server_key is not None and cfg.authorized_clients is not None:
             try:
                 self._security = ServerSecurity(cfg.server_key, cfg.authorized_clients)

@@ -141,7 +141,7 @@ def test_the_cpu_and_results_sections(tmp_path: Path) -> None:
     from edge_runtime.pipeline import MaskResolution
 
     default = load_config(_write(tmp_path, '[model]\npackage = "/m"\n'))
-    assert default.mask is MaskResolution.MODEL and default.cpu.spin is Spin.RUN
+    assert default.mask is MaskResolution.MODEL and default.cpu.spin is Spin.ALWAYS
     assert default.cpu.threads(0) == 0 and default.cpu.backend().worker_cpus == ()
     cfg = load_config(_write(tmp_path, '[model]\npackage = "/m"\n[results]\nmask = "frame"\n[cpu]\nspin = "never"\n'
                              'inference_cpus = [1, 2, 3]\nio_cpus = [0]\nrealtime_priority = 10\n'))  # fmt: skip
