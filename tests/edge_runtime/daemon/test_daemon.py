@@ -399,3 +399,27 @@ def test_a_million_part_message_neither_stalls_nor_bloats_the_daemon(
     assert r.seq == 99
     assert snap["rejected_by_reason"]["bad_part_count"] >= 1
     assert not daemon._stop.is_set() and daemon.state is DaemonState.READY
+
+
+def test_the_stages_of_a_frame_add_up_to_its_time_in_the_daemon(
+    start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
+) -> None:
+    """`stats` splits each frame's time into stages that follow one another: for a single frame they add up to the
+    time from capture to the end of its publishing, which lies between the result's publish stamp and its arrival."""
+    daemon = start_daemon(tiny_models["seg_tiny"])
+    with (
+        _subscriber(daemon, zmq_ctx, max_age_ms=None) as sub,
+        FrameSender(daemon.endpoints["ingest"], context=zmq_ctx) as sender,
+    ):
+        assert wait_until(lambda: sender.send(np.zeros((16, 16), np.uint8), seq=1), timeout=5)
+        r = wait_until(lambda: sub.recv(100), timeout=10)
+        received = time.time_ns()
+    stats = daemon.handle_command("stats")
+    assert stats is not None
+    stages = stats["stages_ms"]
+    names = ["receive", "decode", "queue", "preprocess", "model", "postprocess", "encode", "publish"]
+    assert list(stages) == names
+    total_ns = sum(stages[name]["p50"] for name in names) * 1e6  # one frame: its own times (3 decimals of ms)
+    assert r.publish_ts_ns - r.capture_ts_ns - 10_000 <= total_ns <= received - r.capture_ts_ns + 10_000
+    inside = (stages["preprocess"]["p50"] + stages["model"]["p50"] + stages["postprocess"]["p50"]) * 1e6
+    assert abs(inside - (r.infer_end_ns - r.infer_start_ns)) <= 10_000

@@ -55,6 +55,8 @@ def test_metrics_follow_the_stream(
     assert after[("edgert_inference_seconds_count", ())] == 3
     assert after[("edgert_inference_seconds_bucket", (("le", "+Inf"),))] == 3
     assert after[("edgert_inference_seconds_sum", ())] > 0
+    for stage in ("receive", "decode", "queue", "preprocess", "model", "postprocess", "encode", "publish"):
+        assert after[("edgert_stage_seconds_count", (("stage", stage),))] == 3, stage
 
 
 def test_metrics_port_in_use_fails_start(start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path]) -> None:
