@@ -1,6 +1,6 @@
 """The inference daemon: ingest -> bounded stream table -> inference -> results PUB, plus control and heartbeats.
 
-Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-safe):
+Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-safe), but for one (below):
 - receiver: drains the ingest socket, validates each message, keeps the newest frame per stream (within the
   stream table's limits: live streams, waiting bytes, frame age; see slots.py);
 - inference: takes the newest pending frame, runs the pipeline, stamps and publishes the result itself;
