@@ -133,9 +133,8 @@ def draw_overlay(
         return _draw_classes(out, result, alpha, saliency)
     if result.mask is None:
         return out
-    covers = result.frame_shape or result.mask.shape  # no frame size: the mask is at the frame's resolution
-    if covers != frame_rgb.shape[:2]:
-        raise ValueError(f"result mask for a frame of {covers} does not match frame {frame_rgb.shape[:2]}")
+    if result.mask_covers != frame_rgb.shape[:2]:
+        raise ValueError(f"result mask for a frame of {result.mask_covers} does not match frame {frame_rgb.shape[:2]}")
     mask = result.frame_mask()
     assert mask is not None
     palette = np.asarray(result.colors, np.float32)

@@ -261,6 +261,14 @@ class Result:
     saliency: Heatmap | None = None  # classification with a CAM-capable head
     frame_shape: tuple[int, int] | None = None  # (height, width) of the frame the result describes; None: unknown
 
+    @property
+    def mask_covers(self) -> tuple[int, int] | None:
+        """(height, width) of the frame the mask covers: the frame size when known, else the mask's own (a mask
+        without a frame size is at the frame's resolution); None without a mask."""
+        if self.mask is None:
+            return None
+        return self.frame_shape or (int(self.mask.shape[0]), int(self.mask.shape[1]))
+
     def frame_mask(self) -> np.ndarray | None:
         """The mask at the frame's resolution: as it came when it already is, else scaled up by nearest neighbour
         with the rule of docs/PROTOCOL.md (`calibration.preprocessing.scale_labels`)."""

@@ -5,9 +5,9 @@ latency steady there, both off by default and set in `[cpu]`:
 - affinity: the inference thread (and ONNX Runtime's workers, through the session's own option) on some cores,
   the receive and I/O threads on another, so that a frame is read and a result published without waiting for a
   core that inference holds;
-- SCHED_FIFO for the receive and I/O threads (and ZeroMQ's own I/O threads): they run for microseconds per frame and then sleep, so a real-time
-  priority lets them preempt everything else on the cart without starving it. Inference is never made real-time:
-  it runs for tens of milliseconds at a time and would starve the display.
+- SCHED_FIFO for the receive and I/O threads (and ZeroMQ's own I/O threads): they run for microseconds per frame
+  and then sleep, so a real-time priority lets them preempt everything else on the cart without starving it.
+  Inference is never made real-time: it runs for tens of milliseconds at a time and would starve the display.
 Setting a real-time priority needs CAP_SYS_NICE or an RLIMIT_RTPRIO allowance (systemd: `LimitRTPRIO=`, see
 docs/LATENCY.md). A lever that cannot be applied is reported, and the daemon serves without it.
 """
@@ -75,10 +75,3 @@ def configure_zmq_threads(ctx: zmq.Context[Any], cpus: Sequence[int], priority: 
         ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
         ctx.set(zmq.THREAD_PRIORITY, priority)
     return problem
-
-
-def available_cpus() -> set[int]:
-    """The CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return set(os.sched_getaffinity(0))
-    return set(range(os.cpu_count() or 1))

@@ -28,7 +28,7 @@ class Stage(str, enum.Enum):
     MODEL = "model"  # the backend runner alone
     POSTPROCESS = "postprocess"  # the task head: mask, areas, contours, boxes, scores, tracking
     ENCODE = "encode"  # the result message
-    PUBLISH = "publish"  # hand-off to the I/O thread and the PUB send
+    PUBLISH = "publish"  # stamping the publish time and the PUB send, on the inference thread
 
 
 def percentiles_ms(values_ns: list[int] | np.ndarray) -> dict[str, float] | None:

@@ -173,9 +173,9 @@ class Pairer:
 
 def geometry_problem(result: Result, width: int, height: int) -> str | None:
     """Why `result` cannot be drawn on a `width` x `height` frame, or None."""
-    if result.mask is not None and (result.frame_shape or result.mask.shape) != (height, width):
-        fh, fw = result.frame_shape or result.mask.shape
-        return f"mask for a {fw}x{fh} frame on a {width}x{height} frame"
+    covers = result.mask_covers
+    if covers is not None and covers != (height, width):
+        return f"mask for a {covers[1]}x{covers[0]} frame on a {width}x{height} frame"
     for b in result.boxes:
         if b.x2 > width + 0.5 or b.y2 > height + 0.5:
             return f"box ({b.x1:g}, {b.y1:g}, {b.x2:g}, {b.y2:g}) beyond a {width}x{height} frame"

@@ -11,7 +11,6 @@ import pytest
 import zmq
 
 from edge_runtime.daemon.scheduling import (
-    available_cpus,
     configure_zmq_threads,
     pin_current_thread,
     realtime_current_thread,
@@ -19,6 +18,10 @@ from edge_runtime.daemon.scheduling import (
 )
 
 linux = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="thread affinity and SCHED_FIFO are Linux's")
+
+
+def available_cpus() -> set[int]:
+    return set(os.sched_getaffinity(0))
 
 
 def _in_thread(work: Callable[[], Any]) -> Any:
