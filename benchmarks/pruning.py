@@ -16,7 +16,7 @@ Per model (zoo models are fetched as benchmarks/converter_zoo.py fetches them, w
 - **2:4**: `edgert convert --prune 2:4` at the pruning tolerance: the fraction of the model's weights in layers
   made 2:4 and the metric. It brings no speed here (ONNX Runtime's CPU kernels are dense), so it is not timed.
 - **speed**: the original, its prepared FP32 graph (edgert's folding and fusion, no pruning) and every pruned
-  variant in the same interleaved rounds (`converters.latency.time_models`); speed-up = the prepared FP32
+  variant in the same interleaved rounds (`converters.timing.time_models`); speed-up = the prepared FP32
   graph's median over the variant's, so that it shows what pruning (and INT8) add.
 
 Writes JSON (default benchmarks/results/pruning.json).
@@ -47,7 +47,7 @@ from calibration.sources import Sampling  # noqa: E402
 from converters.convert import ConvertOptions, Precision, convert_model, load_model  # noqa: E402
 from converters.data import load_feeds  # noqa: E402
 from converters.evaluate import compare, head_of, run_model  # noqa: E402
-from converters.latency import time_models  # noqa: E402
+from converters.timing import time_models  # noqa: E402
 from converters.prepare import PrepareOptions, prepare  # noqa: E402
 from converters.prune import PruneOptions, conv_flops, plan_pruning, prune_channels  # noqa: E402
 from converters.report import PruneMethod  # noqa: E402

@@ -14,8 +14,8 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +304,61 @@ def sample_source(
     source = open_source(spec, dicom_output)
     frames = sample_frames(source, sampling)
     return frames, f"{len(frames)} frames from {source.description} ({sampling.describe()})"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a source: its name, the frames it wants and its seed offset (synthetic sources draw each split
+    from its own seed; others are partitioned)."""
+
+    name: str
+    count: int
+    offset: int
+
+
+def sample_splits(
+    spec: str, splits: Sequence[Split], sampling: Sampling, dicom_output: DicomOutput = DicomOutput.DISPLAY8
+) -> dict[str, tuple[list[SourceFrame], str]]:
+    """Disjoint frame sets from one source, one per split (calibration, search, verify), so that no frame that
+    chose anything also delivers the verdict. A synthetic source generates each split from the sampling seed
+    (or its own `seed=`) plus the split's offset. Any other source is sampled once for all splits together
+    (`sampling` with the summed count), shuffled with the seed and cut into parts; a source with fewer frames
+    shares them out in proportion, and one with fewer frames than splits is an error. Frames of one cine are
+    near-duplicates: for splits that share no scene, give each its own source."""
+    kind = _synthetic_kind(spec)
+    if kind:
+        given = dict(_synthetic_options(spec.partition(":")[2], kind))
+        base = int(given.pop("seed", sampling.seed))
+        out = {}
+        for split in splits:
+            options = ",".join(f"{k}={v}" for k, v in given.items() if k not in ("height", "width"))
+            if "height" in given:
+                options += f",size={given['height']}x{given['width']}"
+            seeded = f"{kind}:{options.strip(',')},seed={base + split.offset}".replace(":,", ":")
+            out[split.name] = sample_source(seeded, replace(sampling, count=split.count), dicom_output)
+        return out
+    total = sum(s.count for s in splits)
+    source = open_source(spec, dicom_output)
+    frames = sample_frames(source, replace(sampling, count=total))
+    if len(frames) < len(splits):
+        raise SourceError(f"{spec}: {len(frames)} frame(s) cannot be split {len(splits)} ways ({', '.join(s.name for s in splits)})")
+    order = list(range(len(frames)))
+    random.Random(sampling.seed).shuffle(order)
+    sizes = [s.count for s in splits]
+    if len(frames) < total:  # share out in proportion, at least one each
+        sizes = [max(1, len(frames) * s.count // total) for s in splits]
+        while sum(sizes) > len(frames):
+            sizes[sizes.index(max(sizes))] -= 1
+    out, start = {}, 0
+    for split, size in zip(splits, sizes):
+        part = [frames[i] for i in sorted(order[start : start + size])]
+        start += size
+        out[split.name] = (
+            part,
+            f"{len(part)} frames from {source.description} ({sampling.describe()}; the {split.name} part of "
+            f"{len(frames)} sampled frames, disjoint from the other parts)",
+        )
+    return out
 
 
 def _synthetic_kind(spec: str) -> str | None:

@@ -8,13 +8,14 @@ data; they suit numeric equivalence checks, and reports say so.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
 from calibration.preprocessing import Preprocessor
-from calibration.sources import Sampling, SourceError, sample_source
+from calibration.sources import Sampling, SourceError, Split, SourceFrame, sample_source, sample_splits
 from converters.evaluate import Feed
 from converters.graph import ConversionError, real_inputs
 from edge_runtime.package import ModelCard
@@ -27,12 +28,12 @@ class EvalData:
     representative: bool  # False for random tensors
 
 
-def _random_feeds(model: onnx.ModelProto, samples: int, options: str, seed: int) -> EvalData:
+def _random_feeds(model: onnx.ModelProto, samples: int, options: str, seed: int, offset: int = 0) -> EvalData:
     for item in filter(None, options.split(",")):
         key, _, value = item.partition("=")
         if key != "seed" or not value.isdigit():
             raise ConversionError(f"random: unknown option '{item}' (only seed=N)")
-        seed = int(value)
+        seed = int(value) + offset
     rng = np.random.default_rng(seed)
     specs = []
     for inp in real_inputs(model.graph):
@@ -48,20 +49,59 @@ def _random_feeds(model: onnx.ModelProto, samples: int, options: str, seed: int)
     return EvalData(feeds, f"{samples} random standard-normal inputs (seed {seed}); not representative data", False)
 
 
+def is_random(source: str) -> bool:
+    return source == "random" or source.startswith("random:")
+
+
+def load_splits(
+    sources: Mapping[str, tuple[str, Split]], model: onnx.ModelProto, card: ModelCard | None, sampling: Sampling
+) -> dict[str, EvalData]:
+    """Feeds for each named split (split name -> (source, split)): splits that share a source get disjoint frames
+    of it (`calibration.sources.sample_splits`); random tensors draw each split from its own seed."""
+    by_source: dict[str, list[Split]] = {}
+    for source, split in sources.values():
+        by_source.setdefault(source, []).append(split)
+    out: dict[str, EvalData] = {}
+    for source, splits in by_source.items():
+        if is_random(source):
+            for split in splits:
+                out[split.name] = _random_feeds(
+                    model, split.count, source.partition(":")[2], sampling.seed + split.offset, split.offset
+                )
+            continue
+        if card is None:
+            raise _needs_card(source)
+        try:
+            parts = sample_splits(source, splits, sampling, card.dicom_output)
+        except (SourceError, ValueError) as exc:
+            raise ConversionError(f"data source '{source}': {exc}") from None
+        for name, (frames, description) in parts.items():
+            out[name] = _preprocess(frames, description, card)
+    return out
+
+
+def _needs_card(source: str) -> ConversionError:
+    return ConversionError(
+        f"data source '{source}' gives images, which need a model card for preprocessing: pass --card model.json "
+        "or a model package, or use --data random"
+    )
+
+
+def _preprocess(frames: Sequence[SourceFrame], description: str, card: ModelCard) -> EvalData:
+    pre = Preprocessor(card.preprocess)
+    feeds = [{card.input_name: pre(f.pixels, f.color)[0]} for f in frames]
+    return EvalData(feeds, f"{description}, preprocessed as the daemon does", True)
+
+
 def load_feeds(source: str, model: onnx.ModelProto, card: ModelCard | None, sampling: Sampling) -> EvalData:
     """Feeds from `source`, chosen as `sampling` says, preprocessed as the daemon does (random tensors for
     `random[:seed=S]`)."""
-    if source == "random" or source.startswith("random:"):
+    if is_random(source):
         return _random_feeds(model, sampling.count, source.partition(":")[2], sampling.seed)
     if card is None:
-        raise ConversionError(
-            f"data source '{source}' gives images, which need a model card for preprocessing: pass --card model.json "
-            "or a model package, or use --data random"
-        )
+        raise _needs_card(source)
     try:
         frames, description = sample_source(source, sampling, card.dicom_output)
     except (SourceError, ValueError) as exc:
         raise ConversionError(f"data source '{source}': {exc}") from None
-    pre = Preprocessor(card.preprocess)
-    feeds = [{card.input_name: pre(f.pixels, f.color)[0]} for f in frames]
-    return EvalData(feeds, f"{description}, preprocessed as the daemon does", True)
+    return _preprocess(frames, description, card)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from onnx import TensorProto
 
 from converters.graph import ConversionError, copy_model, elem_types
+from converters.judge import DEFAULT_TOLERANCE, JudgeOptions, Verdict, judge
 from edge_runtime.package import ModelCard
 from edge_runtime.protocol import Task
 from edge_runtime.tasks import ClassAgreement, TaskHead, card_head
@@ -104,6 +105,14 @@ class Comparison:
     f1: float | None = None  # detection: F1 at IoU 0.5 against the reference's boxes
     reference_boxes: int | None = None  # detection
     samples: int = 0
+    verdict: Verdict | None = None  # per class, the worst class and its lower bound: what the gate decides on
+    summary_name: str = ""  # the task's whole-set figure (mean foreground Dice, mAP, top-1), for reference
+    summary: float | None = None
+
+    @property
+    def lower_bound(self) -> float:
+        """The bootstrap lower bound of the worst class (the metric itself when no verdict was taken)."""
+        return self.verdict.lower_bound if self.verdict is not None else self.metric
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "task": self.task.label if self.task else NUMERIC}
@@ -123,10 +132,16 @@ def _numeric(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputStats:
     return OutputStats(name, float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0, cosine, psnr, 0)
 
 
-def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], head: TaskHead | None = None) -> Comparison:
-    """Compare two models' outputs on the same feeds: every output numerically, and with a task `head` (the one
-    the daemon decodes with) the task's agreement metric, which then is the comparison's metric. Without a head
-    the metric is the lowest cosine similarity over the outputs."""
+def compare(
+    reference: Sequence[Outputs],
+    candidate: Sequence[Outputs],
+    head: TaskHead | None = None,
+    judging: JudgeOptions = JudgeOptions(),
+) -> Comparison:
+    """Compare two models' outputs on the same feeds: every output numerically, the task's whole-set agreement
+    with a task `head` (the one the daemon decodes with), and the verdict (`converters.judge`): per class, the
+    worst class and its bootstrap lower bound. The comparison's metric is the worst class (without a head: the
+    worst output's cosine similarity)."""
     if len(reference) != len(candidate) or not reference:
         raise ValueError(f"need the same non-zero number of runs, got {len(reference)} and {len(candidate)}")
     names = list(reference[0])
@@ -156,22 +171,25 @@ def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs], head: Ta
         except ValueError as exc:
             raise ConversionError(str(exc)) from None
         result.task = head.task
-        result.metric_name, result.metric = agreement.metric_name, agreement.metric
+        result.summary_name, result.summary = agreement.metric_name, agreement.metric
         result.per_class = agreement.per_class
         result.pixel_agreement, result.top1_agreement = agreement.pixel_agreement, agreement.top1_agreement
         result.kl_divergence, result.f1 = agreement.kl_divergence, agreement.f1
         result.reference_boxes = agreement.reference_boxes
+    result.verdict = judge(head, reference, candidate, judging)
+    result.metric_name, result.metric = result.verdict.metric_name, result.verdict.metric
     if any(s.nonfinite for s in stats):
-        result.metric = 0.0  # NaN or inf anywhere is a failure whatever the task metric says
+        result.metric = result.verdict.lower_bound = 0.0  # NaN or inf anywhere fails whatever the task says
     return result
 
 
 NUMERIC = "numeric"  # the name of "no task" on the command line and in reports
-NUMERIC_TOLERANCE = 1e-3  # allowed shortfall of the min cosine similarity without a task
+NUMERIC_TOLERANCE = DEFAULT_TOLERANCE[NUMERIC]  # allowed shortfall of the worst output's cosine without a task
 
 
 def default_tolerance(head: TaskHead | None) -> float:
-    return head.default_tolerance if head is not None else NUMERIC_TOLERANCE
+    """Allowed shortfall of the worst class's lower bound below 1.0, per task."""
+    return DEFAULT_TOLERANCE[head.task.label if head is not None else NUMERIC]
 
 
 def head_of(card: ModelCard | None) -> TaskHead | None:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -36,11 +36,11 @@ import onnxruntime as ort
 
 from converters.evaluate import Feed, session
 from converters.graph import ConversionError, consumers, initializers, producers
+from converters.timing import Outcome, SpeedComparison, Stopwatch, compare_samples
 
 # Float ops ORT fuses into the weighted op before them (FP32: FusedConv/NCHWc; INT8: absorbed by requantization).
 _FUSED_AFTER = ("Relu", "Clip", "BatchNormalization", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh")
 _BOUNDARY_OPS = ("QuantizeLinear", "DequantizeLinear", "Transpose")
-_PARK_S = 0.05  # pause between models in interleaved timing (see time_models)
 _SUFFIX = re.compile(r"(_token_\d+|_nchwc)+$")
 
 
@@ -52,15 +52,21 @@ class LayerCost:
     int8_us: float | None  # its integer kernel plus the Q/DQ/Transpose nodes at its boundaries
     fused: bool  # ORT turned its Q/DQ pattern into an integer kernel
     reason: str = ""  # why not, when not fused
+    speed: SpeedComparison | None = None  # INT8 time over FP32 time, run by run, with its interval
 
     @property
     def pays(self) -> bool | None:
-        """Whether INT8 is faster for this layer; None when either time is unknown."""
+        """Whether INT8 is faster for this layer beyond the noise of its runs; None when either time is unknown
+        or the runs cannot tell them apart."""
         if not self.fused:
             return False
-        if self.fp32_us is None or self.int8_us is None:
+        if self.fp32_us is None or self.int8_us is None or self.speed is None:
             return None
-        return self.int8_us < self.fp32_us
+        if self.speed.high < 1.0:
+            return True
+        if self.speed.low > 1.0:
+            return False
+        return None
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,20 @@ class Trial:
 
     int8_layers: int
     ms: float  # median per run
+
+
+@dataclass(frozen=True)
+class TimedChoice:
+    """One decision of the latency stage: the candidate with `int8_layers` INT8 layers against the one with
+    `against_layers` (0: FP32), and the timing behind it."""
+
+    int8_layers: int
+    against_layers: int
+    speed: SpeedComparison
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.speed.outcome
 
 
 @dataclass
@@ -84,6 +104,7 @@ class LatencyReport:
     chosen_ms: float | None = None  # the fastest candidate (what the accuracy search starts from)
     final_ms: float | None = None  # the model that ships (after the accuracy search), timed beside FP32
     unfused: list[str] = field(default_factory=list)
+    decisions: list[TimedChoice] = field(default_factory=list)  # every timed decision, in order
     seconds: float = 0.0
 
 
@@ -91,6 +112,13 @@ def profile_nodes(
     model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int = 0
 ) -> tuple[onnx.ModelProto, dict[str, float]]:
     """(ORT's optimized graph, median microseconds per run of each of its nodes) over `runs` runs of `feeds`."""
+    optimized, per_run = _profile(model, feeds, runs, threads)
+    return optimized, {n: statistics.median(d) for n, d in per_run.items() if d}
+
+
+def _profile(
+    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int
+) -> tuple[onnx.ModelProto, dict[str, list[float]]]:
     with tempfile.TemporaryDirectory(prefix="edgert-profile-") as tmp:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -113,7 +141,14 @@ def profile_nodes(
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
             per_node[e["name"][: -len("_kernel_time")]].append(float(e["dur"]))
     # The warm-up run is the first event of each node; the rest are the timed runs.
-    return optimized, {n: statistics.median(d[1:] if len(d) > 1 else d) for n, d in per_node.items()}
+    return optimized, {n: d[1:] if len(d) > 1 else d for n, d in per_node.items()}
+
+
+def profile_runs(
+    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int = 0
+) -> tuple[onnx.ModelProto, dict[str, list[float]]]:
+    """Like `profile_nodes`, but every timed run's microseconds per node (runs in order)."""
+    return _profile(model, feeds, runs, threads)
 
 
 @dataclass(frozen=True)
@@ -223,50 +258,43 @@ def layer_times(model: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Fe
 def layer_costs(
     fp32: onnx.ModelProto, int8: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Feed], runs: int
 ) -> list[LayerCost]:
-    """Per-unit FP32 and INT8 cost."""
+    """Per-unit FP32 and INT8 cost: medians over the runs, and INT8 over FP32 run by run with its interval."""
+    per_run: list[tuple[list[float], list[float]]] = []
     ops = {n.name: n.op_type for n in fp32.graph.node}
-    fp32_opt, fp32_times = profile_nodes(fp32, feeds, runs)
-    int8_opt, int8_times = profile_nodes(int8, feeds, runs)
+    fp32_opt, fp32_runs = profile_runs(fp32, feeds, runs)
+    int8_opt, int8_runs = profile_runs(int8, feeds, runs)
     fp32_nodes = _attribute(fp32_opt, _unit_keys(fp32, units))
     int8_nodes = _attribute(int8_opt, _unit_keys(fp32, units))
     costs = []
-    for unit in units:
-        f32 = [n for n in fp32_nodes.get(unit, []) if n.name in fp32_times]
-        fp32_us = sum(fp32_times[n.name] for n in f32) if f32 else None
-        mine = int8_nodes.get(unit, [])
-        float_kernels = [n for n in mine if n.op_type not in _BOUNDARY_OPS]
-        unfused = any(n.op_type == "DequantizeLinear" for n in mine) or any(
-            n.op_type == ops[unit] for n in float_kernels
-        )
-        kernels = [n for n in float_kernels if n.name in int8_times]
-        int8_us = sum(int8_times[n.name] + _boundary_us(int8_opt, n, int8_times) for n in kernels) if kernels else None
-        if unfused and int8_us is not None:
-            int8_us += sum(int8_times.get(n.name, 0.0) for n in mine if n.op_type == "DequantizeLinear")
-        reason = _why_not_fused(int8, unit) if unfused else ""
-        costs.append(LayerCost(unit, ops[unit], fp32_us, int8_us, not unfused, reason))
-    return costs
-
-
-def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds: int, runs: int) -> list[float]:
-    """Median ms per run of each model, timed in interleaved rounds (each round runs every model `runs` times),
-    so that a slow spell of a shared machine hits them alike. Each session has its own thread pool, whose workers
-    spin for a while after a run: before a model is timed, the others get a pause to park their threads, or they
-    steal cores from it (on this 2-core machine that made FP32 look 1.7x slower than it runs alone)."""
-    sessions = []
-    for m in models:
-        sess = session(m)
-        sess.run(None, feeds[0])
-        sessions.append(sess)
-    samples: list[list[float]] = [[] for _ in models]
-    for _ in range(rounds):
-        for i, sess in enumerate(sessions):
-            time.sleep(_PARK_S)
-            sess.run(None, feeds[0])  # untimed: wakes this session's threads
-            start = time.perf_counter()
-            for k in range(runs):
-                sess.run(None, feeds[k % len(feeds)])
-            samples[i].append((time.perf_counter() - start) * 1000.0 / runs)
-    return [statistics.median(s) for s in samples]
+    for run_index in (None, *range(runs)):  # None: medians; then each run alone, for the interval
+        pick = (lambda d: statistics.median(d)) if run_index is None else (lambda d, i=run_index: d[min(i, len(d) - 1)])
+        fp32_times = {n: pick(d) for n, d in fp32_runs.items() if d}
+        int8_times = {n: pick(d) for n, d in int8_runs.items() if d}
+        for k, unit in enumerate(units):
+            f32 = [n for n in fp32_nodes.get(unit, []) if n.name in fp32_times]
+            fp32_us = sum(fp32_times[n.name] for n in f32) if f32 else None
+            mine = int8_nodes.get(unit, [])
+            float_kernels = [n for n in mine if n.op_type not in _BOUNDARY_OPS]
+            unfused = any(n.op_type == "DequantizeLinear" for n in mine) or any(
+                n.op_type == ops[unit] for n in float_kernels
+            )
+            kernels = [n for n in float_kernels if n.name in int8_times]
+            int8_us = (
+                sum(int8_times[n.name] + _boundary_us(int8_opt, n, int8_times) for n in kernels) if kernels else None
+            )
+            if unfused and int8_us is not None:
+                int8_us += sum(int8_times.get(n.name, 0.0) for n in mine if n.op_type == "DequantizeLinear")
+            if run_index is None:
+                reason = _why_not_fused(int8, unit) if unfused else ""
+                costs.append(LayerCost(unit, ops[unit], fp32_us, int8_us, not unfused, reason))
+                per_run.append(([], []))
+            elif fp32_us is not None and int8_us is not None:
+                per_run[k][0].append(int8_us)
+                per_run[k][1].append(fp32_us)
+    return [
+        replace(c, speed=compare_samples(i8, f32, 0.0)) if len(i8) == runs and all(f32) else c
+        for c, (i8, f32) in zip(costs, per_run)
+    ]
 
 
 def place_for_latency(
@@ -277,7 +305,7 @@ def place_for_latency(
     say: Callable[[str], None] = lambda _m: None,
     runs: int = 10,
     rounds: int = 7,
-    min_gain: float = 0.02,
+    min_gain: float = 0.03,
 ) -> tuple[list[str], LatencyReport]:
     """The INT8 units worth keeping for speed, of `lowered`, and what was measured. `build(units)` makes the INT8
     candidate with `units` quantized; `fp32` is the prepared float model.
@@ -285,7 +313,8 @@ def place_for_latency(
     The stopwatch chooses between nested candidates, each with fewer INT8 layers: every layer INT8; without the
     layers the profile found slower in INT8; also without the layers it could not attribute (cost unknown); no
     INT8 at all. Leaving INT8 for a smaller set must make the whole model at least `min_gain` faster, and the INT8
-    candidate chosen must be at least `min_gain` faster than FP32, or the model stays FP32."""
+    candidate chosen must be at least `min_gain` faster than FP32, or the model stays FP32; "faster" means beyond
+    the noise (`converters.timing`), and a tie keeps the rule's safer side."""
     started = time.perf_counter()
     report = LatencyReport()
     if not lowered:
@@ -304,19 +333,33 @@ def place_for_latency(
             sets.append(trial)
     sets.append([])  # FP32: the first model timed
     say(
-        f"  {len(report.proposed)} layer(s) slower in INT8, {len(unknown)} unattributed; timing the whole model "
-        f"with {', '.join(str(len(t)) for t in sets)} INT8 layers ({rounds} rounds)"
+        f"  {len(report.proposed)} layer(s) slower in INT8, {len(unknown)} undecided or unattributed; timing the "
+        f"whole model with {', '.join(str(len(t)) for t in sets)} INT8 layers (interleaved rounds until the "
+        "differences clear the noise)"
     )
-    times = time_models([fp32, candidate, *[build(t) for t in sets[1:-1]]], feeds, rounds, runs)
-    by_set = [times[1], *times[2:], times[0]]  # aligned with `sets`
-    report.fp32_ms, report.int8_ms = round(times[0], 3), round(times[1], 3)
+    index = [1, *range(2, len(sets)), 0]  # the Stopwatch's model for each set: FP32 is model 0
+    watch = Stopwatch([fp32, candidate, *[build(t) for t in sets[1:-1]]], feeds, runs)
+    pairs = [(index[i], index[j]) for i in range(1, len(sets)) for j in range(i)] + [(index[0], 0)]
+    pairs = [(a, b) for a, b in pairs if a != b]
+    settled = watch.settle(pairs, min_gain, first=rounds)
+    by_set = [watch.median_ms(m) for m in index]
+    report.fp32_ms, report.int8_ms = round(by_set[-1], 3), round(by_set[0], 3)
     report.trials = [Trial(len(t), round(ms, 3)) for t, ms in zip(sets, by_set)]
+
+    def verdict(i: int, j: int) -> SpeedComparison:
+        return settled[(index[i], index[j])] if (index[i], index[j]) in settled else watch.compare(index[i], index[j], min_gain)
+
     choice = 0
     for i in range(1, len(sets) - 1):  # fewer INT8 layers only for a real gain over the best so far
-        if by_set[i] < by_set[choice] * (1.0 - min_gain):
+        c = verdict(i, choice)
+        report.decisions.append(TimedChoice(len(sets[i]), len(sets[choice]), c))
+        if c.outcome is Outcome.FASTER:
             choice = i
-    if by_set[choice] >= by_set[-1] * (1.0 - min_gain):  # INT8 costs accuracy: it must be really faster than FP32
-        choice = len(sets) - 1
+    if choice != len(sets) - 1:  # INT8 costs accuracy: it must be really faster than FP32
+        c = verdict(choice, len(sets) - 1)
+        report.decisions.append(TimedChoice(len(sets[choice]), 0, c))
+        if c.outcome is not Outcome.FASTER:
+            choice = len(sets) - 1
     keep = sets[choice]
     report.kept_fp32_for_speed = [u for u in lowered if u not in set(keep)]
     report.chosen_ms = round(by_set[choice], 3)
@@ -332,5 +375,6 @@ __all__ = [
     "layer_costs",
     "place_for_latency",
     "profile_nodes",
-    "time_models",
+    "profile_runs",
+    "TimedChoice",
 ]

@@ -19,8 +19,9 @@ No retraining: the integrator has an ONNX file and frames, not a training pipeli
    `channel_multiple` channels (a CPU convolution works in blocks of channels: 44 of 48 cost what 48 do), its
    consumers repaired, and the task metric measured against the unpruned model on the calibration frames.
 4. **Allocation**. A cost model gives each weighted op's share of the budget as a function of its input and
-   output channel counts: measured layer time scaled by the channel blocks the kernel runs (latency), or
-   multiply-accumulates (FLOPs). Greedily, the step that saves the most cost per unit of metric lost goes next;
+   output channel counts: multiply-accumulates counted in the channel blocks the CPU kernel runs (latency), or
+   plain multiply-accumulates (FLOPs). The model is fixed, never profiled per layer, so the same model and
+   frames always prune the same channels. Greedily, the step that saves the most cost per unit of metric lost goes next;
    the resulting order is nested, so a smaller ratio is a prefix of a larger one and the gate's back-off is a
    shorter prefix.
 5. **Removal and repair** (`prune_channels`). Rows, columns and per-channel constants are sliced out; consumers
@@ -73,7 +74,7 @@ _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 class Budget(str, enum.Enum):
     """What `PruneOptions.ratio` is a fraction of."""
 
-    LATENCY = "latency"  # the weighted ops' time on ONNX Runtime's CPU provider (profiled here, modelled per block)
+    LATENCY = "latency"  # the weighted ops' time on ONNX Runtime's CPU provider, modelled: FLOPs in channel blocks
     FLOPS = "flops"  # their multiply-accumulates
 
 
@@ -138,7 +139,7 @@ class PruneReport:
     flops_before: int = 0
     flops_after: int = 0
     layer_us_before: float = 0.0  # profiled time of the weighted ops (latency budget)
-    layer_us_removed: float = 0.0  # the cost model's estimate of what the selection removes from it
+    layer_us_removed: float = 0.0  # the share the cost model says the selection removes, of that time
     params_before: int = 0
     params_after: int = 0
     groups: int = 0  # prunable channel groups found
@@ -518,22 +519,22 @@ class _CostModel:
         return sorted({i for t in tensors for i in self.by_tensor.get(t, [])})
 
 
-def _cost_model(model: onnx.ModelProto, budget: Budget, times: Mapping[str, float], block: int) -> _CostModel:
-    """Every weighted op's cost: its FLOPs, or its profiled time (ops the profile did not attribute: their FLOPs at
-    the mean time per FLOP of the others), scaled per channel block for convolutions."""
+def _cost_model(model: onnx.ModelProto, budget: Budget, block: int) -> _CostModel:
+    """Every weighted op's cost: its FLOPs, for a latency budget counted in whole channel blocks of the CPU's
+    convolution kernels (44 of 48 channels cost what 48 do). A fixed model, not profiled per layer: per-layer
+    times on a shared machine vary by more than the differences the allocation weighs, and made each run prune
+    other channels."""
     shapes = _shapes(model)
     inits = initializers(model.graph)
     nodes = [n for n in model.graph.node if n.op_type in _WEIGHTED and len(n.input) > 1 and n.input[1] in inits]
     flops = {n.name: _node_flops(n, shapes) for n in nodes if n.output[0] in shapes}
-    measured = [(times[n], f) for n, f in flops.items() if n in times and f > 0]
-    us_per_flop = sum(t for t, _ in measured) / max(sum(f for _, f in measured), 1)
     ops = []
     for n in nodes:
         if n.name not in flops or len(shapes.get(n.input[0], [])) < 2 or len(shapes[n.output[0]]) < 2:
             continue
         x, y = n.input[0], n.output[0]
         depthwise = n.op_type == "Conv" and _attr(n, "group", 1) > 1
-        base = float(flops[n.name]) if budget is Budget.FLOPS else times.get(n.name, flops[n.name] * us_per_flop)
+        base = float(flops[n.name])
         conv_block = block if budget is Budget.LATENCY and n.op_type in ("Conv", "ConvTranspose") else 1
         ops.append(_CostOp(n.name, base, "" if depthwise else x, y, shapes[x][1], shapes[y][1], conv_block))
     return _CostModel(ops)
@@ -842,10 +843,11 @@ class PrunePlan:
     blocked: list[str]
     families: list[_Family]
     stats: dict[str, _ChannelStats]
-    whole: float  # the budget's modelled measure over every weighted op (microseconds or FLOPs)
+    whole: float  # the budget's modelled measure over every weighted op (FLOPs, in channel blocks for latency)
     order: list[tuple[int, int, float]]  # (family, step, measure left), the allocation order
     flops: int
     params: int
+    measured_us: float = 0.0  # latency budget: the weighted ops' profiled time here, to express the model in us
 
     def selection(self, ratio: float) -> tuple[list[ChannelGroup], list[FamilyStep]]:
         """The groups the shortest prefix of the order that removes `ratio` of the measure takes, and its steps."""
@@ -927,14 +929,14 @@ def plan_pruning(
     plan.stats = channel_stats(model, feeds, set(_consumer_inputs(model, groups).values()))
     importance(model, groups, plan.stats)
     plan.families = _families(groups, options)
-    times: dict[str, float] = {}
     block = 1
     if options.budget is Budget.LATENCY:
         units = [n.name for n in model.graph.node if n.op_type in _WEIGHTED]
-        tell(f"  profiling {len(units)} weighted layers for a latency budget")
-        times = layer_times(model, units, feeds[:2], runs=5)
+        tell(f"  profiling {len(units)} weighted layers for a latency budget (their total only: the allocation")
+        tell("  uses a fixed cost model, so timing noise cannot change what is pruned)")
+        plan.measured_us = sum(layer_times(model, units, feeds[:2], runs=5).values())
         block = options.block or cpu_channel_block()
-    cost = _cost_model(model, options.budget, times, block)
+    cost = _cost_model(model, options.budget, block)
     plan.whole = cost.total({})
     steps = sum(len(f.kept) for f in plan.families)
     tell(f"  sensitivity: {len(plan.families)} layer families, {steps} steps of {options.channel_multiple} channels")
@@ -969,13 +971,54 @@ def prune_channels(
     report.groups, report.families, report.blocked = len(plan.groups), len(plan.families), plan.blocked
     chosen, report.steps = plan.selection(options.ratio)
     if options.budget is Budget.LATENCY:
-        report.layer_us_before = round(plan.whole, 1)
-        report.layer_us_removed = round(plan.whole - report.steps[-1].cost_left, 1) if report.steps else 0.0
+        removed = (plan.whole - report.steps[-1].cost_left) / max(plan.whole, 1e-30) if report.steps else 0.0
+        report.layer_us_before = round(plan.measured_us, 1)
+        report.layer_us_removed = round(removed * plan.measured_us, 1)
+    return _apply(model, chosen, plan.stats, feeds, options, tell, report)
+
+
+def group_key(group: ChannelGroup) -> tuple[str, int]:
+    """A channel group's name in a plan: its first (tensor, channel), found again from the graph alone."""
+    return group.members[0]
+
+
+def prune_groups(
+    model: onnx.ModelProto,
+    feeds: Sequence[Feed],
+    keys: Sequence[tuple[str, int]],
+    options: PruneOptions,
+    say: Progress | None = None,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """A plan's pruning replayed: the channel groups named by `keys` (`group_key`) removed, with the same
+    statistics and refits as `prune_channels` computes on the same frames, and no measurement of time or
+    sensitivity."""
+    tell: Progress = say or (lambda _m: None)
+    groups, blocked = channel_groups(model)
+    by_key = {group_key(g): g for g in groups}
+    missing = [k for k in keys if tuple(k) not in by_key]
+    if missing:
+        raise ConversionError(f"the plan removes channel groups this model does not have, e.g. channel {missing[0][1]} of '{missing[0][0]}'")
+    report = PruneReport(budget=options.budget, groups=len(groups), blocked=blocked)
+    report.flops_before, report.params_before = conv_flops(model)
+    stats = channel_stats(model, feeds, set(_consumer_inputs(model, groups).values()))
+    return _apply(model, [by_key[tuple(k)] for k in keys], stats, feeds, options, tell, report)
+
+
+def _apply(
+    model: onnx.ModelProto,
+    chosen: Sequence[ChannelGroup],
+    stats: Mapping[str, _ChannelStats],
+    feeds: Sequence[Feed],
+    options: PruneOptions,
+    tell: Progress,
+    report: PruneReport,
+) -> tuple[onnx.ModelProto, PruneReport]:
+    """Removes `chosen`, refits, checks the graph; fills the report's removal figures."""
     report.groups_removed = len(chosen)
     if not chosen:
-        report.flops_after, report.params_after = plan.flops, plan.params
+        report.flops_after, report.params_after = report.flops_before, report.params_before
         return copy_model(model), report
-    removal = _remove(model, chosen, plan.stats)
+    removal = _remove(model, chosen, stats)
     work, report.layers = removal.model, removal.layers
     if options.repair:
         tell(f"  refitting the layers after the pruned channels on {len(feeds)} frames")
@@ -1001,6 +1044,8 @@ __all__ = [
     "conv_flops",
     "cpu_channel_block",
     "importance",
+    "group_key",
     "plan_pruning",
     "prune_channels",
+    "prune_groups",
 ]

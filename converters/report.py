@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from converters.evaluate import Comparison
 from converters.gate import Fallback, Sensitivity, SensitivityMethod
 from converters.latency import LatencyReport
+from converters.plan import Plan
 from converters.prepare import PrepareReport
 from converters.prune import PruneReport
 from converters.sparsity import SparsityReport
 
-if TYPE_CHECKING:  # convert.py builds reports; importing it here at run time would be circular
-    from converters.convert import ConvertOptions
+if TYPE_CHECKING:  # options.py imports this module's enums; importing it here at run time would be circular
+    from converters.options import ConvertOptions
 
 
 class Precision(str, enum.Enum):
@@ -70,6 +71,7 @@ class AccuracyReport:
     comparison: Comparison
     sensitivity: list[Sensitivity] = field(default_factory=list)  # most sensitive first, when a search ran
     sensitivity_method: SensitivityMethod | None = None
+    lower_bound: float = 0.0  # bootstrap lower bound of the worst class: what must clear `required`
 
     @property
     def tolerance(self) -> float:
@@ -116,7 +118,8 @@ class PruneMethod(str, enum.Enum):
 @dataclass(frozen=True)
 class PruneAttempt:
     ratio: float  # fraction of the budget's measure (layer time or FLOPs) asked of the pruner
-    metric: float  # the gate's metric of the pruned FP32 model against the original
+    metric: float  # the gate's metric of the pruned FP32 model against the original, on the search split
+    lower_bound: float = 0.0  # its bootstrap lower bound
 
 
 @dataclass
@@ -135,14 +138,35 @@ class PruneResult:
 
 
 @dataclass
+class VerifyReport:
+    """The verdict on the model that ships, on the verify split: frames used for nothing else."""
+
+    data: DataInfo
+    comparison: Comparison  # its `verdict` holds every class, the worst and the bound
+    required: float
+    passed: bool
+    reason: str = ""  # why not
+
+
+@dataclass(frozen=True)
+class ReplayCheck:
+    """A `--plan` replay: the model the plan recorded against the one rebuilt."""
+
+    planned_sha256: str | None
+    rebuilt_sha256: str | None
+    identical: bool
+
+
+@dataclass
 class ConversionReport:
     edgert_version: str
     input: ModelFile
     options: ConvertOptions
     precision: Precision
     prepare: PrepareReport
-    data: DataInfo | None = None  # evaluation data
-    calibration_data: DataInfo | None = None  # INT8 only, when it differs from the evaluation data
+    data: DataInfo | None = None  # the search split: every choice was judged on it
+    calibration_data: DataInfo | None = None  # INT8 ranges, pruning's statistics and refits
+    verify_data: DataInfo | None = None  # the verdict's frames, used for nothing else
     prepare_check: Comparison | None = None  # prepared FP32 vs the original
     prune: PruneResult | None = None
     sparsity: SparsityReport | None = None  # --prune 2:4
@@ -155,6 +179,53 @@ class ConversionReport:
     passed: bool = False
     failure: str | None = None
     seconds: float = 0.0
+    verify: VerifyReport | None = None
+    plan: Plan | None = None  # every decision, for `edgert convert --plan`
+    replay: ReplayCheck | None = None  # set when this conversion replayed a plan
+
+    @property
+    def requested(self) -> str:
+        parts = [self.precision.value.upper()]
+        if self.options.prune is not None:
+            parts.insert(0, f"pruned ({self.options.prune.value})")
+        return " ".join(parts)
+
+    @property
+    def shipped(self) -> str:
+        """What the written model is, in a few words ('nothing' when the gate refused it)."""
+        if not self.passed:
+            return "nothing"
+        parts = []
+        if self.prune is not None and self.prune.details is not None and self.prune.used > 0:
+            parts.append(f"pruned (FLOPs x{self.prune.details.flops_ratio:.2f})")
+        if self.sparsity is not None and self.sparsity.applied:
+            parts.append(f"2:4 on {len(self.sparsity.applied)} layers")
+        if self.int8 is not None and self.int8.int8_ops > 0:
+            mixed = "+FP16" if self.int8.fp16_nodes else ""
+            parts.append(f"INT8{mixed} ({self.int8.int8_ops} of {self.int8.quantizable_ops} weighted ops)")
+        elif self.fp16 is not None and self.fp16.fp16_nodes > 0:
+            parts.append(f"FP16 ({self.fp16.fp16_nodes} of {self.fp16.nodes} nodes)")
+        else:
+            parts.append("FP32")
+        return " ".join(parts)
+
+    def headline(self) -> str:
+        """The first line: what was asked, what shipped, and why they differ."""
+        why = ""
+        if not self.passed:
+            why = self.failure or "refused"
+        elif self.int8 is not None and self.int8.int8_ops == 0:
+            lat = self.latency
+            if lat is not None and lat.kept_fp32_for_speed and len(lat.kept_fp32_for_speed) == self.int8.quantizable_ops:
+                why = f"INT8 does not pay here (FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms)"
+            else:
+                why = "no INT8 op keeps the gate"
+        elif self.fp16 is not None and self.fp16.fp16_nodes == 0:
+            why = "no node keeps the gate in FP16"
+        elif self.prune is not None and self.prune.used == 0:
+            why = f"nothing pruned: {self.prune.note or 'every ratio failed the gate'}"
+        verdict = "PASSED" if self.passed else "FAILED"
+        return f"edgert convert: {self.requested} requested -> {self.shipped} shipped: {verdict}" + (f" ({why})" if why else "")
 
     def to_json(self) -> dict[str, Any]:
         value = _jsonable(self)
@@ -210,7 +281,7 @@ def summary_text(report: ConversionReport) -> str:
     """The report as a few readable lines, for the terminal and summary.txt."""
     prep = report.prepare
     lines = [
-        f"edgert convert -> {report.precision.value.upper()}: {'PASSED' if report.passed else 'FAILED'}",
+        report.headline(),
         f"  input      {report.input.path} ({report.input.size_bytes / 1024:.1f} KiB)",
         f"  prepare    opset {prep.opset_before} -> {prep.opset_after}, nodes {prep.nodes_before} -> {prep.nodes_after} "
         f"(constants folded {prep.constants_folded}, BatchNorm folded {prep.batchnorms_folded}, "
@@ -219,10 +290,16 @@ def summary_text(report: ConversionReport) -> str:
     ]
     if prep.shapes_fixed:
         lines.append(f"  shapes     fixed {prep.shapes_fixed}")
+    if report.replay is not None:
+        r = report.replay
+        lines.append(f"  replay     plan's model {(r.planned_sha256 or '?')[:16]}..., rebuilt "
+                     f"{(r.rebuilt_sha256 or 'nothing')[:16]}...: {'byte-identical' if r.identical else 'DIFFERENT'}")  # fmt: skip
     if report.calibration_data is not None:
         lines.append(f"  calibrate  {report.calibration_data.description}")
     if report.data is not None:
-        lines.append(f"  evaluate   {report.data.description}")
+        lines.append(f"  search     {report.data.description}")
+    if report.verify_data is not None:
+        lines.append(f"  verify     {report.verify_data.description}")
     if report.prepare_check is not None:
         c = report.prepare_check
         worst = max((o.max_abs for o in c.outputs), default=0.0)
@@ -273,17 +350,29 @@ def summary_text(report: ConversionReport) -> str:
         ]
         best = lat.final_ms if lat.final_ms is not None else (lat.chosen_ms or lat.int8_ms)
         if best >= lat.fp32_ms * 0.98:
-            lines.append(f"  verdict    INT8 does not pay on this machine: best INT8 {best:.2f} ms vs FP32 {lat.fp32_ms:.2f} ms; "
+            lines.append(f"  speed      INT8 does not pay on this machine: best INT8 {best:.2f} ms vs FP32 {lat.fp32_ms:.2f} ms; "
                          "ship FP32 or FP16 here, or convert for a target with faster integer kernels")  # fmt: skip
     if report.accuracy is not None:
         a = report.accuracy
         lines.append(
-            f"  accuracy   {a.metric_name} {a.metric:.4f} (required >= {a.required:.4f}; "
-            f"before fallback {a.before_fallback:.4f}; {a.evaluations} evaluations)"
+            f"  search     {a.metric_name} {a.metric:.4f}, lower bound {a.lower_bound:.4f} (required >= "
+            f"{a.required:.4f}; before fallback {a.before_fallback:.4f}; {a.evaluations} evaluations)"
         )
         if a.sensitivity and a.sensitivity_method is not None:
             top = ", ".join(f"{s.op} '{s.node}' {s.score:+.4f}" for s in a.sensitivity[:5])
             lines.append(f"  sensitive  ({a.sensitivity_method.value}) {top}")
+    if report.verify is not None:
+        v = report.verify
+        c = v.comparison
+        lines.append(f"  verdict    verify split, {c.samples} frames: {c.metric_name} {c.metric:.4f}, lower bound "
+                     f"{c.lower_bound:.4f} (required >= {v.required:.4f}): {'PASSED' if v.passed else 'FAILED'}")  # fmt: skip
+        if c.verdict is not None:
+            for cl in c.verdict.classes:
+                got = ", ".join(f"{k} {x:.4f}" for k, x in cl.measures.items())
+                state = f"lower bound {cl.lower:.4f}" if cl.judged else f"not judged: {cl.note}"
+                lines.append(f"               {cl.name}: {got} ({cl.support} {cl.unit}; {state})")
+        if v.reason:
+            lines.append(f"               {v.reason}")
     if report.output is not None:
         o = report.output
         lines.append(f"  output     {o.size_bytes / 1024:.1f} KiB ({o.size_ratio:.2f}x the input)")

@@ -449,8 +449,12 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         prune_by=None if args.prune_by == "auto" else Budget(args.prune_by),
         prune_multiple=args.prune_multiple,
         sparse_saliency=Saliency(args.sparse_saliency),
+        verify=args.verify,
+        **{k: getattr(args, k) for k in ("search_samples", "verify_samples", "min_support") if getattr(args, k)},
     )
-    result = convert_model(args.model, options, card_path=args.card, progress=out.progress)
+    if args.plan is not None:
+        out.progress(f"replaying {args.plan}: its options and decisions replace the command line's")
+    result = convert_model(args.model, options, card_path=args.card, progress=out.progress, plan=args.plan)
     files = write_result(result, args.out)
     out.say(summary_text(result.report))
     out.say("wrote   " + ", ".join(str(f) for f in files))
@@ -847,8 +851,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluation data for the accuracy gate (default: --calib, else synthetic for a "
                    "package): " + SOURCE_HELP)  # fmt: skip
     _sampling_arguments(p)
-    p.add_argument("--tolerance", type=float, help="allowed drop of the task metric below 1.0 (default: 0.01 "
-                   "segmentation Dice / classification top-1, 0.001 cosine otherwise)")  # fmt: skip
+    p.add_argument("--tolerance", type=float, help="allowed shortfall below 1.0 of the worst class's lower bound "
+                   "(default: 0.02 segmentation and classification, 0.05 detection F1, 0.001 cosine otherwise)")  # fmt: skip
     p.add_argument("--opset", type=int, default=17, help="target opset (>= 13, default 17)")
     _input_shape_argument(p)
     p.add_argument("--fix-shapes", action="store_true", help="fix dynamic dims to the card's input shape")
@@ -885,6 +889,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "budget); 1 allows any count")  # fmt: skip
     g.add_argument("--no-prune-repair", action="store_true",
                    help="remove channels with bias correction only, no least-squares refit")  # fmt: skip
+    g = p.add_argument_group("the gate: three disjoint splits (calibration: --samples)")
+    g.add_argument("--search-samples", type=int,
+                   help="frames every choice is judged on: calibration method, fallbacks, pruning ratio (default 100)")  # fmt: skip
+    g.add_argument("--verify-samples", type=int,
+                   help="frames used for nothing else, which deliver the verdict (default 200)")  # fmt: skip
+    g.add_argument("--verify", help="the verify split's source (default: --data's, frames disjoint from the other "
+                   "splits); same forms")  # fmt: skip
+    g.add_argument("--min-support", type=int,
+                   help="frames (boxes) a class needs in the verify split to be judged; a rarer class fails the "
+                   "verdict with a request for data (default 10)")  # fmt: skip
+    p.add_argument("--plan", type=Path, help="rebuild the model a report.json's plan recorded (its options and "
+                   "decisions; nothing re-measured), then run the verify gate")  # fmt: skip
     _json_argument(p, "the conversion report (also written to OUT/report.json)")
 
     p = command("compare", "run two models on the same inputs and report their differences", _compare)

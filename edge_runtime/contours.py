@@ -29,6 +29,28 @@ def _runs(binary: np.ndarray) -> list[tuple[int, int, int]]:
 
 def components(binary: np.ndarray) -> list[tuple[int, int, int]]:
     """8-connected components as (top row, leftmost col of that row, pixel count), in raster order of their start."""
+    runs, roots = _run_roots(binary)
+    area: dict[int, int] = {}
+    for (_, x0, x1), root in zip(runs, roots):
+        area[root] = area.get(root, 0) + x1 - x0 + 1
+    return [(runs[r][0], runs[r][1], a) for r, a in sorted(area.items())]
+
+
+def label_components(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components as a label image (0: background, 1..n in raster order of their start) and each
+    component's pixel count (index 0 unused): what the overlay outlines, as a map to compare two masks by."""
+    runs, roots = _run_roots(binary)
+    ids = {root: i + 1 for i, root in enumerate(sorted(set(roots)))}
+    labels = np.zeros(binary.shape, np.int32)
+    areas = np.zeros(len(ids) + 1, np.int64)
+    for (y, x0, x1), root in zip(runs, roots):
+        labels[y, x0 : x1 + 1] = ids[root]
+        areas[ids[root]] += x1 - x0 + 1
+    return labels, areas
+
+
+def _run_roots(binary: np.ndarray) -> tuple[list[tuple[int, int, int]], list[int]]:
+    """The row runs and, for each, the index of the first run of its 8-connected component."""
     runs = _runs(binary)
     parent = list(range(len(runs)))
 
@@ -50,11 +72,7 @@ def components(binary: np.ndarray) -> list[tuple[int, int, int]]:
                 ri, rj = find(i), find(j)
                 if ri != rj:
                     parent[max(ri, rj)] = min(ri, rj)  # the earlier run stays the root: it is the top-left start
-    area: dict[int, int] = {}
-    for i, (_, x0, x1) in enumerate(runs):
-        root = find(i)
-        area[root] = area.get(root, 0) + x1 - x0 + 1
-    return [(runs[r][0], runs[r][1], a) for r, a in sorted(area.items())]
+    return runs, [find(i) for i in range(len(runs))]
 
 
 def trace_outer(binary: np.ndarray, y0: int, x0: int, max_steps: int) -> list[tuple[int, int]]:

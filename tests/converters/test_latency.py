@@ -14,7 +14,8 @@ import onnx
 from calibration.calibrators import CalibrationMethod, CalibratorOptions
 from converters.convert import ConvertOptions, Precision, convert_model, summary_text
 from converters.int8 import QuantTarget, calibrate, insert_qdq, quantizable_nodes
-from converters.latency import layer_costs, place_for_latency, time_models
+from converters.latency import layer_costs, place_for_latency
+from converters.timing import time_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from make_models import int8_slow_layer  # noqa: E402
