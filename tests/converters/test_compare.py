@@ -97,11 +97,16 @@ def test_a_tiny_structure_cannot_swing_the_metric_and_absent_classes_say_so() ->
     assert c.per_class["fg"].reference_pixels == 578 and c.per_class["fg"].candidate_pixels == 576
 
 
-def test_a_detection_package_is_compared_by_map_against_the_reference_boxes(tiny_models: dict[str, Path]) -> None:
-    """Detection is judged on decoded boxes (NMS and threshold as the daemon runs them), not raw tensors."""
+def test_a_detection_package_is_compared_by_its_worst_class_f1_against_the_reference_boxes(
+    tiny_models: dict[str, Path],
+) -> None:
+    """Detection is judged on decoded boxes (NMS and threshold as the daemon runs them), not raw tensors: the
+    metric is the worst class's F1, with mAP kept as the whole-set figure."""
     mc = compare_models(
         tiny_models["det_dense"], tiny_models["det_dense"], "synthetic:frames=4,size=64x64", Sampling(4)
     )
     c = mc.comparison
-    assert mc.task is Task.DETECTION and c.metric_name == "mAP@0.5 vs reference boxes"
-    assert c.metric == 1.0 and c.f1 == 1.0 and c.reference_boxes is not None
+    assert mc.task is Task.DETECTION and c.metric_name == "worst-class F1@0.5 vs reference boxes"
+    assert c.summary_name == "mAP@0.5 vs reference boxes" and c.summary == 1.0
+    assert c.metric == 1.0 and c.f1 == 1.0 and c.reference_boxes is not None and c.verdict is not None
+    assert all(v.measures["f1"] == 1.0 for v in c.verdict.classes)

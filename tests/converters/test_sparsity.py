@@ -26,6 +26,9 @@ from converters.sparsity import (
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from make_models import exported_elementwise  # noqa: E402
 
+# The tiny untrained model draws fragile components: enough search and verify frames for a verdict, kept small.
+SPLITS = {"search_samples": 16, "verify_samples": 32, "min_support": 4}
+
 
 def _conv(w: np.ndarray, dequantized: bool = False) -> onnx.ModelProto:
     F = TensorProto.FLOAT
@@ -93,8 +96,8 @@ def test_eligible_layers_and_the_reasons_for_the_others() -> None:
 
 
 def test_convert_applies_2_4_behind_the_gate_and_records_it(tiny_models: dict[str, Path]) -> None:
-    options = ConvertOptions(prune=PruneMethod.SPARSE_2_4, data="synthetic:frames=8,size=32x32", samples=8,
-                             tolerance=0.5)  # fmt: skip
+    options = ConvertOptions(prune=PruneMethod.SPARSE_2_4, data="synthetic:size=32x32", samples=8,
+                             tolerance=0.5, **SPLITS)  # fmt: skip
     result = convert_model(tiny_models["unet_bn"], options)
     sp = result.report.sparsity
     assert result.passed and sp is not None and sp.applied and sp.verified and 0 < sp.fraction <= 1
@@ -108,7 +111,7 @@ def test_convert_applies_2_4_behind_the_gate_and_records_it(tiny_models: dict[st
 
 def test_channels_then_2_4_then_int8_keeps_the_pattern(tiny_models: dict[str, Path]) -> None:
     options = ConvertOptions(precision=Precision.INT8, prune=PruneMethod.CHANNELS_2_4, prune_budget=0.3,
-                             data="synthetic:frames=8,size=32x32", samples=8, tolerance=0.5, latency=False,
+                             data="synthetic:size=32x32", samples=8, tolerance=0.5, latency=False, **SPLITS,
                              prune_multiple=4)  # fmt: skip
     result = convert_model(tiny_models["unet_bn"], options)
     assert result.passed and result.report.prune is not None and result.report.sparsity is not None
