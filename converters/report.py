@@ -205,6 +205,8 @@ class ConversionReport:
             parts.append(f"INT8{mixed} ({self.int8.int8_ops} of {self.int8.quantizable_ops} weighted ops)")
         elif self.fp16 is not None and self.fp16.fp16_nodes > 0:
             parts.append(f"FP16 ({self.fp16.fp16_nodes} of {self.fp16.nodes} nodes)")
+        elif self.int8 is not None and self.int8.fp16_nodes > 0:
+            parts.append(f"FP16 ({self.int8.fp16_nodes} nodes; no op in INT8)")
         else:
             parts.append("FP32")
         return " ".join(parts)
@@ -267,7 +269,11 @@ def card_note(report: ConversionReport) -> dict[str, Any]:
         sp = report.sparsity
         note["sparse_2_4"] = {"layers": list(sp.applied), "weights_fraction": round(sp.fraction, 4),
                               "axis": "input channels", "verified": sp.verified}  # fmt: skip
-    if report.accuracy is not None:
+    if report.verify is not None:  # the verdict on frames used for nothing else (a replay reaches the same)
+        c = report.verify.comparison
+        note["accuracy_vs_original"] = {c.metric_name: round(c.metric, 6), "lower_bound": round(c.lower_bound, 6),
+                                        "verify_frames": c.samples}  # fmt: skip
+    elif report.accuracy is not None:
         note["accuracy_vs_original"] = {report.accuracy.metric_name: round(report.accuracy.metric, 6)}
     if report.fp16 is not None:
         note["fp32_nodes"] = len(report.fp16.fp32_nodes)
