@@ -53,6 +53,8 @@ class BoxLayout(str, enum.Enum):
     YOLO = "yolo"  # one tensor [1, N, 5 + C]: cx, cy, w, h, objectness, C class scores (YOLOv5/v7 exports)
     YOLO_ANCHOR_FREE = "yolo-anchor-free"  # one tensor [1, 4 + C, N]: cx, cy, w, h, C class scores (YOLOv8 exports)
     NMS = "nms"  # already suppressed: boxes [1, K, 4], scores [1, K], classes [1, K], optional count [1] or [1, 1]
+    GFL = "gfl"  # generalized focal loss heads (PP-PicoDet, NanoDet): per stride, class scores [1, N, C] and box
+    # side distributions [1, N, 4 * (reg_max + 1)] (or one output [1, N, C + 4 * (reg_max + 1)] over every stride)
 
 
 class BoxFormat(str, enum.Enum):
@@ -85,6 +87,11 @@ class DetectionSpec:
     classes: str | None = None
     count: str | None = None
     tracker: TrackerSpec | None = None
+    strides: tuple[int, ...] = ()  # gfl: the feature strides, in the order the outputs hold them
+    reg_max: int = 7  # gfl: each box side is a distribution over 0..reg_max cells
+    cell_offset: float = 0.5  # gfl: anchor centre (x + offset) * stride (PicoDet 0.5, NanoDet 0)
+    score_outputs: tuple[str, ...] = ()  # gfl: one per stride; empty: `OutputSpec.name` holds all, concatenated
+    box_outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,10 @@ class OutputSpec:
         """Every graph output the task reads."""
         extra: tuple[str | None, ...] = ()
         if self.detection is not None:
-            extra = (self.detection.scores, self.detection.classes, self.detection.count)
+            d = self.detection
+            extra = (d.scores, d.classes, d.count, *d.score_outputs, *d.box_outputs)
+            if d.score_outputs:  # the per-stride outputs, `name` (the first score output) among them once
+                return tuple(dict.fromkeys(n for n in extra if n))
         if self.classification is not None:
             extra = (self.classification.saliency,)
         return (self.name, *(n for n in extra if n))
@@ -305,6 +315,31 @@ def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
         raise PackageError(f"{where}: layout 'nms' names its 'scores' and 'classes' outputs ('count' is optional)")
     if layout is not BoxLayout.NMS and any(names.values()):
         raise PackageError(f"{where}: 'scores', 'classes' and 'count' belong to layout 'nms', not '{layout.value}'")
+    gfl: dict[str, Any] = {}
+    if layout is BoxLayout.GFL:
+        strides = _get(out, "strides", list, where)
+        if not strides or not all(isinstance(v, int) and 0 < v <= 1024 for v in strides):
+            raise PackageError(f"{where}.strides: layout 'gfl' needs its feature strides, e.g. [8, 16, 32, 64]")
+        reg_max = int(_get(out, "reg_max", int, where, 7))
+        if not 1 <= reg_max <= 64:
+            raise PackageError(f"{where}.reg_max: must be within 1..64, got {reg_max}")
+        score_outputs = tuple(_get(out, "score_outputs", list, where, []))
+        box_outputs = tuple(_get(out, "box_outputs", list, where, []))
+        if (score_outputs or box_outputs) and not (len(score_outputs) == len(box_outputs) == len(strides)):
+            raise PackageError(f"{where}: layout 'gfl' names one score and one box output per stride ({len(strides)})")
+        if not all(isinstance(n, str) for n in (*score_outputs, *box_outputs)):
+            raise PackageError(f"{where}: gfl output names must be strings")
+        if score_outputs and _get(out, "name", str, where) != score_outputs[0]:
+            raise PackageError(f"{where}.name: with per-stride outputs, name the first score output ('{score_outputs[0]}')")
+        offset = float(_get(out, "cell_offset", (int, float), where, 0.5))
+        if offset not in (0.0, 0.5):
+            raise PackageError(f"{where}.cell_offset: 0.5 (cell centres, PicoDet) or 0 (cell corners, NanoDet)")
+        gfl = {"strides": tuple(strides), "reg_max": reg_max, "cell_offset": offset,
+               "score_outputs": score_outputs, "box_outputs": box_outputs}  # fmt: skip
+    else:
+        stray = [k for k in ("strides", "reg_max", "cell_offset", "score_outputs", "box_outputs") if k in out]
+        if stray:
+            raise PackageError(f"{where}: {stray} belong to layout 'gfl', not '{layout.value}'")
     tracker = None
     if "tracker" in out:
         t = _get(out, "tracker", dict, where)
@@ -325,6 +360,7 @@ def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
         candidates=_count(out, "candidates", where, DetectionSpec.candidates),
         tracker=tracker,
         **names,
+        **gfl,
     )
 
 
@@ -405,7 +441,9 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
             f"[1, {len(card.output.labels)}] (or [1, {len(card.output.labels)}, 1, 1]) for its labels"
         )
     det = card.output.detection
-    if det is not None and det.layout is not BoxLayout.NMS:
+    if det is not None and det.layout is BoxLayout.GFL:
+        _check_gfl(outputs, card, det, where)
+    elif det is not None and det.layout is not BoxLayout.NMS:
         n = len(card.output.labels)
         extra, axis = (5, 2) if det.layout is BoxLayout.YOLO else (4, 1)
         if len(out_dims) != 3 or (isinstance(out_dims[axis], int) and out_dims[axis] != extra + n):
@@ -414,6 +452,28 @@ def _check_graph(model: onnx.ModelProto, card: ModelCard, where: str) -> None:
                 f"{where}: output '{card.output.name}' has shape {out_dims}; layout '{det.layout.value}' with "
                 f"{n} label(s) needs {needed}"
             )
+
+
+def gfl_cells(det: DetectionSpec, height: int, width: int) -> list[int]:
+    """Anchors per stride of a GFL head on an input of this size (a feature map of ceil(size / stride))."""
+    return [-(-height // s) * -(-width // s) for s in det.strides]
+
+
+def _check_gfl(outputs: Mapping[str, onnx.ValueInfoProto], card: ModelCard, det: DetectionSpec, where: str) -> None:
+    n, bins = len(card.output.labels), 4 * (det.reg_max + 1)
+    cells = gfl_cells(det, card.preprocess.height, card.preprocess.width)
+    pairs = list(zip(det.score_outputs, det.box_outputs, cells)) or [(card.output.name, "", sum(cells))]
+    for scores, boxes, count in pairs:
+        for name, width in ((scores, n if boxes else n + bins), (boxes, bins)):
+            if not name:
+                continue
+            dims = _dims(outputs[name])
+            ok = len(dims) == 3 and all(not isinstance(d, int) or d == w for d, w in zip(dims[1:], (count, width)))
+            if not ok:
+                raise PackageError(
+                    f"{where}: output '{name}' has shape {dims}; layout 'gfl' (strides {list(det.strides)}, reg_max "
+                    f"{det.reg_max}, {n} label(s)) needs [1, {count}, {width}]"
+                )
 
 
 def cam_weights(model: onnx.ModelProto, features: str, logits: str) -> CamWeights:

@@ -15,7 +15,7 @@ a task to its head.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -424,6 +424,9 @@ class DetectionHead(_Head):
             order = np.argsort(-scores, kind="stable")[: opt.max_detections]
             xyxy = self._to_input_pixels(_xyxy(boxes[order], opt.box_format))
             return Detections(xyxy, scores[order].astype(np.float32), classes[order])
+        if opt.layout is BoxLayout.GFL:
+            class_scores, all_boxes = self._gfl(outputs)
+            return self._suppress(class_scores, lambda picked: all_boxes[picked])
         raw = np.asarray(_get(outputs, self.spec.name))
         dense = _batch_of_one(raw, self.spec.name, 2)
         if opt.layout is BoxLayout.YOLO_ANCHOR_FREE:
@@ -439,12 +442,18 @@ class DetectionHead(_Head):
                     f"output '{self.spec.name}' has shape {list(raw.shape)}, expected [1, N, {5 + n_labels}]"
                 )
             class_scores = self._scores(dense[:, 5:]) * self._scores(dense[:, 4:5])
+        return self._suppress(class_scores, lambda picked: self._to_input_pixels(_xyxy(dense[picked, :4], opt.box_format)))
+
+    def _suppress(self, class_scores: np.ndarray, boxes_of: Callable[[np.ndarray], np.ndarray]) -> Detections:
+        """Dense candidates to detections: best class per anchor, the card's threshold and candidate cap,
+        class-aware NMS. `boxes_of(anchors)` gives those anchors' boxes in input pixels (xyxy)."""
+        opt = self.options
         classes = class_scores.argmax(axis=1)
         scores = class_scores[np.arange(len(classes)), classes]
         candidates = np.flatnonzero(scores >= opt.score_threshold)
         if len(candidates) > opt.candidates:
             candidates = candidates[np.argsort(-scores[candidates], kind="stable")[: opt.candidates]]
-        boxes = self._to_input_pixels(_xyxy(dense[candidates, :4], opt.box_format))
+        boxes = boxes_of(candidates)
         scores, classes = scores[candidates], classes[candidates]
         if not np.isfinite(boxes).all() or not np.isfinite(scores).all():
             raise ValueError(f"output '{self.spec.name}' has non-finite boxes or scores")
@@ -452,6 +461,41 @@ class DetectionHead(_Head):
         boxes, scores, classes = boxes[real], scores[real], classes[real]
         kept = nms(boxes, scores, classes, opt.iou_threshold, opt.max_detections)
         return Detections(boxes[kept], scores[kept].astype(np.float32), classes[kept].astype(np.int64))
+
+    def _gfl(self, outputs: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        """(class scores [N, C], boxes [N, 4] xyxy in input pixels) of a GFL head: each side's distance is the
+        expectation of its softmax over 0..reg_max cells, times the stride, from the anchor's centre."""
+        opt = self.options
+        n, bins = len(self.spec.labels), opt.reg_max + 1
+        h, w = self.input_hw
+        cells = [-(-h // s) * -(-w // s) for s in opt.strides]
+        if opt.score_outputs:
+            scores = [_batch_of_one(np.asarray(_get(outputs, k)), k, 2) for k in opt.score_outputs]
+            dists = [_batch_of_one(np.asarray(_get(outputs, k)), k, 2) for k in opt.box_outputs]
+        else:
+            joined = _batch_of_one(np.asarray(_get(outputs, self.spec.name)), self.spec.name, 2)
+            if joined.shape[1] != n + 4 * bins:
+                raise ValueError(f"output '{self.spec.name}' has {joined.shape[1]} values per anchor, expected {n + 4 * bins}")
+            parts = np.split(joined, np.cumsum(cells)[:-1]) if len(joined) == sum(cells) else [joined]
+            scores, dists = [p[:, :n] for p in parts], [p[:, n:] for p in parts]
+        for s, d, count, stride in zip(scores, dists, cells, opt.strides):
+            if s.shape != (count, n) or d.shape != (count, 4 * bins):
+                raise ValueError(
+                    f"stride {stride}: scores {list(s.shape)} and boxes {list(d.shape)}, expected [{count}, {n}] and "
+                    f"[{count}, {4 * bins}] for a {h}x{w} input"
+                )
+        centres = []
+        for stride in opt.strides:
+            ys, xs = np.mgrid[0 : -(-h // stride), 0 : -(-w // stride)]
+            centres.append((np.stack([xs.ravel(), ys.ravel()], axis=1) + opt.cell_offset) * stride)
+        centre = np.concatenate(centres).astype(np.float32)
+        step = np.concatenate([np.full(c, s, np.float32) for c, s in zip(cells, opt.strides)])
+        logits = np.concatenate(dists).astype(np.float32).reshape(-1, 4, bins)
+        e = np.exp(logits - logits.max(axis=2, keepdims=True))
+        dist = (e / e.sum(axis=2, keepdims=True)) @ np.arange(bins, dtype=np.float32) * step[:, None]
+        boxes = np.concatenate([centre - dist[:, :2], centre + dist[:, 2:]], axis=1)
+        class_scores = self._scores(np.concatenate(scores))
+        return class_scores, boxes
 
     def _to_input_pixels(self, xyxy: np.ndarray) -> np.ndarray:
         if not self.options.normalized:

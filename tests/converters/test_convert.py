@@ -74,7 +74,9 @@ def test_gate_failure_names_the_nodes_and_writes_no_model(tiny_models: dict[str,
 
 
 def test_demo_model_fp16_halves_and_keeps_its_segmentation(demo_model: Path) -> None:
-    result = convert_model(demo_model, ConvertOptions(precision=Precision.FP16, data="synthetic:clip=1", samples=8))
+    options = ConvertOptions(precision=Precision.FP16, data="synthetic:clip=1", samples=8, search_samples=16,
+                             verify_samples=48, min_support=5)  # fmt: skip
+    result = convert_model(demo_model, options)
     assert result.passed
     assert result.report.output.size_ratio < 0.55
     assert result.report.accuracy.metric >= 0.99

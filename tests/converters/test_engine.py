@@ -37,7 +37,8 @@ HAS_TENSORRT = installed_version() is not None
 @pytest.fixture(scope="module")
 def packages(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelPackage]:
     root = tmp_path_factory.mktemp("packages")
-    common = {"data": "synthetic:clip=1", "samples": 8}
+    common = {"data": "synthetic:clip=1", "samples": 8, "search_samples": 16, "verify_samples": 48, "min_support": 5,
+              "tolerance": 0.05}  # fmt: skip  # the engine plans, not the verdict, are under test here
     conversions = {
         "fp16": ConvertOptions(precision=Precision.FP16, **common),  # type: ignore[arg-type]
         "int8": ConvertOptions(
