@@ -165,3 +165,17 @@ def test_imagezmq_ingest_benchmark_smoke(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     for side in ("edgert_imagezmq_ingest", "imagezmq_hub_infer_then_reply"):
         assert report[side]["n"] == 10 and report[side]["replies"] == ["OK"] and report[side]["p50"] > 0
+
+
+def test_reproducibility_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "repro.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reproducibility.py"), "--smoke", "--cache", str(tmp_path / "cache"),
+         "--out", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    rows = json.loads(out.read_text())["results"]
+    assert [r["subject"] for r in rows] == ["tiny-int8", "tiny-prune"]
+    for r in rows:  # the same command in fresh processes, and the plan replayed: the same bytes
+        assert r["identical"] and r["replay_identical"] and len(r["runs"]) == 2 and r["runs"][0]["model_sha256"]
+        assert r["unseen"] is not None and 0.0 <= r["unseen"]["lower_bound"] <= r["unseen"]["metric"] <= 1.0
