@@ -297,9 +297,11 @@ class Variant:
 
 
 def convert_all(model: ZooModel, pkg: Path, fp32: Path, calib: Path, evals: Path, feeds: Path, work: Path,
-                names: list[str]) -> list[Variant]:  # fmt: skip
+                names: list[str], samples: int) -> list[Variant]:  # fmt: skip
     out: list[Variant] = []
-    edgert = [sys.executable, "-m", "edge_runtime.cli", "convert", str(pkg), "--fix-shapes", "--data", str(evals)]
+    # The eval folder is cut into edgert's search and verify parts; this script's own comparison is on feeds.
+    edgert = [sys.executable, "-m", "edge_runtime.cli", "convert", str(pkg), "--fix-shapes", "--data", str(evals),
+              "--search-samples", str(samples), "--verify-samples", str(samples), "--min-support", str(max(1, samples // 8))]  # fmt: skip
     for name in names:
         v = Variant(name)
         target = work / name
@@ -422,7 +424,7 @@ def bench_model(model: ZooModel, onnx_file: Path, cache: Path, args: argparse.Na
         feed_files[name] = work / f"{name}_feeds.npz"
         np.savez(feed_files[name], x=x, name=np.array(card.input_name))
     print(f"{model.name}: {model.architecture}", flush=True)
-    variants = convert_all(model, pkg, fp32, calib, evals, feed_files["calib"], work, args.variants)
+    variants = convert_all(model, pkg, fp32, calib, evals, feed_files["calib"], work, args.variants, args.samples)
     outputs = time_all(variants, feed_files["eval"], work, args.rounds, args.runs)
     names = [o.name for o in fp32_model.graph.output]
     reference = _outputs(outputs["fp32"], names)

@@ -47,10 +47,10 @@ from calibration.sources import Sampling  # noqa: E402
 from converters.convert import ConvertOptions, Precision, convert_model, load_model  # noqa: E402
 from converters.data import load_feeds  # noqa: E402
 from converters.evaluate import compare, head_of, run_model  # noqa: E402
-from converters.timing import time_models  # noqa: E402
 from converters.prepare import PrepareOptions, prepare  # noqa: E402
 from converters.prune import PruneOptions, conv_flops, plan_pruning, prune_channels  # noqa: E402
 from converters.report import PruneMethod  # noqa: E402
+from converters.timing import time_models  # noqa: E402
 from edge_runtime.package import demo_package_path  # noqa: E402
 
 
@@ -90,7 +90,11 @@ def _subjects(args: argparse.Namespace, work: Path) -> list[Subject]:
 
 def _convert(subject: Subject, args: argparse.Namespace, **changes: Any) -> Any:
     settings: dict[str, Any] = {"calib": subject.calib, "data": subject.data, "samples": args.samples,
-                                "tolerance": subject.tolerance, "prune_frames": args.frames, **changes}  # fmt: skip
+                                "tolerance": subject.tolerance, "prune_frames": args.frames,
+                                # the data folder is cut into search and verify parts; the verdict judges classes
+                                # with at least 3 frames of support in the smaller sets this script makes
+                                "search_samples": args.samples, "verify_samples": args.samples, "min_support": 3,
+                                **changes}  # fmt: skip
     options = ConvertOptions(**settings)
     start = time.perf_counter()
     result = convert_model(subject.package, options)

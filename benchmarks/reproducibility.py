@@ -62,8 +62,18 @@ PICODET = zoo.ZooModel(
         "box_outputs": [f"transpose_{i}.tmp_0" for i in (1, 3, 5, 7)],
         "score_threshold": 0.5,
         "iou_threshold": 0.5,
-        "labels": ["text", "title", "figure", "figure_caption", "table", "table_caption", "header", "footer",
-                   "reference", "equation"],
+        "labels": [
+            "text",
+            "title",
+            "figure",
+            "figure_caption",
+            "table",
+            "table_caption",
+            "header",
+            "footer",
+            "reference",
+            "equation",
+        ],
         "colors": [[255, 0, 0]] * 10,
     },  # fmt: skip
     "page",
@@ -98,9 +108,13 @@ def _convert(pkg: Path, args: list[str], out: Path) -> dict[str, Any]:
         "headline": (out / "summary.txt").read_text().splitlines()[0],
         "model_sha256": _sha(out / "model.onnx"),
         "card_sha256": _sha(out / "model.json"),
-        "gate": {"passed": verify.get("passed"), "metric": comparison.get("metric"),
-                 "lower_bound": (comparison.get("verdict") or {}).get("lower_bound"),
-                 "frames": comparison.get("samples"), "reason": verify.get("reason")},  # fmt: skip
+        "gate": {
+            "passed": verify.get("passed"),
+            "metric": comparison.get("metric"),
+            "lower_bound": (comparison.get("verdict") or {}).get("lower_bound"),
+            "frames": comparison.get("samples"),
+            "reason": verify.get("reason"),
+        },  # fmt: skip
     }
 
 
@@ -133,8 +147,12 @@ def subjects(cache: Path, smoke: bool) -> list[Subject]:
                  "--tolerance", "0.5", "--data", "synthetic:size=32x32"]  # fmt: skip
         return [
             Subject("tiny-int8", pkg, ["--precision", "int8", *small], "synthetic:size=32x32,seed=99"),
-            Subject("tiny-prune", pkg, ["--prune", "channels", "--prune-by", "flops", "--prune-multiple", "1", *small],
-                    "synthetic:size=32x32,seed=99"),  # fmt: skip
+            Subject(
+                "tiny-prune",
+                pkg,
+                ["--prune", "channels", "--prune-by", "flops", "--prune-multiple", "1", *small],
+                "synthetic:size=32x32,seed=99",
+            ),  # fmt: skip
         ]
     seg, det = demo_package_path(Task.SEGMENTATION), demo_package_path(Task.DETECTION)
     out = [

@@ -341,7 +341,9 @@ def sample_splits(
     source = open_source(spec, dicom_output)
     frames = sample_frames(source, replace(sampling, count=total))
     if len(frames) < len(splits):
-        raise SourceError(f"{spec}: {len(frames)} frame(s) cannot be split {len(splits)} ways ({', '.join(s.name for s in splits)})")
+        raise SourceError(
+            f"{spec}: {len(frames)} frame(s) cannot be split {len(splits)} ways ({', '.join(s.name for s in splits)})"
+        )
     order = list(range(len(frames)))
     random.Random(sampling.seed).shuffle(order)
     sizes = [s.count for s in splits]

@@ -123,5 +123,16 @@ def format_table(mc: ModelComparison) -> str:
         lines.append(f"mean KL divergence {c.kl_divergence:.5g}")
     if c.f1 is not None:
         lines.append(f"F1 at IoU 0.5 {c.f1:.5f} ({c.reference_boxes} reference boxes)")
-    lines.append(f"{c.metric_name}: {c.metric:.5f}")
+    if c.summary is not None:
+        lines.append(f"{c.summary_name}: {c.summary:.5f}")
+    if c.verdict is not None:
+        v = c.verdict
+        lines.append(f"{'per class':<20} {'worst measure':>13} {'lower bound':>12} {'support':>12}")
+        for cl in v.classes:
+            state = "" if cl.judged else f"  (not judged: {cl.note})"
+            lines.append(
+                f"{cl.name[:20]:<20} {cl.metric:13.4f} {cl.lower:12.4f} {f'{cl.support} {cl.unit}':>12}{state}"
+            )
+    bound = f", lower bound {c.lower_bound:.5f}" if c.verdict is not None else ""
+    lines.append(f"{c.metric_name}: {c.metric:.5f}{bound}")
     return "\n".join(lines)

@@ -106,7 +106,6 @@ def _sources(options: ConvertOptions, card: ModelCard | None) -> tuple[str | Non
     return data, (calib if options.precision is Precision.INT8 or options.prune is not None else None)
 
 
-
 def _lossy(options: ConvertOptions) -> bool:
     return options.precision is not Precision.FP32 or options.prune is not None
 
@@ -126,7 +125,9 @@ def _refuse_random(options: ConvertOptions, sources: Sequence[str | None]) -> No
 def _static_inputs(model: onnx.ModelProto) -> None:
     """Channel pruning follows every tensor's shape: a symbolic dimension has to be fixed first."""
     for inp in real_inputs(model.graph):
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inp.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in inp.type.tensor_type.shape.dim
+        ]
         if not all(isinstance(d, int) for d in dims):
             fixed = ",".join(str(d) if isinstance(d, int) else "1" for d in dims)
             raise ConversionError(
@@ -170,14 +171,13 @@ def convert_model(
             raise ConversionError("fixing shapes to the card needs a card (a model package or --card)")
         shapes = {card.input_name: list(card.preprocess.input_shape)}
     eval_source, calib_source = _sources(options, card)
-    verify_source = options.verify or eval_source
     if eval_source is None and _lossy(options):
         what = f"--precision {options.precision.value}" if options.prune is None else "--prune"
         raise ConversionError(
             f"{what} without a model card needs --data SOURCE (or --calib) and --card model.json: activation ranges, "
             "channel importance and the accuracy gate are measured on frames like the model's own"
         )
-    _refuse_random(options, [eval_source, calib_source, verify_source])
+    _refuse_random(options, [eval_source, calib_source, options.verify])
     say(f"preparing the graph (target opset {options.target_opset})")
     prepared, prep = prepare(
         original, PrepareOptions(target_opset=options.target_opset, input_shapes=shapes), lambda s: say(f"  {s}")
@@ -198,7 +198,7 @@ def convert_model(
         if options.data is None and options.calib is None:
             what = "the card's data_source" if card is not None and card.data_source else "synthetic ultrasound images"
             say(f"no --data or --calib given: using {eval_source}, {what} (pass your own frames for a real check)")
-        splits = _load_splits(options, prepared, card, eval_source, calib_source, verify_source, say)
+        splits = _load_splits(options, prepared, card, eval_source, calib_source, options.verify or eval_source, say)
         search = splits["search"]
         for name, part in splits.items():
             info = DataInfo(part.description, len(part.feeds), part.representative)
@@ -283,9 +283,7 @@ def _verify(
     fp16 = report.fp16 is not None or (report.int8 is not None and report.int8.fp16_nodes > 0)
     say(f"verify: the model that ships vs the original on {len(verify.feeds)} frames used for nothing else")
     reference = run_model(original, verify.feeds)
-    candidate = (
-        run_model(emulate_fp16(model), verify.feeds, optimize=False) if fp16 else run_model(model, verify.feeds)
-    )
+    candidate = run_model(emulate_fp16(model), verify.feeds, optimize=False) if fp16 else run_model(model, verify.feeds)
     c = compare(reference, candidate, ctx.head, JudgeOptions(min_support=ctx.options.min_support))
     required = 1.0 - ctx.tolerance
     assert c.verdict is not None

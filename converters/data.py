@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from calibration.preprocessing import Preprocessor
-from calibration.sources import Sampling, SourceError, Split, SourceFrame, sample_source, sample_splits
+from calibration.sources import Sampling, SourceError, SourceFrame, Split, sample_source, sample_splits
 from converters.evaluate import Feed
 from converters.graph import ConversionError, real_inputs
 from edge_runtime.package import ModelCard

@@ -88,9 +88,7 @@ class Verdict:
         """What data the verdict still needs, in one phrase ('' when none)."""
         if not self.insufficient:
             return ""
-        rare = ", ".join(
-            f"'{c.name}' ({c.support} {c.unit})" for c in self.classes if c.name in set(self.insufficient)
-        )
+        rare = ", ".join(f"'{c.name}' ({c.support} {c.unit})" for c in self.classes if c.name in set(self.insufficient))
         return (
             f"too little support to judge {rare}: each class needs {self.min_support} in the verify split; give "
             "more frames that show them (--verify SOURCE, --verify-samples N) or lower --min-support"
@@ -175,7 +173,9 @@ def _detection(head: DetectionHead, reference: Sequence[Outputs], candidate: Seq
         return {"f1": _ratio(2 * tp, 2 * tp + fp + fn)}
 
     counts = np.stack(rows)
-    support = np.concatenate([counts, (counts[..., 0] + counts[..., 2])[..., None], (counts[..., 0] + counts[..., 1])[..., None]], axis=2)
+    support = np.concatenate(
+        [counts, (counts[..., 0] + counts[..., 2])[..., None], (counts[..., 0] + counts[..., 1])[..., None]], axis=2
+    )
     return _Counts(list(head.spec.labels), "boxes", support, measures, support=3, candidate=4)
 
 
@@ -315,7 +315,11 @@ def _verdict(counts: _Counts, metric_name: str, options: JudgeOptions) -> Verdic
     if scored.any():
         worst = int(np.flatnonzero(scored)[np.argmin(metric[scored])])
         worst_boot = boot[:, scored].min(axis=1)
-        value, bound, worst_name = float(metric[worst]), float(np.quantile(worst_boot, q, method="lower")), counts.names[worst]
+        value, bound, worst_name = (
+            float(metric[worst]),
+            float(np.quantile(worst_boot, q, method="lower")),
+            counts.names[worst],
+        )
     else:
         value, bound, worst_name = 1.0, 1.0, None
     return Verdict(

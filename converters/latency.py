@@ -34,7 +34,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from converters.evaluate import Feed, session
+from converters.evaluate import Feed
 from converters.graph import ConversionError, consumers, initializers, producers
 from converters.timing import Outcome, SpeedComparison, Stopwatch, compare_samples
 
@@ -266,10 +266,13 @@ def layer_costs(
     fp32_nodes = _attribute(fp32_opt, _unit_keys(fp32, units))
     int8_nodes = _attribute(int8_opt, _unit_keys(fp32, units))
     costs = []
+
+    def pick(d: Sequence[float], run_index: int | None) -> float:
+        return statistics.median(d) if run_index is None else d[min(run_index, len(d) - 1)]
+
     for run_index in (None, *range(runs)):  # None: medians; then each run alone, for the interval
-        pick = (lambda d: statistics.median(d)) if run_index is None else (lambda d, i=run_index: d[min(i, len(d) - 1)])
-        fp32_times = {n: pick(d) for n, d in fp32_runs.items() if d}
-        int8_times = {n: pick(d) for n, d in int8_runs.items() if d}
+        fp32_times = {n: pick(d, run_index) for n, d in fp32_runs.items() if d}
+        int8_times = {n: pick(d, run_index) for n, d in int8_runs.items() if d}
         for k, unit in enumerate(units):
             f32 = [n for n in fp32_nodes.get(unit, []) if n.name in fp32_times]
             fp32_us = sum(fp32_times[n.name] for n in f32) if f32 else None
@@ -347,7 +350,11 @@ def place_for_latency(
     report.trials = [Trial(len(t), round(ms, 3)) for t, ms in zip(sets, by_set)]
 
     def verdict(i: int, j: int) -> SpeedComparison:
-        return settled[(index[i], index[j])] if (index[i], index[j]) in settled else watch.compare(index[i], index[j], min_gain)
+        return (
+            settled[(index[i], index[j])]
+            if (index[i], index[j]) in settled
+            else watch.compare(index[i], index[j], min_gain)
+        )
 
     choice = 0
     for i in range(1, len(sets) - 1):  # fewer INT8 layers only for a real gain over the best so far

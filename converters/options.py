@@ -76,7 +76,9 @@ def options_to_json(options: ConvertOptions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
-        out[f.name] = value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple | list) else value
+        out[f.name] = (
+            value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple | list) else value
+        )
     return out
 
 

@@ -995,13 +995,15 @@ def prune_groups(
     tell: Progress = say or (lambda _m: None)
     groups, blocked = channel_groups(model)
     by_key = {group_key(g): g for g in groups}
-    missing = [k for k in keys if tuple(k) not in by_key]
+    missing = [k for k in keys if (k[0], k[1]) not in by_key]
     if missing:
-        raise ConversionError(f"the plan removes channel groups this model does not have, e.g. channel {missing[0][1]} of '{missing[0][0]}'")
+        raise ConversionError(
+            f"the plan removes channel groups this model does not have, e.g. channel {missing[0][1]} of '{missing[0][0]}'"
+        )
     report = PruneReport(budget=options.budget, groups=len(groups), blocked=blocked)
     report.flops_before, report.params_before = conv_flops(model)
     stats = channel_stats(model, feeds, set(_consumer_inputs(model, groups).values()))
-    return _apply(model, [by_key[tuple(k)] for k in keys], stats, feeds, options, tell, report)
+    return _apply(model, [by_key[(k[0], k[1])] for k in keys], stats, feeds, options, tell, report)
 
 
 def _apply(

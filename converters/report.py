@@ -218,7 +218,11 @@ class ConversionReport:
             why = self.failure or "refused"
         elif self.int8 is not None and self.int8.int8_ops == 0:
             lat = self.latency
-            if lat is not None and lat.kept_fp32_for_speed and len(lat.kept_fp32_for_speed) == self.int8.quantizable_ops:
+            if (
+                lat is not None
+                and lat.kept_fp32_for_speed
+                and len(lat.kept_fp32_for_speed) == self.int8.quantizable_ops
+            ):
                 why = f"INT8 does not pay here (FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms)"
             else:
                 why = "no INT8 op keeps the gate"
@@ -227,7 +231,9 @@ class ConversionReport:
         elif self.prune is not None and self.prune.used == 0:
             why = f"nothing pruned: {self.prune.note or 'every ratio failed the gate'}"
         verdict = "PASSED" if self.passed else "FAILED"
-        return f"edgert convert: {self.requested} requested -> {self.shipped} shipped: {verdict}" + (f" ({why})" if why else "")
+        return f"edgert convert: {self.requested} requested -> {self.shipped} shipped: {verdict}" + (
+            f" ({why})" if why else ""
+        )
 
     def to_json(self) -> dict[str, Any]:
         value = _jsonable(self)

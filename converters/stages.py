@@ -8,7 +8,7 @@ verdict on what the stages made is `convert.py`'s, on the verify split.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import onnx
 
@@ -44,7 +44,14 @@ from converters.report import (
     PruneAttempt,
     PruneResult,
 )
-from converters.sparsity import SparseLayer, SparsityOptions, SparsityReport, apply_sparse, eligible_layers, sparse_weights
+from converters.sparsity import (
+    SparseLayer,
+    SparsityOptions,
+    SparsityReport,
+    apply_sparse,
+    eligible_layers,
+    sparse_weights,
+)
 from converters.timing import time_models
 from edge_runtime.tasks import TaskHead
 
@@ -322,7 +329,9 @@ def int8_stage(ctx: Conversion, calib: EvalData, extra: dict[str, str | bytes]) 
     return model
 
 
-def _int8_files(extra: dict[str, str | bytes], amax: dict[str, float], method: str, trt: str, prepared: onnx.ModelProto) -> None:
+def _int8_files(
+    extra: dict[str, str | bytes], amax: dict[str, float], method: str, trt: str, prepared: onnx.ModelProto
+) -> None:
     extra["calibration.cache"] = format_cache(amax, trt)
     extra["calibration.json"] = format_amax_json(amax, method)
     extra["prepared_fp32.onnx"] = prepared.SerializeToString()  # the graph whose tensor names the cache uses
@@ -383,9 +392,7 @@ def _us(value: float | None) -> str:
     return "unmeasured" if value is None else f"{value:.0f} us"
 
 
-def _int8_with_fp16(
-    ctx: Conversion, int8: onnx.ModelProto, quantized: Sequence[str], q: Int8Report
-) -> onnx.ModelProto:
+def _int8_with_fp16(ctx: Conversion, int8: onnx.ModelProto, quantized: Sequence[str], q: Int8Report) -> onnx.ModelProto:
     """Mixed precision: what is not INT8 runs in FP16 where the gate allows; quantized ops keep their DQ inputs."""
     ctx.say("mixed precision: layers outside INT8 in FP16")
     ranges = activation_ranges(ctx.prepared, ctx.data.feeds)

@@ -72,9 +72,7 @@ def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[
     return statistics.median(x), x[k - 1], x[n - k]
 
 
-def compare_samples(
-    a: Sequence[float], b: Sequence[float], gain: float, confidence: float = 0.95
-) -> SpeedComparison:
+def compare_samples(a: Sequence[float], b: Sequence[float], gain: float, confidence: float = 0.95) -> SpeedComparison:
     """a against b from paired rounds (a[i] and b[i] timed in the same round)."""
     ratios = [x / y for x, y in zip(a, b) if y > 0]
     mid, low, high = median_interval(ratios, confidence)

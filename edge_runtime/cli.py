@@ -525,12 +525,14 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
             print(f"edgert bench: {result.report.failure}", file=sys.stderr)
             return ExitCode.GATE_FAILED
         model = result.model
-        acc = result.report.accuracy
+        verdict = result.report.verify.comparison if result.report.verify else None  # frames used for nothing else
         conversion = {
             "precision": args.precision,
-            "metric_name": acc.metric_name if acc else None,
-            "metric": acc.metric if acc else None,
-            "data": result.report.data.description if result.report.data else None,
+            "shipped": result.report.shipped,
+            "metric_name": verdict.metric_name if verdict else None,
+            "metric": verdict.metric if verdict else None,
+            "lower_bound": verdict.lower_bound if verdict else None,
+            "data": result.report.verify_data.description if result.report.verify_data else None,
             "int8_ops": result.report.int8.int8_ops if result.report.int8 else None,
             "quantizable_ops": result.report.int8.quantizable_ops if result.report.int8 else None,
         }

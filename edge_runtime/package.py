@@ -330,7 +330,9 @@ def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
         if not all(isinstance(n, str) for n in (*score_outputs, *box_outputs)):
             raise PackageError(f"{where}: gfl output names must be strings")
         if score_outputs and _get(out, "name", str, where) != score_outputs[0]:
-            raise PackageError(f"{where}.name: with per-stride outputs, name the first score output ('{score_outputs[0]}')")
+            raise PackageError(
+                f"{where}.name: with per-stride outputs, name the first score output ('{score_outputs[0]}')"
+            )
         offset = float(_get(out, "cell_offset", (int, float), where, 0.5))
         if offset not in (0.0, 0.5):
             raise PackageError(f"{where}.cell_offset: 0.5 (cell centres, PicoDet) or 0 (cell corners, NanoDet)")
@@ -359,7 +361,9 @@ def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
         max_detections=_count(out, "max_detections", where, DetectionSpec.max_detections),
         candidates=_count(out, "candidates", where, DetectionSpec.candidates),
         tracker=tracker,
-        **names,
+        scores=names["scores"],
+        classes=names["classes"],
+        count=names["count"],
         **gfl,
     )
 

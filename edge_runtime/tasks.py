@@ -442,7 +442,9 @@ class DetectionHead(_Head):
                     f"output '{self.spec.name}' has shape {list(raw.shape)}, expected [1, N, {5 + n_labels}]"
                 )
             class_scores = self._scores(dense[:, 5:]) * self._scores(dense[:, 4:5])
-        return self._suppress(class_scores, lambda picked: self._to_input_pixels(_xyxy(dense[picked, :4], opt.box_format)))
+        return self._suppress(
+            class_scores, lambda picked: self._to_input_pixels(_xyxy(dense[picked, :4], opt.box_format))
+        )
 
     def _suppress(self, class_scores: np.ndarray, boxes_of: Callable[[np.ndarray], np.ndarray]) -> Detections:
         """Dense candidates to detections: best class per anchor, the card's threshold and candidate cap,
@@ -475,7 +477,9 @@ class DetectionHead(_Head):
         else:
             joined = _batch_of_one(np.asarray(_get(outputs, self.spec.name)), self.spec.name, 2)
             if joined.shape[1] != n + 4 * bins:
-                raise ValueError(f"output '{self.spec.name}' has {joined.shape[1]} values per anchor, expected {n + 4 * bins}")
+                raise ValueError(
+                    f"output '{self.spec.name}' has {joined.shape[1]} values per anchor, expected {n + 4 * bins}"
+                )
             parts = np.split(joined, np.cumsum(cells)[:-1]) if len(joined) == sum(cells) else [joined]
             scores, dists = [p[:, :n] for p in parts], [p[:, n:] for p in parts]
         for s, d, count, stride in zip(scores, dists, cells, opt.strides):

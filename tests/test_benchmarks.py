@@ -56,7 +56,10 @@ def test_precision_benchmark_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     rows = json.loads((tmp_path / "precision.json").read_text())["rows"]
     assert {(r["model"], r["precision"]) for r in rows} >= {("us-seg-demo", p) for p in ("fp32", "fp16", "int8")}
-    assert all(r["p50_ms"] > 0 and r["bytes"] > 0 for r in rows)
+    timed = [r for r in rows if "refused" not in r]  # on 4 calibration frames the verdict may refuse INT8
+    assert all(r["p50_ms"] > 0 and r["bytes"] > 0 for r in timed) and ("residual", "int8") not in {
+        (r["model"], r["precision"]) for r in rows
+    }  # INT8 is never judged on random tensors
     assert (tmp_path / "precision.png").stat().st_size > 0
 
 

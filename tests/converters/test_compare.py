@@ -60,7 +60,9 @@ def test_the_gate_thresholds_as_the_daemon_does() -> None:
 def test_compare_fp16_package_is_emulated(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     result = convert_model(
         tiny_models["unet_bn"],
-        ConvertOptions(precision=Precision.FP16, data="synthetic", samples=4, search_samples=8, verify_samples=24, min_support=4),
+        ConvertOptions(
+            precision=Precision.FP16, data="synthetic", samples=4, search_samples=8, verify_samples=24, min_support=4
+        ),
     )
     write_result(result, tmp_path / "fp16")
     mc = compare_models(tiny_models["unet_bn"], tmp_path / "fp16", "synthetic", Sampling(4))

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from converters.convert import ConvertOptions, Precision, convert_model, write_result
+from converters.convert import ConversionResult, ConvertOptions, Precision, convert_model, write_result
 from converters.graph import ConversionError
 from converters.plan import load_plan
 from converters.prune import Budget
@@ -19,8 +19,8 @@ DATA = "synthetic:size=32x32"
 SMALL = {"samples": 8, "search_samples": 16, "verify_samples": 32, "min_support": 4, "tolerance": 0.5}
 
 
-def _bytes(result: object) -> bytes:
-    model = getattr(result, "model")
+def _bytes(result: ConversionResult) -> bytes:
+    model = result.model
     assert model is not None
     return bytes(model.SerializeToString())
 
@@ -94,19 +94,26 @@ def test_a_symbolic_batch_is_named_with_its_fix(tiny_models: dict[str, Path], tm
     message = str(err.value)
     assert "'batch'" in message and "--fix-shapes" in message and "--input-shape 1,1,32,32" in message
     assert "\n" not in message and len(message) < 200
-    fixed = convert_model(tmp_path / "dynamic.onnx", ConvertOptions(**{**options.__dict__, "fix_shapes": True}), card_path=card)
+    fixed = convert_model(
+        tmp_path / "dynamic.onnx", ConvertOptions(**{**options.__dict__, "fix_shapes": True}), card_path=card
+    )
     assert fixed.report.prune is not None
 
 
 def test_the_first_line_says_what_shipped(tiny_models: dict[str, Path]) -> None:
-    result = convert_model(tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **SMALL))  # type: ignore[arg-type]
+    result = convert_model(
+        tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **SMALL)
+    )  # type: ignore[arg-type]
     report = result.report
     assert report.int8 is not None and report.int8.int8_ops > 0
     assert report.headline() == (
         f"edgert convert: INT8 requested -> INT8 ({report.int8.int8_ops} of {report.int8.quantizable_ops} weighted "
         "ops) shipped: PASSED"
     )
-    refused = convert_model(tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **{**SMALL, "tolerance": 0.0}))  # type: ignore[arg-type]
+    refused = convert_model(
+        tiny_models["unet_bn"],
+        ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **{**SMALL, "tolerance": 0.0}),
+    )  # type: ignore[arg-type]
     assert refused.report.headline().startswith("edgert convert: INT8 requested -> nothing shipped: FAILED (")
     # Every layer left INT8 for speed: the line says FP32 shipped and why, not "INT8: PASSED".
     report.int8.int8_ops = 0
@@ -119,10 +126,14 @@ def test_the_first_line_says_what_shipped(tiny_models: dict[str, Path]) -> None:
 
 
 def test_the_report_names_every_split_and_they_do_not_overlap(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    result = convert_model(tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **SMALL))  # type: ignore[arg-type]
+    result = convert_model(
+        tiny_models["unet_bn"], ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **SMALL)
+    )  # type: ignore[arg-type]
     write_result(result, tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
-    seeds = [report[k]["description"].split("(seed ")[1].split(")")[0] for k in ("calibration_data", "data", "verify_data")]
+    seeds = [
+        report[k]["description"].split("(seed ")[1].split(")")[0] for k in ("calibration_data", "data", "verify_data")
+    ]
     assert seeds == ["0", "1", "2"]
     assert [report[k]["samples"] for k in ("calibration_data", "data", "verify_data")] == [8, 16, 32]
     verdict = report["verify"]["comparison"]["verdict"]

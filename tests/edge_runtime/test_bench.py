@@ -90,7 +90,7 @@ def test_bench_of_a_converted_precision_reports_its_accuracy(tiny_models: dict[s
                  "--data", "synthetic:clip=1,size=64x64", "--json", str(out)]) == 0  # fmt: skip
     conversion = json.loads(out.read_text())["conversion"]
     assert conversion["precision"] == "int8" and conversion["metric"] >= 0.99
-    assert conversion["metric_name"] == "mean foreground Dice vs reference"
+    assert conversion["metric_name"] == "worst-class Dice / drawn components vs reference"
 
 
 def test_bench_of_a_dynamic_model_needs_a_shape(

@@ -83,7 +83,9 @@ def test_a_concatenated_gfl_output_decodes_the_same() -> None:
     rng = np.random.default_rng(1)
     outputs = {f"scores_{s}": rng.random((1, n, 2)).astype(np.float32) for s, n in zip(STRIDES, (16, 4))}
     outputs |= {f"boxes_{s}": rng.normal(0, 2, (1, n, 16)).astype(np.float32) for s, n in zip(STRIDES, (16, 4))}
-    cat = np.concatenate([np.concatenate([outputs[f"scores_{s}"], outputs[f"boxes_{s}"]], axis=2) for s in STRIDES], axis=1)
+    cat = np.concatenate(
+        [np.concatenate([outputs[f"scores_{s}"], outputs[f"boxes_{s}"]], axis=2) for s in STRIDES], axis=1
+    )
     a, b = per_stride.detect(outputs), joined.detect({"all": cat})  # type: ignore[attr-defined]
     assert np.array_equal(a.classes, b.classes) and np.allclose(a.boxes, b.boxes) and len(a.boxes) > 0
 
