@@ -163,7 +163,7 @@ def subjects(cache: Path, smoke: bool) -> list[Subject]:
     ]
     for model, kind, args in (
         (next(m for m in zoo.ZOO if m.name == "mobilenetv3_textline"), "line", []),
-        (PICODET, "page", ["--search-samples", "48", "--verify-samples", "120", "--samples", "16"]),
+        (PICODET, "page", ["--search-samples", "48", "--verify-samples", "120", "--samples", "16", "--min-support", "5"]),
     ):
         onnx_file = zoo.fetch(model, cache)
         fixed = zoo.fixed_shape(onnx_file, model, cache / "models" / model.name / "fixed.onnx")
