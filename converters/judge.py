@@ -7,8 +7,9 @@ frames (never a mean of per-frame ratios):
 
 - **segmentation**: Dice per class from pixel intersections and sums, and agreement of the components the overlay
   draws (8-connected, at least the head's `min_contour_px` pixels at model resolution): each drawn component of
-  the reference must be matched by a drawn component of the same class in the candidate (IoU >= 0.5) and vice
-  versa; a class scores the lower of the two;
+  the reference must be matched by a component of the same class in the candidate (IoU >= 0.5, or the smaller of
+  the two at least half inside the other, and at least half the drawing size) and vice versa; a class scores the
+  lower of Dice and components;
 - **detection**: F1 per class at IoU 0.5 against the reference's boxes, at the card's score threshold;
 - **classification**: per-class recall agreement (of the frames where the reference says class k, the share where
   the candidate says k too), and top-1 agreement over all frames as one more entry;
@@ -154,8 +155,11 @@ def _component_matches(t: np.ndarray, p: np.ndarray, min_px: int, iou: float) ->
     pairs = lt[both].astype(np.int64) * len(ap) + lp[both]
     ids, inter = np.unique(pairs, return_counts=True)
     i, j = ids // len(ap), ids % len(ap)
-    # The match may be a little under the drawing size (11 px against 12 is the same blob, not a lost finding).
-    good = (inter / (at[i] + ap[j] - inter) >= iou) & (np.minimum(at[i], ap[j]) * 2 >= min_px)
+    # Found: the two overlap (IoU), or the smaller lies mostly inside the larger (a 14 px lesion outlined as 30 px is
+    # still the finding, outlined where it is); the match may be a little under the drawing size (11 px against 12
+    # is the same blob, not a lost one), but a blob of under half of it is a finding lost.
+    smaller = np.minimum(at[i], ap[j])
+    good = ((inter / (at[i] + ap[j] - inter) >= iou) | (inter >= iou * smaller)) & (smaller * 2 >= min_px)
     found_t = np.zeros(len(at), bool)
     found_p = np.zeros(len(ap), bool)
     found_t[i[good]] = True

@@ -58,7 +58,11 @@ class ControlClient:
                 sock.connect(self.endpoint)
             except zmq.ZMQError as exc:
                 raise EndpointError(f"cannot connect to the daemon's control endpoint {self.endpoint}: {exc}") from None
-            sock.send_string(request if isinstance(request, str) else json.dumps(request))
+            sock.setsockopt(zmq.SNDTIMEO, int(wait * 1000))  # a refused CURVE handshake can leave no peer to take it
+            try:
+                sock.send_string(request if isinstance(request, str) else json.dumps(request))
+            except zmq.Again:
+                raise DaemonUnavailable(f"no answer from the daemon at {self.endpoint} within {wait:g} s") from None
             if not sock.poll(int(wait * 1000)):
                 raise DaemonUnavailable(f"no answer from the daemon at {self.endpoint} within {wait:g} s")
             raw = sock.recv()
