@@ -282,8 +282,9 @@ def _verify(
     report, say = ctx.report, ctx.say
     fp16 = report.fp16 is not None or (report.int8 is not None and report.int8.fp16_nodes > 0)
     say(f"verify: the model that ships vs the original on {len(verify.feeds)} frames used for nothing else")
-    reference = run_model(original, verify.feeds)
-    candidate = run_model(emulate_fp16(model), verify.feeds, optimize=False) if fp16 else run_model(model, verify.feeds)
+    cpu = ctx.options.cpu  # the cart's sessions, as the gate's
+    reference = run_model(original, verify.feeds, cpu=cpu)
+    candidate = run_model(emulate_fp16(model) if fp16 else model, verify.feeds, optimize=not fp16, cpu=cpu)
     c = compare(reference, candidate, ctx.head, JudgeOptions(min_support=ctx.options.min_support))
     required = 1.0 - ctx.tolerance
     assert c.verdict is not None

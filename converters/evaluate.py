@@ -19,6 +19,7 @@ from onnx import TensorProto
 
 from converters.graph import ConversionError, copy_model, elem_types
 from converters.judge import DEFAULT_TOLERANCE, JudgeOptions, Verdict, judge
+from edge_runtime.backends.sessions import CpuSetup, cpu_session
 from edge_runtime.package import ModelCard
 from edge_runtime.protocol import Task
 from edge_runtime.tasks import ClassAgreement, TaskHead, card_head
@@ -27,20 +28,19 @@ Feed = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 
 
-def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if not optimize:  # keeps every Cast: the FP16 emulation depends on its rounding casts staying put
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+def session(model: onnx.ModelProto, optimize: bool = True, cpu: CpuSetup = CpuSetup()) -> ort.InferenceSession:
+    """A CPU session from the one factory (`edge_runtime.backends.sessions`); `optimize=False` keeps every Cast:
+    the FP16 emulation depends on its rounding casts staying put."""
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return cpu_session(model.SerializeToString(), cpu, optimize=optimize)
     except Exception as exc:  # ORT's own exception types
         raise ConversionError(f"ONNX Runtime cannot load the model: {str(exc)[:300]}") from None
 
 
-def run_model(model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = True) -> list[Outputs]:
-    sess = session(model, optimize)
+def run_model(
+    model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = True, cpu: CpuSetup = CpuSetup()
+) -> list[Outputs]:
+    sess = session(model, optimize, cpu)
     names = [o.name for o in sess.get_outputs()]
     return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
 

@@ -28,6 +28,7 @@ import onnx
 from converters.data import EvalData
 from converters.evaluate import Comparison, Outputs, compare, run_model
 from converters.progress import Eta
+from edge_runtime.backends.sessions import CpuSetup
 from edge_runtime.tasks import TaskHead
 
 Build = Callable[[Sequence[str]], onnx.ModelProto]
@@ -75,8 +76,9 @@ class Gate:
         tolerance: float,
         optimize: bool = True,
         rank_samples: int = 8,
+        cpu: CpuSetup = CpuSetup(),
     ) -> None:
-        self.build, self.data, self.reference, self.optimize = build, data, reference, optimize
+        self.build, self.data, self.reference, self.optimize, self.cpu = build, data, reference, optimize, cpu
         self.rank_samples = rank_samples
         self.head = head  # the daemon's decoder for this task: the model is judged as it will run
         self.required = 1.0 - tolerance
@@ -89,14 +91,14 @@ class Gate:
         key = (frozenset(lowered), n)
         if key not in self._cache:
             self.evaluations += 1
-            outputs = run_model(self.build(lowered), self.data.feeds[:n], optimize=self.optimize)
+            outputs = run_model(self.build(lowered), self.data.feeds[:n], self.optimize, self.cpu)
             self._cache[key] = compare(self.reference[:n], outputs, self.head)
         return self._cache[key]
 
     def evaluate_model(self, model: onnx.ModelProto) -> Comparison:
         """A whole candidate model (not built from units) on every search frame."""
         self.evaluations += 1
-        return compare(self.reference, run_model(model, self.data.feeds, optimize=self.optimize), self.head)
+        return compare(self.reference, run_model(model, self.data.feeds, self.optimize, self.cpu), self.head)
 
     def passes(self, c: Comparison) -> bool:
         """The worst class's lower bound clears the requirement (classes too rare to judge are left to the

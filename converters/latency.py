@@ -32,11 +32,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
-import onnxruntime as ort
 
 from converters.evaluate import Feed
 from converters.graph import ConversionError, consumers, initializers, producers
 from converters.timing import Outcome, SpeedComparison, Stopwatch, compare_samples
+from edge_runtime.backends.sessions import CpuSetup, cpu_session
 
 # Float ops ORT fuses into the weighted op before them (FP32: FusedConv/NCHWc; INT8: absorbed by requantization).
 _FUSED_AFTER = ("Relu", "Clip", "BatchNormalization", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh")
@@ -109,25 +109,22 @@ class LatencyReport:
 
 
 def profile_nodes(
-    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int = 0
+    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, cpu: CpuSetup = CpuSetup()
 ) -> tuple[onnx.ModelProto, dict[str, float]]:
     """(ORT's optimized graph, median microseconds per run of each of its nodes) over `runs` runs of `feeds`."""
-    optimized, per_run = _profile(model, feeds, runs, threads)
+    optimized, per_run = _profile(model, feeds, runs, cpu)
     return optimized, {n: statistics.median(d) for n, d in per_run.items() if d}
 
 
 def _profile(
-    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int
+    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, cpu: CpuSetup
 ) -> tuple[onnx.ModelProto, dict[str, list[float]]]:
     with tempfile.TemporaryDirectory(prefix="edgert-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
         try:
-            sess = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            sess = cpu_session(
+                model.SerializeToString(), cpu,
+                profile_prefix=Path(tmp) / "profile", optimized_path=Path(tmp) / "optimized.onnx",
+            )  # fmt: skip
         except Exception as exc:  # ORT's own exception types
             raise ConversionError(f"ONNX Runtime cannot load the model to profile it: {str(exc)[:300]}") from None
         names = [o.name for o in sess.get_outputs()]
@@ -145,10 +142,10 @@ def _profile(
 
 
 def profile_runs(
-    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, threads: int = 0
+    model: onnx.ModelProto, feeds: Sequence[Feed], runs: int, cpu: CpuSetup = CpuSetup()
 ) -> tuple[onnx.ModelProto, dict[str, list[float]]]:
     """Like `profile_nodes`, but every timed run's microseconds per node (runs in order)."""
-    return _profile(model, feeds, runs, threads)
+    return _profile(model, feeds, runs, cpu)
 
 
 @dataclass(frozen=True)
@@ -242,10 +239,12 @@ def _why_not_fused(int8: onnx.ModelProto, unit: str) -> str:
     return f"ONNX Runtime did not fuse this {node.op_type} (attributes or shapes its QDQ fusion does not take)"
 
 
-def layer_times(model: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Feed], runs: int) -> dict[str, float]:
+def layer_times(
+    model: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Feed], runs: int, cpu: CpuSetup = CpuSetup()
+) -> dict[str, float]:
     """Median microseconds per run of each unit's fused float kernel(s) as ORT optimizes `model`; units that could
     not be traced to a kernel are left out."""
-    optimized, times = profile_nodes(model, feeds, runs)
+    optimized, times = profile_nodes(model, feeds, runs, cpu)
     nodes = _attribute(optimized, _unit_keys(model, units))
     out = {}
     for unit in units:
@@ -256,13 +255,18 @@ def layer_times(model: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Fe
 
 
 def layer_costs(
-    fp32: onnx.ModelProto, int8: onnx.ModelProto, units: Sequence[str], feeds: Sequence[Feed], runs: int
+    fp32: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    units: Sequence[str],
+    feeds: Sequence[Feed],
+    runs: int,
+    cpu: CpuSetup = CpuSetup(),
 ) -> list[LayerCost]:
     """Per-unit FP32 and INT8 cost: medians over the runs, and INT8 over FP32 run by run with its interval."""
     per_run: list[tuple[list[float], list[float]]] = []
     ops = {n.name: n.op_type for n in fp32.graph.node}
-    fp32_opt, fp32_runs = profile_runs(fp32, feeds, runs)
-    int8_opt, int8_runs = profile_runs(int8, feeds, runs)
+    fp32_opt, fp32_runs = profile_runs(fp32, feeds, runs, cpu)
+    int8_opt, int8_runs = profile_runs(int8, feeds, runs, cpu)
     fp32_nodes = _attribute(fp32_opt, _unit_keys(fp32, units))
     int8_nodes = _attribute(int8_opt, _unit_keys(fp32, units))
     costs = []
@@ -309,6 +313,7 @@ def place_for_latency(
     runs: int = 10,
     rounds: int = 7,
     min_gain: float = 0.03,
+    cpu: CpuSetup = CpuSetup(),
 ) -> tuple[list[str], LatencyReport]:
     """The INT8 units worth keeping for speed, of `lowered`, and what was measured. `build(units)` makes the INT8
     candidate with `units` quantized; `fp32` is the prepared float model.
@@ -325,7 +330,7 @@ def place_for_latency(
     feeds = list(feeds[: max(1, min(len(feeds), 4))])
     candidate = build(lowered)
     say(f"  profiling FP32 and INT8 per layer ({runs} runs each)")
-    report.layers = layer_costs(fp32, candidate, lowered, feeds, runs)
+    report.layers = layer_costs(fp32, candidate, lowered, feeds, runs, cpu)
     report.unfused = [c.node for c in report.layers if not c.fused]
     report.proposed = [c.node for c in report.layers if c.pays is False]
     unknown = [c.node for c in report.layers if c.pays is None]
@@ -341,7 +346,7 @@ def place_for_latency(
         "differences clear the noise)"
     )
     index = [1, *range(2, len(sets)), 0]  # the Stopwatch's model for each set: FP32 is model 0
-    watch = Stopwatch([fp32, candidate, *[build(t) for t in sets[1:-1]]], feeds, runs)
+    watch = Stopwatch([fp32, candidate, *[build(t) for t in sets[1:-1]]], feeds, runs, cpu)
     pairs = [(index[i], index[j]) for i in range(1, len(sets)) for j in range(i)] + [(index[0], 0)]
     pairs = [(a, b) for a, b in pairs if a != b]
     settled = watch.settle(pairs, min_gain, first=rounds)

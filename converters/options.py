@@ -16,6 +16,8 @@ from converters.prepare import DEFAULT_OPSET
 from converters.prune import Budget
 from converters.report import Precision, PruneMethod
 from converters.sparsity import Saliency
+from edge_runtime.backends.base import CpuOptions, Spin
+from edge_runtime.backends.sessions import CpuSetup
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ConvertOptions:
     prune_target_ms: float | None = None  # --prune-budget as a latency: the FP32 model's time per run to reach
     prune_frames: int = 16  # calibration frames that measure sensitivity and refit the layers
     sparse_saliency: Saliency = Saliency.OBS  # --prune 2:4: which two of four weights go
+    cpu: CpuSetup = CpuSetup()  # how timed sessions use the CPUs: as the cart's daemon runs (--config, --threads)
 
     def __post_init__(self) -> None:
         if min(self.samples, self.search_samples, self.verify_samples, self.min_support) < 1:
@@ -76,6 +79,9 @@ def options_to_json(options: ConvertOptions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
+        if isinstance(value, CpuSetup):  # as the report writes it
+            value = {"threads": value.threads, "options": {"spin": value.options.spin.value,
+                                                           "worker_cpus": list(value.options.worker_cpus)}}  # fmt: skip
         out[f.name] = (
             value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple | list) else value
         )
@@ -94,6 +100,10 @@ def options_from_json(data: Mapping[str, Any]) -> ConvertOptions:
             value = _ENUMS[name](value)
         elif name == "input_shape" and value is not None:
             value = tuple(int(v) for v in value)
+        elif name == "cpu":
+            cpu = value.get("options", {})
+            cpus = tuple(int(c) for c in cpu.get("worker_cpus", ()))
+            value = CpuSetup(int(value.get("threads", 0)), CpuOptions(Spin(cpu.get("spin", "always")), cpus))
         values[name] = value
     return ConvertOptions(**values)
 

@@ -57,6 +57,7 @@ from converters.graph import (
 from converters.latency import layer_times
 from converters.patches import frames, im2col, plain_conv, sample_positions
 from converters.progress import Eta, Progress
+from edge_runtime.backends.sessions import CpuSetup
 from edge_runtime.tasks import TaskHead
 
 # Ops that apply to each channel independently: channel c of input 0 is channel c of output 0.
@@ -104,6 +105,7 @@ class PruneOptions:
     # channels run as slowly as 48 (measured: 4.8 ms for 36-48 channels, 3.7 ms for 32, here)
     max_steps: int = 8  # sensitivity is measured at no more than this many kept counts per family
     block: int = 0  # the kernels' channel block in the latency cost model; 0: this CPU's (`cpu_channel_block`)
+    cpu: CpuSetup = CpuSetup()  # how the layers' time is measured (reported, never allocated on)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -934,7 +936,7 @@ def plan_pruning(
         units = [n.name for n in model.graph.node if n.op_type in _WEIGHTED]
         tell(f"  profiling {len(units)} weighted layers for a latency budget (their total only: the allocation")
         tell("  uses a fixed cost model, so timing noise cannot change what is pruned)")
-        plan.measured_us = sum(layer_times(model, units, feeds[:2], runs=5).values())
+        plan.measured_us = sum(layer_times(model, units, feeds[:2], runs=5, cpu=options.cpu).values())
         block = options.block or cpu_channel_block()
     cost = _cost_model(model, options.budget, block)
     plan.whole = cost.total({})

@@ -354,7 +354,8 @@ def summary_text(report: ConversionReport) -> str:
         lat = report.latency
         tried = ", ".join(f"{t.int8_layers}: {t.ms:.2f} ms" for t in lat.trials)
         shipped = f", shipped {lat.final_ms:.2f} ms" if lat.final_ms is not None else ""
-        lines.append(f"  latency    FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms{shipped} per run here; "
+        lines.append(f"  latency    FP32 {lat.fp32_ms:.2f} ms, all-INT8 {lat.int8_ms:.2f} ms{shipped} per run here "
+                     f"({report.options.cpu.describe()}); "
                      f"{len(lat.proposed)} layer(s) slower in INT8 than FP32, {len(lat.kept_fp32_for_speed)} kept FP32 "
                      f"(INT8 layers timed: {tried})")  # fmt: skip
         lines += [

@@ -72,7 +72,9 @@ class Conversion:
     replay: Plan | None = None  # a plan to follow instead of measuring
 
     def gate(self, build: Build, optimize: bool = True) -> Gate:
-        return Gate(build, self.data, self.reference, self.head, self.tolerance, optimize=optimize)
+        return Gate(
+            build, self.data, self.reference, self.head, self.tolerance, optimize=optimize, cpu=self.options.cpu
+        )
 
     @property
     def ops(self) -> dict[str, str]:
@@ -98,7 +100,9 @@ def prune_stage(ctx: Conversion, calib: EvalData) -> onnx.ModelProto:
         raise ConversionError("--prune-budget as a latency (ms) needs --prune-by latency")
     measure = "time" if budget is Budget.LATENCY else "FLOPs"
     multiple = options.prune_multiple or (cpu_channel_block() if budget is Budget.LATENCY else 8)
-    prune_options = PruneOptions(budget=budget, repair=options.prune_repair, channel_multiple=max(multiple, 1))
+    prune_options = PruneOptions(
+        budget=budget, repair=options.prune_repair, channel_multiple=max(multiple, 1), cpu=options.cpu
+    )
     if ctx.replay is not None:
         say(f"pruning channels as the plan says: {len(ctx.replay.pruned)} channel groups")
         pruned, details = prune_groups(ctx.prepared, frames, ctx.replay.pruned, prune_options, say)
@@ -107,7 +111,7 @@ def prune_stage(ctx: Conversion, calib: EvalData) -> onnx.ModelProto:
         return pruned
     fp32_ms = None
     if options.prune_target_ms is not None:
-        fp32_ms = time_models([ctx.prepared], frames[:2], rounds=3, runs=10)[0]
+        fp32_ms = time_models([ctx.prepared], frames[:2], rounds=3, runs=10, cpu=options.cpu)[0]
         result.target_ms, result.fp32_ms = options.prune_target_ms, round(fp32_ms, 3)
         if fp32_ms <= options.prune_target_ms:
             result.note = f"the model already runs in {fp32_ms:.2f} ms <= {options.prune_target_ms:.2f} ms here"
@@ -149,7 +153,7 @@ def prune_stage(ctx: Conversion, calib: EvalData) -> onnx.ModelProto:
         if gate.passes(check):
             result.used, result.details = round(ratio, 3), details
             ctx.plan.pruned = [group_key(g) for g in chosen]
-            fp32_ms, pruned_ms = time_models([ctx.prepared, pruned], frames[:2], rounds=5, runs=10)
+            fp32_ms, pruned_ms = time_models([ctx.prepared, pruned], frames[:2], rounds=5, runs=10, cpu=options.cpu)
             result.fp32_ms, result.pruned_ms = round(fp32_ms, 3), round(pruned_ms, 3)
             say(f"  timed here: {fp32_ms:.2f} ms -> {pruned_ms:.2f} ms per run ({fp32_ms / pruned_ms:.2f}x)")
             return pruned
@@ -273,7 +277,7 @@ def int8_stage(ctx: Conversion, calib: EvalData, extra: dict[str, str | bytes]) 
     if timing:
         say("latency: per-layer cost of INT8 vs FP32 on ONNX Runtime's CPU provider")
         minmax = build_with(calibrator.amax(CalibrationMethod.MINMAX))
-        candidates, report.latency = place_for_latency(prepared, minmax, units, ctx.data.feeds, say)
+        candidates, report.latency = place_for_latency(prepared, minmax, units, ctx.data.feeds, say, cpu=options.cpu)
         kept += _speed_reasons(report.latency, candidates)
         if report.latency.kept_fp32_for_speed:
             say(
@@ -323,7 +327,7 @@ def int8_stage(ctx: Conversion, calib: EvalData, extra: dict[str, str | bytes]) 
     if options.fallback is Precision.FP16:
         model = _int8_with_fp16(ctx, model, lowered, report.int8)
     if timing and report.latency is not None:  # time what ships, beside FP32
-        fp32_ms, final_ms = time_models([prepared, model], ctx.data.feeds[:4], rounds=5, runs=10)
+        fp32_ms, final_ms = time_models([prepared, model], ctx.data.feeds[:4], rounds=5, runs=10, cpu=options.cpu)
         report.latency.fp32_ms, report.latency.final_ms = round(fp32_ms, 3), round(final_ms, 3)
     _int8_files(extra, amax, method.value, options.trt_version, prepared)
     return model

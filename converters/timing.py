@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import onnx
 
 from converters.evaluate import Feed, session
+from edge_runtime.backends.sessions import CpuSetup
 
 _PARK_S = 0.05  # pause before each model's turn, so the others' spinning threads park (see Stopwatch)
 
@@ -84,11 +85,13 @@ class Stopwatch:
     the other sessions' spinning worker threads park (on a 2-core machine they would otherwise steal cores and
     make the model timed look 1.7x slower than it runs alone)."""
 
-    def __init__(self, models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], runs: int) -> None:
+    def __init__(
+        self, models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], runs: int, cpu: CpuSetup = CpuSetup()
+    ) -> None:
         self.feeds, self.runs = list(feeds), runs
         self.sessions = []
         for m in models:
-            sess = session(m)
+            sess = session(m, cpu=cpu)
             sess.run(None, self.feeds[0])
             self.sessions.append(sess)
         self.samples: list[list[float]] = [[] for _ in models]
@@ -122,9 +125,11 @@ class Stopwatch:
             self.rounds(min(step, most - done))
 
 
-def time_models(models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds: int, runs: int) -> list[float]:
+def time_models(
+    models: Sequence[onnx.ModelProto], feeds: Sequence[Feed], rounds: int, runs: int, cpu: CpuSetup = CpuSetup()
+) -> list[float]:
     """Median ms per run of each model over interleaved rounds (for reporting; decisions use `Stopwatch.settle`)."""
-    watch = Stopwatch(models, feeds, runs)
+    watch = Stopwatch(models, feeds, runs, cpu)
     watch.rounds(rounds)
     return [watch.median_ms(i) for i in range(len(models))]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import enum
 import json
 import logging
@@ -24,6 +25,8 @@ from typing import Any, TextIO
 
 from calibration.preprocessing import DicomOutput
 from edge_runtime import __version__
+from edge_runtime.backends.base import Spin
+from edge_runtime.backends.sessions import CpuSetup
 from edge_runtime.errors import EdgertError
 
 log = logging.getLogger("edgert")
@@ -450,6 +453,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         prune_multiple=args.prune_multiple,
         sparse_saliency=Saliency(args.sparse_saliency),
         verify=args.verify,
+        cpu=_cpu_setup(args),
         **{k: getattr(args, k) for k in ("search_samples", "verify_samples", "min_support") if getattr(args, k)},
     )
     if args.plan is not None:
@@ -507,6 +511,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.bench import BenchOptions, ProgressBar, bench_runner
 
     kind = BackendKind(args.backend)
+    setup = _cpu_setup(args)
     engine = None
     if kind.needs_engine:
         engine = _bench_engine(args, out)
@@ -518,7 +523,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
         source = args.data or (None if card else "random")  # None: convert's own default for a package
         options = ConvertOptions(
             precision=Precision(args.precision), data=source, calib=source, input_shape=args.input_shape,
-            samples=args.samples,
+            samples=args.samples, cpu=setup,
         )  # fmt: skip
         result = convert_model(args.model, options, progress=out.progress if _verbosity(args) > 0 else None)
         if result.model is None:
@@ -543,19 +548,22 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save(model, str(path))
-        runner = create_runner(kind, path, threads=args.threads, engine=engine, gpu=GpuOptions(device=args.device))
+        runner = create_runner(
+            kind, path, threads=setup.threads, engine=engine, gpu=GpuOptions(device=args.device), cpu=setup.options
+        )
         bar = ProgressBar(args.duration_s, enabled=not out.quiet)
         with runner:
             timed = bench_runner(runner, feed, bench, bar.update)
         bar.close()
     timed.update(
-        model=str(args.model), backend=args.backend, precision=args.precision, threads=args.threads,
+        model=str(args.model), backend=args.backend, precision=args.precision, threads=setup.threads,
+        cpu=setup.describe(),
         input_shapes={k: list(v.shape) for k, v in feed.items()}, conversion=conversion,
     )  # fmt: skip
     if engine is not None:
         timed["engine"] = str(engine)
     lat = timed["latency_ms"]
-    out.say(f"{args.model} on {args.backend} ({args.precision}, threads {args.threads or 'auto'}), "
+    out.say(f"{args.model} on {args.backend} ({args.precision}, {setup.describe()}), "
             f"input {timed['input_shapes']}")  # fmt: skip
     out.say(f"  {timed['iterations']} iterations in {timed['duration_s']:.2f} s after {timed['warmup']['iterations']} "
             f"warm-up: {timed['throughput_per_s']:.1f} inferences/s")  # fmt: skip
@@ -699,6 +707,34 @@ def _json_argument(p: argparse.ArgumentParser, what: str) -> None:
 def _input_shape_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", type=_shape, metavar="DIMS",
                    help="fix the model input's dims, e.g. 1,3,224,224 (for dynamic models)")  # fmt: skip
+
+
+def _cpu_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the cart's CPUs (every timing, as the daemon will run the model)")
+    g.add_argument(
+        "--config",
+        type=Path,
+        metavar="DAEMON_TOML",
+        help="time as this daemon config runs: its model.threads and [cpu] (spin, inference_cpus)",
+    )
+    g.add_argument("--threads", type=int, help="intra-op threads (default: the config's, else 0 = one per core)")
+    g.add_argument("--spin", choices=[s.value for s in Spin], help="when ONNX Runtime's workers busy-wait "
+                   "(default: the config's, else always)")  # fmt: skip
+
+
+def _cpu_setup(args: argparse.Namespace) -> CpuSetup:
+    """--config, then --threads and --spin over it: the sessions every timing of the command uses."""
+    setup = CpuSetup()
+    if args.config is not None:
+        from edge_runtime.daemon.config import load_config
+
+        config = load_config(args.config)
+        setup = config.cpu.setup(config.threads)
+    if args.spin is not None:
+        setup = CpuSetup(setup.threads, dataclasses.replace(setup.options, spin=Spin(args.spin)))
+    if args.threads is not None:
+        setup = CpuSetup(args.threads, setup.options)
+    return setup
 
 
 def _sampling_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, samples: int = 32) -> None:
@@ -903,6 +939,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "verdict with a request for data (default 10)")  # fmt: skip
     p.add_argument("--plan", type=Path, help="rebuild the model a report.json's plan recorded (its options and "
                    "decisions; nothing re-measured), then run the verify gate")  # fmt: skip
+    _cpu_arguments(p)
     _json_argument(p, "the conversion report (also written to OUT/report.json)")
 
     p = command("compare", "run two models on the same inputs and report their differences", _compare)
@@ -931,7 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ms", type=float, default=200.0)
     p.add_argument("--duration-s", type=float, default=3.0, help="minimum timed duration (default 3)")
     p.add_argument("--iterations", type=int, default=10, help="minimum timed iterations (default 10)")
-    p.add_argument("--threads", type=int, default=0, help="backend threads (0 = one per core)")
+    _cpu_arguments(p)
     _json_argument(p, "the results")
 
     p = command("build", "build a TensorRT engine for a model package on this device (cached by content)", _build)

@@ -16,6 +16,7 @@ CORE = {
     "edge_runtime.contours",
     "edge_runtime.tracking",
     "edge_runtime.backends.base",
+    "edge_runtime.backends.sessions",
     "edge_runtime.backends.engine_cache",
     "edge_runtime.errors",
 }

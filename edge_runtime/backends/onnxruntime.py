@@ -24,8 +24,9 @@ import numpy as np
 
 from edge_runtime.backends.base import BackendError, BackendKind, CpuOptions, GpuOptions, Runner
 from edge_runtime.backends.engine_cache import default_cache_dir, file_sha256
+from edge_runtime.backends.sessions import CPU_PROVIDER, CpuSetup, session_options
 
-CPU = "CPUExecutionProvider"
+CPU = CPU_PROVIDER
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 GPU_HINT = (
@@ -124,12 +125,7 @@ class OnnxRuntimeRunner(Runner):
     def _activate(self) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.cpu.threads(self.threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        for key, value in self.cpu.session_config(self.threads).items():
-            options.add_session_config_entry(key, value)
+        options = session_options(CpuSetup(self.threads, self.cpu))
         gpu = self.gpu
         if self.kind is BackendKind.ONNXRUNTIME_TENSORRT and (gpu.fp16 is None or gpu.int8 is None):
             fp16, int8 = graph_precisions(self.model_path)

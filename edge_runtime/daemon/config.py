@@ -16,6 +16,7 @@ from typing import Any
 from edge_runtime.audit import AuditOptions
 from edge_runtime.backends import BackendKind, CpuOptions, Spin
 from edge_runtime.backends.engine_cache import OnMismatch
+from edge_runtime.backends.sessions import CpuSetup
 from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.errors import EdgertError
@@ -147,6 +148,11 @@ class CpuConfig:
     def threads(self, threads: int) -> int:
         """Intra-op threads: as configured, else one per inference CPU when those are set (0: ORT's choice)."""
         return threads or len(self.inference_cpus)
+
+    def setup(self, threads: int) -> CpuSetup:
+        """The backend's sessions for `model.threads` = `threads`: what the daemon runs and what `convert` and
+        `bench` time with `--config`."""
+        return CpuSetup(self.threads(threads), self.backend())
 
 
 @dataclass(frozen=True)

@@ -250,8 +250,9 @@ class Daemon:
             except EdgertError as exc:
                 raise DaemonError(f"no engine for {package.model_id}: {exc}") from None
         gpu = GpuOptions(device=cfg.device, cache_dir=cfg.engine.cache_dir)
+        setup = cfg.cpu.setup(cfg.threads)  # the same rule `convert --config` and `bench --config` time by
         pipeline = InferencePipeline(
-            package, cfg.backend, threads=cfg.cpu.threads(cfg.threads), engine=engine, gpu=gpu, cpu=cfg.cpu.backend(),
+            package, cfg.backend, threads=setup.threads, engine=engine, gpu=gpu, cpu=setup.options,
             tracker=cfg.tracker, tracking=cfg.tracker_enabled, mask=cfg.mask,
         )  # fmt: skip
         try:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
-from converters.convert import ConversionResult, ConvertOptions, Precision, convert_model, write_result
+from converters.convert import ConversionResult, ConvertOptions, Precision, convert_model, summary_text, write_result
 from converters.graph import ConversionError
 from converters.plan import load_plan
 from converters.prune import Budget
@@ -139,3 +140,29 @@ def test_the_report_names_every_split_and_they_do_not_overlap(tiny_models: dict[
     verdict = report["verify"]["comparison"]["verdict"]
     assert verdict["frames"] == 32 and verdict["lower_bound"] <= verdict["metric"]
     assert {c["name"] for c in verdict["classes"]} == {"dark", "bright"}
+
+
+def test_conversions_time_as_the_cart_runs(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """--config's [cpu] and model.threads reach every timed session, are recorded in the plan and read back."""
+    from converters.options import options_from_json, options_to_json
+    from converters.timing import Stopwatch
+    from edge_runtime.backends import CpuOptions, Spin
+    from edge_runtime.backends.sessions import CpuSetup
+    from edge_runtime.daemon.config import load_config
+
+    config = tmp_path / "daemon.toml"
+    config.write_text('[model]\npackage = "pkg"\nthreads = 1\n[cpu]\nspin = "run"\n')
+    loaded = load_config(config)
+    setup = loaded.cpu.setup(loaded.threads)
+    assert setup == CpuSetup(1, CpuOptions(Spin.RUN))
+    model = onnx.load(str(tiny_models["unet_bn"] / "model.onnx"))
+    watch = Stopwatch([model], [{"image": np.zeros((1, 1, 32, 32), np.float32)}], runs=1, cpu=setup)
+    used = watch.sessions[0].get_session_options()
+    assert used.intra_op_num_threads == 1 and used.get_session_config_entry("session.force_spinning_stop") == "1"
+    options = ConvertOptions(precision=Precision.INT8, data=DATA, cpu=setup, **SMALL)  # type: ignore[arg-type]
+    result = convert_model(tiny_models["unet_bn"], options)
+    assert result.report.latency is not None and result.report.plan is not None
+    recorded = result.report.to_json()["options"]["cpu"]
+    assert recorded == {"threads": 1, "options": {"spin": "run", "worker_cpus": []}}
+    assert options_from_json(options_to_json(options)) == options
+    assert "1 threads, spin run" in summary_text(result.report)

@@ -84,6 +84,23 @@ def test_bench_command_writes_json(
     assert "inferences/s" in capsys.readouterr().out
 
 
+def test_bench_times_as_a_daemon_config_runs(
+    tiny_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "daemon.toml"
+    config.write_text('[model]\npackage = "pkg"\nthreads = 1\n[cpu]\nspin = "run"\n')
+    out = tmp_path / "bench.json"
+    args = ["bench", str(tiny_models["seg_tiny"]), "--duration-s", "0.1", "--warmup-ms", "10", "--config", str(config)]
+    assert main([*args, "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["threads"] == 1 and data["cpu"] == "1 threads, spin run"
+    assert main([*args, "--spin", "never", "--threads", "2", "--json", str(out)]) == 0  # flags over the file
+    assert json.loads(out.read_text())["cpu"] == "2 threads, spin never"
+    assert "2 threads, spin never" in capsys.readouterr().out
+    config.write_text("[cpu]\nspin = 3\n")
+    assert main([*args]) == 1  # a broken config is an error, not ORT's defaults
+
+
 def test_bench_of_a_converted_precision_reports_its_accuracy(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert main(["bench", str(tiny_models["unet_bn"]), "--precision", "int8", "--duration-s", "0.1",
