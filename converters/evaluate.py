@@ -8,7 +8,7 @@ daemon runs). The gate's single figure is `Comparison.metric`, 1.0 meaning ident
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,12 +37,21 @@ def session(model: onnx.ModelProto, optimize: bool = True, cpu: CpuSetup = CpuSe
         raise ConversionError(f"ONNX Runtime cannot load the model: {str(exc)[:300]}") from None
 
 
+def iter_model(
+    model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = True, cpu: CpuSetup = CpuSetup()
+) -> Iterator[Outputs]:
+    """Each feed's outputs, one frame at a time: for a probe whose outputs are every activation, memory then holds
+    one frame's activations, not every frame's."""
+    sess = session(model, optimize, cpu)
+    names = [o.name for o in sess.get_outputs()]
+    for feed in feeds:
+        yield dict(zip(names, sess.run(names, feed)))
+
+
 def run_model(
     model: onnx.ModelProto, feeds: Sequence[Feed], optimize: bool = True, cpu: CpuSetup = CpuSetup()
 ) -> list[Outputs]:
-    sess = session(model, optimize, cpu)
-    names = [o.name for o in sess.get_outputs()]
-    return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
+    return list(iter_model(model, feeds, optimize, cpu))
 
 
 def with_float_activations_as_outputs(model: onnx.ModelProto, only: Collection[str] | None = None) -> onnx.ModelProto:
@@ -67,7 +76,7 @@ def activation_ranges(model: onnx.ModelProto, feeds: Sequence[Feed]) -> dict[str
     for t in model.graph.initializer:
         if t.data_type == TensorProto.FLOAT:
             ranges[t.name] = _max_abs(onnx.numpy_helper.to_array(t))
-    for feed, result in zip(feeds, run_model(probe, feeds, optimize=False)):
+    for feed, result in zip(feeds, iter_model(probe, feeds, optimize=False)):  # a frame at a time
         for name, value in [*feed.items(), *result.items()]:
             if np.issubdtype(value.dtype, np.floating):
                 ranges[name] = max(ranges.get(name, 0.0), _max_abs(value))

@@ -55,6 +55,7 @@ class ConvertOptions:
     # block for a latency budget, 8 for FLOPs, the tensor cores' multiple)
     prune_target_ms: float | None = None  # --prune-budget as a latency: the FP32 model's time per run to reach
     prune_frames: int = 16  # calibration frames that measure sensitivity and refit the layers
+    prune_time_budget_s: float | None = 900.0  # refuse a sensitivity pass estimated to take longer (None: no limit)
     sparse_saliency: Saliency = Saliency.OBS  # --prune 2:4: which two of four weights go
     cpu: CpuSetup = CpuSetup()  # how timed sessions use the CPUs: as the cart's daemon runs (--config, --threads)
 
@@ -65,6 +66,8 @@ class ConvertOptions:
             raise ValueError(f"--prune-budget must be a fraction in (0, 1), got {self.prune_budget}")
         if self.prune_target_ms is not None and not self.prune_target_ms > 0.0:
             raise ValueError(f"--prune-budget as a latency must be > 0 ms, got {self.prune_target_ms}")
+        if self.prune_time_budget_s is not None and not self.prune_time_budget_s > 0.0:
+            raise ValueError(f"--prune-time-budget must be > 0 s, got {self.prune_time_budget_s}")
         if self.prune_multiple < 0 or self.prune_frames < 1:
             raise ValueError("--prune-multiple must be >= 0 (0: automatic) and the pruning frames >= 1")
 

@@ -37,6 +37,7 @@ import enum
 import math
 import os
 import platform
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -105,6 +106,8 @@ class PruneOptions:
     # channels run as slowly as 48 (measured: 4.8 ms for 36-48 channels, 3.7 ms for 32, here)
     max_steps: int = 8  # sensitivity is measured at no more than this many kept counts per family
     block: int = 0  # the kernels' channel block in the latency cost model; 0: this CPU's (`cpu_channel_block`)
+    anchors: int = 2  # steps per family whose loss the whole model measures; the others are interpolated
+    time_budget_s: float | None = 900.0  # refuse (before it starts) a sensitivity pass estimated to take longer
     cpu: CpuSetup = CpuSetup()  # how the layers' time is measured (reported, never allocated on)
 
     def __post_init__(self) -> None:
@@ -114,6 +117,8 @@ class PruneOptions:
             raise ValueError(f"max layer ratio must be in (0, 1), got {self.max_layer_ratio}")
         if self.channel_multiple < 1 or self.max_steps < 1 or self.block < 0:
             raise ValueError("channel multiple and max steps must be >= 1, block >= 0")
+        if self.anchors < 1 or (self.time_budget_s is not None and not self.time_budget_s > 0):
+            raise ValueError("anchors must be >= 1 and the sensitivity time budget > 0 s")
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,19 @@ class FamilyStep:
 
 
 @dataclass
+class SensitivityCost:
+    """What the sensitivity pass cost: it grows with the layer families (one activation pass and `anchors`
+    whole-model evaluations each), not with families x steps x frames."""
+
+    families: int = 0
+    steps: int = 0  # kept counts whose loss is known (measured at anchors, interpolated between them)
+    whole_model_runs: int = 0  # candidate evaluations over every sensitivity frame
+    frames: int = 0
+    estimated_s: float = field(default=0.0, compare=False)  # what the budget was checked against, before the pass
+    seconds: float = field(default=0.0, compare=False)  # measured: not part of what the pass decided
+
+
+@dataclass
 class PruneReport:
     budget: Budget = Budget.LATENCY
     flops_before: int = 0
@@ -151,6 +169,7 @@ class PruneReport:
     layers: list[LayerChannels] = field(default_factory=list)  # weighted ops whose output channels changed
     steps: list[FamilyStep] = field(default_factory=list)  # the allocation's steps taken, in order
     repaired: list[str] = field(default_factory=list)  # convs refitted by least squares
+    sensitivity: SensitivityCost | None = None  # what measuring each family's loss cost
 
     @property
     def flops_ratio(self) -> float:
@@ -612,13 +631,19 @@ class _NormalEquations:
     def __init__(self, m: int, o: int) -> None:
         self.gram, self.xty = np.zeros((m, m)), np.zeros((m, o))
         self.sx, self.sy, self.n = np.zeros(m), np.zeros(o), 0
+        self.syy = 0.0  # sum of squared targets: the local error of a candidate comes from the sums alone
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         self.gram += x.T @ x
         self.xty += x.T @ y
         self.sx += x.sum(axis=0)
         self.sy += y.sum(axis=0)
+        self.syy += float(np.sum(y * y))
         self.n += len(x)
+
+    def energy(self) -> float:
+        """Sum of squared deviations of the targets from their mean: what a relative local error divides by."""
+        return self.syy - float(self.sy @ self.sy) / max(self.n, 1)
 
     def solve(self, keep: np.ndarray, prior: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
         """Weights [O, len(keep)] on the columns `keep` and bias [O], ridge-regularised towards `prior` [O, keep]."""
@@ -850,6 +875,7 @@ class PrunePlan:
     flops: int
     params: int
     measured_us: float = 0.0  # latency budget: the weighted ops' profiled time here, to express the model in us
+    sensitivity: SensitivityCost = field(default_factory=SensitivityCost)
 
     def selection(self, ratio: float) -> tuple[list[ChannelGroup], list[FamilyStep]]:
         """The groups the shortest prefix of the order that removes `ratio` of the measure takes, and its steps."""
@@ -867,6 +893,34 @@ class PrunePlan:
         return chosen, steps
 
 
+def _residual(eq: _NormalEquations, keep: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
+    """Sum over the sampled positions of ||y - (w x + b)||^2 for weights `w` [O, keep] on the columns `keep`,
+    from the accumulated sums (no activations kept): the local error of a candidate consumer."""
+    g = eq.gram[np.ix_(keep, keep)]
+    return float(
+        eq.syy - 2.0 * np.sum(w * eq.xty[keep].T) - 2.0 * b @ eq.sy + np.sum((w @ g) * w)
+        + 2.0 * b @ (w @ eq.sx[keep]) + eq.n * b @ b
+    )  # fmt: skip
+
+
+def _anchors(steps: int, count: int) -> list[int]:
+    """The steps measured on the whole model: the most aggressive, and `count - 1` more spread below it."""
+    picks = np.unique(np.round(np.linspace(steps - 1, 0, min(count, steps) + 1)[:-1]).astype(int))
+    return sorted(int(i) for i in picks)
+
+
+def _interpolate(proxy: Sequence[float], measured: Mapping[int, float]) -> list[float]:
+    """Each step's loss from its local proxy, piecewise linear through (0, 0) and the measured anchors, made
+    non-decreasing in the step (removing more never costs less)."""
+    points = sorted({(0.0, 0.0), *((proxy[i], loss) for i, loss in measured.items())})
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    out: list[float] = []
+    for i, e in enumerate(proxy):
+        loss = measured[i] if i in measured else float(np.interp(e, xs, ys)) if xs[-1] > 0 else ys[-1]
+        out.append(max(loss, out[-1] if out else 0.0))
+    return out
+
+
 def _sensitivity(
     model: onnx.ModelProto,
     families: Sequence[_Family],
@@ -875,41 +929,76 @@ def _sensitivity(
     options: PruneOptions,
     head: TaskHead | None,
     say: Progress,
-) -> None:
-    """Each family pruned alone at each of its steps, consumers repaired on the original activations (exact when
-    only one family changes), judged with the task's metric against the unpruned model."""
+) -> SensitivityCost:
+    """Each family's loss at each of its steps with only that family pruned, judged with the task's metric
+    against the unpruned model.
+
+    Running the whole model at every step of every family is families x steps x frames model runs (500 s on a
+    7 MB detector). Instead each step gets a local proxy, the relative error it leaves in its consumers' outputs
+    after the least-squares refit (exact sums from the normal equations, no activations kept; without plain-conv
+    consumers, the removed share of the family's importance), and the whole model is run at `anchors` steps only
+    (the most aggressive first); the other steps are interpolated in the proxy. The allocation needs the ranking
+    and the rough size of each loss; the gate then judges every pruned model for real."""
+    started = time.perf_counter()
     reference = run_model(model, feeds)
+    one_pass = time.perf_counter() - started
     by_name = {n.name: n for n in model.graph.node}
     arrays = {name: numpy_helper.to_array(t) for name, t in initializers(model.graph).items()}
     shapes = _shapes(model)
-    eta = Eta(say, "sensitivity", sum(len(f.kept) for f in families))
-    done = 0
-    for fam in families:
+    cost = SensitivityCost(len(families), sum(len(f.kept) for f in families), 0, len(feeds))
+    runs = sum(len(_anchors(len(f.kept), options.anchors)) for f in families)
+    cost.estimated_s = round(one_pass * (runs + 2 * len(families)), 1)  # + an activation pass per family (x2: probe)
+    say(f"  sensitivity: {len(families)} layer families, {cost.steps} steps, {runs} whole-model runs of {len(feeds)} "
+        f"frames: about {cost.estimated_s:.0f} s")  # fmt: skip
+    if options.time_budget_s is not None and cost.estimated_s > options.time_budget_s:
+        raise ConversionError(
+            f"pruning's sensitivity pass would take about {cost.estimated_s:.0f} s ({len(families)} layer families, "
+            f"{one_pass:.1f} s per pass over {len(feeds)} frames), over its budget of {options.time_budget_s:.0f} s: "
+            "raise --prune-time-budget or give fewer --prune-frames"
+        )
+    eta = Eta(say, "sensitivity", len(families))
+    for done, fam in enumerate(families, start=1):
+        consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
+        consumers = [c for c in consumers if plain_conv(by_name[c], arrays[by_name[c].input[1]])]
         eqs: dict[str, _NormalEquations] = {}
-        if options.repair:
-            consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
-            consumers = [c for c in consumers if plain_conv(by_name[c], arrays[by_name[c].input[1]])]
-            rng = np.random.default_rng(0)
-            for values in frames(model, feeds, {by_name[c].input[0] for c in consumers}):
-                for c in consumers:
-                    node, w = by_name[c], arrays[by_name[c].input[1]]
-                    picks = sample_positions(shapes[node.output[0]][2:], options.positions, rng)
-                    cols = im2col(values[node.input[0]], node, w.shape, picks)
-                    flat = w.reshape(w.shape[0], -1).astype(np.float64)
-                    b = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-                    eqs.setdefault(c, _NormalEquations(flat.shape[1], flat.shape[0])).add(cols, cols @ flat.T + b)
+        rng = np.random.default_rng(0)
+        for values in frames(model, feeds, {by_name[c].input[0] for c in consumers}) if consumers else ():
+            for c in consumers:
+                node, w = by_name[c], arrays[by_name[c].input[1]]
+                picks = sample_positions(shapes[node.output[0]][2:], options.positions, rng)
+                cols = im2col(values[node.input[0]], node, w.shape, picks)
+                flat = w.reshape(w.shape[0], -1).astype(np.float64)
+                b = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+                eqs.setdefault(c, _NormalEquations(flat.shape[1], flat.shape[0])).add(cols, cols @ flat.T + b)
+        energy = sum(eq.energy() for eq in eqs.values())
+        total_score = sum(g.score for g in fam.groups) or 1.0
+        proxy: list[float] = []
+        refits_of: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
         for step in range(len(fam.kept)):
             chosen = fam.groups[: fam.removed(step)]
-            refits = {}
+            refits, residual = {}, 0.0
             for c, eq in eqs.items():
-                w = arrays[by_name[c].input[1]]
+                node, w = by_name[c], arrays[by_name[c].input[1]]
                 drop = [u.index for grp in chosen for u in grp.uses if u.node == c and u.role == "consumer"]
                 keep = _columns(w.shape[1], drop, w.shape[2] * w.shape[3])
-                refits[c] = eq.solve(keep, w.reshape(w.shape[0], -1)[:, keep].astype(np.float64), options.ridge)
-            candidate = _remove(model, chosen, stats, refits, shapes).model
-            fam.losses.append(1.0 - compare(reference, run_model(candidate, feeds), head).metric)
-            done += 1
-            eta.step(done)
+                prior = w.reshape(w.shape[0], -1)[:, keep].astype(np.float64)
+                if options.repair:
+                    refits[c] = eq.solve(keep, prior, options.ridge)
+                    residual += _residual(eq, keep, *refits[c])
+                else:
+                    bias = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+                    residual += _residual(eq, keep, prior, np.broadcast_to(bias, (w.shape[0],)).astype(np.float64))
+            refits_of.append(refits if options.repair else {})
+            proxy.append(max(residual, 0.0) / energy if energy > 0 else sum(g.score for g in chosen) / total_score)
+        measured = {}
+        for step in _anchors(len(fam.kept), options.anchors):
+            candidate = _remove(model, fam.groups[: fam.removed(step)], stats, refits_of[step], shapes).model
+            measured[step] = 1.0 - compare(reference, run_model(candidate, feeds), head).metric
+            cost.whole_model_runs += 1
+        fam.losses = _interpolate(proxy, measured)
+        eta.step(done)
+    cost.seconds = round(time.perf_counter() - started, 2)
+    return cost
 
 
 def plan_pruning(
@@ -940,9 +1029,7 @@ def plan_pruning(
         block = options.block or cpu_channel_block()
     cost = _cost_model(model, options.budget, block)
     plan.whole = cost.total({})
-    steps = sum(len(f.kept) for f in plan.families)
-    tell(f"  sensitivity: {len(plan.families)} layer families, {steps} steps of {options.channel_multiple} channels")
-    _sensitivity(model, plan.families, plan.stats, feeds, options, head, tell)
+    plan.sensitivity = _sensitivity(model, plan.families, plan.stats, feeds, options, head, tell)
     plan.order = _allocate(plan.families, cost)
     return plan
 
@@ -971,6 +1058,7 @@ def prune_channels(
         raise ValueError(f"the plan was made with other options ({plan.options}), not {options}")
     report.flops_before, report.params_before = plan.flops, plan.params
     report.groups, report.families, report.blocked = len(plan.groups), len(plan.families), plan.blocked
+    report.sensitivity = plan.sensitivity
     chosen, report.steps = plan.selection(options.ratio)
     if options.budget is Budget.LATENCY:
         removed = (plan.whole - report.steps[-1].cost_left) / max(plan.whole, 1e-30) if report.steps else 0.0

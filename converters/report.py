@@ -327,6 +327,10 @@ def summary_text(report: ConversionReport) -> str:
             if pr.fp32_ms is not None and pr.pruned_ms is not None:
                 lines.append(f"               measured here: {pr.fp32_ms:.2f} ms -> {pr.pruned_ms:.2f} ms per run "
                              f"({pr.fp32_ms / max(pr.pruned_ms, 1e-9):.2f}x)")  # fmt: skip
+            if d.sensitivity is not None:
+                sc = d.sensitivity
+                lines.append(f"               sensitivity: {sc.families} layer families, {sc.whole_model_runs} "
+                             f"whole-model runs of {sc.frames} frames, {sc.seconds:.1f} s")  # fmt: skip
             lines += [f"               {c.op} '{c.node}' {c.before} -> {c.after} channels" for c in d.layers]
         else:
             why = pr.note or f"every ratio failed the gate ({tried})"

@@ -101,8 +101,9 @@ def prune_stage(ctx: Conversion, calib: EvalData) -> onnx.ModelProto:
     measure = "time" if budget is Budget.LATENCY else "FLOPs"
     multiple = options.prune_multiple or (cpu_channel_block() if budget is Budget.LATENCY else 8)
     prune_options = PruneOptions(
-        budget=budget, repair=options.prune_repair, channel_multiple=max(multiple, 1), cpu=options.cpu
-    )
+        budget=budget, repair=options.prune_repair, channel_multiple=max(multiple, 1), cpu=options.cpu,
+        time_budget_s=options.prune_time_budget_s,
+    )  # fmt: skip
     if ctx.replay is not None:
         say(f"pruning channels as the plan says: {len(ctx.replay.pruned)} channel groups")
         pruned, details = prune_groups(ctx.prepared, frames, ctx.replay.pruned, prune_options, say)

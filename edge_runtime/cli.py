@@ -451,6 +451,8 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
         prune_repair=not args.no_prune_repair,
         prune_by=None if args.prune_by == "auto" else Budget(args.prune_by),
         prune_multiple=args.prune_multiple,
+        prune_frames=args.prune_frames,
+        prune_time_budget_s=args.prune_time_budget,
         sparse_saliency=Saliency(args.sparse_saliency),
         verify=args.verify,
         cpu=_cpu_setup(args),
@@ -925,6 +927,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep channel counts multiples of this (default: the block this CPU's convolutions work "
                    "in, 16 with AVX-512, so that 44 of 48 channels are not kept at the cost of 48; 8 for a FLOPs "
                    "budget); 1 allows any count")  # fmt: skip
+    g.add_argument(
+        "--prune-frames",
+        type=int,
+        default=16,
+        help="calibration frames that measure each layer family's sensitivity and refit (default 16)",
+    )
+    g.add_argument(
+        "--prune-time-budget",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="refuse, before it starts, a sensitivity pass estimated to take longer (default 900)",
+    )
     g.add_argument("--no-prune-repair", action="store_true",
                    help="remove channels with bias correction only, no least-squares refit")  # fmt: skip
     g = p.add_argument_group("the gate: three disjoint splits (calibration: --samples)")

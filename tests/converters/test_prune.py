@@ -247,3 +247,52 @@ def test_a_latency_target_in_milliseconds(tiny_models: dict[str, Path]) -> None:
     assert pr is not None and pr.used == 0.0 and pr.fp32_ms is not None and "already runs" in pr.note
     with pytest.raises(ConversionError, match="needs --prune-by latency"):
         convert_model(tiny_models["unet_bn"], ConvertOptions(**{**options.__dict__, "prune_by": Budget.FLOPS}))
+
+
+def test_a_local_error_from_the_sums_equals_the_error_on_the_samples() -> None:
+    from converters.prune import _NormalEquations, _residual
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 12))
+    y = x @ rng.standard_normal((12, 5)) + 0.1 * rng.standard_normal((300, 5)) + 2.0
+    eq = _NormalEquations(12, 5)
+    eq.add(x[:100], y[:100])
+    eq.add(x[100:], y[100:])  # accumulated over two frames
+    keep = np.array([0, 2, 3, 5, 7, 8, 11])
+    w, b = eq.solve(keep, np.zeros((5, len(keep))), ridge=1e-3)
+    direct = float(np.sum((y - (x[:, keep] @ w.T + b)) ** 2))
+    assert _residual(eq, keep, w, b) == pytest.approx(direct, rel=1e-6)
+    assert eq.energy() == pytest.approx(float(np.sum((y - y.mean(axis=0)) ** 2)), rel=1e-9)
+
+
+def test_interpolated_losses_pass_through_the_anchors_and_never_fall() -> None:
+    from converters.prune import _anchors, _interpolate
+
+    assert _anchors(8, 2) == [4, 7] and _anchors(1, 2) == [0] and _anchors(2, 2) == [0, 1] and _anchors(5, 1) == [4]
+    losses = _interpolate([0.01, 0.02, 0.05, 0.04, 0.2], {2: 0.1, 4: 0.5})
+    assert losses[2] == 0.1 and losses[4] == 0.5
+    assert losses[0] == pytest.approx(0.02) and losses[1] == pytest.approx(0.04)  # on the line through (0, 0)
+    assert losses == sorted(losses)  # step 3's smaller proxy does not make it cheaper than step 2
+
+
+def test_sensitivity_costs_anchors_per_family_not_steps_times_frames() -> None:
+    model, _ = prepare(unet_bn())
+    few = plan_pruning(model, _feeds(model, 4), PruneOptions(budget=Budget.FLOPS, channel_multiple=1, max_steps=3))
+    many = plan_pruning(model, _feeds(model, 8), PruneOptions(budget=Budget.FLOPS, channel_multiple=1, max_steps=8))
+    assert few.sensitivity.families == many.sensitivity.families == len(many.families) > 1
+    assert many.sensitivity.steps > few.sensitivity.steps
+    assert many.sensitivity.whole_model_runs == few.sensitivity.whole_model_runs <= 2 * len(many.families)
+    for fam in many.families:  # every step has a loss, and removing more never costs less
+        assert len(fam.losses) == len(fam.kept) and fam.losses == sorted(fam.losses)
+    _, report = prune_channels(model, _feeds(model, 8), PruneOptions(ratio=0.3, budget=Budget.FLOPS, channel_multiple=1,
+                                                                      max_steps=8), plan=many)  # fmt: skip
+    assert report.sensitivity is not None and report.sensitivity.frames == 8
+
+
+def test_a_sensitivity_pass_over_its_time_budget_is_refused_before_it_starts() -> None:
+    model, _ = prepare(unet_bn())
+    options = PruneOptions(budget=Budget.FLOPS, channel_multiple=1, time_budget_s=1e-6)
+    said: list[str] = []
+    with pytest.raises(ConversionError, match=r"over its budget of .* raise --prune-time-budget or give fewer"):
+        plan_pruning(model, _feeds(model), options, say=said.append)
+    assert any("whole-model runs" in line and "about" in line for line in said)  # the estimate was said first
