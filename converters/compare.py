@@ -12,7 +12,7 @@ from onnx import TensorProto
 
 from calibration.sources import Sampling
 from converters.convert import load_model
-from converters.data import EvalData, load_feeds
+from converters.data import Card, EvalData, load_feeds
 from converters.evaluate import Comparison, Outputs, compare, head_of, run_model
 from converters.fp16 import emulate_fp16
 from converters.graph import ConversionError, copy_model, real_inputs
@@ -61,7 +61,7 @@ def compare_models(
     overrides the card's task, and `numeric_only` compares the outputs as numbers only."""
     ref, ref_card, _, _ = load_model(Path(reference), Path(card_path) if card_path else None)
     cand, cand_card, _, _ = load_model(Path(candidate), None)
-    card: ModelCard | None = ref_card or cand_card
+    card: Card | None = ref_card or cand_card
     feed_model = ref
     if input_shape is not None:
         feed_model = copy_model(ref)
@@ -77,7 +77,8 @@ def compare_models(
     return ModelComparison(result, eval_data, result.task, emulated)
 
 
-def _head(card: ModelCard | None, task: Task | None, outputs: Outputs) -> TaskHead | None:
+def _head(card: Card | None, task: Task | None, outputs: Outputs) -> TaskHead | None:
+    card = card if isinstance(card, ModelCard) else None  # a raw card gives preprocessing only
     try:
         if card is not None and task in (None, card.task):
             return head_of(card)  # as the gate judges it: a task without a decoder compares numbers

@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 
 from calibration.sources import Sampling, Split
-from converters.data import EvalData, is_random, load_splits
+from converters.data import Card, EvalData, is_random, load_splits
 from converters.evaluate import compare, default_tolerance, head_of, run_model
 from converters.fp16 import emulate_fp16
 from converters.graph import ConversionError, model_size, real_inputs
@@ -46,7 +46,16 @@ from converters.report import (
 from converters.sparsity import check_2_4
 from converters.stages import Conversion, fp16_stage, int8_stage, prune_stage, sparsity_stage
 from edge_runtime import __version__
-from edge_runtime.package import CARD_FILE, ONNX_FILE, ModelCard, PackageError, load_package, parse_card
+from edge_runtime.package import (
+    CARD_FILE,
+    ONNX_FILE,
+    RAW_TASK,
+    ModelCard,
+    PackageError,
+    load_package,
+    parse_card,
+    parse_input_card,
+)
 
 INT8_FILES = ("calibration.cache", "calibration.json", "prepared_fp32.onnx")
 PREPARE_MIN_COSINE = 0.99999  # preparation must not change results beyond float rounding
@@ -61,9 +70,7 @@ class ConversionResult:
     extra_files: dict[str, str | bytes] = field(default_factory=dict)  # calibration cache, amax table, ...
 
 
-def load_model(
-    path: Path, card_path: Path | None
-) -> tuple[onnx.ModelProto, ModelCard | None, dict[str, Any] | None, Path]:
+def load_model(path: Path, card_path: Path | None) -> tuple[onnx.ModelProto, Card | None, dict[str, Any] | None, Path]:
     """(model, parsed card, raw card JSON, onnx path) from an ONNX file or a package."""
     if path.is_dir() or path.suffix in (".zip", ".tar", ".gz"):
         try:
@@ -82,6 +89,8 @@ def load_model(
         return model, None, None, path
     try:
         raw = json.loads(card_path.read_text())
+        if isinstance(raw, dict) and raw.get("task") == RAW_TASK:  # no decoder: frames in, outputs judged as numbers
+            return model, parse_input_card(raw, where=str(card_path)), raw, path
         return model, parse_card(raw, where=str(card_path)), raw, path
     except (OSError, json.JSONDecodeError, PackageError) as exc:
         raise ConversionError(f"{card_path}: {exc}") from None
@@ -94,7 +103,7 @@ def _sha256(model: onnx.ModelProto) -> str:
 DEFAULT_SOURCE = "synthetic"  # calibration and evaluation data for a package when none is given
 
 
-def _sources(options: ConvertOptions, card: ModelCard | None) -> tuple[str | None, str | None]:
+def _sources(options: ConvertOptions, card: Card | None) -> tuple[str | None, str | None]:
     """(evaluation source, calibration source). Either defaults to the other; with a card and neither given, INT8,
     FP16 and pruning use the card's `data_source`, else synthetic ultrasound images (said in the progress output
     and the report)."""
@@ -215,7 +224,7 @@ def convert_model(
             raise ConversionError(
                 f"preparation changed the model's outputs (cosine {check.metric:.6f}); please report this model"
             )
-        head = head_of(card)
+        head = head_of(card) if isinstance(card, ModelCard) else None  # a raw card: outputs judged as numbers
         tolerance = options.tolerance if options.tolerance is not None else default_tolerance(head)
         ctx = Conversion(prepared, search, reference, head, tolerance, options, report, say, record, replay)
         calib = splits.get("calibration")
@@ -256,7 +265,7 @@ def convert_model(
 def _load_splits(
     options: ConvertOptions,
     prepared: onnx.ModelProto,
-    card: ModelCard | None,
+    card: Card | None,
     eval_source: str,
     calib_source: str | None,
     verify_source: str,
@@ -326,7 +335,10 @@ def write_result(result: ConversionResult, out_dir: str | Path) -> list[Path]:
             (out / CARD_FILE).write_text(json.dumps(result.card, indent=2) + "\n")
             written.append(out / CARD_FILE)
             try:
-                load_package(out)  # what we hand over must load like any package
+                if result.card.get("task") == RAW_TASK:  # the input half only: never a servable package
+                    parse_input_card(result.card, where=str(out / CARD_FILE))
+                else:
+                    load_package(out)  # what we hand over must load like any package
             except PackageError as exc:
                 raise ConversionError(f"converted package does not validate: {exc}") from None
         for name, content in result.extra_files.items():

@@ -18,7 +18,9 @@ from calibration.preprocessing import Preprocessor
 from calibration.sources import Sampling, SourceError, SourceFrame, Split, sample_source, sample_splits
 from converters.evaluate import Feed
 from converters.graph import ConversionError, real_inputs
-from edge_runtime.package import ModelCard
+from edge_runtime.package import InputCard, ModelCard
+
+Card = ModelCard | InputCard  # what preprocessing needs: a full card, or a raw card's input half
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def is_random(source: str) -> bool:
 
 
 def load_splits(
-    sources: Mapping[str, tuple[str, Split]], model: onnx.ModelProto, card: ModelCard | None, sampling: Sampling
+    sources: Mapping[str, tuple[str, Split]], model: onnx.ModelProto, card: Card | None, sampling: Sampling
 ) -> dict[str, EvalData]:
     """Feeds for each named split (split name -> (source, split)): splits that share a source get disjoint frames
     of it (`calibration.sources.sample_splits`); random tensors draw each split from its own seed."""
@@ -87,13 +89,13 @@ def _needs_card(source: str) -> ConversionError:
     )
 
 
-def _preprocess(frames: Sequence[SourceFrame], description: str, card: ModelCard) -> EvalData:
+def _preprocess(frames: Sequence[SourceFrame], description: str, card: Card) -> EvalData:
     pre = Preprocessor(card.preprocess)
     feeds = [{card.input_name: pre(f.pixels, f.color)[0]} for f in frames]
     return EvalData(feeds, f"{description}, preprocessed as the daemon does", True)
 
 
-def load_feeds(source: str, model: onnx.ModelProto, card: ModelCard | None, sampling: Sampling) -> EvalData:
+def load_feeds(source: str, model: onnx.ModelProto, card: Card | None, sampling: Sampling) -> EvalData:
     """Feeds from `source`, chosen as `sampling` says, preprocessed as the daemon does (random tensors for
     `random[:seed=S]`)."""
     if is_random(source):

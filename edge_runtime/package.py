@@ -142,6 +142,23 @@ class ModelCard:
     data_source: str | None = None  # frames like the model's own (a calibration.sources name), for conversion
 
 
+RAW_TASK = "raw"  # a card's task for a model edgert has no decoder for: its input only, for conversion
+
+
+@dataclass(frozen=True)
+class InputCard:
+    """What frames become for a model: its input tensor and the preprocessing. Every card has one; a `raw` card
+    (a model edgert has no decoder for) is only this, so `convert` can still feed it real frames and judge its
+    outputs as numbers."""
+
+    name: str
+    version: str
+    input_name: str
+    preprocess: PreprocessSpec
+    dicom_output: DicomOutput = DicomOutput.DISPLAY8
+    data_source: str | None = None
+
+
 @dataclass(frozen=True)
 class CamWeights:
     """The linear head after global average pooling, read from the graph: logits = weights @ mean(features) + bias,
@@ -185,17 +202,13 @@ def _enum(enum_type: Any, value: str, where: str) -> Any:
         raise PackageError(f"{where}: '{value}' is not one of {[e.value for e in enum_type]}") from None
 
 
-def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
-    """Build a ModelCard from parsed JSON, naming the first bad field."""
+def parse_input_card(data: Mapping[str, Any], where: str = CARD_FILE) -> InputCard:
+    """The input half of a card (any task, `raw` included), naming the first bad field."""
     if not isinstance(data, Mapping):
         raise PackageError(f"{where}: must be a JSON object")
     schema = data.get("schema")
     if schema != CARD_SCHEMA:
         raise PackageError(f"{where}: schema is {schema!r}, expected '{CARD_SCHEMA}'")
-    try:
-        task = Task.from_name(_get(data, "task", str, where))
-    except ValueError as exc:
-        raise PackageError(f"{where}.task: {exc}") from None
     inp = _get(data, "input", dict, where)
     shape = _get(inp, "shape", list, f"{where}.input")
     if len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape) or shape[0] != 1:
@@ -228,6 +241,31 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         )
     except (ValueError, TypeError) as exc:
         raise PackageError(f"{where}.preprocessing: {exc}") from None
+    return InputCard(
+        name=_get(data, "name", str, where),
+        version=_get(data, "version", str, where),
+        input_name=_get(inp, "name", str, f"{where}.input"),
+        preprocess=spec,
+        dicom_output=_enum(
+            DicomOutput, _get(pre, "dicom", str, f"{where}.preprocessing", "display8"), f"{where}.preprocessing.dicom"
+        ),
+        data_source=_get(data, "data_source", str, where, None),
+    )
+
+
+def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
+    """Build a ModelCard from parsed JSON, naming the first bad field."""
+    inputs = parse_input_card(data, where)
+    task_name = _get(data, "task", str, where)
+    if task_name == RAW_TASK:
+        raise PackageError(
+            f"{where}.task: a '{RAW_TASK}' card describes the input only, for `edgert convert --card`; a package the "
+            "daemon serves needs a task whose outputs it decodes (segmentation, classification, detection)"
+        )
+    try:
+        task = Task.from_name(task_name)
+    except ValueError as exc:
+        raise PackageError(f"{where}.task: {exc}") from None
     out = _get(data, "output", dict, where)
     labels = tuple(str(x) for x in _get(out, "labels", list, f"{where}.output"))
     colors_raw = _get(out, "colors", list, f"{where}.output")
@@ -264,11 +302,11 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
         raise PackageError(f"{where}.onnx_sha256: expected a 64-character hex digest")
     return ModelCard(
-        name=_get(data, "name", str, where),
-        version=_get(data, "version", str, where),
+        name=inputs.name,
+        version=inputs.version,
         task=task,
-        input_name=_get(inp, "name", str, f"{where}.input"),
-        preprocess=spec,
+        input_name=inputs.input_name,
+        preprocess=inputs.preprocess,
         output=OutputSpec(
             name=_get(out, "name", str, f"{where}.output"),
             labels=labels,
@@ -284,12 +322,10 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
             ),
         ),
         onnx_sha256=sha,
-        dicom_output=_enum(
-            DicomOutput, _get(pre, "dicom", str, f"{where}.preprocessing", "display8"), f"{where}.preprocessing.dicom"
-        ),
+        dicom_output=inputs.dicom_output,
         description=str(data.get("description", "")),
         metrics=data.get("metrics", {}) or {},
-        data_source=_get(data, "data_source", str, where, None),
+        data_source=inputs.data_source,
     )
 
 

@@ -182,3 +182,17 @@ def test_reproducibility_smoke(tmp_path: Path) -> None:
     for r in rows:  # the same command in fresh processes, and the plan replayed: the same bytes
         assert r["identical"] and r["replay_identical"] and len(r["runs"]) == 2 and r["runs"][0]["model_sha256"]
         assert r["unseen"] is not None and 0.0 <= r["unseen"]["lower_bound"] <= r["unseen"]["metric"] <= 1.0
+
+
+def test_conversion_cost_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "conversion_cost.py"), "--smoke", "--cache", str(tmp_path / "cache"),
+         "--out", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["fp16"]["exit"] == 0 and row["fp16"]["peak_rss_mib"] > row["model_mib"]
+    assert row["activations_one_frame_mib"] > 0
+    sens = row["prune_sensitivity"]
+    assert sens["exit"] == 0 and 1 <= sens["whole_model_runs"] <= 2 * sens["families"]

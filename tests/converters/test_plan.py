@@ -166,3 +166,26 @@ def test_conversions_time_as_the_cart_runs(tiny_models: dict[str, Path], tmp_pat
     assert recorded == {"threads": 1, "options": {"spin": "run", "worker_cpus": []}}
     assert options_from_json(options_to_json(options)) == options
     assert "1 threads, spin run" in summary_text(result.report)
+
+
+def test_a_raw_card_takes_real_frames_and_judges_the_outputs_as_numbers(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A model edgert has no decoder for: the card gives its input and preprocessing only (task `raw`), so lossy
+    steps still run on real frames, and the verdict is the worst output's cosine on the verify split."""
+    from edge_runtime.package import PackageError, load_package
+
+    card = json.loads((tiny_models["unet_bn"] / "model.json").read_text())
+    raw = {k: v for k, v in card.items() if k != "output"} | {"task": "raw"}
+    (tmp_path / "raw.json").write_text(json.dumps(raw))
+    options = ConvertOptions(precision=Precision.INT8, data=DATA, latency=False, **SMALL)  # type: ignore[arg-type]
+    result = convert_model(tiny_models["unet_bn"] / "model.onnx", options, card_path=tmp_path / "raw.json")
+    assert result.passed and result.report.data is not None and result.report.data.representative
+    assert result.report.verify is not None
+    verdict = result.report.verify.comparison
+    assert verdict.task is None and verdict.metric_name == "worst-output cosine similarity"
+    assert all(o.max_abs >= 0 for o in verdict.outputs) and verdict.samples == SMALL["verify_samples"]
+    assert "preprocessed as the daemon does" in result.report.verify_data.description  # type: ignore[union-attr]
+    write_result(result, tmp_path / "out")
+    with pytest.raises(PackageError, match="describes the input only"):  # never served: no decoder
+        load_package(tmp_path / "out")
