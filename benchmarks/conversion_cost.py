@@ -145,7 +145,8 @@ def main() -> None:
             print(f"  fp16: peak RSS {f['peak_rss_mib']:.0f} MiB, {f['seconds']} s ({f['frames_per_split']} frames a "
                   f"split): {f['headline']}", flush=True)  # fmt: skip
             print(f"  prune sensitivity: {s.get('families')} families, {s.get('steps')} steps, "
-                  f"{s.get('whole_model_runs')} whole-model runs of {s.get('frames')} frames, {s.get('seconds')} s, "
+                  f"{s.get('whole_model_runs')} whole-model runs and {s.get('activation_passes')} activation passes "
+                  f"over {s.get('frames')} frames, {s.get('seconds')} s, "
                   f"peak RSS {s['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "cpu": zoo._cpu_name(), "python": platform.python_version(),

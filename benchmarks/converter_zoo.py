@@ -182,7 +182,7 @@ def make_images(folder: Path, kind: str, count: int, seed: int, size: tuple[int,
     """`count` PNGs of generated text: pages (`page`), pages turned by 0/90/180/270 degrees (`rotated_page`), or
     text lines turned by 0/180 degrees (`line`). `size` is (height, width) of what the model reads."""
     folder.mkdir(parents=True, exist_ok=True)
-    made = folder / ".made"
+    made = folder.with_name(folder.name + ".made")  # beside the folder: its files are all frames
     if len(list(folder.glob("*.png"))) == count and made.exists() and made.read_text() == f"{kind} {seed} {size}":
         return folder  # made before with the same settings: generated pages are deterministic
     rng = np.random.default_rng(seed)
@@ -196,7 +196,7 @@ def make_images(folder: Path, kind: str, count: int, seed: int, size: tuple[int,
             if kind == "rotated_page":
                 img = img.rotate(int(rng.integers(0, 4)) * 90)
         img.save(folder / f"{i:03d}.png")
-    (folder / ".made").write_text(f"{kind} {seed} {size}")
+    made.write_text(f"{kind} {seed} {size}")
     return folder
 
 

@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from converters.evaluate import Feed, compare, run_model
+from converters.evaluate import Feed, Outputs, compare, run_model
 from converters.graph import (
     ConversionError,
     copy_model,
@@ -148,6 +148,7 @@ class SensitivityCost:
     families: int = 0
     steps: int = 0  # kept counts whose loss is known (measured at anchors, interpolated between them)
     whole_model_runs: int = 0  # candidate evaluations over every sensitivity frame
+    activation_passes: int = 0  # passes over the frames for the consumers' normal equations (families share them)
     frames: int = 0
     estimated_s: float = field(default=0.0, compare=False)  # what the budget was checked against, before the pass
     seconds: float = field(default=0.0, compare=False)  # measured: not part of what the pass decided
@@ -904,9 +905,11 @@ def _residual(eq: _NormalEquations, keep: np.ndarray, w: np.ndarray, b: np.ndarr
 
 
 def _anchors(steps: int, count: int) -> list[int]:
-    """The steps measured on the whole model: the most aggressive, and `count - 1` more spread below it."""
-    picks = np.unique(np.round(np.linspace(steps - 1, 0, min(count, steps) + 1)[:-1]).astype(int))
-    return sorted(int(i) for i in picks)
+    """The steps measured on the whole model: one anchor is the most aggressive step (it scales the proxy); more
+    spread from the least aggressive (the step the allocation takes most often) to the most."""
+    if count == 1:
+        return [steps - 1]
+    return sorted({int(i) for i in np.round(np.linspace(0, steps - 1, min(count, steps)))})
 
 
 def _interpolate(proxy: Sequence[float], measured: Mapping[int, float]) -> list[float]:
@@ -941,15 +944,16 @@ def _sensitivity(
     and the rough size of each loss; the gate then judges every pruned model for real."""
     started = time.perf_counter()
     reference = run_model(model, feeds)
+    compare(reference, reference, head)  # timed with the run: an anchor is a run and a judgement
     one_pass = time.perf_counter() - started
-    by_name = {n.name: n for n in model.graph.node}
-    arrays = {name: numpy_helper.to_array(t) for name, t in initializers(model.graph).items()}
-    shapes = _shapes(model)
-    cost = SensitivityCost(len(families), sum(len(f.kept) for f in families), 0, len(feeds))
+    g = _Graph.of(model)
+    cost = SensitivityCost(families=len(families), steps=sum(len(f.kept) for f in families), frames=len(feeds))
     runs = sum(len(_anchors(len(f.kept), options.anchors)) for f in families)
-    cost.estimated_s = round(one_pass * (runs + 2 * len(families)), 1)  # + an activation pass per family (x2: probe)
-    say(f"  sensitivity: {len(families)} layer families, {cost.steps} steps, {runs} whole-model runs of {len(feeds)} "
-        f"frames: about {cost.estimated_s:.0f} s")  # fmt: skip
+    consumers_of = [_refit_consumers(fam, g) for fam in families]
+    batches = _batches(consumers_of, g, _EQS_BYTES)
+    cost.estimated_s = round(one_pass * (runs + 2 * len(batches)), 1)  # + the activation passes (x2: the probe)
+    say(f"  sensitivity: {len(families)} layer families, {cost.steps} steps, {runs} whole-model runs and "
+        f"{len(batches)} activation passes over {len(feeds)} frames: about {cost.estimated_s:.0f} s")  # fmt: skip
     if options.time_budget_s is not None and cost.estimated_s > options.time_budget_s:
         raise ConversionError(
             f"pruning's sensitivity pass would take about {cost.estimated_s:.0f} s ({len(families)} layer families, "
@@ -957,48 +961,128 @@ def _sensitivity(
             "raise --prune-time-budget or give fewer --prune-frames"
         )
     eta = Eta(say, "sensitivity", len(families))
-    for done, fam in enumerate(families, start=1):
-        consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
-        consumers = [c for c in consumers if plain_conv(by_name[c], arrays[by_name[c].input[1]])]
-        eqs: dict[str, _NormalEquations] = {}
-        rng = np.random.default_rng(0)
-        for values in frames(model, feeds, {by_name[c].input[0] for c in consumers}) if consumers else ():
-            for c in consumers:
-                node, w = by_name[c], arrays[by_name[c].input[1]]
-                picks = sample_positions(shapes[node.output[0]][2:], options.positions, rng)
-                cols = im2col(values[node.input[0]], node, w.shape, picks)
-                flat = w.reshape(w.shape[0], -1).astype(np.float64)
-                b = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-                eqs.setdefault(c, _NormalEquations(flat.shape[1], flat.shape[0])).add(cols, cols @ flat.T + b)
-        energy = sum(eq.energy() for eq in eqs.values())
-        total_score = sum(g.score for g in fam.groups) or 1.0
-        proxy: list[float] = []
-        refits_of: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
-        for step in range(len(fam.kept)):
-            chosen = fam.groups[: fam.removed(step)]
-            refits, residual = {}, 0.0
-            for c, eq in eqs.items():
-                node, w = by_name[c], arrays[by_name[c].input[1]]
-                drop = [u.index for grp in chosen for u in grp.uses if u.node == c and u.role == "consumer"]
-                keep = _columns(w.shape[1], drop, w.shape[2] * w.shape[3])
-                prior = w.reshape(w.shape[0], -1)[:, keep].astype(np.float64)
-                if options.repair:
-                    refits[c] = eq.solve(keep, prior, options.ridge)
-                    residual += _residual(eq, keep, *refits[c])
-                else:
-                    bias = arrays[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
-                    residual += _residual(eq, keep, prior, np.broadcast_to(bias, (w.shape[0],)).astype(np.float64))
-            refits_of.append(refits if options.repair else {})
-            proxy.append(max(residual, 0.0) / energy if energy > 0 else sum(g.score for g in chosen) / total_score)
-        measured = {}
-        for step in _anchors(len(fam.kept), options.anchors):
-            candidate = _remove(model, fam.groups[: fam.removed(step)], stats, refits_of[step], shapes).model
-            measured[step] = 1.0 - compare(reference, run_model(candidate, feeds), head).metric
-            cost.whole_model_runs += 1
-        fam.losses = _interpolate(proxy, measured)
-        eta.step(done)
+    done = 0
+    for batch in batches:
+        cost.activation_passes += 1
+        shared = _normal_equations(g, feeds, sorted({c for fi in batch for c in consumers_of[fi]}), options)
+        for fi in batch:
+            fam, eqs = families[fi], {c: shared[c] for c in consumers_of[fi]}
+            fam.losses = _family_losses(g, fam, eqs, stats, reference, feeds, options, head, cost)
+            done += 1
+            eta.step(done)
     cost.seconds = round(time.perf_counter() - started, 2)
     return cost
+
+
+_EQS_BYTES = 256 * 1024 * 1024  # normal equations held at once: families share an activation pass up to this
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """A model with its nodes by name, initializers as arrays and tensor shapes, read once."""
+
+    model: onnx.ModelProto
+    nodes: Mapping[str, onnx.NodeProto]
+    arrays: Mapping[str, np.ndarray]
+    shapes: Mapping[str, list[int]]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> _Graph:
+        arrays = {name: numpy_helper.to_array(t) for name, t in initializers(model.graph).items()}
+        return cls(model, {n.name: n for n in model.graph.node}, arrays, _shapes(model))
+
+    def weight(self, node: str) -> np.ndarray:
+        return self.arrays[self.nodes[node].input[1]]
+
+    def bias(self, node: str) -> np.ndarray | float:
+        n = self.nodes[node]
+        return self.arrays[n.input[2]].astype(np.float64) if len(n.input) > 2 and n.input[2] else 0.0
+
+
+def _refit_consumers(fam: _Family, g: _Graph) -> list[str]:
+    """The family's consumers the least-squares refit (and the local error) knows how to unfold: plain convs."""
+    consumers = sorted({u.node for grp in fam.groups for u in grp.uses if u.role == "consumer"})
+    return [c for c in consumers if plain_conv(g.nodes[c], g.weight(c))]
+
+
+def _batches(consumers_of: Sequence[Sequence[str]], g: _Graph, limit: int) -> list[list[int]]:
+    """Families in order, grouped so that one batch's normal equations (X^T X of every consumer) fit in `limit`
+    bytes; a family larger than that is a batch of its own."""
+    out: list[list[int]] = []
+    used, seen = limit + 1, set[str]()
+    for fi, consumers in enumerate(consumers_of):
+        size = 0
+        for c in consumers:
+            if c not in seen:
+                w = g.weight(c)
+                size += 8 * (w[0].size ** 2 + w[0].size * w.shape[0])
+        if out and used + size <= limit:
+            out[-1].append(fi)
+            used += size
+        else:
+            out.append([fi])
+            used, seen = size, set()
+        seen.update(consumers)
+    return out
+
+
+def _normal_equations(
+    g: _Graph, feeds: Sequence[Feed], consumers: Sequence[str], options: PruneOptions
+) -> dict[str, _NormalEquations]:
+    """Each consumer conv's normal equations over the frames, in one activation pass (a generator per consumer,
+    seeded alike: the sampled positions do not depend on which consumers share the pass)."""
+    if not consumers:
+        return {}
+    rngs = {c: np.random.default_rng(0) for c in consumers}
+    eqs: dict[str, _NormalEquations] = {}
+    for values in frames(g.model, feeds, {g.nodes[c].input[0] for c in consumers}):
+        for c in consumers:
+            node, w = g.nodes[c], g.weight(c)
+            picks = sample_positions(g.shapes[node.output[0]][2:], options.positions, rngs[c])
+            cols = im2col(values[node.input[0]], node, w.shape, picks)
+            flat = w.reshape(w.shape[0], -1).astype(np.float64)
+            eqs.setdefault(c, _NormalEquations(flat.shape[1], flat.shape[0])).add(cols, cols @ flat.T + g.bias(c))
+    return eqs
+
+
+def _family_losses(
+    g: _Graph,
+    fam: _Family,
+    eqs: Mapping[str, _NormalEquations],
+    stats: Mapping[str, _ChannelStats],
+    reference: Sequence[Outputs],
+    feeds: Sequence[Feed],
+    options: PruneOptions,
+    head: TaskHead | None,
+    cost: SensitivityCost,
+) -> list[float]:
+    """One family's loss per step: the local proxy at every step, the whole model at the anchors."""
+    energy = sum(eq.energy() for eq in eqs.values())
+    total_score = sum(g.score for g in fam.groups) or 1.0
+    proxy: list[float] = []
+    refits_of: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+    for step in range(len(fam.kept)):
+        chosen = fam.groups[: fam.removed(step)]
+        refits, residual = {}, 0.0
+        for c, eq in eqs.items():
+            w = g.weight(c)
+            drop = [u.index for grp in chosen for u in grp.uses if u.node == c and u.role == "consumer"]
+            keep = _columns(w.shape[1], drop, w.shape[2] * w.shape[3])
+            prior = w.reshape(w.shape[0], -1)[:, keep].astype(np.float64)
+            if options.repair:
+                refits[c] = eq.solve(keep, prior, options.ridge)
+                residual += _residual(eq, keep, *refits[c])
+            else:
+                bias = np.broadcast_to(g.bias(c), (w.shape[0],)).astype(np.float64)
+                residual += _residual(eq, keep, prior, bias)
+        refits_of.append(refits if options.repair else {})
+        proxy.append(max(residual, 0.0) / energy if energy > 0 else sum(g.score for g in chosen) / total_score)
+    measured = {}
+    for step in _anchors(len(fam.kept), options.anchors):
+        candidate = _remove(g.model, fam.groups[: fam.removed(step)], stats, refits_of[step], g.shapes).model
+        measured[step] = 1.0 - compare(reference, run_model(candidate, feeds), head).metric
+        cost.whole_model_runs += 1
+    return _interpolate(proxy, measured)
 
 
 def plan_pruning(

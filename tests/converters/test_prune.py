@@ -268,7 +268,7 @@ def test_a_local_error_from_the_sums_equals_the_error_on_the_samples() -> None:
 def test_interpolated_losses_pass_through_the_anchors_and_never_fall() -> None:
     from converters.prune import _anchors, _interpolate
 
-    assert _anchors(8, 2) == [4, 7] and _anchors(1, 2) == [0] and _anchors(2, 2) == [0, 1] and _anchors(5, 1) == [4]
+    assert _anchors(8, 2) == [0, 7] and _anchors(1, 2) == [0] and _anchors(8, 3) == [0, 4, 7] and _anchors(5, 1) == [4]
     losses = _interpolate([0.01, 0.02, 0.05, 0.04, 0.2], {2: 0.1, 4: 0.5})
     assert losses[2] == 0.1 and losses[4] == 0.5
     assert losses[0] == pytest.approx(0.02) and losses[1] == pytest.approx(0.04)  # on the line through (0, 0)
@@ -282,6 +282,7 @@ def test_sensitivity_costs_anchors_per_family_not_steps_times_frames() -> None:
     assert few.sensitivity.families == many.sensitivity.families == len(many.families) > 1
     assert many.sensitivity.steps > few.sensitivity.steps
     assert many.sensitivity.whole_model_runs == few.sensitivity.whole_model_runs <= 2 * len(many.families)
+    assert many.sensitivity.activation_passes == 1  # the families' normal equations fit in one pass together
     for fam in many.families:  # every step has a loss, and removing more never costs less
         assert len(fam.losses) == len(fam.kept) and fam.losses == sorted(fam.losses)
     _, report = prune_channels(model, _feeds(model, 8), PruneOptions(ratio=0.3, budget=Budget.FLOPS, channel_multiple=1,
