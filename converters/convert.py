@@ -307,6 +307,8 @@ def _verify(
         )
         if c.metric >= required:
             reason += f"; the figure itself clears it: more verify frames (now {c.samples}) narrow the bound"
+        if report.prune is not None and report.prune.used > 0:
+            reason += f"; a --prune-budget below {report.prune.used:.2f} removes less"
     report.verify = VerifyReport(
         DataInfo(verify.description, len(verify.feeds), verify.representative), c, required, not reason, reason
     )
