@@ -219,6 +219,7 @@ def main() -> None:
                 "unseen": _unseen(s, dirs[0], args.unseen_frames, args.unseen_seed),
             }  # fmt: skip
             results.append(row)
+            _write(args.out, runs, args.unseen_seed, results)  # after every subject: a long run stopped keeps its rows
             unseen = row["unseen"]
             print(f"  {s.runs[0]['headline']}", flush=True)
             print(f"  identical over {runs} runs: {row['identical']}; replay identical: {row['replay_identical']}; "
@@ -226,11 +227,15 @@ def main() -> None:
                   f"{unseen['metric'] if unseen else None} ({unseen['worst_class'] if unseen else '-'}; worst Dice "
                   f"{unseen['worst_dice'] if unseen else None}); "
                   f"{s.runs[0]['seconds']} s a run", flush=True)  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "cpu": zoo._cpu_name(), "python": platform.python_version(),
-            "runs": runs, "unseen_seed": args.unseen_seed}  # fmt: skip
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    _write(args.out, runs, args.unseen_seed, results)
     print(f"wrote {args.out}")
+
+
+def _write(out: Path, runs: int, unseen_seed: int, results: list[dict[str, Any]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "cpu": zoo._cpu_name(), "python": platform.python_version(),
+            "runs": runs, "unseen_seed": unseen_seed}  # fmt: skip
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
