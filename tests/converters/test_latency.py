@@ -46,7 +46,9 @@ def test_proposed_layers_leave_int8_only_if_the_whole_model_gets_faster() -> Non
     units = quantizable_nodes(model)
     _, feeds = _int8(model, units)
     keep, report = place_for_latency(model, lambda on: _int8(model, list(on))[0], units, feeds, rounds=5)
-    assert "conv_a" in report.proposed and "conv_b" not in report.proposed
+    slow = next(c for c in report.layers if c.node == "conv_a")
+    # the slow layer is proposed, or (on a machine too loaded to tell) undecided: never counted faster in INT8
+    assert ("conv_a" in report.proposed or slow.pays is None) and "conv_b" not in report.proposed
     assert report.int8_ms < report.fp32_ms
     # nested candidates, most INT8 first, FP32 last; a step to fewer INT8 layers, and INT8 over FP32, is taken only
     # when the whole interval of the time ratio clears the gain (a tie keeps the safer side)
