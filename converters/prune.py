@@ -940,7 +940,7 @@ def _sensitivity(
     7 MB detector). Instead each step gets a local proxy, the relative error it leaves in its consumers' outputs
     after the least-squares refit (exact sums from the normal equations, no activations kept; without plain-conv
     consumers, the removed share of the family's importance), and the whole model is run at `anchors` steps only
-    (the most aggressive first); the other steps are interpolated in the proxy. The allocation needs the ranking
+    (the least and the most aggressive); the other steps are interpolated in the proxy. The allocation needs the ranking
     and the rough size of each loss; the gate then judges every pruned model for real."""
     started = time.perf_counter()
     reference = run_model(model, feeds)

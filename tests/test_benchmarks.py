@@ -13,6 +13,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _smoke(script: str, tmp_path: Path, out_flag: str, out: Path) -> None:
+    """A benchmark's --smoke run with its cache under tmp_path, writing its JSON to `out`."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--smoke", "--cache", str(tmp_path / "cache"), out_flag,
+         str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
+    )  # fmt: skip
+
+
 def test_demo_model_speed_smoke(tmp_path: Path) -> None:
     out = tmp_path / "speed.json"
     subprocess.run(
@@ -36,11 +45,7 @@ def test_fp16_accuracy_smoke(tmp_path: Path) -> None:
 
 def test_pruning_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "pruning.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "pruning.py"), "--smoke", "--cache", str(tmp_path / "cache"),
-         "--json", str(out)],
-        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
-    )  # fmt: skip
+    _smoke("pruning.py", tmp_path, "--json", out)
     model = json.loads(out.read_text())["models"][0]
     assert {r["variant"] for r in model["curve"]} == {"repair_0.20", "bias_0.20"}
     assert all(r["speedup"] > 0 and 0 < r["flops_ratio"] < 1 for r in model["curve"])
@@ -172,11 +177,7 @@ def test_imagezmq_ingest_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_reproducibility_smoke(tmp_path: Path) -> None:
     out = tmp_path / "repro.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "reproducibility.py"), "--smoke", "--cache", str(tmp_path / "cache"),
-         "--out", str(out)],
-        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
-    )  # fmt: skip
+    _smoke("reproducibility.py", tmp_path, "--out", out)
     rows = json.loads(out.read_text())["results"]
     assert [r["subject"] for r in rows] == ["tiny-int8", "tiny-prune"]
     for r in rows:  # the same command in fresh processes, and the plan replayed: the same bytes
@@ -186,11 +187,7 @@ def test_reproducibility_smoke(tmp_path: Path) -> None:
 
 def test_conversion_cost_smoke(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "conversion_cost.py"), "--smoke", "--cache", str(tmp_path / "cache"),
-         "--out", str(out)],
-        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300,
-    )  # fmt: skip
+    _smoke("conversion_cost.py", tmp_path, "--out", out)
     (row,) = json.loads(out.read_text())["results"]
     assert row["fp16"]["exit"] == 0 and row["fp16"]["peak_rss_mib"] > row["model_mib"]
     assert row["activations_one_frame_mib"] > 0
