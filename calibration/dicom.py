@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import encapsulate, generate_frames, get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.processing import apply_color_lut, convert_color_space
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     UID,
@@ -45,7 +45,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from calibration.preprocessing import Color, DicomOutput
+from calibration.codestream import CodestreamError, declared_size
+from calibration.preprocessing import Color, DicomOutput, ImageLimits
 from edge_runtime.errors import EdgertError
 
 log = logging.getLogger("edgert.dicom")
@@ -57,10 +58,15 @@ DECODERS_EXTRA = "pip install 'edgert[dicom]'"
 _CM_UNITS = 3  # Physical Units X/Y Direction code for centimetres in ultrasound regions
 _FLOAT_PIXELS = ("FloatPixelData", "DoubleFloatPixelData")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_COLOR_ROWS = 256  # YBR is converted to RGB this many rows at a time: the float copy stays a sliver of the frame
 
 
 class DicomError(EdgertError, ValueError):
     """A DICOM file that cannot be read or shown; the message names the file and the reason."""
+
+
+class DicomSizeError(DicomError):
+    """A frame whose codestream declares another size than the header: the file is refused, not just the frame."""
 
 
 def _safe(text: str) -> str:
@@ -298,14 +304,17 @@ def _check_decoder(path: Path, syntax: UID) -> None:
         )
 
 
-def read_info(path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8) -> tuple[DicomInfo, Dataset]:
-    """Parse the header, check that the image can be shown as `output`, and salvage a truncated file's whole frames."""
+def read_info(
+    path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8, limits: ImageLimits = ImageLimits()
+) -> tuple[DicomInfo, Dataset]:
+    """Parse the header, check that the image can be shown as `output` and fits `limits` (Rows, Columns, frames,
+    and the first frame's own codestream), and salvage a truncated file's whole frames."""
     path = Path(path)
     with _reported_warnings(path):
-        return _read_info(path, output)
+        return _read_info(path, output, limits)
 
 
-def _read_info(path: Path, output: DicomOutput) -> tuple[DicomInfo, Dataset]:
+def _read_info(path: Path, output: DicomOutput, limits: ImageLimits) -> tuple[DicomInfo, Dataset]:
     ds, truncated = _read_dataset(path)
     if "PixelData" not in ds and not any(k in ds for k in _FLOAT_PIXELS):
         # pydicom drops compressed pixel data that the file's end cuts short: its frames may still be salvaged
@@ -352,6 +361,13 @@ def _read_info(path: Path, output: DicomOutput) -> tuple[DicomInfo, Dataset]:
         info.photometric.startswith("YBR_")
     ):
         raise DicomError(f"{path}: photometric interpretation {info.photometric} is not supported")
+    # Every size is checked before anything is decoded: a decoder allocates what the header claims.
+    too_big = limits.refuse(info.columns, info.rows, info.frames)
+    if too_big:
+        raise DicomError(f"{path}: Columns x Rows {info.columns}x{info.rows}, {info.frames} frame(s): {too_big}")
+    samples = ds.get("SamplesPerPixel", 1)
+    if samples not in (1, 3) or bits_allocated > 64:
+        raise DicomError(f"{path}: {samples} samples per pixel of {bits_allocated} bits is not an image we show")
     is_float = any(k in ds for k in _FLOAT_PIXELS)
     if output is DicomOutput.STORED and info.color is Color.GRAY and (info.signed or is_float or info.bits_stored > 16):
         kind = "float" if is_float else f"{'signed' if info.signed else 'unsigned'} {info.bits_stored}-bit"
@@ -360,7 +376,26 @@ def _read_info(path: Path, output: DicomOutput) -> tuple[DicomInfo, Dataset]:
         )
     _check_decoder(path, syntax)
     frames = _playable_frames(path, ds, info.frames)
-    return dataclasses.replace(info, frames=frames), ds
+    info = dataclasses.replace(info, frames=frames)
+    if syntax.is_encapsulated:
+        _check_codestream(info, ds, 0)  # a file whose first frame lies about its size is refused before decoding
+    return info, ds
+
+
+def _check_codestream(info: DicomInfo, ds: Dataset, index: int) -> None:
+    """The frame's codestream must declare the size the header does (a decoder allocates what it declares)."""
+    try:
+        data = get_frame(ds.PixelData, index, number_of_frames=info.frames)
+        declared = declared_size(data)
+    except CodestreamError as exc:
+        raise DicomError(f"{info.path}: frame {index + 1}: {exc}") from None
+    except Exception as exc:  # pydicom's fragment reader on broken items
+        raise DicomError(f"{info.path}: frame {index + 1}: cannot read its fragments ({_safe(str(exc))})") from None
+    if declared is not None and declared != (info.columns, info.rows):
+        raise DicomSizeError(
+            f"{info.path}: frame {index + 1}'s codestream declares {declared[0]}x{declared[1]} pixels but Columns x "
+            f"Rows are {info.columns}x{info.rows}: refused before decoding"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,9 +556,19 @@ class _Renderer:
             raise DicomError(f"{self.info.path}: invalid grayscale transform ({_safe(str(exc))})") from None
 
     def decode(self, index: int) -> tuple[np.ndarray, str]:
-        """The frame's pixels and the photometric interpretation they are in (decoders convert YBR to RGB)."""
-        arr, changes = self.decoder.as_array(self.ds, index=index, as_rgb=True)  # type: ignore[arg-type]  # pydicom types **kwargs as one DecodeOptions
-        return arr, str(changes.get("photometric_interpretation", self.info.photometric))
+        """The frame's pixels and the photometric interpretation they are in (YBR comes back as RGB)."""
+        if self.ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            _check_codestream(self.info, self.ds, index)
+        # as_rgb=False: pydicom converts a whole frame through float64 (8x the frame); we convert in slices
+        arr, changes = self.decoder.as_array(self.ds, index=index, as_rgb=False)  # type: ignore[arg-type]  # pydicom types **kwargs as one DecodeOptions
+        photometric = str(changes.get("photometric_interpretation", self.info.photometric))
+        if photometric in ("YBR_FULL", "YBR_FULL_422") and arr.ndim == 3:
+            arr = np.require(arr, requirements=["W"])
+            for top in range(0, arr.shape[0], _COLOR_ROWS):
+                rows = arr[top : top + _COLOR_ROWS]
+                rows[...] = convert_color_space(rows, "YBR_FULL", "RGB")
+            photometric = "RGB"
+        return arr, photometric
 
     # -- range for frames without a VOI transform: one for the whole object
     def _declared_range(self) -> tuple[float, float] | None:
@@ -616,14 +661,14 @@ def _quantize(unit: np.ndarray, output: DicomOutput) -> np.ndarray:
 
 
 def iter_dicom_frames(
-    path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8
+    path: str | Path, output: DicomOutput = DicomOutput.DISPLAY8, limits: ImageLimits = ImageLimits()
 ) -> tuple[DicomInfo, Iterator[np.ndarray]]:
     """Header info now, rendered frames lazily (one decoded frame in memory at a time).
 
     A frame that fails to decode or render is skipped with one warning naming the file and the frame; the file
     fails (DicomError) only if no frame at all could be shown.
     """
-    info, ds = read_info(path, output)
+    info, ds = read_info(path, output, limits)
     renderer = _Renderer(info, ds, output)
 
     def frames() -> Iterator[np.ndarray]:
@@ -632,6 +677,8 @@ def iter_dicom_frames(
             try:
                 with _reported_warnings(info.path):
                     frame = renderer.render(index)
+            except DicomSizeError:
+                raise
             except DicomError as exc:
                 reason = str(exc).removeprefix(f"{info.path}: ")
             except Exception as exc:  # decoder plugins raise their own types

@@ -56,6 +56,30 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as scanners
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """The largest image anything here decodes, checked on what a file *says* before a pixel is allocated: a DICOM
+    header's Rows, Columns and frame count and each compressed frame's own codestream, an image file's header, a
+    video stream's size, an array's header. The daemon's `[limits]` are these (plus its message bounds), so a frame
+    `convert` or `replay` reads is one the daemon would take."""
+
+    max_width: int = 8192
+    max_height: int = 8192
+    max_frames: int = 100_000  # of one file (a cine); frames are decoded one at a time
+
+    def __post_init__(self) -> None:
+        if min(self.max_width, self.max_height, self.max_frames) <= 0:
+            raise ValueError("limits: max_width, max_height and max_frames must be positive")
+
+    def refuse(self, width: int, height: int, frames: int = 1) -> str | None:
+        """Why an image of this size may not be decoded, or None."""
+        if width > self.max_width or height > self.max_height:
+            return f"{width}x{height} pixels is over the limit of {self.max_width}x{self.max_height}"
+        if frames > self.max_frames:
+            return f"{frames} frames is over the limit of {self.max_frames}"
+        return None
+
+
+@dataclass(frozen=True)
 class PreprocessSpec:
     """How a model wants its input; read from the model card's `preprocessing` and `input` sections."""
 

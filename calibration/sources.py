@@ -14,16 +14,18 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
 from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy
-from calibration.preprocessing import Color, DicomOutput
+from calibration.preprocessing import Color, DicomOutput, ImageLimits
 from calibration.synthetic import SyntheticUltrasound
 from edge_runtime.errors import EdgertError
 
@@ -110,9 +112,12 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 NUMPY_SUFFIXES = {".npy", ".npz"}
 
 
-def _image_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
+def _image_frames(path: Path, limits: ImageLimits) -> Iterator[tuple[np.ndarray, Color]]:
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            too_big = limits.refuse(*img.size, getattr(img, "n_frames", 1))
+            if too_big:
+                raise SourceError(f"{path}: {too_big}; refused before decoding")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 yield np.clip(np.asarray(img), 0, 65535).astype(np.uint16), Color.GRAY
@@ -120,14 +125,24 @@ def _image_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
                 yield np.asarray(img, np.uint8), Color.GRAY
             else:
                 yield np.asarray(img.convert("RGB"), np.uint8), Color.RGB
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise SourceError(f"{path}: cannot decode image ({exc.__class__.__name__}: {exc})") from None
+
+
+def _check_array(shape: tuple[int, ...], dtype: np.dtype[Any], where: str, limits: ImageLimits) -> None:
+    """An array's header, before its data is read: frames of a known type and within the limits."""
+    if dtype not in (np.uint8, np.uint16, np.float32):
+        raise SourceError(f"{where}: frames must be uint8, uint16 or float32 in [0, 1], not {dtype}")
+    frames = shape if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 3) else shape[1:]
+    if len(frames) not in (2, 3) or len(shape) > 4:
+        raise SourceError(f"{where}: cannot read frames from an array of shape {shape}")
+    too_big = limits.refuse(frames[1], frames[0], shape[0] if len(shape) > len(frames) else 1)
+    if too_big:
+        raise SourceError(f"{where}: an array of shape {shape}: {too_big}")
 
 
 def _array_frames(array: np.ndarray, where: str) -> Iterator[tuple[np.ndarray, Color]]:
     """(H, W) -> one gray frame; (H, W, 3) -> one RGB frame; (N, H, W) and (N, H, W, 3) -> N frames."""
-    if array.dtype not in (np.uint8, np.uint16, np.float32):
-        raise SourceError(f"{where}: frames must be uint8, uint16 or float32 in [0, 1], not {array.dtype}")
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3):
         array = array[None]
     if array.ndim == 3:
@@ -138,19 +153,33 @@ def _array_frames(array: np.ndarray, where: str) -> Iterator[tuple[np.ndarray, C
         raise SourceError(f"{where}: cannot read frames from an array of shape {array.shape}")
 
 
-def _numpy_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _fortran, dtype = read(f)
+    return tuple(shape), dtype
+
+
+def _numpy_frames(path: Path, limits: ImageLimits) -> Iterator[tuple[np.ndarray, Color]]:
+    """Each array's header is checked before its data is read (or, in a .npz, decompressed)."""
     try:
         if path.suffix == ".npy":
+            with path.open("rb") as f:
+                _check_array(*_npy_header(f), str(path), limits)
             yield from _array_frames(np.load(path, allow_pickle=False), str(path))
             return
-        with np.load(path, allow_pickle=False) as archive:
+        with zipfile.ZipFile(path) as zf, np.load(path, allow_pickle=False) as archive:
             for key in sorted(archive.files):
+                with zf.open(f"{key}.npy") as member:
+                    _check_array(*_npy_header(member), f"{path}[{key}]", limits)
                 yield from _array_frames(archive[key], f"{path}[{key}]")
-    except (ValueError, OSError, EOFError) as exc:  # pickled object arrays are refused too
+    except SourceError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # pickled arrays are refused too
         raise SourceError(f"{path}: cannot load array ({exc})") from None
 
 
-def _video_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
+def _video_frames(path: Path, limits: ImageLimits) -> Iterator[tuple[np.ndarray, Color]]:
     try:
         import av
     except ImportError:
@@ -159,6 +188,10 @@ def _video_frames(path: Path) -> Iterator[tuple[np.ndarray, Color]]:
         ) from None
     try:
         with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            too_big = limits.refuse(stream.codec_context.width, stream.codec_context.height, stream.frames or 1)
+            if too_big:
+                raise SourceError(f"{path}: the video stream is {too_big}; refused before decoding")
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24"), Color.RGB
     except av.FFmpegError as exc:
@@ -179,9 +212,12 @@ def _video_interval(path: Path) -> float | None:
 class PathSource(FrameSource):
     """A file (DICOM, image, video, array) or a folder of them, read in name order."""
 
-    def __init__(self, path: Path, dicom_output: DicomOutput = DicomOutput.DISPLAY8) -> None:
+    def __init__(
+        self, path: Path, dicom_output: DicomOutput = DicomOutput.DISPLAY8, limits: ImageLimits = ImageLimits()
+    ) -> None:
         self.path = path
         self.dicom_output = dicom_output
+        self.limits = limits
         if path.is_dir():
             self.files = sorted(p for p in path.rglob("*") if p.is_file())
             if not self.files:
@@ -191,7 +227,7 @@ class PathSource(FrameSource):
             self.files = [path]
             kind = self._kind(path)
             if kind == "dicom":
-                read_info(path, dicom_output)  # fail now, with the file's name, if it cannot be replayed
+                read_info(path, dicom_output, limits)  # fail now, with the file's name, if it cannot be replayed
             self.description = f"{kind} file"
 
     @staticmethod
@@ -208,7 +244,7 @@ class PathSource(FrameSource):
     def _file_frames(self, file: Path) -> Iterator[SourceFrame]:
         kind = self._kind(file)
         if kind == "dicom":
-            info, frames = iter_dicom_frames(file, self.dicom_output)
+            info, frames = iter_dicom_frames(file, self.dicom_output, self.limits)
             interval = info.frame_time_ms / 1000.0 if info.frame_time_ms else None
             meta: dict[str, object] = {"source": "dicom", "modality": info.modality, "frames": info.frames}
             for i, pixels in enumerate(frames):
@@ -216,7 +252,7 @@ class PathSource(FrameSource):
             return
         readers = {"image": _image_frames, "video": _video_frames, "array": _numpy_frames}
         interval = _video_interval(file) if kind == "video" else None
-        for i, (pixels, color) in enumerate(readers[kind](file)):
+        for i, (pixels, color) in enumerate(readers[kind](file, self.limits)):
             yield SourceFrame(pixels, color, None, interval, {"source": kind, "frame": i})
 
     def __iter__(self) -> Iterator[SourceFrame]:
@@ -401,13 +437,15 @@ def _synthetic_source(options: dict[str, int | float | str]) -> SyntheticSource:
         raise SourceError(str(exc)) from None
 
 
-def open_source(spec: str, dicom_output: DicomOutput = DicomOutput.DISPLAY8) -> FrameSource:
-    """A source from its name: a path (file or folder), `synthetic[:options]` or `synthetic-endoscopy[:options]`. DICOM images in it are rendered
-    as `dicom_output` says."""
+def open_source(
+    spec: str, dicom_output: DicomOutput = DicomOutput.DISPLAY8, limits: ImageLimits = ImageLimits()
+) -> FrameSource:
+    """A source from its name: a path (file or folder), `synthetic[:options]` or `synthetic-endoscopy[:options]`.
+    DICOM images in it are rendered as `dicom_output` says; no file is decoded past `limits`."""
     kind = _synthetic_kind(spec)
     if kind:
         return _synthetic_source({**dict(_synthetic_options(spec.partition(":")[2], kind)), "kind": kind})
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"{spec}: no such file or folder (or use 'synthetic' or 'synthetic-endoscopy')")
-    return PathSource(path, dicom_output)
+    return PathSource(path, dicom_output, limits)

@@ -242,15 +242,21 @@ def _package(args: argparse.Namespace, out: Output) -> int:
 # -- replay and demo ----------------------------------------------------------------------------------------------
 def _replay(args: argparse.Namespace, out: Output) -> int:
     from calibration.sources import open_source
+    from edge_runtime.protocol import Limits
     from edge_runtime.replay import replay
     from edge_runtime.sender import FrameSender
 
-    source = open_source(args.source, DicomOutput(args.dicom))
+    limits = Limits()
+    if args.config is not None:
+        from edge_runtime.daemon.config import load_config
+
+        limits = load_config(args.config).limits
+    source = open_source(args.source, DicomOutput(args.dicom), limits.image)
     out.progress(f"replaying {source.description} to {args.to}" + (" (looping)" if args.loop else ""))
     started = time.perf_counter()
     sender = FrameSender(args.to, stream_id=args.stream_id, keys=_client_keys(args))
     try:
-        stats = replay(source, sender, fps=args.fps, loop=args.loop, max_frames=args.frames)
+        stats = replay(source, sender, fps=args.fps, loop=args.loop, max_frames=args.frames, limits=limits)
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
     finally:
@@ -877,6 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="start again at the end")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--stream-id", type=int, default=0)
+    p.add_argument("--config", type=Path, metavar="DAEMON_TOML",
+                   help="the daemon's config: no frame over its [limits] is decoded or sent (default: the defaults)")  # fmt: skip
     _dicom_argument(p)
     _key_arguments(p)
     _json_argument(p, "the replay counts")

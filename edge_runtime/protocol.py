@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from calibration.preprocessing import scale_labels
+from calibration.preprocessing import ImageLimits, scale_labels
 from edge_runtime.errors import EdgertError, FrameError
 
 MAGIC = b"EDGR"
@@ -161,11 +161,26 @@ class ProtocolError(EdgertError, ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds a reader enforces before it touches pixel data."""
+    """Bounds a reader enforces before it touches pixel data (the daemon's `[limits]`): frames on the wire, images
+    and cines read from files (`image`), and model packages (an archive is unpacked within `max_package_bytes` and
+    `max_package_members`; a card's input is at most max_width x max_height)."""
 
     max_width: int = 8192
     max_height: int = 8192
     max_meta_bytes: int = MAX_META_BYTES
+    max_frames: int = 100_000  # of one file read by replay or convert
+    max_package_bytes: int = 1 << 30  # unpacked, all members together
+    max_package_members: int = 64
+
+    def __post_init__(self) -> None:
+        fields = ("max_width", "max_height", "max_meta_bytes", "max_frames", "max_package_bytes", "max_package_members")
+        bad = [f for f in fields if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0]
+        if bad:
+            raise ValueError(f"limits: {', '.join(bad)} must be positive integers")
+
+    @property
+    def image(self) -> ImageLimits:
+        return ImageLimits(self.max_width, self.max_height, self.max_frames)
 
 
 @dataclass(frozen=True)

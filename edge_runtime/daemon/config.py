@@ -6,6 +6,7 @@ file and the key.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import sys
 from collections.abc import Mapping
@@ -205,9 +206,6 @@ class DaemonConfig:
             raise ConfigError("model.threads, model.warmup and model.device must be >= 0")
         if (self.server_key is None) != (self.authorized_clients is None):
             raise ConfigError("security.server_key and security.authorized_clients go together")
-        lim = self.limits
-        if min(lim.max_width, lim.max_height, lim.max_meta_bytes) <= 0:
-            raise ConfigError("limits: max_width, max_height and max_meta_bytes must be positive")
 
     @property
     def max_message_bytes(self) -> int:
@@ -232,7 +230,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "heartbeat": {"interval_ms": int},
     "watchdog": {"inference_deadline_ms": int},
     "metrics": {"endpoint": str},
-    "limits": {"max_width": int, "max_height": int, "max_meta_bytes": int},
+    "limits": {f.name: int for f in dataclasses.fields(Limits)},
     "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int},
     "security": {"server_key": str, "authorized_clients": str},
     "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
@@ -302,7 +300,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             metrics_endpoint=data.get("metrics", {}).get("endpoint"),
             server_key=_path(data.get("security", {}).get("server_key"), base_dir),
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
-            limits=Limits(**{k: limits[k] for k in ("max_width", "max_height", "max_meta_bytes") if k in limits}),
+            limits=Limits(**limits),
             streams=StreamLimits(**data.get("streams", {})),
             tracker=_tracker(data.get("tracker", {})),
             tracker_enabled=data.get("tracker", {}).get("enabled"),
