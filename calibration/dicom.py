@@ -47,7 +47,7 @@ from pydicom.uid import (
 
 from calibration.codestream import CodestreamError, declared_size
 from calibration.preprocessing import Color, DicomOutput, ImageLimits
-from edge_runtime.errors import EdgertError
+from edge_runtime.errors import EdgertError, escaped
 
 log = logging.getLogger("edgert.dicom")
 # pydicom sends every warning both to `warnings` and to its logger, and logs decoder failures with tracebacks. We
@@ -83,7 +83,7 @@ def _reported_warnings(path: Path) -> Iterator[None]:
             yield
         finally:  # also when the file is refused: the warnings may say why
             for message in dict.fromkeys(_safe(str(w.message).replace(f" in file {path}", "")) for w in caught):
-                log.warning("%s: %s", path, message)
+                log.warning("%s: %s", escaped(path), escaped(message, 500))
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _read_forced(path: Path) -> Dataset:
         ds = Dataset()
     if not _looks_like_dicom(ds):
         raise DicomError(f"{path}: not a DICOM file (no DICM preamble, and its content is not a DICOM data set)")
-    log.info("%s: no DICOM preamble; read as a bare data set", path)
+    log.info("%s: no DICOM preamble; read as a bare data set", escaped(path))
     return ds
 
 
@@ -289,7 +289,7 @@ def _playable_frames(path: Path, ds: Dataset, frames: int) -> int:
     else:
         return frames  # float pixel data: checked by the decoder
     if played < frames:
-        log.warning("%s: truncated: %d of %d frames are whole; playing those", path, played, frames)
+        log.warning("%s: truncated: %d of %d frames are whole; playing those", escaped(path), played, frames)
     return played
 
 
@@ -342,7 +342,7 @@ def _read_info(path: Path, output: DicomOutput, limits: ImageLimits) -> tuple[Di
     try:
         spacing, frame_time = _spacing_mm(ds), _frame_time_ms(ds)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError):
-        log.warning("%s: invalid pixel spacing or frame timing attributes; ignored", path)
+        log.warning("%s: invalid pixel spacing or frame timing attributes; ignored", escaped(path))
         spacing, frame_time = None, None
     info = DicomInfo(
         path=path,
@@ -690,7 +690,7 @@ def iter_dicom_frames(
             first_error = first_error or reason
             if info.frames == 1:
                 break
-            log.warning("%s: frame %d of %d skipped: %s", info.path, index + 1, info.frames, reason)
+            log.warning("%s: frame %d of %d skipped: %s", escaped(info.path), index + 1, info.frames, escaped(reason))
         if shown == 0:
             raise DicomError(f"{info.path}: {first_error}")
 

@@ -27,7 +27,7 @@ from calibration.dicom import DicomError, iter_dicom_frames, read_info
 from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy
 from calibration.preprocessing import Color, DicomOutput, ImageLimits
 from calibration.synthetic import SyntheticUltrasound
-from edge_runtime.errors import EdgertError
+from edge_runtime.errors import EdgertError, escaped
 
 log = logging.getLogger("edgert.sources")
 
@@ -265,7 +265,7 @@ class PathSource(FrameSource):
             except (DicomError, SourceError) as exc:
                 if not self.path.is_dir():
                     raise
-                log.warning("skipped %s", exc)
+                log.warning("skipped %s", escaped(exc, 1000))
         if usable == 0:
             raise SourceError(f"{self.path}: no readable frames")
 

@@ -27,7 +27,7 @@ from calibration.preprocessing import DicomOutput
 from edge_runtime import __version__
 from edge_runtime.backends.base import Spin
 from edge_runtime.backends.sessions import CpuSetup
-from edge_runtime.errors import EdgertError
+from edge_runtime.errors import EdgertError, escaped
 
 log = logging.getLogger("edgert")
 
@@ -41,6 +41,7 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130
 
 
+ERROR_CHARS = 4000  # an error is one line: long enough for any of ours, escaped so no file name breaks it
 EXIT_CODES_HELP = (
     "exit status: 0 ok, 1 error, 2 usage error, 3 accuracy gate failed (convert, compare --tolerance, bench with a "
     "conversion), 4 audit chain broken (audit verify)"
@@ -222,20 +223,22 @@ def _audit(args: argparse.Namespace, out: Output) -> int:
 
 
 def _package(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.package import demo_package_path, load_package
+    from edge_runtime.package import CARD_FILE, demo_package_path, open_package
 
-    pkg = load_package(args.package or demo_package_path())
-    card = pkg.card
+    with open_package(args.package or demo_package_path()) as pkg:  # an archive's folder is gone after
+        card = pkg.card
+        raw_card = json.loads((pkg.root / CARD_FILE).read_text())
     spec = card.preprocess
+    where = args.package or pkg.root
+    onnx_file = pkg.onnx_path if Path(where).is_dir() else f"{where}: model.onnx"
     out.say(f"{card.name} {card.version} ({card.task.label}) - valid")
-    out.say(f"  onnx      {pkg.onnx_path} sha256 {pkg.sha256}")
+    out.say(f"  onnx      {onnx_file} sha256 {pkg.sha256}")
     out.say(f"  input     '{card.input_name}' {list(spec.input_shape)} {spec.layout.value}, color {spec.color.value}, "
             f"resize {spec.resize.value}, mean {list(spec.mean)} std {list(spec.std)}")  # fmt: skip
     out.say(f"  output    '{card.output.name}' {card.output.decode.value} over {list(card.output.labels)}")
     if card.metrics:
         out.say(f"  metrics   {json.dumps(card.metrics)}")
-    out.result({"valid": True, "path": str(pkg.root), "sha256": pkg.sha256, "card": json.loads(
-        (pkg.root / "model.json").read_text())})  # fmt: skip
+    out.result({"valid": True, "path": str(where), "sha256": pkg.sha256, "card": raw_card})
     return ExitCode.OK
 
 
@@ -1071,12 +1074,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args, Output(args)))
     except UsageError as exc:
-        print(f"{name}: usage error: {exc}", file=sys.stderr)
+        print(f"{name}: usage error: {escaped(exc, ERROR_CHARS)}", file=sys.stderr)
         return ExitCode.USAGE
     except (EdgertError, ValueError) as exc:  # expected failures and rejected options: one line, no traceback
         if _verbosity(args) >= 2:
             log.debug("traceback", exc_info=True)
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {escaped(exc, ERROR_CHARS)}", file=sys.stderr)  # one line, whatever a name held
         return ExitCode.ERROR
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)

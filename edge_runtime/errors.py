@@ -28,3 +28,14 @@ class DaemonUnavailable(EdgertError):
 
 class ControlError(EdgertError):
     """The daemon answered a control request with an error (its message is the daemon's)."""
+
+
+def escaped(value: object, limit: int = 200) -> str:
+    """Text from outside (a client's bytes, a card's fields, a file name) made safe for one log or error line:
+    control characters, newlines included, become escapes (so nothing forges a line), non-ASCII becomes escapes
+    (so nothing hides in look-alikes), and it is cut to `limit` characters. The one rule every log uses."""
+    text = str(value)
+    cut = len(text) > limit
+    text = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return text + ("..." if cut else "")

@@ -6,6 +6,8 @@ really has the input and output the card describes, so a wrong model is refused 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import enum
 import hashlib
 import json
@@ -13,7 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +25,17 @@ import onnx
 
 from calibration.preprocessing import Color, DicomOutput, Layout, PreprocessSpec, ResizeMode
 from edge_runtime.errors import EdgertError
-from edge_runtime.protocol import ModelId, Task
+from edge_runtime.protocol import Limits, ModelId, Task
 
 CARD_SCHEMA = "edgert.model/1"
 ONNX_FILE = "model.onnx"
 CARD_FILE = "model.json"
+MAX_LABELS = 1000  # classes of one model
+MAX_LABEL_CHARS = 64  # a label is drawn on the surgeon's screen and copied into every result
+MAX_NAME_CHARS = 128  # name, version, tensor names
+MAX_DESCRIPTION_CHARS = 4096
+MAX_CARD_BYTES = 1 << 20  # model.json
+TEMP_PREFIX = "edgert-pkg-"  # an archive is unpacked into a folder of this name, removed when it is done with
 
 
 class PackageError(EdgertError, ValueError):
@@ -195,15 +203,31 @@ def _get(section: Mapping[str, Any], key: str, kind: type | tuple[type, ...], wh
     return value
 
 
+def _text(section: Mapping[str, Any], key: str, where: str, default: Any = ..., limit: int = MAX_NAME_CHARS) -> Any:
+    """A string field: printable (no newline or control character to forge a log line) and at most `limit` long."""
+    value = _get(section, key, str, where, default)
+    if isinstance(value, str):
+        _check_text(value, f"{where}.{key}", limit)
+    return value
+
+
+def _check_text(value: str, where: str, limit: int) -> None:
+    if len(value) > limit:
+        raise PackageError(f"{where}: {len(value)} characters, at most {limit}")
+    if not value.isprintable():
+        raise PackageError(f"{where}: holds a control character (newline, tab, escape...); only printable text")
+
+
 def _enum(enum_type: Any, value: str, where: str) -> Any:
     try:
         return enum_type(value)
     except ValueError:
-        raise PackageError(f"{where}: '{value}' is not one of {[e.value for e in enum_type]}") from None
+        raise PackageError(f"{where}: {str(value)[:40]!r} is not one of {[e.value for e in enum_type]}") from None
 
 
-def parse_input_card(data: Mapping[str, Any], where: str = CARD_FILE) -> InputCard:
-    """The input half of a card (any task, `raw` included), naming the first bad field."""
+def parse_input_card(data: Mapping[str, Any], where: str = CARD_FILE, limits: Limits = Limits()) -> InputCard:
+    """The input half of a card (any task, `raw` included), naming the first bad field; the input is at most
+    `limits`' largest frame (an input tensor is allocated for it at load)."""
     if not isinstance(data, Mapping):
         raise PackageError(f"{where}: must be a JSON object")
     schema = data.get("schema")
@@ -225,6 +249,10 @@ def parse_input_card(data: Mapping[str, Any], where: str = CARD_FILE) -> InputCa
         raise PackageError(
             f"{where}: input.shape has {channels} channel(s) but preprocessing.color '{color.value}' has {color.channels}"
         )
+    if width > limits.max_width or height > limits.max_height:
+        raise PackageError(
+            f"{where}.input.shape: {width}x{height} is over the limit of {limits.max_width}x{limits.max_height}"
+        )
     try:
         spec = PreprocessSpec(
             height=height,
@@ -242,20 +270,20 @@ def parse_input_card(data: Mapping[str, Any], where: str = CARD_FILE) -> InputCa
     except (ValueError, TypeError) as exc:
         raise PackageError(f"{where}.preprocessing: {exc}") from None
     return InputCard(
-        name=_get(data, "name", str, where),
-        version=_get(data, "version", str, where),
-        input_name=_get(inp, "name", str, f"{where}.input"),
+        name=_text(data, "name", where),
+        version=_text(data, "version", where),
+        input_name=_text(inp, "name", f"{where}.input"),
         preprocess=spec,
         dicom_output=_enum(
             DicomOutput, _get(pre, "dicom", str, f"{where}.preprocessing", "display8"), f"{where}.preprocessing.dicom"
         ),
-        data_source=_get(data, "data_source", str, where, None),
+        data_source=_text(data, "data_source", where, None),
     )
 
 
-def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
-    """Build a ModelCard from parsed JSON, naming the first bad field."""
-    inputs = parse_input_card(data, where)
+def parse_card(data: Mapping[str, Any], where: str = CARD_FILE, limits: Limits = Limits()) -> ModelCard:
+    """Build a ModelCard from parsed JSON, naming the first bad field. Every text is bounded and printable."""
+    inputs = parse_input_card(data, where, limits)
     task_name = _get(data, "task", str, where)
     if task_name == RAW_TASK:
         raise PackageError(
@@ -267,7 +295,14 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
     except ValueError as exc:
         raise PackageError(f"{where}.task: {exc}") from None
     out = _get(data, "output", dict, where)
-    labels = tuple(str(x) for x in _get(out, "labels", list, f"{where}.output"))
+    labels_raw = _get(out, "labels", list, f"{where}.output")
+    if len(labels_raw) > MAX_LABELS:
+        raise PackageError(f"{where}.output.labels: {len(labels_raw)} labels, at most {MAX_LABELS}")
+    if not all(isinstance(x, str) for x in labels_raw):
+        raise PackageError(f"{where}.output.labels: every label must be a string")
+    labels = tuple(labels_raw)
+    for i, label in enumerate(labels):
+        _check_text(label, f"{where}.output.labels[{i}]", MAX_LABEL_CHARS)
     colors_raw = _get(out, "colors", list, f"{where}.output")
     multi_label = bool(_get(out, "multi_label", bool, f"{where}.output", False))
     fewest = 1 if task is Task.DETECTION or (task is Task.CLASSIFICATION and multi_label) else 2
@@ -308,7 +343,7 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         input_name=inputs.input_name,
         preprocess=inputs.preprocess,
         output=OutputSpec(
-            name=_get(out, "name", str, f"{where}.output"),
+            name=_text(out, "name", f"{where}.output"),
             labels=labels,
             colors=colors,
             activation=activation,
@@ -323,7 +358,7 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE) -> ModelCard:
         ),
         onnx_sha256=sha,
         dicom_output=inputs.dicom_output,
-        description=str(data.get("description", "")),
+        description=_text(data, "description", where, "", MAX_DESCRIPTION_CHARS),
         metrics=data.get("metrics", {}) or {},
         data_source=inputs.data_source,
     )
@@ -346,7 +381,7 @@ def _count(section: Mapping[str, Any], key: str, where: str, default: int, least
 def _detection(out: Mapping[str, Any], where: str) -> DetectionSpec:
     layout = _enum(BoxLayout, _get(out, "layout", str, where), f"{where}.layout")
     default_format = "xyxy" if layout is BoxLayout.NMS else "cxcywh"
-    names: dict[str, str | None] = {key: _get(out, key, str, where, None) for key in ("scores", "classes", "count")}
+    names: dict[str, str | None] = {key: _text(out, key, where, None) for key in ("scores", "classes", "count")}
     if layout is BoxLayout.NMS and not (names["scores"] and names["classes"]):
         raise PackageError(f"{where}: layout 'nms' names its 'scores' and 'classes' outputs ('count' is optional)")
     if layout is not BoxLayout.NMS and any(names.values()):
@@ -410,7 +445,7 @@ def _classification(out: Mapping[str, Any], multi_label: bool, n_labels: int, wh
     if isinstance(saliency, dict):
         if _get(saliency, "method", str, f"{where}.saliency") != "cam":
             raise PackageError(f"{where}.saliency.method: only 'cam' (class activation map) is supported")
-        features = _get(saliency, "features", str, f"{where}.saliency")
+        features = _text(saliency, "features", f"{where}.saliency")
     elif saliency is None:
         features = None
         reason = "the card names no feature map for a class activation map"
@@ -610,47 +645,152 @@ def expose_cam_features(model: onnx.ModelProto, logits: str) -> str | None:
     return None
 
 
-def _extract(archive: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="edgert-pkg-"))
+def _unpack(archive: Path, target: Path, limits: Limits) -> None:
+    """Unpack to disk within the limits: the member count and the sizes the archive declares are checked first, and
+    every byte written is counted, so an archive that lies about its sizes stops at the budget too."""
+    budget = limits.max_package_bytes
+
+    def too_many(count: int) -> None:
+        if count > limits.max_package_members:
+            raise PackageError(f"{archive}: {count} members, more than the limit of {limits.max_package_members}")
+
+    def too_large(size: int) -> None:
+        if size > budget:
+            raise PackageError(
+                f"{archive}: unpacks to more than the limit of {budget} bytes ([limits] max_package_bytes)"
+            )
+
+    def copy(source: Any, dest: Path) -> int:
+        written = 0
+        with dest.open("wb") as out:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                too_large(written + copied)
+                out.write(chunk)
+        return written
+
+    copied = 0
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            too_many(len(members))
+            too_large(sum(m.file_size for m in members))
+            for member in members:
+                name = Path(member.filename)
+                if name.is_absolute() or ".." in name.parts:
+                    raise PackageError(f"{archive}: member {member.filename[:100]!r} points outside the package")
+                dest = target / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as source:
+                    copied += copy(source, dest)
+        return
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            count = 0
+            for member in tf:  # streamed: a tar's member list is only known by reading it
+                count += 1
+                too_many(count)
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise PackageError(f"{archive}: member {member.name[:100]!r} is not a regular file or folder")
+                safe = tarfile.data_filter(member, str(target))  # no absolute paths, no '..', sane modes
+                dest = target / safe.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                too_large(copied + member.size)
+                source = tf.extractfile(member)
+                assert source is not None  # a regular file
+                copied += copy(source, dest)
+        return
+    raise PackageError(f"{archive}: not a folder, .zip or .tar model package")
+
+
+def _extract(archive: Path, limits: Limits) -> tuple[Path, Path]:
+    """(the temporary folder, the package folder inside it); the folder is removed on any failure."""
+    target = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(target)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive) as tf:
-                tf.extractall(target, filter="data")
-        else:
-            raise PackageError(f"{archive}: not a folder, .zip or .tar model package")
-    except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
+        _unpack(archive, target, limits)
+        found = [p.parent for p in target.rglob(CARD_FILE)]
+        if len(found) != 1:
+            raise PackageError(f"{archive}: expected one {CARD_FILE} inside, found {len(found)}")
+        return target, found[0]
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, OSError, EOFError, ValueError) as exc:
         shutil.rmtree(target, ignore_errors=True)
-        raise PackageError(f"{archive}: cannot unpack ({exc})") from None
-    found = [p.parent for p in target.rglob(CARD_FILE)]
-    if len(found) != 1:
-        raise PackageError(f"{archive}: expected one {CARD_FILE} inside, found {len(found)}")
-    return found[0]
+        if isinstance(exc, PackageError):
+            raise
+        raise PackageError(f"{archive}: cannot unpack ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
-def load_package(path: str | Path) -> ModelPackage:
-    """Load and validate a model package; raises PackageError with the package path in the message."""
+@contextlib.contextmanager
+def open_package(path: str | Path, limits: Limits = Limits()) -> Iterator[ModelPackage]:
+    """A package to use inside a `with` block. An archive is unpacked (within `limits`) into a temporary folder
+    that is removed when the block ends, whatever happens: a runner activated inside it keeps its model in memory.
+    A folder is used where it is."""
     path = Path(path)
     if not path.exists():
         raise PackageError(f"{path}: no such model package")
-    root = path if path.is_dir() else _extract(path)
+    if path.is_dir():
+        yield _load(path, path, limits)
+        return
+    temp, root = _extract(path, limits)
+    try:
+        yield _load(path, root, limits)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+_LEFT_FOR_EXIT: list[Path] = []  # archives unpacked by load_package, which cannot know when they are done with
+
+
+@atexit.register
+def _remove_left_for_exit() -> None:
+    for temp in _LEFT_FOR_EXIT:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def load_package(path: str | Path, limits: Limits = Limits()) -> ModelPackage:
+    """Load and validate a model package; raises PackageError with the package path in the message. An archive's
+    temporary folder lasts until the process exits: a long-running caller (the daemon) uses `open_package`."""
+    path = Path(path)
+    if not path.exists():
+        raise PackageError(f"{path}: no such model package")
+    if path.is_dir():
+        return _load(path, path, limits)
+    temp, root = _extract(path, limits)
+    try:
+        package = _load(path, root, limits)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    _LEFT_FOR_EXIT.append(temp)
+    return package
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _load(path: Path, root: Path, limits: Limits) -> ModelPackage:
     card_path, onnx_path = root / CARD_FILE, root / ONNX_FILE
     for required in (card_path, onnx_path):
         if not required.is_file():
             raise PackageError(f"{path}: missing {required.name}")
+    if card_path.stat().st_size > MAX_CARD_BYTES:
+        raise PackageError(f"{card_path}: {card_path.stat().st_size} bytes, a card is at most {MAX_CARD_BYTES}")
     try:
         data = json.loads(card_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(f"{card_path}: not valid JSON ({exc})") from None
-    card = parse_card(data, where=str(card_path))
-    blob = onnx_path.read_bytes()
-    sha = hashlib.sha256(blob).hexdigest()
+    card = parse_card(data, where=str(card_path), limits=limits)
+    sha = _sha256(onnx_path)  # streamed: a model that is not the card's is refused before it is read into memory
     if card.onnx_sha256 and card.onnx_sha256.lower() != sha:
         raise PackageError(f"{onnx_path}: sha256 {sha[:16]}... does not match the card's {card.onnx_sha256[:16]}...")
     try:
-        model = onnx.load_from_string(blob)
+        model = onnx.load(str(onnx_path))
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises several unrelated types for a broken file
         raise PackageError(

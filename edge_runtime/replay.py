@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from calibration.preprocessing import Color
 from calibration.sources import FrameSource, SourceFrame
+from edge_runtime.errors import escaped
 from edge_runtime.protocol import Limits, PixelFormat, pixel_format_for
 from edge_runtime.sender import FrameSender
 
@@ -99,7 +100,9 @@ def replay(
             stats.refused += 1
             if fmt not in warned:
                 warned.add(fmt)
-                log.warning("frame %d not sent: %s (later frames refused for this reason are only counted)", seq, fmt)
+                log.warning(
+                    "frame %d not sent: %s (later frames refused for this reason are only counted)", seq, escaped(fmt)
+                )
             next_at += interval
             continue
         if on_send:

@@ -10,7 +10,7 @@ from types import TracebackType
 
 import zmq
 
-from edge_runtime.errors import EndpointError
+from edge_runtime.errors import EndpointError, escaped
 from edge_runtime.protocol import (
     DaemonState,
     Heartbeat,
@@ -102,7 +102,7 @@ class ResultSubscriber:
             result = decode_result(parts, self.limits)
         except ProtocolError as exc:
             self.stats.rejected += 1
-            log.warning("ignored undecodable message: %s", exc)
+            log.warning("ignored undecodable message: %s", escaped(exc))
             return None
         self._last_heartbeat_at = time.monotonic()  # a result is as good a sign of life as a heartbeat
         if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:

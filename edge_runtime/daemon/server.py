@@ -33,6 +33,7 @@ from edge_runtime.audit import AuditError, AuditEvent, AuditLog, key_id
 from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
+from edge_runtime.daemon.handoff import Handoff, OfferState
 from edge_runtime.daemon.imagezmq import REPLY_OK, ImagezmqDecoder, StreamNames, refusal_reply
 from edge_runtime.daemon.ingest import (
     HANDSHAKE_IVL_MS,
@@ -46,8 +47,8 @@ from edge_runtime.daemon.preview import PreviewPublisher
 from edge_runtime.daemon.scheduling import configure_zmq_threads, pin_current_thread, realtime_current_thread
 from edge_runtime.daemon.slots import Admission, Pending, StreamTable
 from edge_runtime.daemon.stats import DaemonStats, Stage
-from edge_runtime.errors import EdgertError
-from edge_runtime.package import ModelPackage, load_package
+from edge_runtime.errors import EdgertError, escaped
+from edge_runtime.package import ModelPackage, open_package
 from edge_runtime.pipeline import InferencePipeline
 from edge_runtime.protocol import (
     Buffer,
@@ -77,6 +78,7 @@ CONTROL_MAX_MESSAGE = 65536  # ZeroMQ drops (and disconnects) anything larger be
 GIL_SWITCH_INTERVAL_S = 0.0005
 REPLY_STOPPING = b"REFUSED stopping"  # what REQ senders waiting at shutdown are told
 REPLY_LINGER_MS = 200  # at shutdown, how long the last answers to REQ senders may take to leave
+RELOAD_TAKE_TIMEOUT_S = 10.0  # a reloaded model the inference thread has not taken by then is withdrawn
 PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
 
 
@@ -144,8 +146,8 @@ class Daemon:
         self._busy_since: float | None = None
         self._metrics: Any = None  # monotonic start of the inference in progress, for the watchdog
         self._preview: PreviewPublisher | None = None
-        self._swap_to: InferencePipeline | None = None  # a reloaded model waiting for the next frame boundary
-        self._swapped = threading.Event()
+        self._handoff: Handoff[InferencePipeline] = Handoff()  # a reloaded model waiting for a frame boundary
+        self.reload_take_timeout_s = RELOAD_TAKE_TIMEOUT_S
         self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
         self._reload_envelope: list[bytes] = []  # who asked for it
         self.reloads = 0
@@ -175,8 +177,9 @@ class Daemon:
         pipeline = self._load_pipeline(cfg.model)
         self._pipeline = pipeline
         log.info(
-            "model %s loaded on %s (warm-up %.1f ms/inference)", pipeline.model_id, cfg.backend.value, self._warmup_ms
-        )
+            "model %s loaded on %s (warm-up %.1f ms/inference)",
+            escaped(pipeline.model_id), cfg.backend.value, self._warmup_ms,
+        )  # fmt: skip
         model = pipeline.model_id
         self._audited(
             AuditEvent.MODEL_LOADED,
@@ -234,9 +237,14 @@ class Daemon:
         )
 
     def _load_pipeline(self, path: Path) -> InferencePipeline:
-        """Load, activate, warm up and self-test a model; nothing is left active if any step fails."""
+        """Load, activate, warm up and self-test a model; nothing is left active if any step fails. An archive is
+        unpacked within [limits] into a temporary folder that is gone when this returns (or raises): the active
+        runner holds its model in memory."""
+        with open_package(path, self.config.limits) as package:
+            return self._activate(package)
+
+    def _activate(self, package: ModelPackage) -> InferencePipeline:
         cfg = self.config
-        package = load_package(path)
         engine = None
         if cfg.backend.needs_engine:
             if self._engine_source is None:
@@ -244,9 +252,9 @@ class Daemon:
                     f"backend '{cfg.backend.value}' needs an engine source (edgert serve provides one; a program "
                     "embedding the daemon passes one to Daemon)"
                 )
-            log.info("finding the TensorRT engine for %s", package.model_id)
+            log.info("finding the TensorRT engine for %s", escaped(package.model_id))
             try:
-                engine = self._engine_source(package, lambda line: log.info("engine: %s", line))
+                engine = self._engine_source(package, lambda line: log.info("engine: %s", escaped(line, 1000)))
             except EdgertError as exc:
                 raise DaemonError(f"no engine for {package.model_id}: {exc}") from None
         gpu = GpuOptions(device=cfg.device, cache_dir=cfg.engine.cache_dir)
@@ -358,6 +366,9 @@ class Daemon:
                 log.error("thread %s did not stop within %.1f s", t.name, timeout)
         if self._preview is not None:
             self._preview.stop(timeout)
+        pending = self._handoff.close()  # a reload that was never taken: withdrawn, and later ones refused
+        if pending is not None:
+            pending.runner.deactivate()
         if self._pipeline:
             self._pipeline.runner.deactivate()
         if self._security is not None:
@@ -518,7 +529,7 @@ class Daemon:
         n = self.stats.reject(reason)
         if _is_power_of_two(n):  # bounded logging under a flood, never silent
             text = detail() if callable(detail) else detail
-            log.warning("refused (%s, %d so far): %r", reason.value, n, text[:200])
+            log.warning("refused (%s, %d so far): %s", reason.value, n, escaped(text))
 
     def _table_detail(self, stream_id: int) -> str:
         limits = self.config.streams
@@ -532,12 +543,12 @@ class Daemon:
         pipeline = self._pipeline
         assert pipeline is not None
         while not self._stop.is_set():
-            if self._swap_to is not None:  # between two frames: no frame ever sees half a model change
-                old, pipeline = pipeline, self._swap_to
-                self._pipeline, self._swap_to = pipeline, None
+            new = self._handoff.take()  # between two frames: no frame ever sees half a model change
+            if new is not None:
+                old, pipeline = pipeline, new
+                self._pipeline = pipeline
                 old.runner.deactivate()
-                self._swapped.set()
-                log.info("now serving %s (was %s)", pipeline.model_id, old.model_id)
+                log.info("now serving %s (was %s)", escaped(pipeline.model_id), escaped(old.model_id))
             pending = self._slots.take(POLL_MS / 1000.0)
             if pending is None:
                 continue
@@ -546,7 +557,9 @@ class Daemon:
             self._busy_since = None
             ok = result.status is ResultStatus.OK
             if not ok:
-                log.warning("inference failed on stream %d frame %d: %s", result.stream_id, result.seq, result.error)
+                log.warning(
+                    "inference failed on stream %d frame %d: %s", result.stream_id, result.seq, escaped(result.error)
+                )
             parts = encode_result(result)
             encoded = time.time_ns()
             self._publish(pub, parts, encoded)
@@ -674,7 +687,7 @@ class Daemon:
     def _control_refused(self, reason: RejectReason, detail: str) -> None:
         n = self.stats.reject_control(reason)
         if _is_power_of_two(n):  # bounded logging under a flood; repr keeps a client's bytes on one line
-            log.warning("control request refused (%s, %d so far): %r", reason.value, n, detail[:200])
+            log.warning("control request refused (%s, %d so far): %s", reason.value, n, escaped(detail))
 
     def handle_command(self, text: str) -> dict[str, Any] | None:
         """Answer a control request: a bare command name or JSON {"cmd": name, ...}. None means "answered later"."""
@@ -715,10 +728,18 @@ class Daemon:
             except Exception as exc:  # any failure: refuse, keep serving the old model
                 reply.update(self._refuse_reload(f"{current} keeps serving: {exc.__class__.__name__}: {exc}"))
             else:
-                self._swapped.clear()
-                self._swap_to = new
-                if not self._swapped.wait(10.0):
-                    reply.update(ok=False, error="the inference thread did not take the new model within 10 s")
+                offer = self._handoff.offer(new)
+                state = self._handoff.wait(offer, self.reload_take_timeout_s)
+                if state is not OfferState.TAKEN:
+                    if state is not OfferState.STOPPED:  # STOPPED: stop() deactivates it
+                        new.runner.deactivate()
+                    why = {
+                        OfferState.WITHDRAWN: f"the inference thread did not take it within "
+                        f"{self.reload_take_timeout_s:g} s; withdrawn",
+                        OfferState.STOPPED: "the daemon is stopping",
+                        OfferState.REFUSED: "another model is waiting to be served",
+                    }[state]
+                    reply.update(self._refuse_reload(f"{current} keeps serving: {why}"))
                 else:
                     self.reloads += 1
                     reply.update(ok=True, model=str(new.model_id), previous=str(current))
@@ -754,7 +775,7 @@ class Daemon:
     def _refuse_reload(self, reason: str) -> dict[str, Any]:
         self.reloads_refused += 1
         self._audited(AuditEvent.RELOAD_REFUSED, reason=reason[:500])
-        log.warning("reload refused (%d so far): %r", self.reloads_refused, reason)  # repr: one line, whatever it holds
+        log.warning("reload refused (%d so far): %s", self.reloads_refused, escaped(reason, 500))
         return {"ok": False, "error": f"reload refused: {reason}"}
 
     def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:

@@ -21,6 +21,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
+from edge_runtime.errors import escaped
 from edge_runtime.protocol import Preview, Result, ResultStatus
 from edge_runtime.record.objects import RecordError, Series, SourceStudy, build_objects
 from edge_runtime.record.pacs import PacsSender, PacsTarget, Spool
@@ -122,7 +123,7 @@ class Recorder:
             captured = self.capture()
         except RecordError as exc:
             self.refused += 1
-            log.warning("capture refused: %s", exc)
+            log.warning("capture refused: %s", escaped(exc))
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # building or spooling failed (a full disk...): answer, and keep recording
             self.refused += 1

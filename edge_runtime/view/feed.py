@@ -25,6 +25,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
+from edge_runtime.errors import escaped
 from edge_runtime.protocol import (
     DaemonState,
     Heartbeat,
@@ -376,7 +377,7 @@ class Feed:
                     if wanted is not None:
                         preview = self._subscribe(ctx, wanted)
                         poller.register(preview, zmq.POLLIN)
-                        log.info("preview stream %s", wanted)
+                        log.info("preview stream %s", escaped(wanted))
                     with self._lock:
                         self._preview_in_use = wanted
                 events = dict(poller.poll(50))
@@ -482,4 +483,4 @@ class Feed:
         self.stats.rejected += 1
         n = self.stats.rejected
         if n & (n - 1) == 0:
-            log.warning("ignored an undecodable message (%d so far): %s", n, exc)
+            log.warning("ignored an undecodable message (%d so far): %s", n, escaped(exc))

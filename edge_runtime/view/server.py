@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from edge_runtime.errors import EdgertError
+from edge_runtime.errors import EdgertError, escaped
 from edge_runtime.view.feed import DisplayFrame, Feed, LinkStatus
 
 log = logging.getLogger("edgert.view")
@@ -237,7 +237,7 @@ class ViewServer:
                 self.address = server.sockets[0].getsockname()[:2]
                 warning = exposure_warning(opts.host, opts.token)
                 if warning is not None:
-                    log.warning("%s", warning)
+                    log.warning("%s", escaped(warning, 1000))
                 token = " with ?token=... (the --token given)" if opts.token else ""
                 log.info("view on %s%s (results %s)", self.url.split("?")[0], token, opts.results)  # never the token
                 self._started.set()
