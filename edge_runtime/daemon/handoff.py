@@ -3,7 +3,8 @@
 A reloaded model is loaded on its own thread and offered here; the inference thread takes it between two frames.
 The reload thread waits a bounded time for that. Three parties can end an offer (the inference thread takes it,
 the reload thread gives up, `stop()` withdraws it) and they race, so the offer's state changes only under the
-lock: whoever moves it out of PENDING owns the model. The taker serves it; whoever withdrew it deactivates it.
+lock: whoever moves it out of PENDING owns the model. The taker serves it and gives back the one it replaced (the
+reload thread deactivates that, off the inference thread); whoever withdrew an offer deactivates it.
 An offer is never both taken and withdrawn, a second offer never overwrites a first, and nothing offered after
 `close()` is accepted: no runner is ever leaked.
 """
@@ -29,6 +30,7 @@ class Offer(Generic[T]):
     def __init__(self, item: T) -> None:
         self.item = item
         self.state = OfferState.PENDING
+        self.replaced: T | None = None  # once TAKEN: the item it replaced, now the waiter's to retire
 
 
 class Handoff(Generic[T]):
@@ -47,13 +49,14 @@ class Handoff(Generic[T]):
                 self._offer = offer
         return offer
 
-    def take(self) -> T | None:
-        """The inference thread, between two frames: the pending item, now its own, or None."""
+    def take(self, current: T) -> T | None:
+        """The inference thread, between two frames: the pending item, now its own, or None. `current`, the item
+        it replaces, goes to the offer's waiter."""
         with self._cond:
             offer = self._offer
             if offer is None:
                 return None
-            offer.state, self._offer = OfferState.TAKEN, None
+            offer.state, offer.replaced, self._offer = OfferState.TAKEN, current, None
             self._cond.notify_all()
             return offer.item
 

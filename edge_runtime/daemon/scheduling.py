@@ -75,3 +75,20 @@ def configure_zmq_threads(ctx: zmq.Context[Any], cpus: Sequence[int], priority: 
         ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
         ctx.set(zmq.THREAD_PRIORITY, priority)
     return problem
+
+
+def release_freed_memory() -> None:
+    """Give the heap a model's runner left behind back to the system. A deactivated ONNX Runtime session frees its
+    memory to glibc's allocator, which keeps most of it mapped: without this, every reload (successful or not)
+    left the daemon 20-30 MB larger. Called after a reload, off the inference thread; a no-op off glibc."""
+    import ctypes
+    import gc
+
+    gc.collect()  # the old pipeline's cycles, so its buffers are free before the trim
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): nothing to trim
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -44,7 +44,12 @@ from edge_runtime.daemon.ingest import (
     frame_user_id,
 )
 from edge_runtime.daemon.preview import PreviewPublisher
-from edge_runtime.daemon.scheduling import configure_zmq_threads, pin_current_thread, realtime_current_thread
+from edge_runtime.daemon.scheduling import (
+    configure_zmq_threads,
+    pin_current_thread,
+    realtime_current_thread,
+    release_freed_memory,
+)
 from edge_runtime.daemon.slots import Admission, Pending, StreamTable
 from edge_runtime.daemon.stats import DaemonStats, Stage
 from edge_runtime.errors import EdgertError, escaped
@@ -543,12 +548,10 @@ class Daemon:
         pipeline = self._pipeline
         assert pipeline is not None
         while not self._stop.is_set():
-            new = self._handoff.take()  # between two frames: no frame ever sees half a model change
-            if new is not None:
-                old, pipeline = pipeline, new
-                self._pipeline = pipeline
-                old.runner.deactivate()
-                log.info("now serving %s (was %s)", escaped(pipeline.model_id), escaped(old.model_id))
+            new = self._handoff.take(pipeline)  # between two frames: no frame ever sees half a model change
+            if new is not None:  # the reload thread deactivates the old one: not this thread's time
+                log.info("now serving %s (was %s)", escaped(new.model_id), escaped(pipeline.model_id))
+                self._pipeline = pipeline = new
             pending = self._slots.take(POLL_MS / 1000.0)
             if pending is None:
                 continue
@@ -727,12 +730,14 @@ class Daemon:
                 new = self._load_pipeline(path)
             except Exception as exc:  # any failure: refuse, keep serving the old model
                 reply.update(self._refuse_reload(f"{current} keeps serving: {exc.__class__.__name__}: {exc}"))
+                release_freed_memory()
             else:
                 offer = self._handoff.offer(new)
                 state = self._handoff.wait(offer, self.reload_take_timeout_s)
                 if state is not OfferState.TAKEN:
                     if state is not OfferState.STOPPED:  # STOPPED: stop() deactivates it
                         new.runner.deactivate()
+                        release_freed_memory()
                     why = {
                         OfferState.WITHDRAWN: f"the inference thread did not take it within "
                         f"{self.reload_take_timeout_s:g} s; withdrawn",
@@ -741,6 +746,9 @@ class Daemon:
                     }[state]
                     reply.update(self._refuse_reload(f"{current} keeps serving: {why}"))
                 else:
+                    assert offer.replaced is not None
+                    offer.replaced.runner.deactivate()
+                    release_freed_memory()  # or each reload leaves 20-30 MB of freed heap in the process
                     self.reloads += 1
                     reply.update(ok=True, model=str(new.model_id), previous=str(current))
                     self._audited(

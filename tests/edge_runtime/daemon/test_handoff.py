@@ -23,15 +23,16 @@ def test_an_offer_is_taken_once_and_a_second_is_refused() -> None:
     slot: Handoff[str] = Handoff()
     first = slot.offer("a")
     assert slot.offer("b").state is OfferState.REFUSED  # never overwrites the pending one
-    assert slot.take() == "a" and slot.take() is None
+    assert slot.take("old") == "a" and slot.take("a") is None
     assert slot.wait(first, 0.0) is OfferState.TAKEN
+    assert first.replaced == "old"  # the waiter retires the item it replaced
 
 
 def test_an_offer_not_taken_in_time_is_withdrawn_and_can_no_longer_be_taken() -> None:
     slot: Handoff[str] = Handoff()
     offer = slot.offer("a")
     assert slot.wait(offer, 0.01) is OfferState.WITHDRAWN
-    assert slot.take() is None
+    assert slot.take("old") is None
     assert slot.offer("b").state is OfferState.PENDING  # the slot is free again
 
 
@@ -53,7 +54,7 @@ def test_take_and_withdraw_racing_never_both_win() -> None:
         slot: Handoff[int] = Handoff()
         offer = slot.offer(1)
         taken: list[int | None] = []
-        taker = threading.Thread(target=lambda: taken.append(slot.take()))
+        taker = threading.Thread(target=lambda: taken.append(slot.take(0)))
         taker.start()
         state = slot.wait(offer, 0.0)
         taker.join()
@@ -122,6 +123,7 @@ def test_a_reload_the_busy_inference_thread_cannot_take_in_time_is_withdrawn(
         reply = _reload(zmq_ctx, daemon.endpoints["control"], tiny_models["seg_tiny"])
         assert reply["ok"], reply
         assert daemon._pipeline is not serving and daemon.reloads == 1 and loaded[1].calls == 0
+    assert not serving.runner.is_active  # the replaced model was deactivated by the reload thread
 
 
 @pytest.mark.slow
