@@ -687,20 +687,20 @@ def _unpack(archive: Path, target: Path, limits: Limits) -> None:
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             count = 0
-            for member in tf:  # streamed: a tar's member list is only known by reading it
+            for entry in tf:  # streamed: a tar's member list is only known by reading it
                 count += 1
                 too_many(count)
-                if member.isdir():
+                if entry.isdir():
                     continue
-                if not member.isfile():
-                    raise PackageError(f"{archive}: member {member.name[:100]!r} is not a regular file or folder")
-                safe = tarfile.data_filter(member, str(target))  # no absolute paths, no '..', sane modes
+                if not entry.isfile():
+                    raise PackageError(f"{archive}: member {entry.name[:100]!r} is not a regular file or folder")
+                safe = tarfile.data_filter(entry, str(target))  # no absolute paths, no '..', sane modes
                 dest = target / safe.name
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                too_large(copied + member.size)
-                source = tf.extractfile(member)
-                assert source is not None  # a regular file
-                copied += copy(source, dest)
+                too_large(copied + entry.size)
+                data = tf.extractfile(entry)
+                assert data is not None  # a regular file
+                copied += copy(data, dest)
         return
     raise PackageError(f"{archive}: not a folder, .zip or .tar model package")
 
