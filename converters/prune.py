@@ -951,10 +951,11 @@ def _sensitivity(
     runs = sum(len(_anchors(len(f.kept), options.anchors)) for f in families)
     consumers_of = [_refit_consumers(fam, g) for fam in families]
     batches = _batches(consumers_of, g, _EQS_BYTES)
-    cost.estimated_s = round(one_pass * (runs + 2 * len(batches)), 1)  # + the activation passes (x2: the probe)
+    estimate = one_pass * (runs + 2 * len(batches))  # + the activation passes (x2: the probe)
+    cost.estimated_s = round(estimate, 1)
     say(f"  sensitivity: {len(families)} layer families, {cost.steps} steps, {runs} whole-model runs and "
         f"{len(batches)} activation passes over {len(feeds)} frames: about {cost.estimated_s:.0f} s")  # fmt: skip
-    if options.time_budget_s is not None and cost.estimated_s > options.time_budget_s:
+    if options.time_budget_s is not None and estimate > options.time_budget_s:  # unrounded: a tiny budget still holds
         raise ConversionError(
             f"pruning's sensitivity pass would take about {cost.estimated_s:.0f} s ({len(families)} layer families, "
             f"{one_pass:.1f} s per pass over {len(feeds)} frames), over its budget of {options.time_budget_s:.0f} s: "
