@@ -115,7 +115,8 @@ NUMPY_SUFFIXES = {".npy", ".npz"}
 def _image_frames(path: Path, limits: ImageLimits) -> Iterator[tuple[np.ndarray, Color]]:
     try:
         with Image.open(path) as img:  # reads the header only
-            too_big = limits.refuse(*img.size, getattr(img, "n_frames", 1))
+            width, height = img.size
+            too_big = limits.refuse(width, height, getattr(img, "n_frames", 1))
             if too_big:
                 raise SourceError(f"{path}: {too_big}; refused before decoding")
             img.load()

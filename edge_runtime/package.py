@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import enum
-import hashlib
 import json
 import shutil
 import tarfile
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 
 from calibration.preprocessing import Color, DicomOutput, Layout, PreprocessSpec, ResizeMode
+from edge_runtime.backends.engine_cache import file_sha256
 from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import Limits, ModelId, Task
 
@@ -705,20 +705,25 @@ def _unpack(archive: Path, target: Path, limits: Limits) -> None:
     raise PackageError(f"{archive}: not a folder, .zip or .tar model package")
 
 
-def _extract(archive: Path, limits: Limits) -> tuple[Path, Path]:
-    """(the temporary folder, the package folder inside it); the folder is removed on any failure."""
+def _unpacked(path: Path, limits: Limits) -> tuple[Path | None, Path]:
+    """(the temporary folder to remove, or None for a folder package; the package folder). A temporary folder is
+    removed here on any failure."""
+    if not path.exists():
+        raise PackageError(f"{path}: no such model package")
+    if path.is_dir():
+        return None, path
     target = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     try:
-        _unpack(archive, target, limits)
+        _unpack(path, target, limits)
         found = [p.parent for p in target.rglob(CARD_FILE)]
         if len(found) != 1:
-            raise PackageError(f"{archive}: expected one {CARD_FILE} inside, found {len(found)}")
+            raise PackageError(f"{path}: expected one {CARD_FILE} inside, found {len(found)}")
         return target, found[0]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, OSError, EOFError, ValueError) as exc:
         shutil.rmtree(target, ignore_errors=True)
         if isinstance(exc, PackageError):
             raise
-        raise PackageError(f"{archive}: cannot unpack ({exc.__class__.__name__}: {str(exc)[:200]})") from None
+        raise PackageError(f"{path}: cannot unpack ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
@@ -729,17 +734,12 @@ def open_package(path: str | Path, limits: Limits = Limits()) -> Iterator[ModelP
     """A package to use inside a `with` block. An archive is unpacked (within `limits`) into a temporary folder
     that is removed when the block ends, whatever happens: a runner activated inside it keeps its model in memory.
     A folder is used where it is."""
-    path = Path(path)
-    if not path.exists():
-        raise PackageError(f"{path}: no such model package")
-    if path.is_dir():
-        yield _load(path, path, limits)
-        return
-    temp, root = _extract(path, limits)
+    temp, root = _unpacked(Path(path), limits)
     try:
-        yield _load(path, root, limits)
+        yield _load(Path(path), root, limits)
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 _LEFT_FOR_EXIT: list[Path] = []  # archives unpacked by load_package, which cannot know when they are done with
@@ -754,24 +754,16 @@ def _remove_left_for_exit() -> None:
 def load_package(path: str | Path, limits: Limits = Limits()) -> ModelPackage:
     """Load and validate a model package; raises PackageError with the package path in the message. An archive's
     temporary folder lasts until the process exits: a long-running caller (the daemon) uses `open_package`."""
-    path = Path(path)
-    if not path.exists():
-        raise PackageError(f"{path}: no such model package")
-    if path.is_dir():
-        return _load(path, path, limits)
-    temp, root = _extract(path, limits)
+    temp, root = _unpacked(Path(path), limits)
     try:
-        package = _load(path, root, limits)
+        package = _load(Path(path), root, limits)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
         raise
-    _LEFT_FOR_EXIT.append(temp)
+    if temp is not None:
+        _LEFT_FOR_EXIT.append(temp)
     return package
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _load(path: Path, root: Path, limits: Limits) -> ModelPackage:
@@ -786,7 +778,7 @@ def _load(path: Path, root: Path, limits: Limits) -> ModelPackage:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackageError(f"{card_path}: not valid JSON ({exc})") from None
     card = parse_card(data, where=str(card_path), limits=limits)
-    sha = _sha256(onnx_path)  # streamed: a model that is not the card's is refused before it is read into memory
+    sha = file_sha256(onnx_path)  # streamed: a model that is not the card's is refused before it is read into memory
     if card.onnx_sha256 and card.onnx_sha256.lower() != sha:
         raise PackageError(f"{onnx_path}: sha256 {sha[:16]}... does not match the card's {card.onnx_sha256[:16]}...")
     try:

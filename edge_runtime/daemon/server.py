@@ -742,7 +742,7 @@ class Daemon:
                         OfferState.WITHDRAWN: f"the inference thread did not take it within "
                         f"{self.reload_take_timeout_s:g} s; withdrawn",
                         OfferState.STOPPED: "the daemon is stopping",
-                        OfferState.REFUSED: "another model is waiting to be served",
+                        OfferState.REFUSED: "the daemon is stopping, or another model is waiting to be served",
                     }[state]
                     reply.update(self._refuse_reload(f"{current} keeps serving: {why}"))
                 else:
