@@ -23,7 +23,7 @@ class CodestreamError(ValueError):
 
 def declared_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """(width, height) that a JPEG, JPEG-LS or JPEG 2000 frame declares; None for data in none of these formats."""
-    data = bytes(data[: 1 << 16]) if len(data) > 1 << 16 else bytes(data)  # a frame header is near the start
+    data = bytes(data[: 1 << 16])  # a frame header is near the start
     if data[:2] == b"\xff\xd8":
         return _jpeg(data)
     if data[:4] == b"\xff\x4f\xff\x51":

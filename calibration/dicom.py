@@ -557,7 +557,7 @@ class _Renderer:
 
     def decode(self, index: int) -> tuple[np.ndarray, str]:
         """The frame's pixels and the photometric interpretation they are in (YBR comes back as RGB)."""
-        if self.ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        if self.ds.file_meta.TransferSyntaxUID.is_encapsulated and index > 0:  # read_info checked the first
             _check_codestream(self.info, self.ds, index)
         # as_rgb=False: pydicom converts a whole frame through float64 (8x the frame); we convert in slices
         arr, changes = self.decoder.as_array(self.ds, index=index, as_rgb=False)  # type: ignore[arg-type]  # pydicom types **kwargs as one DecodeOptions

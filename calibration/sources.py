@@ -169,9 +169,9 @@ def _numpy_frames(path: Path, limits: ImageLimits) -> Iterator[tuple[np.ndarray,
                 _check_array(*_npy_header(f), str(path), limits)
             yield from _array_frames(np.load(path, allow_pickle=False), str(path))
             return
-        with zipfile.ZipFile(path) as zf, np.load(path, allow_pickle=False) as archive:
+        with np.load(path, allow_pickle=False) as archive:
             for key in sorted(archive.files):
-                with zf.open(f"{key}.npy") as member:
+                with archive.zip.open(f"{key}.npy") as member:  # NpzFile's own ZipFile: the header alone
                     _check_array(*_npy_header(member), f"{path}[{key}]", limits)
                 yield from _array_frames(archive[key], f"{path}[{key}]")
     except SourceError:

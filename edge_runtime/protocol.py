@@ -17,7 +17,7 @@ import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -165,16 +165,16 @@ class Limits:
     and cines read from files (`image`), and model packages (an archive is unpacked within `max_package_bytes` and
     `max_package_members`; a card's input is at most max_width x max_height)."""
 
-    max_width: int = 8192
-    max_height: int = 8192
+    max_width: int = ImageLimits.max_width
+    max_height: int = ImageLimits.max_height
     max_meta_bytes: int = MAX_META_BYTES
-    max_frames: int = 100_000  # of one file read by replay or convert
+    max_frames: int = ImageLimits.max_frames  # of one file read by replay or convert
     max_package_bytes: int = 1 << 30  # unpacked, all members together
     max_package_members: int = 64
 
     def __post_init__(self) -> None:
-        fields = ("max_width", "max_height", "max_meta_bytes", "max_frames", "max_package_bytes", "max_package_members")
-        bad = [f for f in fields if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0]
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        bad = [name for name, v in values.items() if not isinstance(v, int) or v <= 0]
         if bad:
             raise ValueError(f"limits: {', '.join(bad)} must be positive integers")
 
