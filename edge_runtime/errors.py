@@ -2,7 +2,7 @@
 catch one type; each error also keeps the built-in base it always had (`ValueError` for bad input, `RuntimeError`
 for a step that failed), so existing handlers keep working. Messages name what was wrong, never patient data.
 
-Where each lives: `PackageError` (package.py), `ProtocolError` (protocol.py), `ConfigError` (daemon/config.py),
+Where each lives: `PackageError` (package.py), `ArchiveError` (archives.py), `ProtocolError` (protocol.py), `ConfigError` (daemon/config.py),
 `DaemonError` (daemon/server.py), `BackendError` (backends/base.py), `SecurityError` (security.py),
 `SourceError` and `DicomError` (calibration), `ConversionError` (converters). The SDK's own are below.
 """

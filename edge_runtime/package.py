@@ -11,9 +11,6 @@ import contextlib
 import enum
 import json
 import shutil
-import tarfile
-import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ import numpy as np
 import onnx
 
 from calibration.preprocessing import Color, DicomOutput, Layout, PreprocessSpec, ResizeMode
+from edge_runtime.archives import ArchiveError, unpack_to_temp
 from edge_runtime.backends.engine_cache import file_sha256
 from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import Limits, ModelId, Task
@@ -35,7 +33,6 @@ MAX_LABEL_CHARS = 64  # a label is drawn on the surgeon's screen and copied into
 MAX_NAME_CHARS = 128  # name, version, tensor names
 MAX_DESCRIPTION_CHARS = 4096
 MAX_CARD_BYTES = 1 << 20  # model.json
-TEMP_PREFIX = "edgert-pkg-"  # an archive is unpacked into a folder of this name, removed when it is done with
 
 
 class PackageError(EdgertError, ValueError):
@@ -645,66 +642,6 @@ def expose_cam_features(model: onnx.ModelProto, logits: str) -> str | None:
     return None
 
 
-def _unpack(archive: Path, target: Path, limits: Limits) -> None:
-    """Unpack to disk within the limits: the member count and the sizes the archive declares are checked first, and
-    every byte written is counted, so an archive that lies about its sizes stops at the budget too."""
-    budget = limits.max_package_bytes
-
-    def too_many(count: int) -> None:
-        if count > limits.max_package_members:
-            raise PackageError(f"{archive}: {count} members, more than the limit of {limits.max_package_members}")
-
-    def too_large(size: int) -> None:
-        if size > budget:
-            raise PackageError(
-                f"{archive}: unpacks to more than the limit of {budget} bytes ([limits] max_package_bytes)"
-            )
-
-    def copy(source: Any, dest: Path) -> int:
-        written = 0
-        with dest.open("wb") as out:
-            while chunk := source.read(1 << 20):
-                written += len(chunk)
-                too_large(written + copied)
-                out.write(chunk)
-        return written
-
-    copied = 0
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            too_many(len(members))
-            too_large(sum(m.file_size for m in members))
-            for member in members:
-                name = Path(member.filename)
-                if name.is_absolute() or ".." in name.parts:
-                    raise PackageError(f"{archive}: member {member.filename[:100]!r} points outside the package")
-                dest = target / name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as source:
-                    copied += copy(source, dest)
-        return
-    if tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tf:
-            count = 0
-            for entry in tf:  # streamed: a tar's member list is only known by reading it
-                count += 1
-                too_many(count)
-                if entry.isdir():
-                    continue
-                if not entry.isfile():
-                    raise PackageError(f"{archive}: member {entry.name[:100]!r} is not a regular file or folder")
-                safe = tarfile.data_filter(entry, str(target))  # no absolute paths, no '..', sane modes
-                dest = target / safe.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                too_large(copied + entry.size)
-                data = tf.extractfile(entry)
-                assert data is not None  # a regular file
-                copied += copy(data, dest)
-        return
-    raise PackageError(f"{archive}: not a folder, .zip or .tar model package")
-
-
 def _unpacked(path: Path, limits: Limits) -> tuple[Path | None, Path]:
     """(the temporary folder to remove, or None for a folder package; the package folder). A temporary folder is
     removed here on any failure."""
@@ -712,21 +649,15 @@ def _unpacked(path: Path, limits: Limits) -> tuple[Path | None, Path]:
         raise PackageError(f"{path}: no such model package")
     if path.is_dir():
         return None, path
-    target = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     try:
-        _unpack(path, target, limits)
-        found = [p.parent for p in target.rglob(CARD_FILE)]
-        if len(found) != 1:
-            raise PackageError(f"{path}: expected one {CARD_FILE} inside, found {len(found)}")
-        return target, found[0]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        target = unpack_to_temp(path, limits)
+    except ArchiveError as exc:
+        raise PackageError(str(exc)) from None
+    found = [p.parent for p in target.rglob(CARD_FILE)]
+    if len(found) != 1:
         shutil.rmtree(target, ignore_errors=True)
-        if isinstance(exc, PackageError):
-            raise
-        raise PackageError(f"{path}: cannot unpack ({exc.__class__.__name__}: {str(exc)[:200]})") from None
-    except BaseException:
-        shutil.rmtree(target, ignore_errors=True)
-        raise
+        raise PackageError(f"{path}: expected one {CARD_FILE} inside, found {len(found)}")
+    return target, found[0]
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ CORE = {
     "edge_runtime.protocol",
     "calibration.preprocessing",
     "edge_runtime.package",
+    "edge_runtime.archives",
     "edge_runtime.tasks",
     "edge_runtime.contours",
     "edge_runtime.tracking",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.package import TEMP_PREFIX, PackageError, load_package, open_package, parse_card
+from edge_runtime.archives import TEMP_PREFIX
+from edge_runtime.package import PackageError, load_package, open_package, parse_card
 from edge_runtime.protocol import Limits
 from tests.models.make_models import card
 
