@@ -11,8 +11,8 @@ from types import TracebackType
 import zmq
 
 from edge_runtime.errors import EndpointError, escaped
+from edge_runtime.liveness import DEFAULT_MISSES, LinkStatus, Liveness, is_fresh
 from edge_runtime.protocol import (
-    DaemonState,
     Heartbeat,
     Limits,
     MessageType,
@@ -42,7 +42,9 @@ class ResultSubscriber:
     Results whose frame was captured more than `max_age_ms` ago are discarded and counted, never returned: an
     overlay that old would show the surgeon anatomy that has moved. Ages use the capture timestamp, so scanner and
     display clocks must agree (same cart, or NTP/PTP); pass `max_age_ms=None` to keep every result.
-    `daemon_alive` turns False when no heartbeat came for `heartbeat_timeout_ms` or the daemon said it is stopping.
+    `link_status()` (and `daemon_alive`, `status_text`) follow the one liveness rule of `edge_runtime.liveness`,
+    the same as `edgert view`, `igtl` and `record`: offline after `misses` of the daemon's announced heartbeat
+    intervals without a sign of life, at once when the connection drops, stopped after a STOPPING heartbeat.
     """
 
     def __init__(
@@ -50,53 +52,68 @@ class ResultSubscriber:
         endpoint: str,
         *,
         max_age_ms: float | None = 250.0,
-        heartbeat_timeout_ms: float = 2000.0,
+        misses: float = DEFAULT_MISSES,
         stream_id: int | None = None,
         limits: Limits = Limits(),
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.max_age_ms = max_age_ms
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.stream_id = stream_id
         self.limits = limits
         self.stats = SubscriberStats()
-        self.last_heartbeat: Heartbeat | None = None
-        self._last_heartbeat_at: float | None = None  # monotonic seconds of the last heartbeat or result
+        self._liveness = Liveness(misses)
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, 16)
+        self._sock.setsockopt(zmq.RECONNECT_IVL, 100)  # back quickly when the daemon restarts
+        self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
             self._sock.close()
             raise EndpointError(f"cannot connect result subscriber to {endpoint}: {exc}") from None
+        self._monitor: zmq.Socket[bytes] | None = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+
+    @property
+    def last_heartbeat(self) -> Heartbeat | None:
+        return self._liveness.heartbeat
+
+    def link_status(self) -> LinkStatus:
+        """Whether the AI is live now, and why not: the same answer `edgert view` gives for the same daemon."""
+        self._poll_disconnects()
+        return self._liveness.status(time.monotonic())
 
     @property
     def daemon_alive(self) -> bool:
-        """A heartbeat or a result within the timeout, and no STOPPING heartbeat since."""
-        if self._last_heartbeat_at is None:
-            return False
-        if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:
-            return False
-        return (time.monotonic() - self._last_heartbeat_at) * 1000.0 < self.heartbeat_timeout_ms
+        """A heartbeat or a result lately, no dropped connection or STOPPING heartbeat since."""
+        return self.link_status().live
 
     @property
     def status_text(self) -> str:
         """What a display shows beside the image: never an old overlay without saying the AI is offline."""
-        if self.daemon_alive:
-            return "AI live"
-        if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:
-            return "AI offline (stopped)"
-        return "AI offline"
+        return self.link_status().banner
+
+    def _poll_disconnects(self) -> None:
+        monitor = self._monitor
+        if monitor is None or monitor.closed:
+            return
+        while True:
+            try:
+                monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._liveness.on_disconnect()
 
     def _handle(self, parts: list[bytes]) -> Result | None:
         kind = message_type(parts)
+        now = time.monotonic()
         try:
             if kind is MessageType.HEARTBEAT:
-                self.last_heartbeat = decode_heartbeat(parts)
-                self._last_heartbeat_at = time.monotonic()
+                hb = decode_heartbeat(parts)
+                self._poll_disconnects()  # a drop before this heartbeat is history, not news
+                self._liveness.on_heartbeat(hb, now)
                 self.stats.heartbeats += 1
                 return None
             result = decode_result(parts, self.limits)
@@ -104,16 +121,13 @@ class ResultSubscriber:
             self.stats.rejected += 1
             log.warning("ignored undecodable message: %s", escaped(exc))
             return None
-        self._last_heartbeat_at = time.monotonic()  # a result is as good a sign of life as a heartbeat
-        if self.last_heartbeat is not None and self.last_heartbeat.state is DaemonState.STOPPING:
-            self.last_heartbeat = None  # results again: a restarted daemon
+        self._poll_disconnects()
+        self._liveness.on_result(now)  # a result is as good a sign of life as a heartbeat
         if self.stream_id is not None and result.stream_id != self.stream_id:
             return None
-        if self.max_age_ms is not None:
-            origin = result.capture_ts_ns or result.recv_ts_ns
-            if (time.time_ns() - origin) / 1e6 > self.max_age_ms:
-                self.stats.stale += 1
-                return None
+        if not is_fresh(result.capture_ts_ns, time.time_ns(), self.max_age_ms):
+            self.stats.stale += 1
+            return None
         return result
 
     def recv(self, timeout_ms: float = 1000.0) -> Result | None:
@@ -153,6 +167,10 @@ class ResultSubscriber:
                 yield result
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self._sock.close(linger=0)
 
     def __enter__(self) -> ResultSubscriber:

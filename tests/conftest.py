@@ -24,6 +24,7 @@ from make_models import build  # noqa: E402
 from edge_runtime.daemon.config import DaemonConfig, IngestConfig  # noqa: E402
 from edge_runtime.daemon.server import Daemon  # noqa: E402
 from edge_runtime.package import demo_package_path  # noqa: E402
+from edge_runtime.protocol import DaemonState, Heartbeat, ModelId, encode_heartbeat  # noqa: E402
 from edge_runtime.sender import FrameSender  # noqa: E402
 
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -118,3 +119,59 @@ def start_daemon(demo_model: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for d in daemons:
         d.stop()
+
+
+FAKE_MODEL = ModelId("seg", "2.0", "cd" * 32)
+
+
+class FakeDaemon:
+    """A PUB socket on a fixed port that publishes heartbeats of a given state every 30 ms, until paused."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], port: int) -> None:
+        self.ctx, self.port = ctx, port
+        self.state: DaemonState | None = DaemonState.READY  # None: silent
+        self.interval_ms = 100.0
+        self._lock = threading.Lock()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._stop = threading.Event()
+        self.open()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def open(self) -> None:
+        with self._lock:
+            sock = self.ctx.socket(zmq.PUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(f"tcp://127.0.0.1:{self.port}")
+            self._sock = sock
+
+    def close(self) -> None:
+        with self._lock:
+            assert self._sock is not None
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.03):
+            with self._lock:
+                if self._sock is not None and self.state is not None:
+                    self._sock.send_multipart(
+                        encode_heartbeat(
+                            Heartbeat(
+                                self.state, time.time_ns(), 0, 0, 0, 0, FAKE_MODEL, {"interval_ms": self.interval_ms}
+                            )
+                        )
+                    )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        if self._sock is not None:
+            self.close()
+
+
+@pytest.fixture
+def fake_daemon(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[FakeDaemon]:
+    daemon = FakeDaemon(zmq_ctx, free_ports(1)[0])
+    yield daemon
+    daemon.stop()

@@ -20,6 +20,7 @@ CORE = {
     "edge_runtime.backends.sessions",
     "edge_runtime.backends.engine_cache",
     "edge_runtime.errors",
+    "edge_runtime.liveness",
 }
 
 

@@ -251,3 +251,26 @@ def test_ctl_usage_errors_name_the_ctl_subcommand(capsys: pytest.CaptureFixture[
     assert "edgert ctl reload: usage error: reload needs a model package path" in capsys.readouterr().err
     assert main(["ctl", "status", "extra", "--control", "tcp://127.0.0.1:9"]) == 2
     assert "edgert ctl status: usage error: status takes no package argument" in capsys.readouterr().err
+
+
+def test_view_token_comes_from_a_file_then_the_flag_then_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.cli import CliError, _view_token, build_parser
+
+    parser = build_parser()
+    secret = tmp_path / "token"
+    secret.write_text("from-the-file-123\nignored\n", encoding="utf-8")
+    monkeypatch.setenv("EDGERT_VIEW_TOKEN", "from-the-environment")
+    assert _view_token(parser.parse_args(["view", "--token-file", str(secret)])) == "from-the-file-123"
+    assert _view_token(parser.parse_args(["view", "--token", "on-the-command-line"])) == "on-the-command-line"
+    assert _view_token(parser.parse_args(["view"])) == "from-the-environment"
+    monkeypatch.delenv("EDGERT_VIEW_TOKEN")
+    assert _view_token(parser.parse_args(["view"])) is None
+    secret.write_text("\n", encoding="utf-8")
+    with pytest.raises(CliError, match="is empty"):
+        _view_token(parser.parse_args(["view", "--token-file", str(secret)]))
+    with pytest.raises(CliError, match="cannot read"):
+        _view_token(parser.parse_args(["view", "--token-file", str(tmp_path / "missing")]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["view", "--token", "x" * 8, "--token-file", str(secret)])

@@ -22,10 +22,11 @@ import zmq
 from PIL import Image
 
 from edge_runtime.errors import escaped
+from edge_runtime.liveness import Link, age_ms
 from edge_runtime.protocol import Preview, Result, ResultStatus
 from edge_runtime.record.objects import RecordError, Series, SourceStudy, build_objects
 from edge_runtime.record.pacs import PacsSender, PacsTarget, Spool
-from edge_runtime.view.feed import Feed, Link
+from edge_runtime.view.feed import Feed
 
 log = logging.getLogger("edgert.record")
 
@@ -100,9 +101,9 @@ class Recorder:
         if latest is None:
             raise RecordError("nothing to record yet: no result with its frame has arrived (is --preview on?)")
         result, preview = latest
-        age_ms = (time.time_ns() - result.capture_ts_ns) / 1e6
-        if age_ms > self.options.max_age_ms:
-            raise RecordError(f"the newest result is {age_ms:.0f} ms old (limit {self.options.max_age_ms:.0f} ms)")
+        age = age_ms(result.capture_ts_ns, time.time_ns())
+        if age > self.options.max_age_ms:  # the SDK's freshness rule (edge_runtime.liveness)
+            raise RecordError(f"the newest result is {age:.0f} ms old (limit {self.options.max_age_ms:.0f} ms)")
         image: Image.Image = Image.open(io.BytesIO(bytes(preview.data))).convert("RGB")
         if image.size != (preview.frame_width, preview.frame_height):  # the result's geometry is the frame's
             image = image.resize((preview.frame_width, preview.frame_height), Image.Resampling.BILINEAR)

@@ -5,7 +5,8 @@ serves the page and pushes frames over a WebSocket, newest first; `static/` is t
 (the `view` extra), imported only when a server is made.
 """
 
-from edge_runtime.view.feed import DisplayFrame, Feed, Link, LinkStatus, Liveness, Pairer
+from edge_runtime.liveness import Link, LinkStatus, Liveness
+from edge_runtime.view.feed import DisplayFrame, Feed, Pairer
 from edge_runtime.view.server import ViewError, ViewOptions, ViewServer
 
 __all__ = [

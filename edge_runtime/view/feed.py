@@ -1,7 +1,8 @@
 """The ZeroMQ side of `edgert view`: results and previews in, paired display frames and the daemon's liveness out.
 
-No asyncio and no web code here: `Pairer` and `Liveness` are pure and take the time as an argument, `display_frame`
-builds what the page draws, and `Feed` is the one thread that owns the ZeroMQ sockets.
+No asyncio and no web code here: `Pairer` is pure, liveness and freshness follow the SDK's one rule
+(`edge_runtime.liveness`), `display_frame` builds what the page draws, and `Feed` is the one thread that owns the
+ZeroMQ sockets.
 
 A result is shown only with the preview of the same stream, seq and capture time, whose frame has the result's
 geometry; anything else is counted and dropped, so an overlay is never drawn on a frame it does not belong to.
@@ -9,7 +10,6 @@ geometry; anything else is counted and dropped, so an overlay is never drawn on 
 
 from __future__ import annotations
 
-import enum
 import io
 import json
 import logging
@@ -26,12 +26,10 @@ import zmq
 from PIL import Image
 
 from edge_runtime.errors import escaped
+from edge_runtime.liveness import DEFAULT_MISSES, LinkStatus, Liveness, is_fresh
 from edge_runtime.protocol import (
-    DaemonState,
-    Heartbeat,
     Limits,
     MessageType,
-    ModelId,
     Preview,
     ProtocolError,
     Result,
@@ -47,79 +45,8 @@ log = logging.getLogger("edgert.view")
 
 FRAME_MAGIC = b"EVF1"  # the binary WebSocket message of one display frame: magic, u32 meta length, meta, image, overlay
 _FRAME_HEAD = struct.Struct("<4sI")
-DEFAULT_MISSES = 2.0  # heartbeat intervals without a sign of life before the daemon is offline (PROTOCOL.md)
-DEFAULT_INTERVAL_MS = 500.0  # until the first heartbeat says otherwise
 FOLLOW_SWITCH_S = 2.0  # without --stream, follow another stream once the followed one has been quiet this long
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
-
-
-class Link(str, enum.Enum):
-    """What the display may say about the AI; the values are what the page receives."""
-
-    WAITING = "waiting"  # nothing heard from the daemon yet
-    ONLINE = "online"
-    OFFLINE = "offline"  # no heartbeat or result within the timeout, or the connection dropped
-    STOPPED = "stopped"  # the daemon said it is stopping
-
-
-@dataclass(frozen=True)
-class LinkStatus:
-    link: Link
-    reason: str  # one line for the banner
-    state: DaemonState | None = None  # the daemon's own state from its last heartbeat
-    model: ModelId | None = None
-    preview: str | None = None  # the preview endpoint in use, None when the daemon has no preview stream
-
-
-class Liveness:
-    """Whether the daemon is alive, from heartbeats, results and connection events; times are monotonic seconds."""
-
-    def __init__(self, misses: float = DEFAULT_MISSES) -> None:
-        self.misses = misses
-        self.interval_ms = DEFAULT_INTERVAL_MS
-        self.last_seen: float | None = None
-        self.heartbeat: Heartbeat | None = None
-        self.disconnected = False  # the transport dropped (the daemon's process is gone) and no sign of life since
-        self.stopping = False
-
-    @property
-    def timeout_s(self) -> float:
-        return self.misses * self.interval_ms / 1000.0
-
-    def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
-        self.heartbeat = hb
-        interval = hb.info.get("interval_ms")
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and 10 <= interval <= 10_000:
-            self.interval_ms = float(interval)
-        self.stopping = hb.state is DaemonState.STOPPING
-        self.last_seen = now
-        self.disconnected = False
-
-    def on_result(self, now: float) -> None:
-        self.last_seen = now
-        self.disconnected = False
-        self.stopping = False  # results again: a restarted daemon
-
-    def on_disconnect(self) -> None:
-        self.disconnected = True
-
-    def status(self, now: float, preview: str | None = None) -> LinkStatus:
-        hb = self.heartbeat
-        state, model = (hb.state, hb.model) if hb is not None else (None, None)
-
-        def say(link: Link, reason: str) -> LinkStatus:
-            return LinkStatus(link, reason, state, model, preview)
-
-        if self.last_seen is None:
-            return say(Link.WAITING, "waiting for the AI daemon")
-        if self.stopping:
-            return say(Link.STOPPED, "AI daemon stopped")
-        silent = now - self.last_seen
-        if self.disconnected:
-            return say(Link.OFFLINE, f"connection to the AI daemon lost {silent:.1f} s ago")
-        if silent > self.timeout_s:
-            return say(Link.OFFLINE, f"no heartbeat from the AI daemon for {silent:.1f} s")
-        return say(Link.ONLINE, "AI live" if state is not DaemonState.DEGRADED else "AI live (degraded)")
 
 
 @dataclass
@@ -439,7 +366,7 @@ class Feed:
         if not self._follows(result.stream_id):
             self.stats.other_streams += 1
             return
-        if self.max_age_ms is not None and (time.time_ns() - result.capture_ts_ns) / 1e6 > self.max_age_ms:
+        if not is_fresh(result.capture_ts_ns, time.time_ns(), self.max_age_ms):
             self.stats.stale += 1
             return
         self._emit(self._pairer.add_result(result))

@@ -16,10 +16,11 @@ import http
 import ipaddress
 import json
 import logging
+import math
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
@@ -28,7 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from edge_runtime.errors import EdgertError, escaped
-from edge_runtime.view.feed import DisplayFrame, Feed, LinkStatus
+from edge_runtime.liveness import LinkStatus
+from edge_runtime.view.feed import DisplayFrame, Feed
 
 log = logging.getLogger("edgert.view")
 http_log = logging.getLogger("edgert.view.http")  # websockets' own per-connection lines: debug detail
@@ -39,6 +41,10 @@ CLOCK_EVERY_S = 1.0
 LATENCY_WINDOW = 20_000
 MAX_CLIENT_MESSAGE = 4096  # what a browser sends: acknowledgements and clock replies
 IN_FLIGHT_TIMEOUT_S = 2.0  # a frame not acknowledged by then counts as lost, so a page can never stall its feed
+MAX_DISPLAY_MS = 60_000.0  # a capture-to-paint sample outside -1 s..60 s is a wrong clock or a lie, never kept
+MAX_PROBES = 4  # clock probes awaiting a reply, per page
+GUESS_BURST, GUESS_PER_S = 10, 1.0  # wrong tokens a host may try at once, and then per second; beyond: 429
+GUESS_HOSTS = 1024  # hosts remembered for that, least recent forgotten first
 STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -143,13 +149,66 @@ class ViewStats:
     painted: int = 0
     superseded: int = 0  # sent, but replaced in the page before it was painted
     refused: int = 0  # HTTP requests or sockets refused (token, unknown path, bad message)
+    wrong_tokens: int = 0  # requests with a missing or wrong access token
+    throttled: int = 0  # requests refused unchecked (429) because their host guessed wrong too often
+    bad_messages: int = (
+        0  # page messages refused (not JSON, NaN, out of range, for a frame never sent): that page closed
+    )
+    unknown_acks: int = 0  # acknowledgements of a frame not in flight to that page (late after the timeout): ignored
+    implausible: int = 0  # paint reports whose capture-to-paint was outside -1 s..60 s: not counted as latency
+
+
+class BadMessage(ValueError):
+    """A page sent something that is not a well-formed acknowledgement or clock reply."""
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(constant: str) -> Any:
+        raise BadMessage(f"{constant} is not a number")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _number(msg: dict[str, Any], key: str, low: float, high: float) -> float:
+    value = msg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadMessage(f"{key} is not a number")
+    number = float(value)
+    if not (math.isfinite(number) and low <= number <= high):
+        raise BadMessage(f"{key} {number!r} outside {low:g}..{high:g}")
+    return number
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """JSON out to pages and /stats: strict (a NaN is a bug here, never a message a browser must parse)."""
+    return json.dumps(obj, indent=indent, allow_nan=False)
+
+
+class GuessThrottle:
+    """Wrong access tokens per host, as a token bucket: `GUESS_BURST` at once, then `GUESS_PER_S`."""
+
+    def __init__(self, burst: int = GUESS_BURST, per_s: float = GUESS_PER_S, hosts: int = GUESS_HOSTS) -> None:
+        self.burst, self.per_s, self.hosts = burst, per_s, hosts
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # host -> (allowance, at)
+
+    def allowed(self, host: str, now: float) -> bool:
+        """Whether `host` may have a token checked now."""
+        allowance, at = self._buckets.get(host, (float(self.burst), now))
+        return min(self.burst, allowance + (now - at) * self.per_s) >= 1.0
+
+    def wrong(self, host: str, now: float) -> None:
+        allowance, at = self._buckets.pop(host, (float(self.burst), now))
+        self._buckets[host] = (max(0.0, min(self.burst, allowance + (now - at) * self.per_s) - 1.0), now)
+        while len(self._buckets) > self.hosts:
+            self._buckets.popitem(last=False)
 
 
 class _Client:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.latest: DisplayFrame | None = None
-        self.in_flight: dict[int, float] = {}  # seq -> monotonic time sent
+        self.in_flight: dict[int, tuple[float, float]] = {}  # seq -> (monotonic time sent, its capture_ms)
+        self.probes: deque[float] = deque(maxlen=MAX_PROBES)  # t0 of clock probes sent, awaiting a reply
         self.wake = asyncio.Event()
         self.clock = ClockOffset()
         self.status: str | None = None  # the newest status message not yet sent
@@ -179,6 +238,8 @@ class ViewServer:
         self._feed = Feed(options.results, self._on_frame, preview=options.preview, stream_id=options.stream_id,
                           max_age_ms=options.max_age_ms, misses=options.misses)  # fmt: skip
         self._last_log = time.monotonic()
+        self._guesses = GuessThrottle()
+        self._tick_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -257,6 +318,15 @@ class ViewServer:
         given = parse_qs(query).get("token", [""])[0]
         return hmac.compare_digest(given.encode(), self.options.token.encode())
 
+    def _refuse_token(self, host: str) -> None:
+        """Count and log (bounded: 1st, 2nd, 4th, ...) a wrong or missing token; never the token itself."""
+        self._guesses.wrong(host, time.monotonic())
+        self.stats.wrong_tokens += 1
+        n = self.stats.wrong_tokens
+        if n & (n - 1) == 0:
+            log.warning("refused a request without the right access token (%d so far, the latest from %s)", n,
+                        escaped(host, 64))  # fmt: skip
+
     def _http(self, connection: Any, request: Any) -> Any:
         from websockets.datastructures import Headers
         from websockets.http11 import Response
@@ -268,16 +338,25 @@ class ViewServer:
                                ("Connection", "close"), *SECURITY_HEADERS])  # fmt: skip
             return Response(status.value, status.phrase, headers, body)
 
-        if url.path not in ("/view.js", "/view.css") and not self._authorized(url.query):  # code only, no data
-            self.stats.refused += 1
-            return respond(http.HTTPStatus.UNAUTHORIZED, b"access token required: add ?token=TOKEN (edgert view --token) to the URL\n",
-                           "text/plain; charset=utf-8")  # fmt: skip
+        needs_token = url.path not in ("/view.js", "/view.css")  # code only, no data
+        if needs_token and self.options.token is not None:
+            host = str((getattr(connection, "remote_address", None) or ("?",))[0])
+            if not self._guesses.allowed(host, time.monotonic()):
+                self.stats.refused += 1
+                self.stats.throttled += 1
+                return respond(http.HTTPStatus.TOO_MANY_REQUESTS, b"too many wrong access tokens: wait and retry\n",
+                               "text/plain; charset=utf-8")  # fmt: skip
+            if not self._authorized(url.query):
+                self.stats.refused += 1
+                self._refuse_token(host)
+                return respond(http.HTTPStatus.UNAUTHORIZED, b"access token required: add ?token=TOKEN (edgert view --token) to the URL\n",
+                               "text/plain; charset=utf-8")  # fmt: skip
         if url.path == "/ws":
             return None  # the WebSocket handshake goes on
         if url.path == "/favicon.ico":
             return respond(http.HTTPStatus.NO_CONTENT, b"", "text/plain")
         if url.path == "/stats":
-            body = json.dumps(self.snapshot(), indent=1).encode()
+            body = dumps(self.snapshot(), indent=1).encode()
             return respond(http.HTTPStatus.OK, body, "application/json")
         if url.path in STATIC_FILES:
             name, content_type = STATIC_FILES[url.path]
@@ -308,7 +387,7 @@ class ViewServer:
         self._clients.add(client)
         self.stats.clients += 1
         self.stats.connections += 1
-        client.status = json.dumps(self._status_message(self._feed.status()))
+        client.status = dumps(self._status_message(self._feed.status()))
         client.wake.set()
         sender = asyncio.create_task(self._send_loop(client))
         try:
@@ -339,37 +418,65 @@ class ViewServer:
                 if frame is None or len(client.in_flight) >= MAX_IN_FLIGHT:
                     continue  # an acknowledgement wakes this loop again
                 client.latest = None
-                client.in_flight[frame.seq] = time.monotonic()
+                client.in_flight[frame.seq] = (time.monotonic(), float(frame.meta.get("capture_ms", 0.0)))
                 await client.ws.send(frame.message(time.time_ns()))
                 self.stats.sent += 1
         except ConnectionClosed:  # the receiving side of `_socket` ends the connection's bookkeeping
             return
 
     def _on_message(self, client: _Client, message: Any) -> bool:
-        """Handle an acknowledgement or a clock reply; False for anything else (the connection is closed)."""
-        if not isinstance(message, str):
-            return False
+        """Handle an acknowledgement or a clock reply; False for anything else (that page's connection is closed).
+
+        Every number is checked finite and in range here, an acknowledgement counts only for a frame in flight to
+        this page, and a clock reply only for a probe sent to it: nothing one page sends changes what another sees.
+        """
         try:
-            msg = json.loads(message)
-            kind = msg["type"]
+            if not isinstance(message, str):
+                raise BadMessage("a binary message")
+            msg = _strict_json(message)
+            if not isinstance(msg, dict):
+                raise BadMessage("not a JSON object")
+            kind = msg.get("type")
             if kind == "ack":
-                seq = int(msg["seq"])
-                client.in_flight.pop(seq, None)
-                if msg.get("painted"):
-                    self.stats.painted += 1
-                    offset = client.clock.ms
-                    if offset is not None:
-                        self.latency.add(float(msg["paint_ms"]) - offset - float(msg["capture_ms"]))
-                else:
-                    self.stats.superseded += 1
-                client.wake.set()
+                self._on_ack(client, msg)
                 return True
             if kind == "clock":
-                client.clock.add(float(msg["t0"]), float(msg["tc"]), time.time_ns() / 1e6)
+                t0 = _number(msg, "t0", 0.0, 1e15)
+                if t0 not in client.probes:
+                    raise BadMessage("a clock reply to no probe of ours")
+                client.probes.remove(t0)
+                client.clock.add(t0, _number(msg, "tc", 0.0, 1e15), time.time_ns() / 1e6)
                 return True
-        except (ValueError, KeyError, TypeError):
-            pass
-        return False
+            raise BadMessage(f"unknown message type {escaped(kind, 32)}")
+        except (BadMessage, ValueError) as exc:  # json's own errors are ValueErrors
+            self.stats.bad_messages += 1
+            n = self.stats.bad_messages
+            if n & (n - 1) == 0:
+                log.warning("closed a page that sent a bad message (%d so far): %s", n, escaped(exc))
+            return False
+
+    def _on_ack(self, client: _Client, msg: dict[str, Any]) -> None:
+        seq = int(_number(msg, "seq", 0, 2**32 - 1))
+        painted = msg.get("painted", False)
+        if not isinstance(painted, bool):
+            raise BadMessage("painted is not true or false")
+        paint_ms = _number(msg, "paint_ms", 0.0, 1e15) if painted else None
+        sent = client.in_flight.pop(seq, None)
+        client.wake.set()
+        if sent is None:  # never sent to this page, or already given up on: nothing to count
+            self.stats.unknown_acks += 1
+            return
+        if paint_ms is None:
+            self.stats.superseded += 1
+            return
+        self.stats.painted += 1
+        offset = client.clock.ms
+        if offset is not None:
+            display_ms = paint_ms - offset - sent[1]  # the capture time is the one sent, not the one claimed
+            if -1000.0 <= display_ms <= MAX_DISPLAY_MS:
+                self.latency.add(display_ms)
+            else:
+                self.stats.implausible += 1
 
     def _status_message(self, status: LinkStatus) -> dict[str, Any]:
         recent = self.latency.summary(list(self.latency.samples)[-120:])
@@ -388,22 +495,33 @@ class ViewServer:
         """Status to every page several times a second, clock probes once a second, the latency summary."""
         next_clock = 0.0
         while True:
-            status = self._status_message(self._feed.status())
-            now = time.monotonic()
-            probe = now >= next_clock
-            if probe:
-                next_clock = now + CLOCK_EVERY_S
-            for client in self._clients:
-                client.status = json.dumps(status)
-                if probe:
-                    client.probe = json.dumps({"type": "clock", "t0": time.time_ns() / 1e6})
-                lost = [seq for seq, sent in client.in_flight.items() if now - sent > IN_FLIGHT_TIMEOUT_S]
-                for seq in lost:
-                    del client.in_flight[seq]
-                client.wake.set()
-            if self.options.log_every_s and now - self._last_log >= self.options.log_every_s:
-                self._log_summary()
+            try:
+                next_clock = self._tick_once(next_clock)
+            except Exception as exc:  # the status to every page must keep flowing: "AI offline" depends on it
+                self._tick_failures += 1
+                if self._tick_failures & (self._tick_failures - 1) == 0:
+                    log.error("status tick failed (%d so far): %s", self._tick_failures, escaped(exc))
             await asyncio.sleep(STATUS_EVERY_S)
+
+    def _tick_once(self, next_clock: float) -> float:
+        status = dumps(self._status_message(self._feed.status()))
+        now = time.monotonic()
+        probe = now >= next_clock
+        if probe:
+            next_clock = now + CLOCK_EVERY_S
+        for client in self._clients:
+            client.status = status
+            if probe:
+                t0 = time.time_ns() / 1e6
+                client.probes.append(t0)
+                client.probe = dumps({"type": "clock", "t0": t0})
+            lost = [seq for seq, (sent, _) in client.in_flight.items() if now - sent > IN_FLIGHT_TIMEOUT_S]
+            for seq in lost:
+                del client.in_flight[seq]
+            client.wake.set()
+        if self.options.log_every_s and now - self._last_log >= self.options.log_every_s:
+            self._log_summary()
+        return next_clock
 
     # -- reporting ------------------------------------------------------------------------------------------------
     def _log_summary(self, final: bool = False) -> None:

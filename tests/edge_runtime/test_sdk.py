@@ -109,7 +109,7 @@ def test_recv_latest_skips_to_the_newest(publisher: zmq.Socket, zmq_ctx: zmq.Con
 
 def test_liveness_follows_heartbeats(publisher: zmq.Socket, zmq_ctx: zmq.Context) -> None:
     endpoint = publisher.getsockopt_string(zmq.LAST_ENDPOINT)
-    with ResultSubscriber(endpoint, heartbeat_timeout_ms=200, context=zmq_ctx) as sub:
+    with ResultSubscriber(endpoint, misses=2, context=zmq_ctx) as sub:  # no interval announced: 2 x 500 ms
         assert not sub.daemon_alive  # nothing heard yet
         _joined(publisher, sub)
         assert sub.daemon_alive

@@ -9,16 +9,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import pytest
 import zmq
 from PIL import Image
 
 from edge_runtime.daemon.config import PreviewConfig
 from edge_runtime.daemon.server import Daemon
+from edge_runtime.liveness import Link
 from edge_runtime.protocol import (
     Box,
-    DaemonState,
-    Heartbeat,
     ModelId,
     Preview,
     PreviewCodec,
@@ -31,8 +29,6 @@ from edge_runtime.view.feed import (
     FRAME_MAGIC,
     DisplayFrame,
     Feed,
-    Link,
-    Liveness,
     Pairer,
     display_frame,
     geometry_problem,
@@ -91,27 +87,6 @@ def test_a_preview_of_another_geometry_is_refused_never_drawn() -> None:
                     "boxes": (Box(1, 1, 9, 3, 1, 0.9),)})  # fmt: skip
     assert "beyond a 6x4 frame" in str(geometry_problem(box, 6, 4))
     assert geometry_problem(box, 10, 4) is None
-
-
-def test_liveness_offline_after_missed_heartbeats_or_a_dropped_connection() -> None:
-    live = Liveness(misses=2.5)
-    assert live.status(0.0).link is Link.WAITING
-    hb = Heartbeat(DaemonState.READY, 1, 0, 0, 0, 0, MODEL, {"interval_ms": 200})
-    live.on_heartbeat(hb, now=10.0)
-    assert live.timeout_s == pytest.approx(0.5)  # 2.5 intervals of the daemon's own heartbeat
-    assert live.status(10.4).link is Link.ONLINE
-    status = live.status(10.6)
-    assert status.link is Link.OFFLINE and "no heartbeat" in status.reason
-    live.on_result(now=11.0)
-    assert live.status(11.1).link is Link.ONLINE
-    live.on_disconnect()  # the daemon's process is gone: no need to wait for the timeout
-    assert live.status(11.1).link is Link.OFFLINE
-    live.on_heartbeat(hb, now=12.0)  # back
-    assert live.status(12.0).link is Link.ONLINE
-    live.on_heartbeat(Heartbeat(DaemonState.STOPPING, 2, 0, 0, 0, 0, MODEL, {}), now=13.0)
-    assert live.status(13.0).link is Link.STOPPED
-    live.on_result(now=14.0)  # a restarted daemon
-    assert live.status(14.0).link is Link.ONLINE
 
 
 def test_the_display_frame_carries_the_overlay_of_its_result() -> None:

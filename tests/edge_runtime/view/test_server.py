@@ -15,7 +15,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from edge_runtime.view.feed import DisplayFrame
 from edge_runtime.view.server import MAX_IN_FLIGHT, ViewOptions, ViewServer, exposure_warning, is_loopback
-from tests.conftest import wait_until
+from tests.conftest import FakeDaemon, wait_until
 
 TOKEN = "s3cret-token"
 NOWHERE = "tcp://127.0.0.1:9"  # no daemon: these tests feed frames in directly
@@ -143,3 +143,84 @@ def test_a_port_in_use_is_a_clear_error(server: ViewServer) -> None:
     with pytest.raises(Exception, match=f"cannot listen on 127.0.0.1:{server.address[1]}"):
         other.start()
     other.stop()
+
+
+def _status(ws: ClientConnection, timeout: float = 2.0) -> dict[str, Any]:
+    """The next status message, parsed strictly (a NaN in it would fail here, as it does in a browser's JSON.parse)."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} in a message to the page")
+
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = ws.recv(timeout=left)
+        if isinstance(message, str):
+            msg: dict[str, Any] = json.loads(message, parse_constant=refuse)
+            if msg["type"] == "status":
+                return msg
+    raise AssertionError("no status message")
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        '{"type":"ack","seq":1,"painted":true,"paint_ms":NaN,"capture_ms":1}',
+        '{"type":"ack","seq":1,"painted":true,"paint_ms":Infinity,"capture_ms":1}',
+        '{"type":"ack","seq":1e400,"painted":true,"paint_ms":1,"capture_ms":1}',
+        '{"type":"ack","seq":-1,"painted":true,"paint_ms":1}',
+        '{"type":"ack","seq":1,"painted":"yes","paint_ms":1}',
+        '{"type":"clock","t0":NaN,"tc":1}',
+        '{"type":"clock","t0":12345,"tc":1}',  # a reply to a probe never sent
+        "[1, 2]",
+    ],
+)
+def test_a_bad_number_from_one_page_closes_that_page_and_changes_nothing_another_sees(
+    fake_daemon: FakeDaemon, attack: str
+) -> None:
+    view = ViewServer(ViewOptions(results=f"tcp://127.0.0.1:{fake_daemon.port}", port=0, log_every_s=0))
+    view.start()
+    try:
+        with _ws(view) as victim, _ws(view) as attacker:
+            wait_until(lambda: view.stats.clients == 2, timeout=2)
+            view._on_frame(_frame(1))  # in flight to both pages
+            assert _next_frame(attacker) is not None
+            attacker.send(attack)
+            with pytest.raises(ConnectionClosed):
+                for _ in range(50):
+                    attacker.recv(timeout=2)
+            assert view.stats.bad_messages == 1 and view.stats.painted == 0 and not view.latency.samples
+            wait_until(lambda: _status(victim)["link"] == "online", timeout=3)
+            assert _get(view, "/stats")[0] == 200
+            json.loads(_get(view, "/stats")[2], parse_constant=lambda c: pytest.fail(c))
+            fake_daemon.close()  # the daemon dies: the other page says so within 2 s
+            died = time.monotonic()
+            wait_until(lambda: _status(victim)["link"] == "offline", timeout=2)
+            assert time.monotonic() - died < 2.0
+    finally:
+        view.stop()
+
+
+def test_an_acknowledgement_counts_only_a_frame_that_was_sent_to_that_page(server: ViewServer) -> None:
+    with _ws(server) as ws, _ws(server) as other:
+        wait_until(lambda: server.stats.clients == 2, timeout=2)
+        server._on_frame(_frame(5))
+        assert _next_frame(ws) is not None and _next_frame(other) is not None
+        for seq in (4, 6, 99):  # frames never sent
+            ws.send(json.dumps({"type": "ack", "seq": seq, "painted": True, "paint_ms": 1.0, "capture_ms": 1.0}))
+        ws.send(json.dumps({"type": "ack", "seq": 5, "painted": True, "paint_ms": 1.0, "capture_ms": 1.0}))
+        ws.send(json.dumps({"type": "ack", "seq": 5, "painted": True, "paint_ms": 1.0, "capture_ms": 1.0}))  # twice
+        wait_until(lambda: server.stats.unknown_acks == 4, timeout=2)
+    assert server.stats.painted == 1  # only the one frame in flight to that page, once
+
+
+def test_wrong_tokens_are_throttled_per_host_and_logged_bounded(
+    server: ViewServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    codes = [_get(server, f"/?token=guess-{i:04d}")[0] for i in range(40)]
+    assert codes.count(401) == 10 and codes[10:] == [429] * 30  # a burst of 10, then nothing is even checked
+    assert _get(server, f"/?token={TOKEN}")[0] == 429  # the right token too: the host must wait
+    assert server.stats.wrong_tokens == 10 and server.stats.throttled == 31
+    lines = [r for r in caplog.records if "access token" in r.getMessage()]
+    assert 1 <= len(lines) <= 5 and all(TOKEN not in r.getMessage() and "guess-" not in r.getMessage() for r in lines)
+    time.sleep(1.1)  # a guess a second comes back
+    assert _get(server, f"/?token={TOKEN}")[0] == 200
