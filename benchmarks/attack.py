@@ -10,6 +10,10 @@ on stream 0 for `--seconds`, while attacker processes do one of:
 - spray_elsewhere: the same 4 processes sending to another process, not the daemon: what the attackers cost a
            machine they share with the daemon (on a 2-core machine, most of the spray's effect);
 - parts:   one message of 1,000,000 empty parts, 2 s in (item 2); parts_elsewhere sends it to another process;
+- fuzz:    100,000 messages over the run from 2 processes: 40% valid 64x64 frames on random stream ids, 60%
+           malformed (random bytes, cut and bit-flipped headers, wrong part counts) (issue 32, item 5);
+- fuzz_declared: the same, against a daemon that declares its one stream (`[streams] ids = [0]`); fuzz_elsewhere
+           sends it to another process;
 - control: raw TCP garbage, oversize and multi-part requests on the control port, while `ctl health` is asked
            every 250 ms the way the CLI asks it (item 3).
 
@@ -52,7 +56,18 @@ from edge_runtime.sender import FrameSender  # noqa: E402
 from edge_runtime.subscriber import ResultSubscriber  # noqa: E402
 
 FPS = 30
-SCENARIOS = ("alone", "spray", "spray_elsewhere", "parts", "parts_elsewhere", "control")
+SCENARIOS = (
+    "alone",
+    "spray",
+    "spray_elsewhere",
+    "parts",
+    "parts_elsewhere",
+    "control",
+    "fuzz",
+    "fuzz_declared",
+    "fuzz_elsewhere",
+)
+FUZZ_MESSAGES = 100_000  # the campaign of issue 32: malformed messages and valid frames on many stream ids
 
 
 def cpu_s(pid: int) -> float:
@@ -92,6 +107,45 @@ def spray(endpoint: str, rate: int, seconds: float, first_id: int) -> None:
                 pass
             sid += 1
         time.sleep(max(0.0, 0.005 - (time.monotonic() - tick)))
+    ctx.destroy(linger=0)
+
+
+def fuzz(endpoint: str, messages: int, seconds: float, seed: int) -> None:
+    """`messages` messages spread over `seconds`: about 40% valid 64x64 frames, each on a random stream id other than
+    the real stream's 0, and 60% malformed ones (random bytes, cut or bit-flipped headers, wrong part counts)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    rng = random.Random(seed)
+    image = np.random.default_rng(seed).integers(0, 255, (64, 64), np.uint8)
+    start, batch = time.monotonic(), 50
+    for sent in range(0, messages, batch):
+        for _ in range(batch):
+            header, pixels = encode_frame(image, stream_id=rng.randint(1, 2**32 - 1), seq=rng.randint(0, 2**40),
+                                          capture_ts_ns=time.time_ns(), send_ts_ns=0)[:2]  # fmt: skip
+            header = bytes(header)
+            roll = rng.random()
+            if roll < 0.4:
+                parts = [header, bytes(pixels)]
+            elif roll < 0.55:
+                parts = [rng.randbytes(rng.randint(0, 200))]
+            elif roll < 0.7:
+                parts = [header[: rng.randint(0, len(header) - 1)], bytes(pixels)]
+            elif roll < 0.85:
+                flipped = bytearray(header)
+                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+                parts = [bytes(flipped), bytes(pixels)]
+            else:
+                parts = [header] + [b"x" * rng.randint(0, 64) for _ in range(rng.choice((0, 3, 4, 9)))]
+            try:
+                sock.send_multipart(parts, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        ahead = start + seconds * (sent + batch) / messages - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
     ctx.destroy(linger=0)
 
 
@@ -149,7 +203,12 @@ def control_garbage(endpoint: str, seconds: float, kind: str) -> None:
 # -- one scenario -------------------------------------------------------------------------------------------------
 def run_scenario(name: str, seconds: float, checkout: Path, workdir: Path, threads: int) -> dict[str, Any]:
     log_path = workdir / f"{name}.log"
-    daemon = DaemonProcess(demo_package_path(), workdir, log_path, ["--threads", str(threads)], source_root=checkout)
+    extra = ["--threads", str(threads)]
+    if name == "fuzz_declared":  # the integrator declares its one stream: every other id is refused at once
+        config = workdir / "declared.toml"
+        config.write_text(f'[model]\npackage = "{demo_package_path()}"\n[streams]\nids = [0]\n')
+        extra += ["--config", str(config)]
+    daemon = DaemonProcess(demo_package_path(), workdir, log_path, extra, source_root=checkout)
     try:
         endpoints = daemon.wait_ready()
         return _measure(name, seconds, endpoints, daemon.pid, log_path)
@@ -186,8 +245,14 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
         if name == "spray_elsewhere":
             attackers += [mp.Process(target=spray, args=(elsewhere, 2000, seconds, 1000 + k * 10_000_000))
                           for k in range(4)]  # fmt: skip
+        elif name == "fuzz_elsewhere":
+            attackers += [mp.Process(target=fuzz, args=(elsewhere, FUZZ_MESSAGES // 2, seconds, k))
+                          for k in range(2)]  # fmt: skip
         else:
             attackers += [mp.Process(target=many_parts, args=(elsewhere, 1_000_000, 2.0))]
+    elif name.startswith("fuzz"):  # two processes share the campaign
+        attackers = [mp.Process(target=fuzz, args=(endpoints["ingest"], FUZZ_MESSAGES // 2, seconds, k))
+                     for k in range(2)]  # fmt: skip
     elif name == "parts":
         attackers = [mp.Process(target=many_parts, args=(endpoints["ingest"], 1_000_000, 2.0))]
     elif name == "control":

@@ -150,6 +150,7 @@ class RejectReason(str, enum.Enum):
     HANDSHAKE_FAILED = "handshake_failed"  # handshake: any other protocol error libzmq reports
     INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # closed before the handshake ended: wrong socket type, not ZMTP
     UNKNOWN_STREAM_NAME = "unknown_stream_name"  # imagezmq ingest: a name not in ingest.streams (or too many names)
+    UNDECLARED_STREAM = "undeclared_stream"  # a frame on a stream id that `[streams] ids` does not declare
 
 
 class ProtocolError(EdgertError, ValueError):

@@ -206,6 +206,12 @@ class DaemonConfig:
             raise ConfigError("model.threads, model.warmup and model.device must be >= 0")
         if (self.server_key is None) != (self.authorized_clients is None):
             raise ConfigError("security.server_key and security.authorized_clients go together")
+        if self.streams.ids:
+            stray = sorted(n for n, i in self.ingest.streams.items() if i not in self.streams.ids)
+            if stray:
+                raise ConfigError(
+                    f"ingest.streams.{stray[0]}: stream id {self.ingest.streams[stray[0]]} is not in streams.ids"
+                )
 
     @property
     def max_message_bytes(self) -> int:
@@ -231,7 +237,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "watchdog": {"inference_deadline_ms": int},
     "metrics": {"endpoint": str},
     "limits": {f.name: int for f in dataclasses.fields(Limits)},
-    "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int},
+    "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int, "ids": list},
     "security": {"server_key": str, "authorized_clients": str},
     "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
     "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
@@ -301,7 +307,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             server_key=_path(data.get("security", {}).get("server_key"), base_dir),
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
             limits=Limits(**limits),
-            streams=StreamLimits(**data.get("streams", {})),
+            streams=_streams(data.get("streams", {}), where),
             tracker=_tracker(data.get("tracker", {})),
             tracker_enabled=data.get("tracker", {}).get("enabled"),
             preview=PreviewConfig(**data.get("preview", {})),
@@ -310,6 +316,13 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _streams(section: Mapping[str, Any], where: str) -> StreamLimits:
+    ids = section.get("ids", [])
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConfigError(f"{where}: streams.ids must be a list of stream ids (integers)")
+    return StreamLimits(**{**section, "ids": tuple(ids)})
 
 
 def _cpu(section: Mapping[str, Any], where: str) -> CpuConfig:

@@ -84,7 +84,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 REPLY_STOPPING = b"REFUSED stopping"  # what REQ senders waiting at shutdown are told
 REPLY_LINGER_MS = 200  # at shutdown, how long the last answers to REQ senders may take to leave
 RELOAD_TAKE_TIMEOUT_S = 10.0  # a reloaded model the inference thread has not taken by then is withdrawn
-PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after the stream table refused or dropped a stale frame
+PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after a served or declared stream lost a frame (slots.py)
 
 
 EngineSource = Callable[[ModelPackage, Callable[[str], None]], Path]
@@ -525,6 +525,9 @@ class Daemon:
         if admission is Admission.STREAM_OWNER:
             self._rejected(RejectReason.STREAM_OWNER, f"stream {frame.stream_id} belongs to another client key")
             return RejectReason.STREAM_OWNER
+        if admission is Admission.UNDECLARED_STREAM:
+            self._rejected(RejectReason.UNDECLARED_STREAM, f"stream {frame.stream_id} is not in streams.ids")
+            return RejectReason.UNDECLARED_STREAM
         reason = RejectReason(admission.value)
         self._rejected(reason, lambda: self._table_detail(frame.stream_id))
         return reason

@@ -8,6 +8,15 @@ waited longer than `max_age_ms` is dropped as stale, never served. A frame beyon
 queued. Streams are served round robin: a stream that was just served goes to the back, so no stream can starve
 another.
 
+An integrator may declare the stream ids that exist (`[streams] ids`): a frame on any other id is refused before it
+touches the table (`undeclared_stream`), so senders of made-up ids can neither take a declared stream's place nor
+its share of inference. CURVE stays the real door; this is the lock on the inner one.
+
+The table reports pressure (DEGRADED) only when a stream that is being served, or one that was declared, loses a
+frame: a stale drop, or a frame refused for bytes on a live or declared stream (declared streams always fit
+within `max_streams`). A refused
+stranger is counted, never a reason to call the daemon degraded, or anyone who can send could keep it so.
+
 With CURVE, a live stream belongs to the client key that opened it: a frame from another key on that stream id is
 refused (`stream_owner`), so one authorized client cannot put its masks on another's display. Ownership ends with
 the stream (idle for `idle_ms`). Without CURVE there is no identity to check and any sender may use any stream id.
@@ -31,10 +40,20 @@ class StreamLimits:
     idle_ms: int = 5000  # a stream with no frame for this long is forgotten and its place freed
     max_pending_bytes: int = 128 * 1024 * 1024  # pixels waiting for inference, all streams together
     max_age_ms: int = 1000  # a frame that has waited longer is stale: dropped, never served
+    ids: tuple[int, ...] = ()  # the stream ids that exist; empty: any id (up to max_streams at a time)
 
     def __post_init__(self) -> None:
         if min(self.max_streams, self.idle_ms, self.max_pending_bytes, self.max_age_ms) <= 0:
             raise ValueError("streams: max_streams, idle_ms, max_pending_bytes and max_age_ms must be positive")
+        bad = [i for i in self.ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**32]
+        if bad:
+            raise ValueError(f"streams.ids: {bad[0]!r} is not a stream id (0..2**32-1)")
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("streams.ids: an id is declared twice")
+        if len(self.ids) > self.max_streams:
+            raise ValueError(
+                f"streams.ids: {len(self.ids)} streams declared, but streams.max_streams is {self.max_streams}"
+            )
 
 
 class Admission(enum.Enum):
@@ -45,6 +64,7 @@ class Admission(enum.Enum):
     STREAM_LIMIT = "stream_limit"  # refused: a new stream while `max_streams` are live
     PENDING_BYTES = "pending_bytes"  # refused: waiting pixels would exceed `max_pending_bytes`
     STREAM_OWNER = "stream_owner"  # refused: the stream belongs to another client key
+    UNDECLARED_STREAM = "undeclared_stream"  # refused: stream ids are declared and this is not one of them
 
     @property
     def accepted(self) -> bool:
@@ -68,6 +88,7 @@ class StreamTable:
         self._last_seen: dict[int, int] = {}  # live streams: monotonic ns of their last accepted frame
         self._owner: dict[int, str] = {}  # live streams opened by an authenticated client: its key (z85)
         self._pending_bytes = 0
+        self._declared = frozenset(limits.ids)
         self._closed = False
         self.stale = 0  # frames dropped for age
         self.last_pressure_ns = 0  # monotonic ns of the last refusal or stale drop; 0: never
@@ -83,19 +104,22 @@ class StreamTable:
         """Offer a frame; `owner` is the sender's authenticated identity (CURVE), None without one."""
         now = time.monotonic_ns() if now_ns is None else now_ns
         size = frame.pixels.nbytes
+        sid = frame.stream_id
+        if self._declared and sid not in self._declared:
+            return Admission.UNDECLARED_STREAM
         with self._cond:
             self._expire(now)
-            sid = frame.stream_id
             old = self._pending.get(sid)
-            if sid in self._last_seen:
+            live = sid in self._last_seen
+            if live:
                 if self._owner.get(sid) != owner:
                     return Admission.STREAM_OWNER
-            elif len(self._last_seen) >= self.limits.max_streams:
-                self.last_pressure_ns = now
+            elif len(self._last_seen) >= self.limits.max_streams:  # never a declared one: they all fit
                 return Admission.STREAM_LIMIT
             freed = old.frame.pixels.nbytes if old is not None else 0
             if self._pending_bytes - freed + size > self.limits.max_pending_bytes:
-                self.last_pressure_ns = now
+                if live or self._declared:  # a stream being served (or declared) loses a frame
+                    self.last_pressure_ns = now
                 return Admission.PENDING_BYTES
             self._last_seen[sid] = now
             if owner is not None:

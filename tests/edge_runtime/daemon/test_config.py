@@ -149,3 +149,21 @@ def test_the_cpu_and_results_sections(tmp_path: Path) -> None:
     assert cfg.cpu.io_cpus == (0,) and cfg.cpu.realtime_priority == 10
     assert cfg.cpu.threads(0) == 3 and cfg.cpu.threads(2) == 2  # one per inference CPU unless model.threads says
     assert cfg.cpu.backend().worker_cpus == (2, 3)  # the inference thread itself takes the first
+
+
+def test_declared_stream_ids(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[model]\npackage = "m"\n[streams]\nids = [0, 3]\n'))
+    assert cfg.streams.ids == (0, 3)
+    assert load_config(_write(tmp_path, '[model]\npackage = "m"\n')).streams.ids == ()  # default: any id
+    for text, message in (
+        ('[streams]\nids = ["0"]', "streams.ids must be a list of stream ids"),
+        ("[streams]\nids = [-1]", "not a stream id"),
+        ("[streams]\nids = [1, 1]", "declared twice"),
+        ("[streams]\nmax_streams = 1\nids = [1, 2]", "max_streams is 1"),
+        (
+            '[ingest]\nformat = "imagezmq"\npattern = "rep"\nstreams = {probe = 4}\n[streams]\nids = [0]',
+            "ingest.streams.probe: stream id 4 is not in streams.ids",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(_write(tmp_path, '[model]\npackage = "m"\n' + text + "\n"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from edge_runtime.daemon.slots import Admission, StreamLimits, StreamTable
 from edge_runtime.protocol import Frame, PixelFormat
@@ -53,7 +54,7 @@ def test_new_streams_beyond_the_limit_are_refused_until_one_expires() -> None:
     ms = 1_000_000
     assert slots.put(_frame(1, 1), 0, now_ns=0).accepted and slots.put(_frame(2, 1), 0, now_ns=0).accepted
     assert slots.put(_frame(3, 1), 0, now_ns=1 * ms) is Admission.STREAM_LIMIT
-    assert slots.last_pressure_ns == 1 * ms
+    assert slots.last_pressure_ns == 0  # a refused stranger is counted, not pressure: anyone could cause it
     assert slots.put(_frame(1, 2), 0, now_ns=2 * ms) is Admission.REPLACED  # a live stream is never refused
     slots.take(0.0), slots.take(0.0)  # both served; they stay live until idle
     assert slots.put(_frame(3, 1), 0, now_ns=50 * ms) is Admission.STREAM_LIMIT
@@ -71,6 +72,7 @@ def test_waiting_bytes_are_bounded_and_a_replacement_frees_its_predecessor() -> 
     slots = StreamTable(StreamLimits(max_pending_bytes=1000))
     assert slots.put(_sized(1, 1, 600), 0).accepted
     assert slots.put(_sized(2, 1, 600), 0) is Admission.PENDING_BYTES
+    assert slots.last_pressure_ns == 0  # stream 2 was never served: nothing being served lost a frame
     assert slots.put(_sized(1, 2, 900), 0) is Admission.REPLACED  # 900 replaces 600: within budget
     assert slots.pending_bytes == 900
     assert slots.take(0.0) is not None and slots.pending_bytes == 0
@@ -113,3 +115,32 @@ def test_a_live_stream_belongs_to_the_key_that_opened_it_until_it_expires() -> N
     assert slots.last_pressure_ns == 0  # an ownership refusal is not load: the owner's stream is served as usual
     slots.take(0.0), slots.take(0.0)
     assert slots.put(_frame(5, 4), 0, now_ns=500 * ms, owner="intruder").accepted  # the stream idled out: free again
+
+
+def test_a_live_stream_refused_for_bytes_is_pressure() -> None:
+    slots = StreamTable(StreamLimits(max_pending_bytes=1000))
+    assert slots.put(_sized(1, 1, 600), 0, now_ns=5).accepted
+    assert slots.put(_sized(2, 1, 300), 0, now_ns=6).accepted
+    assert slots.put(_sized(2, 2, 500), 0, now_ns=7) is Admission.PENDING_BYTES  # live stream 2 loses a frame
+    assert slots.last_pressure_ns == 7
+
+
+def test_declared_stream_ids_refuse_every_other_id_before_the_table() -> None:
+    slots = StreamTable(StreamLimits(max_streams=2, ids=(0, 7)))
+    for sid in (1, 2, 3, 2**32 - 1):
+        assert slots.put(_frame(sid, 1), 0, now_ns=1) is Admission.UNDECLARED_STREAM
+    assert slots.live_streams == 0 and slots.pending_bytes == 0 and slots.last_pressure_ns == 0
+    assert slots.put(_frame(7, 1), 0, now_ns=2) is Admission.ACCEPTED
+    assert slots.put(_frame(0, 1), 0, now_ns=3) is Admission.ACCEPTED
+    assert slots.live_streams == 2
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [((-1,), "not a stream id"), ((2**32,), "not a stream id"), ((True,), "not a stream id"), ((3, 3), "twice")],
+)
+def test_declared_stream_ids_are_checked(ids: tuple[int, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StreamLimits(ids=ids)
+    with pytest.raises(ValueError, match="max_streams is 2"):
+        StreamLimits(max_streams=2, ids=(1, 2, 3))
