@@ -349,13 +349,15 @@ def _stop_on_signal() -> Iterator[threading.Event]:
 
 
 def _record(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.record import PacsTarget, Recorder, RecordOptions, SourceStudy
+    from edge_runtime.record import PacsTarget, Recorder, RecordOptions, SourceStudy, SpoolBudget
 
     options = RecordOptions(
         results=args.results, spool=args.spool, preview=args.preview,
         pacs=PacsTarget.parse(args.pacs, args.calling_ae) if args.pacs else None,
         trigger=None if args.trigger == "none" else args.trigger, every_s=args.every, stream_id=args.stream_id,
         max_age_ms=args.max_age_ms, source=SourceStudy.from_file(args.source_dicom) if args.source_dicom else None,
+        spool_budget=SpoolBudget(**{k: v for k, v in (("max_files", args.spool_max_files), ("max_bytes",
+                                 None if args.spool_max_mb is None else int(args.spool_max_mb * 1024**2))) if v}),
     )  # fmt: skip
     recorder = Recorder(options)
     where = f"sent to {args.pacs}" if args.pacs else "kept"
@@ -373,6 +375,10 @@ def _record(args: argparse.Namespace, out: Output) -> int:
             recorder.stop()
     counts = recorder.sender.counts if recorder.sender else None
     pending = len(recorder.spool.pending())
+    if recorder.spool_full:
+        out.say(
+            f"{recorder.spool_full} captures refused because the spool was full (--spool-max-mb, --spool-max-files)"
+        )
     out.say(f"{recorder.captures} captures, {recorder.refused} refused; "
             + (f"{counts.sent} objects sent, {pending} still spooled" if counts else f"{pending} objects in the spool"))  # fmt: skip
     out.result({"captures": recorder.captures, "refused": recorder.refused, "spooled": pending,
@@ -869,8 +875,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calling-ae", default="EDGERT", help="our AE title (default EDGERT)")
     p.add_argument("--spool", type=Path, default=Path("edgert-records"),
                    help="folder where records wait until the PACS has them (default ./edgert-records)")  # fmt: skip
+    p.add_argument("--spool-max-mb", type=float, help="the spool's size budget in MiB, refused/ included: beyond it "
+                   "captures are refused, never dropped (default 1024)")  # fmt: skip
+    p.add_argument("--spool-max-files", type=int, help="the spool's file budget (default 10000)")
     p.add_argument("--trigger", default="tcp://127.0.0.1:5559",
-                   help="REP endpoint for `edgert capture` (default tcp://127.0.0.1:5559; 'none' for no socket)")  # fmt: skip
+                   help="endpoint `edgert capture` asks (default tcp://127.0.0.1:5559; 'none' for no socket)")  # fmt: skip
     p.add_argument("--every", type=float, metavar="SECONDS", help="also capture every SECONDS")
     p.add_argument("--source-dicom", type=Path, help="the DICOM file the frames come from: records join its study "
                    "and reference it (its patient data is copied, never invented)")  # fmt: skip

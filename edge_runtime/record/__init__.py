@@ -7,7 +7,7 @@ extra), imported only when objects are built or sent.
 """
 
 from edge_runtime.record.objects import RecordError, Series, SourceStudy, build_objects
-from edge_runtime.record.pacs import PacsSender, PacsTarget, Spool
+from edge_runtime.record.pacs import PacsSender, PacsTarget, Spool, SpoolBudget
 from edge_runtime.record.recorder import Captured, Recorder, RecordOptions, request_capture
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Series",
     "SourceStudy",
     "Spool",
+    "SpoolBudget",
     "build_objects",
     "request_capture",
 ]

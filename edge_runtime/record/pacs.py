@@ -10,6 +10,7 @@ whatever is still spooled.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -52,19 +53,88 @@ class PacsTarget:
                 raise RecordError(f"AE title {title!r}: 1 to 16 ASCII characters, no backslash")
 
 
-class Spool:
-    """A folder of DICOM files waiting for the PACS, named so that sorting them gives the order they came in."""
+@dataclass(frozen=True)
+class SpoolBudget:
+    """What the spool may hold, refused/ included: while the PACS is down, captures are refused (counted) once
+    it is full. Nothing spooled is ever dropped to make room."""
 
-    def __init__(self, folder: Path) -> None:
+    max_bytes: int = 1024**3
+    max_files: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_files <= 0:
+            raise RecordError("the spool budget (bytes and files) must be positive")
+
+
+@dataclass(frozen=True)
+class SpoolUsage:
+    files: int
+    bytes: int
+
+
+class Spool:
+    """A folder of DICOM files waiting for the PACS, named so that sorting them gives the order they came in.
+
+    A file is written under a temporary name and renamed once complete; temporary files left by a process killed
+    mid-write are removed when the spool opens (they were never acknowledged to anyone)."""
+
+    def __init__(self, folder: Path, budget: SpoolBudget = SpoolBudget()) -> None:
         self.folder = folder
+        self.budget = budget
         self.refused_folder = folder / "refused"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.stale_removed = 0
+        for stale in folder.glob(".*.tmp"):
+            try:
+                stale.unlink()
+                self.stale_removed += 1
+            except OSError as exc:
+                log.warning("cannot remove a stale temporary file in the spool: %s", exc.__class__.__name__)
+        if self.stale_removed:
+            log.warning("removed %d temporary file(s) left in the spool by an interrupted write", self.stale_removed)
+
+    def usage(self) -> SpoolUsage:
+        """Files and bytes held now, refused/ included."""
+        files = total = 0
+        for folder in (self.folder, self.refused_folder):
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    try:
+                        total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:  # sent and removed meanwhile
+                        continue
+                    files += 1
+        return SpoolUsage(files, total)
+
+    def room_for(self, files: int, nbytes: int) -> str | None:
+        """None when `files` more files of `nbytes` in all fit the budget, else why not."""
+        used = self.usage()
+        if used.files + files > self.budget.max_files:
+            return f"the spool is full: {used.files} files of {self.budget.max_files}"
+        if used.bytes + nbytes > self.budget.max_bytes:
+            return f"the spool is full: {used.bytes} bytes of {self.budget.max_bytes}"
+        return None
+
+    @staticmethod
+    def encode(ds: Dataset) -> bytes:
+        """A dataset as the bytes of its DICOM file (Part 10), so its size is known before it is spooled."""
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
 
     def put(self, ds: Dataset) -> Path:
-        name = f"{time.time_ns():020d}-{ds.SOPInstanceUID}.dcm"
+        return self.put_encoded(str(ds.SOPInstanceUID), self.encode(ds))
+
+    def put_encoded(self, sop_instance_uid: str, data: bytes) -> Path:
+        name = f"{time.time_ns():020d}-{sop_instance_uid}.dcm"
         tmp = self.folder / f".{name}.tmp"
-        ds.save_as(tmp, enforce_file_format=True)
-        with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
             os.fsync(f.fileno())
         final = self.folder / name
         os.replace(tmp, final)
