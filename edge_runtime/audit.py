@@ -22,9 +22,11 @@ import enum
 import hashlib
 import json
 import os
+import queue
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,10 +48,8 @@ class AuditEvent(str, enum.Enum):
     RELOADED = "reloaded"  # a hot reload swapped in a model (sha256)
     RELOAD_REFUSED = "reload_refused"  # a reload that did not happen, and why
     CONTROL = "control"  # a control command, who asked (key id with CURVE) and whether it was answered ok
-    CONNECTED = "connected"  # a peer connected to a listening socket
-    DISCONNECTED = "disconnected"
-    KEY_ALLOWED = "key_allowed"  # CURVE: a client key in the allow-list (key id)
-    KEY_REFUSED = "key_refused"  # CURVE: a client key not in the allow-list (key id, never a secret)
+    CONNECTIONS = "connections"  # a periodic summary: connections opened and closed per socket, refused key ids
+    KEY_ALLOWED = "key_allowed"  # CURVE: a client key in the allow-list (key id): authenticated, one by one
     STOP = "stop"  # a clean stop, with the frame counts
     ROTATED = "rotated"  # the first record of a file after rotation: the chain goes on from the previous file
 
@@ -75,10 +75,14 @@ class AuditOptions:
     max_bytes: int = 10 * 1024 * 1024  # rotate before a file grows past this
     backups: int = 10  # rotated files kept: NAME.1 (newest) .. NAME.<backups>
     fsync: bool = True  # each record reaches the disk before `record` returns (events are rare: not per frame)
+    queue_size: int = 1024  # records waiting for the writer thread; beyond it a record is dropped and counted
+    summary_s: float = 60.0  # how often counted events (connections, refused keys) are summed up in one record
 
     def __post_init__(self) -> None:
         if self.max_bytes < 4096 or self.backups < 1:
             raise ValueError("audit: max_bytes must be >= 4096 and backups >= 1")
+        if self.queue_size < 1 or not 0.01 <= self.summary_s <= 86400:
+            raise ValueError("audit: queue_size must be >= 1 and summary_s within 0.01..86400")
 
 
 class AuditLog:
@@ -143,6 +147,132 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._file.close()
+
+
+class Tally(str, enum.Enum):
+    """What the writer counts instead of recording one by one: anyone can cause these, as often as they like."""
+
+    OPENED = "opened"  # a connection accepted on a listening socket (by socket name), before any handshake
+    CLOSED = "closed"
+    REFUSED_KEYS = "refused_keys"  # CURVE: a client key not in the allow-list (by key id, never a secret)
+
+
+MAX_TALLY_NAMES = 64  # distinct names kept per tally in one period; the rest are summed under "other"
+
+
+class AuditWriter:
+    """The audit log behind a bounded queue, written by a thread of its own.
+
+    `submit` never blocks and never touches the disk, so no caller (the ingest thread, the authenticator) waits for
+    an fsync: a full queue drops the record and counts it. Events that strangers can cause at will (connections,
+    refused keys) are not records but counts (`count`), summed up in one `connections` record every `summary_s`
+    and at `close`, so a connect storm costs the trail one record a period and cannot rotate the real history
+    (model loads, reloads, allowed keys, control commands) out of it. A record that cannot be written (a full disk)
+    is counted in `failures` and logged at the 1st, 2nd, 4th... failure; the caller goes on."""
+
+    def __init__(self, log: AuditLog, on_error: Callable[[str], None] | None = None) -> None:
+        self.log = log
+        self._on_error = on_error
+        self._queue: queue.Queue[_Item] = queue.Queue(log.options.queue_size)
+        self._lock = threading.Lock()
+        self._tally: dict[Tally, dict[str, int]] = {t: {} for t in Tally}
+        self._period_dropped = 0
+        self.dropped = 0  # records the queue had no room for
+        self.failures = 0  # records the log could not write
+        self._thread = threading.Thread(target=self._run, name="edgert-audit", daemon=True)
+        self._thread.start()
+
+    def submit(self, event: AuditEvent, **fields: Any) -> bool:
+        """Queue one record; False when the queue was full (the record is dropped, counted)."""
+        try:
+            self._queue.put_nowait((event, fields))
+            return True
+        except queue.Full:
+            with self._lock:
+                self.dropped += 1
+                self._period_dropped += 1
+            return False
+
+    def count(self, tally: Tally, name: str) -> None:
+        with self._lock:
+            counts = self._tally[tally]
+            if name not in counts and len(counts) >= MAX_TALLY_NAMES:
+                name = "other"
+            counts[name] = counts.get(name, 0) + 1
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every record submitted so far is written (tests, `status`); False on timeout."""
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, last: AuditEvent | None = None, timeout: float = 5.0, **fields: Any) -> None:
+        """Write what is queued, a last summary and then `last` (with `fields`; a clean stop), and close the log."""
+        if self._thread.is_alive():
+            try:
+                self._queue.put(_Last(last, fields), timeout=timeout)
+            except queue.Full:
+                pass
+            self._thread.join(timeout)
+        self.log.close()
+
+    @property
+    def seq(self) -> int:
+        return self.log.seq
+
+    @property
+    def head(self) -> str:
+        return self.log.head
+
+    def _run(self) -> None:
+        period = self.log.options.summary_s
+        due = time.monotonic() + period
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                item = ()
+            if isinstance(item, _Last):
+                self._summarize(period)
+                if item.event is not None:
+                    self._write(item.event, item.fields)
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item:
+                self._write(*item)
+            if time.monotonic() >= due:
+                self._summarize(period)
+                due = time.monotonic() + period
+
+    def _summarize(self, period_s: float) -> None:
+        with self._lock:
+            tally = {t.value: counts for t, counts in self._tally.items() if counts}
+            dropped, self._period_dropped = self._period_dropped, 0
+            self._tally = {t: {} for t in Tally}
+        if tally or dropped:
+            self._write(AuditEvent.CONNECTIONS, {**tally, "dropped": dropped, "period_s": period_s})
+
+    def _write(self, event: AuditEvent, fields: Mapping[str, Any]) -> None:
+        try:
+            self.log.record(event, **fields)
+        except (AuditError, OSError, ValueError) as exc:
+            self.failures += 1
+            n = self.failures
+            if n & (n - 1) == 0 and self._on_error is not None:
+                self._on_error(f"cannot write {event.value} ({n} failures so far): {exc}")
+
+
+@dataclass(frozen=True)
+class _Last:
+    event: AuditEvent | None
+    fields: dict[str, Any]
+
+
+_Item = tuple[AuditEvent, dict[str, Any]] | threading.Event | tuple[()] | _Last
 
 
 def _rotated(path: Path, n: int) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from edge_runtime import __version__
-from edge_runtime.audit import AuditError, AuditEvent, AuditLog, key_id
+from edge_runtime.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
 from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
@@ -157,8 +157,7 @@ class Daemon:
         self._reload_envelope: list[bytes] = []  # who asked for it
         self.reloads = 0
         self.reloads_refused = 0
-        self._audit: AuditLog | None = None
-        self.audit_failures = 0
+        self._audit: AuditWriter | None = None
         self._pub_lock = threading.Lock()  # the results socket: the inference thread's results, the I/O thread's beats
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ class Daemon:
         cfg = self.config
         if cfg.audit is not None:
             try:
-                self._audit = AuditLog(cfg.audit)
+                self._audit = AuditWriter(AuditLog(cfg.audit), on_error=lambda text: log.error("audit log: %s", text))
             except (AuditError, OSError) as exc:
                 raise DaemonError(f"audit log: {exc}") from None
             self._audited(AuditEvent.START, version=__version__, pid=os.getpid(), config=_plain(cfg))
@@ -386,8 +385,7 @@ class Daemon:
             self.config.ready_file.unlink(missing_ok=True)
         log.info("stopped: %s", json.dumps(self._counts()))
         if self._audit is not None:
-            self._audited(AuditEvent.STOP, counts=self._counts())
-            self._audit.close()
+            self._audit.close(AuditEvent.STOP, counts=self._counts())  # after the last summary: a clean stop ends it
 
     def run(self) -> int:
         """Serve until SIGINT or SIGTERM (main thread only); returns the process exit status."""
@@ -474,8 +472,9 @@ class Daemon:
     def _watch(self, sock: zmq.Socket[bytes], name: str) -> PeerEvents:
         assert self._ctx is not None
 
-        def on_peer(connected: bool) -> None:
-            self._audited(AuditEvent.CONNECTED if connected else AuditEvent.DISCONNECTED, socket=name)
+        def on_peer(connected: bool) -> None:  # counted, not recorded: anyone can open a TCP connection
+            if self._audit is not None:
+                self._audit.count(Tally.OPENED if connected else Tally.CLOSED, name)
 
         return PeerEvents(
             self._ctx,
@@ -486,21 +485,19 @@ class Daemon:
 
     def _key_verdict(self, allowed: bool, z85_key: bytes) -> None:
         """Called by the CURVE authenticator for every client key it judges (its own thread)."""
-        if not allowed:
+        if allowed:
+            self._audited(AuditEvent.KEY_ALLOWED, key_id=key_id(z85_key))
+        else:  # any key pair can be made up: counted by key id in the periodic summary
             self.stats.reject(RejectReason.UNAUTHORIZED)
-        self._audited(AuditEvent.KEY_ALLOWED if allowed else AuditEvent.KEY_REFUSED, key_id=key_id(z85_key))
+            if self._audit is not None:
+                self._audit.count(Tally.REFUSED_KEYS, key_id(z85_key))
 
     def _audited(self, event: AuditEvent, **fields: Any) -> None:
-        """Append to the audit log, if there is one. A failing log (a full disk) is logged and counted, and the
-        daemon keeps serving: the overlay on the surgeon's screen matters more than its paper trail."""
-        if self._audit is None:
-            return
-        try:
-            self._audit.record(event, **fields)
-        except (AuditError, OSError, ValueError) as exc:
-            self.audit_failures += 1
-            if _is_power_of_two(self.audit_failures):
-                log.error("audit log: cannot write %s (%d failures so far): %s", event.value, self.audit_failures, exc)
+        """Queue a record for the audit log's writer thread, if there is a log; never waits for the disk. A failing
+        log (a full disk) is logged and counted, and the daemon keeps serving: the overlay on the surgeon's screen
+        matters more than its paper trail."""
+        if self._audit is not None:
+            self._audit.submit(event, **fields)
 
     def _admit(self, message: Received) -> RejectReason | None:
         """Decode one message and offer it to the stream table; a refusal is counted and returned. Holds no
@@ -833,10 +830,11 @@ class Daemon:
         """The newest audit record: kept elsewhere, it anchors `edgert audit verify --head`."""
         assert self._audit is not None
         return {
-            "path": str(self._audit.options.path),
+            "path": str(self._audit.log.options.path),
             "seq": self._audit.seq,
             "head": self._audit.head,
-            "failures": self.audit_failures,
+            "failures": self._audit.failures,
+            "dropped": self._audit.dropped,
         }
 
     def _counts(self) -> dict[str, int]:

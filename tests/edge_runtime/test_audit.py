@@ -5,11 +5,25 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from edge_runtime.audit import GENESIS, AuditError, AuditEvent, AuditLog, AuditOptions, chain_files, key_id, verify
+from edge_runtime.audit import (
+    GENESIS,
+    MAX_TALLY_NAMES,
+    AuditError,
+    AuditEvent,
+    AuditLog,
+    AuditOptions,
+    AuditWriter,
+    Tally,
+    chain_files,
+    key_id,
+    verify,
+)
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,3 +156,63 @@ def test_edgert_audit_verify_exit_codes(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "audit", "verify", str(tmp_path / "none")],
                              capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert missing.returncode == 1 and "no such audit log" in missing.stderr
+
+
+class _SlowLog(AuditLog):
+    """A log on a disk that takes `delay` per record (an fsync on a slow card), or fails."""
+
+    def __init__(self, options: AuditOptions, delay: float = 0.0, fail: bool = False) -> None:
+        super().__init__(options)
+        self.delay, self.fail = delay, fail
+
+    def record(self, event: AuditEvent, **fields: object) -> str:
+        time.sleep(self.delay)
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        return super().record(event, **fields)
+
+
+def test_the_writer_never_makes_a_caller_wait_and_counts_what_it_drops(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(_SlowLog(AuditOptions(path, fsync=False, queue_size=4), delay=0.05))
+    start = time.perf_counter()
+    accepted = [writer.submit(AuditEvent.CONTROL, command="status", n=i) for i in range(50)]
+    assert time.perf_counter() - start < 0.05  # 50 submits against a 50 ms disk: none waited for it
+    assert 4 <= sum(accepted) <= 6 and writer.dropped == 50 - sum(accepted)
+    writer.close()
+    events = [json.loads(line) for line in _lines(path)]
+    assert [e["n"] for e in events if e["event"] == "control"] == [i for i, ok in enumerate(accepted) if ok]
+    assert events[-1]["event"] == "connections" and events[-1]["dropped"] == writer.dropped
+    assert verify(path).ok
+
+
+def test_counted_events_become_one_summary_a_period(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    writer = AuditWriter(AuditLog(AuditOptions(path, fsync=False, summary_s=0.2)))
+    for _ in range(5000):  # a connect storm
+        writer.count(Tally.OPENED, "ingest")
+        writer.count(Tally.CLOSED, "ingest")
+    for k in range(100):  # made-up client keys
+        writer.count(Tally.REFUSED_KEYS, f"{k:016x}")
+    writer.submit(AuditEvent.KEY_ALLOWED, key_id="a" * 16)
+    assert writer.flush()
+    wait_until(lambda: "connections" in path.read_text(), timeout=5)
+    time.sleep(0.5)  # quiet periods write nothing
+    writer.close()
+    events = [json.loads(line) for line in _lines(path)]
+    assert [e["event"] for e in events] == ["key_allowed", "connections"]
+    summary = events[1]
+    assert summary["opened"] == {"ingest": 5000} and summary["closed"] == {"ingest": 5000}
+    assert len(summary["refused_keys"]) == MAX_TALLY_NAMES + 1 and summary["refused_keys"]["other"] == 100 - 64
+    assert summary["dropped"] == 0 and summary["period_s"] == 0.2
+
+
+def test_a_failing_disk_is_counted_and_reported_in_powers_of_two(tmp_path: Path) -> None:
+    errors: list[str] = []
+    writer = AuditWriter(_SlowLog(AuditOptions(tmp_path / "audit.jsonl", fsync=False), fail=True), errors.append)
+    for i in range(9):
+        writer.submit(AuditEvent.CONTROL, command="status", n=i)
+    assert writer.flush()
+    writer.close()
+    assert writer.failures == 9 and len(errors) == 4  # the 1st, 2nd, 4th and 8th
+    assert "No space left on device" in errors[0]
