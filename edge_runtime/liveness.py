@@ -6,6 +6,8 @@
 - The daemon is OFFLINE after `misses` of its own announced heartbeat intervals without a heartbeat or a result
   (PROTOCOL.md: two), or at once when the transport reports a disconnect; STOPPED after a STOPPING heartbeat until
   it speaks again; ONLINE otherwise, with DEGRADED from its heartbeat shown as "AI live (degraded)".
+- After a disconnect only a message that came over a new connection (the socket's monitor reports a completed
+  handshake first) brings the daemon back: a heartbeat still queued from before the drop is history, not life.
 - A result is fresh while its frame's capture time is at most `max_age_ms` ago. A result without a capture time
   (0) has an unknown age and is never fresh: an overlay of unknown age is not drawn.
 
@@ -15,13 +17,21 @@ Pure: times are arguments (monotonic seconds for liveness, epoch ns for ages), s
 from __future__ import annotations
 
 import enum
+import struct
 from dataclasses import dataclass
+
+import zmq
 
 from edge_runtime.protocol import DaemonState, Heartbeat, ModelId
 
 DEFAULT_MISSES = 2.0  # heartbeat intervals without a sign of life before the daemon is offline (PROTOCOL.md)
 DEFAULT_INTERVAL_MS = 500.0  # until the first heartbeat says otherwise
 MIN_INTERVAL_MS, MAX_INTERVAL_MS = 10.0, 10_000.0  # an announced interval outside this is ignored
+# what a subscriber's socket monitor reports (zmq's get_monitor_socket(MONITOR_EVENTS)) for `Liveness.on_monitor`
+MONITOR_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+MONITOR_HEAD = struct.Struct(
+    "=Hi"
+)  # a monitor message's first frame: event id, event value (libzmq's zmq_socket_monitor)
 
 
 class Link(str, enum.Enum):
@@ -68,6 +78,7 @@ class Liveness:
         self.last_seen: float | None = None
         self.heartbeat: Heartbeat | None = None
         self.disconnected = False  # the transport dropped (the daemon's process is gone) and no sign of life since
+        self.reconnected = True  # a connection came up since the last drop: what arrives now is news
         self.stopping = False
 
     @property
@@ -75,6 +86,10 @@ class Liveness:
         return self.misses * self.interval_ms / 1000.0
 
     def on_heartbeat(self, hb: Heartbeat, now: float) -> None:
+        if not self.reconnected:  # queued before the drop: it may say the daemon stopped, never that it lives
+            if hb.state is DaemonState.STOPPING:
+                self.heartbeat, self.stopping = hb, True
+            return
         self.heartbeat = hb
         interval = hb.info.get("interval_ms")
         if isinstance(interval, int | float) and not isinstance(interval, bool):
@@ -85,12 +100,29 @@ class Liveness:
         self.disconnected = False
 
     def on_result(self, now: float) -> None:
+        if not self.reconnected:
+            return
         self.last_seen = now
         self.disconnected = False
         self.stopping = False  # results again: a restarted daemon
 
     def on_disconnect(self) -> None:
         self.disconnected = True
+        self.reconnected = False
+
+    def on_connect(self) -> None:
+        """A connection to the daemon completed its handshake; the daemon is live again once it speaks."""
+        self.reconnected = True
+
+    def on_monitor(self, parts: list[bytes]) -> None:
+        """One message from a socket monitor (MONITOR_EVENTS); other events and malformed ones are ignored."""
+        if len(parts) != 2 or len(parts[0]) != MONITOR_HEAD.size:
+            return
+        event, _value = MONITOR_HEAD.unpack(parts[0])
+        if event == zmq.EVENT_DISCONNECTED:
+            self.on_disconnect()
+        elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.on_connect()
 
     def status(self, now: float, preview: str | None = None) -> LinkStatus:
         hb = self.heartbeat

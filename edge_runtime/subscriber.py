@@ -11,7 +11,7 @@ from types import TracebackType
 import zmq
 
 from edge_runtime.errors import EndpointError, escaped
-from edge_runtime.liveness import DEFAULT_MISSES, LinkStatus, Liveness, is_fresh
+from edge_runtime.liveness import DEFAULT_MISSES, MONITOR_EVENTS, LinkStatus, Liveness, is_fresh
 from edge_runtime.protocol import (
     Heartbeat,
     Limits,
@@ -74,7 +74,7 @@ class ResultSubscriber:
         except zmq.ZMQError as exc:
             self._sock.close()
             raise EndpointError(f"cannot connect result subscriber to {endpoint}: {exc}") from None
-        self._monitor: zmq.Socket[bytes] | None = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor: zmq.Socket[bytes] | None = self._sock.get_monitor_socket(MONITOR_EVENTS)
 
     @property
     def last_heartbeat(self) -> Heartbeat | None:
@@ -101,10 +101,10 @@ class ResultSubscriber:
             return
         while True:
             try:
-                monitor.recv_multipart(zmq.NOBLOCK)
+                parts = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._liveness.on_disconnect()
+            self._liveness.on_monitor(parts)
 
     def _handle(self, parts: list[bytes]) -> Result | None:
         kind = message_type(parts)
@@ -112,7 +112,7 @@ class ResultSubscriber:
         try:
             if kind is MessageType.HEARTBEAT:
                 hb = decode_heartbeat(parts)
-                self._poll_disconnects()  # a drop before this heartbeat is history, not news
+                self._poll_disconnects()  # drops and reconnects first: they decide whether this message is news
                 self._liveness.on_heartbeat(hb, now)
                 self.stats.heartbeats += 1
                 return None

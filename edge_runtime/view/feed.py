@@ -26,7 +26,7 @@ import zmq
 from PIL import Image
 
 from edge_runtime.errors import escaped
-from edge_runtime.liveness import DEFAULT_MISSES, LinkStatus, Liveness, is_fresh
+from edge_runtime.liveness import DEFAULT_MISSES, MONITOR_EVENTS, LinkStatus, Liveness, is_fresh
 from edge_runtime.protocol import (
     Limits,
     MessageType,
@@ -282,7 +282,7 @@ class Feed:
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
             results = self._subscribe(ctx, self.results_endpoint)
-            monitor = results.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            monitor = results.get_monitor_socket(MONITOR_EVENTS)
         except (zmq.ZMQError, ValueError) as exc:
             self._error = ValueError(f"cannot subscribe to results at {self.results_endpoint}: {exc}")
             self._ready.set()
@@ -309,10 +309,12 @@ class Feed:
                         self._preview_in_use = wanted
                 events = dict(poller.poll(50))
                 if monitor in events:
-                    monitor.recv_multipart()
+                    parts = monitor.recv_multipart()
                     with self._lock:
-                        self._liveness.on_disconnect()
-                    log.warning("connection to the daemon's results socket dropped")
+                        was = self._liveness.disconnected
+                        self._liveness.on_monitor(parts)
+                        if self._liveness.disconnected and not was:
+                            log.warning("connection to the daemon's results socket dropped")
                 if results in events:
                     self._drain(results, self._on_results)
                 if preview is not None and preview in events:

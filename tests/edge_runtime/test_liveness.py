@@ -7,7 +7,7 @@ import time
 import pytest
 import zmq
 
-from edge_runtime.liveness import Link, LinkStatus, Liveness, age_ms, is_fresh
+from edge_runtime.liveness import MONITOR_HEAD, Link, LinkStatus, Liveness, age_ms, is_fresh
 from edge_runtime.protocol import DaemonState, Heartbeat, ModelId
 from edge_runtime.subscriber import ResultSubscriber
 from edge_runtime.view.feed import Feed
@@ -33,12 +33,30 @@ def test_offline_after_missed_heartbeats_or_a_dropped_connection() -> None:
     assert live.status(11.1).link is Link.ONLINE
     live.on_disconnect()  # the daemon's process is gone: no need to wait for the timeout
     assert live.status(11.1).link is Link.OFFLINE
+    live.on_heartbeat(hb, now=11.2)  # was queued before the drop: not a sign of life
+    assert live.status(11.2).link is Link.OFFLINE
+    live.on_connect()
     live.on_heartbeat(hb, now=12.0)  # back
     assert live.status(12.0).link is Link.ONLINE
     live.on_heartbeat(Heartbeat(DaemonState.STOPPING, 2, 0, 0, 0, 0, MODEL, {}), now=13.0)
     assert live.status(13.0).link is Link.STOPPED and live.status(13.0).banner == "AI offline (stopped)"
     live.on_result(now=14.0)  # a restarted daemon
     assert live.status(14.0).link is Link.ONLINE
+
+
+def test_a_heartbeat_queued_before_a_drop_does_not_bring_the_daemon_back() -> None:
+    """The race CI hit: the monitor's disconnect is read before a heartbeat that was already queued in the socket."""
+    live = Liveness()
+    live.on_heartbeat(_hb(), now=0.0)
+    live.on_monitor([MONITOR_HEAD.pack(zmq.EVENT_DISCONNECTED, 7), b"tcp://127.0.0.1:1"])
+    live.on_heartbeat(_hb(), now=0.05)  # a leftover
+    live.on_result(now=0.06)
+    assert live.status(0.07).link is Link.OFFLINE and "connection" in live.status(0.07).reason
+    live.on_monitor([b"junk"])  # malformed monitor messages change nothing
+    live.on_monitor([MONITOR_HEAD.pack(zmq.EVENT_HANDSHAKE_SUCCEEDED, 0), b"tcp://127.0.0.1:1"])
+    assert live.status(0.08).link is Link.OFFLINE  # connected, but silent so far
+    live.on_heartbeat(_hb(), now=0.1)
+    assert live.status(0.1).link is Link.ONLINE
 
 
 def test_an_announced_interval_that_is_not_a_sane_number_is_ignored() -> None:

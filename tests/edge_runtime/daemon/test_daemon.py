@@ -187,7 +187,7 @@ def test_heartbeats_flow_without_frames_and_stopping_is_announced(
     start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
 ) -> None:
     daemon = start_daemon(tiny_models["seg_tiny"], heartbeat_ms=100)
-    sub = _subscriber(daemon, zmq_ctx, heartbeat_timeout_ms=1000)
+    sub = _subscriber(daemon, zmq_ctx)
     first = sub.stats.heartbeats
     wait_until(lambda: sub.recv(50) is None and sub.stats.heartbeats >= first + 3, timeout=3)
     assert sub.last_heartbeat is not None and sub.last_heartbeat.model is not None

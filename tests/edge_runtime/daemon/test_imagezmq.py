@@ -267,9 +267,7 @@ def test_a_req_sender_keeps_going_through_a_daemon_restart(
     thread = threading.Thread(target=scanner, daemon=True)
     try:
         wait_until(ready.exists, timeout=30)
-        sub = ResultSubscriber(
-            f"tcp://127.0.0.1:{ports[1]}", max_age_ms=None, heartbeat_timeout_ms=500, context=zmq_ctx
-        )
+        sub = ResultSubscriber(f"tcp://127.0.0.1:{ports[1]}", max_age_ms=None, context=zmq_ctx)
         thread.start()
         wait_until(lambda: sub.recv(50) is not None, timeout=10)
         for _ in range(2):  # twice, so it is not one lucky timing

@@ -27,7 +27,7 @@ def test_sigkill_and_restart(tiny_models: dict[str, Path], tmp_path: Path, zmq_c
     try:
         wait_until(ready.exists, timeout=30)
         endpoints = json.loads(ready.read_text())["endpoints"]
-        sub = ResultSubscriber(endpoints["results"], max_age_ms=None, heartbeat_timeout_ms=500, context=zmq_ctx)
+        sub = ResultSubscriber(endpoints["results"], max_age_ms=None, context=zmq_ctx)
         sender = FrameSender(endpoints["ingest"], context=zmq_ctx)
         sent = [0]
 
