@@ -151,6 +151,8 @@ class RejectReason(str, enum.Enum):
     INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # closed before the handshake ended: wrong socket type, not ZMTP
     UNKNOWN_STREAM_NAME = "unknown_stream_name"  # imagezmq ingest: a name not in ingest.streams (or too many names)
     UNDECLARED_STREAM = "undeclared_stream"  # a frame on a stream id that `[streams] ids` does not declare
+    DECODE_BUDGET = "decode_budget"  # a compressed frame over its stream's decoded bytes per second (`[decode]`)
+    DECODE_QUEUE_FULL = "decode_queue_full"  # compressed frames waiting for a decode thread over `[decode]`'s bytes
 
 
 class ProtocolError(EdgertError, ValueError):

@@ -18,6 +18,7 @@ from edge_runtime.audit import AuditOptions
 from edge_runtime.backends import BackendKind, CpuOptions, Spin
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.backends.sessions import CpuSetup
+from edge_runtime.daemon.decoding import DecodeLimits
 from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.errors import EdgertError
@@ -184,6 +185,7 @@ class DaemonConfig:
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     audit: AuditOptions | None = None  # [audit]: the hash-chained log of security-relevant events; off unless set
     cpu: CpuConfig = field(default_factory=CpuConfig)
+    decode: DecodeLimits = field(default_factory=DecodeLimits)  # [decode]: compressed ingest's decode threads
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -243,6 +245,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
     "audit": {"path": str, "max_bytes": int, "backups": int, "fsync": bool},
     "cpu": {"spin": str, "inference_cpus": list, "io_cpus": list, "realtime_priority": int},
+    "decode": {f.name: int for f in dataclasses.fields(DecodeLimits)},
 }
 
 
@@ -313,6 +316,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             preview=PreviewConfig(**data.get("preview", {})),
             audit=_audit(data.get("audit", {}), base_dir),
             cpu=_cpu(data.get("cpu", {}), where),
+            decode=DecodeLimits(**data.get("decode", {})),
         )
     except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
         raise ConfigError(f"{where}: {exc}") from None

@@ -14,7 +14,11 @@ length before the pixels are touched, a JPEG's declared size before it is decode
 with `json.loads`, the payload is only ever viewed as the declared dtype.
 
 With REQ/REP, the daemon's ROUTER answers every message at once (`OK`, or `REFUSED <reason>`) before it is
-inferred, so a sender never waits for inference; the newest frame per stream wins as for every ingest.
+inferred, so a sender never waits for inference; the newest frame per stream wins as for every ingest. The
+receive thread that answers never decodes: a JPEG's header is checked there (`parse`), and its pixels are decoded
+by the decode threads (`finish`, see decoding.py), as is the pixel check of float32 arrays. So `OK` says a frame
+passed every check short of decoding; a JPEG whose header is sound but whose data is not is counted
+(`bad_payload`) after its answer.
 """
 
 from __future__ import annotations
@@ -23,19 +27,24 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from edge_runtime.errors import escaped
 from edge_runtime.protocol import Buffer, Frame, Limits, PixelFormat, ProtocolError, RejectReason
 
 log = logging.getLogger("edgert.daemon")
 
 REPLY_OK = b"OK"  # what imagezmq's own ImageHub answers, and what its users' code may compare against
 MAX_NAME_CHARS = 256
-MAX_NAMES = 1024  # names remembered with auto-assigned ids; beyond, unknown names are refused
+MAX_NAMES = (
+    1024  # auto-assigned names in use at once (admitted within idle_ms, or in hand); beyond, new ones are refused
+)
 _DTYPES: dict[str, np.dtype[Any]] = {
     "uint8": np.dtype(np.uint8),
     "uint16": np.dtype(np.uint16),
@@ -60,46 +69,139 @@ def check_names(configured: Mapping[str, int]) -> None:
 
 class StreamNames:
     """imagezmq names to stream ids: the configured table first; with `auto`, an unknown name takes the lowest id
-    neither configured nor taken. The table is bounded (MAX_NAMES) so a sender that puts changing text in the name
-    cannot grow it without end. Thread-safe (the receiver assigns, `snapshot` is read by the control thread)."""
+    neither configured nor taken. Only names whose frames are admitted stay: a name is claimed for the frame in
+    hand, kept once a frame of it is admitted, released if none ever was, and forgotten once idle for `idle_ms`
+    (configured names stay for good). So names whose frames were refused hold nothing, and a sender that puts
+    changing text in the name fills at most `max_names` places, for `idle_ms`. Thread-safe (the receive and decode
+    threads claim and admit, `snapshot` is read by the control thread)."""
 
-    def __init__(self, configured: Mapping[str, int], auto: bool = True) -> None:
+    def __init__(
+        self, configured: Mapping[str, int], auto: bool = True, idle_ms: int = 5000, max_names: int = MAX_NAMES
+    ) -> None:
         check_names(configured)
-        self._ids = dict(configured)
+        self._configured = dict(configured)
         self._auto = auto
-        self._next = 0
+        self._idle_ns = idle_ms * 1_000_000
+        self._max_names = max_names
+        self._names: dict[str, _Name] = {n: _Name(i, admitted=True) for n, i in configured.items()}
         self._lock = threading.Lock()
 
-    def stream_id(self, name: str) -> int:
+    def claim(self, name: str, now_ns: int | None = None) -> int:
+        """The stream id for a frame of `name`; pair with `admitted` or `release`. ProtocolError when unknown."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
         with self._lock:
-            found = self._ids.get(name)
-            if found is not None:
-                return found
-            if not self._auto:
-                raise ProtocolError(RejectReason.UNKNOWN_STREAM_NAME, "the name is not in ingest.streams")
-            if len(self._ids) >= MAX_NAMES:
-                raise ProtocolError(RejectReason.UNKNOWN_STREAM_NAME, f"already {MAX_NAMES} names seen")
-            taken = set(self._ids.values())
-            while self._next in taken:
-                self._next += 1
-            self._ids[name] = self._next
-            log.info("imagezmq name %r is stream %d", name[:64], self._next)
-            return self._next
+            entry = self._names.get(name)
+            if entry is None:
+                if not self._auto:
+                    raise ProtocolError(RejectReason.UNKNOWN_STREAM_NAME, "the name is not in ingest.streams")
+                self._expire(now)
+                if len(self._names) - len(self._configured) >= self._max_names:
+                    raise ProtocolError(RejectReason.UNKNOWN_STREAM_NAME, f"{self._max_names} other names are in use")
+                taken = {e.stream_id for e in self._names.values()}
+                stream_id = next(i for i in range(len(taken) + 1) if i not in taken)
+                entry = self._names[name] = _Name(stream_id, admitted=False, last_ns=now)
+            entry.claims += 1
+            return entry.stream_id
 
-    def snapshot(self) -> dict[str, int]:
+    def next_seq(self, name: str) -> int:
+        """The seq of a claimed frame of `name` that is about to be offered to the stream table (1, 2, ... per name;
+        a gap is a frame refused after its seq)."""
         with self._lock:
-            return dict(self._ids)
+            entry = self._names[name]
+            entry.seq += 1
+            return entry.seq
+
+    def admitted(self, name: str, now_ns: int | None = None) -> None:
+        """A claimed frame of `name` was admitted: the name stays."""
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        with self._lock:
+            entry = self._names[name]
+            if not entry.admitted:
+                log.info("imagezmq name %s is stream %d", escaped(name[:64]), entry.stream_id)
+            entry.claims -= 1
+            entry.admitted, entry.last_ns = True, now
+
+    def release(self, name: str) -> None:
+        """A claimed frame of `name` was refused: a name that never had a frame admitted is forgotten."""
+        with self._lock:
+            entry = self._names.get(name)
+            if entry is None:
+                return
+            entry.claims -= 1
+            if not entry.admitted and entry.claims <= 0:
+                del self._names[name]
+
+    def _expire(self, now: int) -> None:
+        horizon = now - self._idle_ns
+        idle = [n for n, e in self._names.items()
+                if n not in self._configured and e.claims <= 0 and e.last_ns < horizon]  # fmt: skip
+        for name in idle:
+            del self._names[name]
+
+    def snapshot(self, now_ns: int | None = None) -> dict[str, int]:
+        """The names with admitted frames (and the configured ones), as `status` shows them."""
+        with self._lock:
+            self._expire(time.monotonic_ns() if now_ns is None else now_ns)
+            return {n: e.stream_id for n, e in self._names.items() if e.admitted}
+
+
+@dataclass
+class _Name:
+    stream_id: int
+    admitted: bool  # a frame of it was admitted (configured names count as admitted)
+    last_ns: int = 0  # monotonic ns of its last admitted frame (or of its claim)
+    claims: int = 0  # frames claimed and not yet admitted or refused
+    seq: int = 0
+
+
+def _check_unit_floats(pixels: np.ndarray) -> None:
+    if not (np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0):
+        raise ProtocolError(RejectReason.BAD_PIXELS, "float32 pixels must be finite and within [0, 1]")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One imagezmq message after the receive thread's checks: either pixels, or a JPEG whose header was checked."""
+
+    name: str
+    recv_ts_ns: int
+    pixels: np.ndarray | None = None  # an array message: a view of the received part
+    pixel_format: PixelFormat | None = None
+    jpeg: Buffer | None = None  # a JPEG message: the compressed bytes, decoded by `ImagezmqDecoder.finish`
+    decoded_bytes: int = 0  # what the frame's pixels take once decoded
+    checked: bool = True  # False: float32 pixels still to be checked by `finish` (a pass over every pixel)
+
+    @property
+    def ready(self) -> bool:
+        """Nothing left for a decode thread: the frame can be admitted on the receive thread."""
+        return self.jpeg is None and self.checked
+
+    def frame(self, stream_id: int, seq: int) -> Frame:
+        assert self.pixels is not None and self.pixel_format is not None
+        return Frame(stream_id, seq, self.recv_ts_ns, self.recv_ts_ns, self.pixel_format, self.pixels)
 
 
 class ImagezmqDecoder:
-    """Decodes imagezmq messages into frames; keeps each stream's seq counter. Used by the receive thread only."""
+    """Checks imagezmq messages (`parse`, cheap: metadata, shapes, a JPEG's header) and decodes JPEGs (`finish`, on
+    a decode thread). `decode` does both on the calling thread, for tools and tests."""
 
     def __init__(self, names: StreamNames, limits: Limits = Limits()) -> None:
         self.names = names
         self.limits = limits
-        self._seq: dict[int, int] = {}
 
     def decode(self, parts: Sequence[Buffer], recv_ts_ns: int) -> Frame:
+        parsed = self.parse(parts, recv_ts_ns)
+        stream_id = self.names.claim(parsed.name)
+        try:
+            frame = self.finish(parsed).frame(stream_id, self.names.next_seq(parsed.name))
+        except BaseException:
+            self.names.release(parsed.name)
+            raise
+        self.names.admitted(parsed.name)
+        return frame
+
+    def parse(self, parts: Sequence[Buffer], recv_ts_ns: int) -> Parsed:
+        """Every check that needs no decoding; a JPEG's header is read, its pixels are not."""
         if len(parts) != 2:
             raise ProtocolError(RejectReason.BAD_PART_COUNT, f"imagezmq sends 2 parts, got {len(parts)}")
         meta = self._meta(parts[0])
@@ -108,12 +210,23 @@ class ImagezmqDecoder:
             raise ProtocolError(RejectReason.BAD_METADATA, f"'msg' must be a name of 1..{MAX_NAME_CHARS} characters")
         if "dtype" in meta or "shape" in meta:
             pixels, fmt = self._array(meta, parts[1])
-        else:
-            pixels, fmt = self._jpeg(parts[1])
-        stream_id = self.names.stream_id(name)
-        seq = self._seq.get(stream_id, 0) + 1
-        self._seq[stream_id] = seq
-        return Frame(stream_id, seq, recv_ts_ns, recv_ts_ns, fmt, pixels)
+            return Parsed(
+                name, recv_ts_ns, pixels, fmt, decoded_bytes=pixels.nbytes, checked=pixels.dtype != np.float32
+            )
+        return Parsed(name, recv_ts_ns, jpeg=parts[1], decoded_bytes=self._jpeg_header(parts[1]))
+
+    def finish(self, parsed: Parsed) -> Parsed:
+        """`parsed` with pixels: a JPEG decoded (ProtocolError if it does not decode as its header said)."""
+        if parsed.jpeg is not None:
+            pixels, fmt = self._jpeg(parsed.jpeg)
+            return Parsed(parsed.name, parsed.recv_ts_ns, pixels, fmt, decoded_bytes=pixels.nbytes)
+        if not parsed.checked:
+            assert parsed.pixels is not None
+            _check_unit_floats(parsed.pixels)
+            return Parsed(
+                parsed.name, parsed.recv_ts_ns, parsed.pixels, parsed.pixel_format, decoded_bytes=parsed.decoded_bytes
+            )
+        return parsed
 
     def _meta(self, part: Buffer) -> dict[str, Any]:
         raw = memoryview(part)
@@ -170,24 +283,32 @@ class ImagezmqDecoder:
                 RejectReason.SIZE_MISMATCH, f"payload of {view.nbytes} bytes for shape {shape} {dtype.name}"
             )
         pixels = np.frombuffer(view, dtype=dtype).reshape((height, width) if channels == 1 else (height, width, 3))
-        if dtype == np.float32 and not (np.isfinite(pixels).all() and pixels.min() >= 0.0 and pixels.max() <= 1.0):
-            raise ProtocolError(RejectReason.BAD_PIXELS, "float32 pixels must be finite and within [0, 1]")
         return pixels, fmt
 
-    def _jpeg(self, payload: Buffer) -> tuple[np.ndarray, PixelFormat]:
-        data = bytes(memoryview(payload))
-        if not data.startswith(_JPEG_SOI):
+    def _jpeg_header(self, payload: Buffer) -> int:
+        """The decoded size a JPEG declares, checked against the limits and modes; no pixel is decoded."""
+        data = memoryview(payload)
+        if bytes(data[:3]) != _JPEG_SOI:
             raise ProtocolError(RejectReason.BAD_PAYLOAD, "a message without dtype and shape must carry a JPEG")
         try:
-            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
-                self._check_size(*image.size)  # the declared size, before a single pixel is decoded
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # reads the header only
+                self._check_size(*image.size)
                 if image.mode not in ("L", "RGB"):
                     raise ProtocolError(RejectReason.FORMAT_MISMATCH, f"JPEG mode {image.mode}: need L or RGB")
-                pixels = np.asarray(image)
+                return image.size[0] * image.size[1] * (1 if image.mode == "L" else 3)
         except ProtocolError:
             raise
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise ProtocolError(RejectReason.BAD_PAYLOAD, f"JPEG header does not parse: {str(exc)[:80]}") from None
+
+    def _jpeg(self, payload: Buffer) -> tuple[np.ndarray, PixelFormat]:
+        self._jpeg_header(payload)  # again: `finish` may be given any Parsed
+        try:
+            with Image.open(io.BytesIO(memoryview(payload)), formats=["JPEG"]) as image:
+                size = image.size
+                pixels = np.asarray(image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ProtocolError(RejectReason.BAD_PAYLOAD, f"JPEG does not decode: {str(exc)[:80]}") from None
-        if pixels.shape[:2] != (image.size[1], image.size[0]):
+        if pixels.shape[:2] != (size[1], size[0]) or pixels.ndim not in (2, 3):
             raise ProtocolError(RejectReason.BAD_PAYLOAD, "JPEG decoded to a size other than it declared")
         return pixels, PixelFormat.GRAY8 if pixels.ndim == 2 else PixelFormat.RGB8

@@ -4,7 +4,9 @@ Three threads, each the only user of its sockets (ZeroMQ sockets are not thread-
 - receiver: drains the ingest socket, validates each message, keeps the newest frame per stream (within the
   stream table's limits: live streams, waiting bytes, frame age; see slots.py);
 - inference: takes the newest pending frame, runs the pipeline, stamps and publishes the result itself;
-- I/O: answers control requests, sends heartbeats even while inference is busy.
+- I/O: answers control requests, sends heartbeats even while inference is busy;
+- decode (imagezmq ingest only, `[decode] threads` of them): decode JPEGs off the receive thread, which answers
+  REQ senders and so never decodes (see decoding.py).
 The results PUB socket is the one socket two threads use: the inference thread publishes each result the moment it
 is encoded (a hand-off to another thread cost a thread wake-up, 0.2 to 0.5 ms on a loaded 2-core board), and the I/O
 thread sends heartbeats on it. A lock serialises them, which is also the full memory barrier ZeroMQ asks for when
@@ -22,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,9 @@ from edge_runtime.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Ta
 from edge_runtime.backends import GpuOptions
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
+from edge_runtime.daemon.decoding import DecodeQueue
 from edge_runtime.daemon.handoff import Handoff, OfferState
-from edge_runtime.daemon.imagezmq import REPLY_OK, ImagezmqDecoder, StreamNames, refusal_reply
+from edge_runtime.daemon.imagezmq import REPLY_OK, ImagezmqDecoder, Parsed, StreamNames, refusal_reply
 from edge_runtime.daemon.ingest import (
     HANDSHAKE_IVL_MS,
     IngestSocket,
@@ -58,6 +61,7 @@ from edge_runtime.pipeline import InferencePipeline
 from edge_runtime.protocol import (
     Buffer,
     DaemonState,
+    Frame,
     Heartbeat,
     ProtocolError,
     RejectReason,
@@ -74,6 +78,7 @@ log = logging.getLogger("edgert.daemon")
 
 INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
 FRAME_MAX_PARTS = 3  # header, pixels, optional metadata
+ANSWERED_PART_BYTES = 1 << 30  # REQ/REP ingest: a part up to this is received and refused with an answer
 RESULTS_SNDHWM = 16
 PREVIEW_SNDHWM = 2  # a display that falls behind misses previews; it never makes them queue
 POLL_MS = 50
@@ -139,9 +144,14 @@ class Daemon:
         self._stop = threading.Event()
         self._slots = StreamTable(config.streams, on_stale=self.stats.stale)
         self._imagezmq: ImagezmqDecoder | None = None
+        self._decoding: DecodeQueue[tuple[Parsed, str | None]] | None = None  # JPEGs waiting for a decode thread
         if config.ingest.format is IngestFormat.IMAGEZMQ:
-            names = StreamNames(config.ingest.streams, config.ingest.auto_streams)
+            names = StreamNames(config.ingest.streams, config.ingest.auto_streams, idle_ms=config.streams.idle_ms)
             self._imagezmq = ImagezmqDecoder(names, config.limits)
+            largest = config.limits.max_width * config.limits.max_height * 3
+            self._decoding = DecodeQueue(
+                config.decode, largest, config.streams.max_streams, on_drop=lambda job: names.release(job[0].name)
+            )
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._threads: list[threading.Thread] = []
         self._pipeline: InferencePipeline | None = None
@@ -214,6 +224,11 @@ class Daemon:
                 daemon=True,
             ),
         ]
+        if self._decoding is not None:
+            self._threads += [
+                threading.Thread(target=self._decode_loop, name=f"edgert-decode-{i}", daemon=True)
+                for i in range(self.config.decode.threads)
+            ]
         if "preview" in sockets:  # before the inference thread, which offers it every frame from the first
             self._preview = PreviewPublisher(sockets["preview"], cfg.preview.max_side, cfg.preview.quality)
             self._preview.start()
@@ -314,8 +329,11 @@ class Daemon:
             ]
 
             def make_ingest() -> zmq.Socket[bytes]:  # also called by IngestSocket.reset, after start-up
-                # MAXMSGSIZE bounds each part: ZeroMQ has no whole-message bound (IngestSocket adds one)
-                sock = new(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cfg.max_message_bytes, HANDSHAKE_IVL=HANDSHAKE_IVL_MS)
+                # MAXMSGSIZE bounds each part: ZeroMQ has no whole-message bound (IngestSocket adds one). A part over
+                # it drops the connection with no answer, which leaves a REQ sender waiting for good: a ROUTER takes
+                # parts up to ANSWERED_PART_BYTES, so that IngestSocket can refuse them with an answer.
+                cap = max(cfg.max_message_bytes, ANSWERED_PART_BYTES) if kind == zmq.ROUTER else cfg.max_message_bytes
+                sock = new(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cap, HANDSHAKE_IVL=HANDSHAKE_IVL_MS)
                 if self._security is not None:
                     self._security.apply(sock)
                 if kind == zmq.SUB:
@@ -362,6 +380,8 @@ class Daemon:
             systemd.notify("STOPPING=1")
         self._stop.set()
         self.stats.dropped_at_shutdown(self._slots.close())
+        if self._decoding is not None:
+            self.stats.dropped_at_shutdown(self._decoding.close())
         for t in self._threads:
             if t.ident is None:  # never started: start() failed before it
                 continue
@@ -500,33 +520,101 @@ class Daemon:
             self._audit.submit(event, **fields)
 
     def _admit(self, message: Received) -> RejectReason | None:
-        """Decode one message and offer it to the stream table; a refusal is counted and returned. Holds no
-        reference after."""
+        """Decode one message and offer it to the stream table (a compressed one: to the decode threads); a refusal
+        is counted and returned. Holds no reference after, but for a frame handed to the decode threads."""
         recv_ts = time.time_ns()
         buffers = [p.buffer for p in message.parts]
+        if self._imagezmq is not None:
+            return self._admit_imagezmq(buffers, recv_ts, message.user_id)
         try:
-            if self._imagezmq is not None:
-                frame = self._imagezmq.decode(buffers, recv_ts)
-            else:
-                frame = decode_frame(buffers, self.config.limits)
+            frame = decode_frame(buffers, self.config.limits)
         except ProtocolError as exc:
             self._rejected(exc.reason, exc.detail)
             return exc.reason
         except Exception as exc:  # a decoder bug must not end the receive loop
             self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
             return RejectReason.DECODER_ERROR
-        admission = self._slots.put(frame, recv_ts, owner=message.user_id, admitted_ts_ns=time.time_ns())
+        return self._offer(frame, recv_ts, message.user_id)
+
+    def _admit_imagezmq(self, buffers: Sequence[Buffer], recv_ts: int, owner: str | None) -> RejectReason | None:
+        """The receive thread's part of an imagezmq message: every check short of decoding; a JPEG (or float32
+        pixels to check) goes to the decode threads, anything else to the stream table at once."""
+        decoder, queue = self._imagezmq, self._decoding
+        assert decoder is not None and queue is not None
+        try:
+            parsed = decoder.parse(buffers, recv_ts)
+            stream_id = decoder.names.claim(parsed.name)
+        except ProtocolError as exc:
+            self._rejected(exc.reason, exc.detail)
+            return exc.reason
+        except Exception as exc:
+            self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
+            return RejectReason.DECODER_ERROR
+        if parsed.ready:
+            return self._offer_parsed(parsed, stream_id, owner)
+        early = self._slots.refuses_at_once(stream_id, parsed.decoded_bytes)
+        if early is not None:  # never decode what the stream table would refuse anyway
+            decoder.names.release(parsed.name)
+            return self._refused_admission(early, stream_id)
+        compressed = memoryview(parsed.jpeg).nbytes if parsed.jpeg is not None else 0
+        refused = queue.offer(stream_id, (parsed, owner), compressed, parsed.decoded_bytes)
+        if refused is not None:
+            decoder.names.release(parsed.name)
+            self._rejected(refused, lambda: f"{parsed.decoded_bytes} decoded bytes on stream {stream_id}")
+        return refused
+
+    def _decode_loop(self) -> None:
+        """A decode thread: JPEGs (and float32 checks) off the receive thread, then into the stream table."""
+        decoder, queue = self._imagezmq, self._decoding
+        assert decoder is not None and queue is not None
+        while not self._stop.is_set():
+            taken = queue.take(POLL_MS / 1000.0)
+            if taken is None:
+                continue
+            stream_id, (parsed, owner) = taken
+            try:
+                try:
+                    parsed = decoder.finish(parsed)
+                except ProtocolError as exc:
+                    decoder.names.release(parsed.name)
+                    self._rejected(exc.reason, exc.detail)
+                    continue
+                except Exception as exc:  # a decoder bug must not end the thread
+                    decoder.names.release(parsed.name)
+                    self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
+                    continue
+                self._offer_parsed(parsed, stream_id, owner)
+            finally:
+                queue.done(stream_id)
+            del parsed, taken  # the compressed and decoded buffers are the table's (or nobody's) now
+
+    def _offer_parsed(self, parsed: Parsed, stream_id: int, owner: str | None) -> RejectReason | None:
+        names = self._imagezmq.names if self._imagezmq is not None else None
+        assert names is not None
+        refused = self._offer(parsed.frame(stream_id, names.next_seq(parsed.name)), parsed.recv_ts_ns, owner)
+        if refused is None:
+            names.admitted(parsed.name)
+        else:
+            names.release(parsed.name)
+        return refused
+
+    def _offer(self, frame: Frame, recv_ts: int, owner: str | None) -> RejectReason | None:
+        """Offer a decoded frame to the stream table; a refusal is counted and returned."""
+        admission = self._slots.put(frame, recv_ts, owner=owner, admitted_ts_ns=time.time_ns())
         if admission.accepted:
             self.stats.accepted(admission is Admission.REPLACED)
             return None
+        return self._refused_admission(admission, frame.stream_id)
+
+    def _refused_admission(self, admission: Admission, stream_id: int) -> RejectReason:
         if admission is Admission.STREAM_OWNER:
-            self._rejected(RejectReason.STREAM_OWNER, f"stream {frame.stream_id} belongs to another client key")
+            self._rejected(RejectReason.STREAM_OWNER, f"stream {stream_id} belongs to another client key")
             return RejectReason.STREAM_OWNER
         if admission is Admission.UNDECLARED_STREAM:
-            self._rejected(RejectReason.UNDECLARED_STREAM, f"stream {frame.stream_id} is not in streams.ids")
+            self._rejected(RejectReason.UNDECLARED_STREAM, f"stream {stream_id} is not in streams.ids")
             return RejectReason.UNDECLARED_STREAM
         reason = RejectReason(admission.value)
-        self._rejected(reason, lambda: self._table_detail(frame.stream_id))
+        self._rejected(reason, lambda: self._table_detail(stream_id))
         return reason
 
     def _rejected(self, reason: RejectReason, detail: str | Callable[[], str]) -> None:
@@ -823,8 +911,13 @@ class Daemon:
             "reloads_refused": self.reloads_refused,
             "pid": os.getpid(),
             **({"imagezmq_streams": self._imagezmq.names.snapshot()} if self._imagezmq else {}),
+            **({"decode": self._decode_status()} if self._decoding is not None else {}),
             **({"audit": self._audit_head()} if self._audit is not None else {}),
         }
+
+    def _decode_status(self) -> dict[str, int]:
+        assert self._decoding is not None
+        return {"waiting_bytes": self._decoding.waiting_bytes, "replaced": self._decoding.replaced}
 
     def _audit_head(self) -> dict[str, Any]:
         """The newest audit record: kept elsewhere, it anchors `edgert audit verify --head`."""

@@ -129,6 +129,15 @@ class StreamTable:
             self._cond.notify()
             return Admission.REPLACED if old is not None else Admission.ACCEPTED
 
+    def refuses_at_once(self, stream_id: int, size: int) -> Admission | None:
+        """What `put` would refuse whatever else waits: an undeclared stream, a frame over the byte budget on its
+        own. Lets a decode queue refuse a compressed frame before the work of decoding it."""
+        if self._declared and stream_id not in self._declared:
+            return Admission.UNDECLARED_STREAM
+        if size > self.limits.max_pending_bytes:
+            return Admission.PENDING_BYTES
+        return None
+
     def _expire(self, now: int) -> None:
         horizon = now - self.limits.idle_ms * 1_000_000
         for sid in [s for s, seen in self._last_seen.items() if seen < horizon and s not in self._pending]:

@@ -103,24 +103,49 @@ def test_a_jpeg_declaring_a_size_over_the_limits_is_refused_before_decoding() ->
     assert _refused(_decoder(), _parts({"msg": "cam"}, buffer.getvalue())) is RejectReason.BAD_DIMENSIONS
 
 
+def _take(names: StreamNames, name: str, now_ns: int | None = None) -> int:
+    """Claim a name for a frame that is then admitted, as the daemon does."""
+    stream_id = names.claim(name, now_ns)
+    names.admitted(name, now_ns)
+    return stream_id
+
+
 def test_names_configured_first_then_the_lowest_free_id() -> None:
     names = StreamNames({"probe": 0, "scope": 2})
-    assert [names.stream_id(n) for n in ("scope", "rpi-1", "rpi-2", "probe", "rpi-1")] == [2, 1, 3, 0, 1]
+    assert [_take(names, n) for n in ("scope", "rpi-1", "rpi-2", "probe", "rpi-1")] == [2, 1, 3, 0, 1]
     assert names.snapshot() == {"probe": 0, "scope": 2, "rpi-1": 1, "rpi-2": 3}
 
 
 def test_unknown_names_are_refused_without_auto_and_the_table_is_bounded() -> None:
     with pytest.raises(ProtocolError) as info:
-        StreamNames({"probe": 0}, auto=False).stream_id("other")
+        StreamNames({"probe": 0}, auto=False).claim("other")
     assert info.value.reason is RejectReason.UNKNOWN_STREAM_NAME
     names = StreamNames({})
     for i in range(MAX_NAMES):
-        names.stream_id(f"frame {i}")  # a sender that puts changing text in the name
+        _take(names, f"frame {i}")  # a sender that puts changing text in the name
     with pytest.raises(ProtocolError):
-        names.stream_id("one more")
-    assert names.stream_id("frame 0") == 0  # names already known keep working
+        names.claim("one more")
+    assert _take(names, "frame 0") == 0  # names already known keep working
     with pytest.raises(ValueError, match="same stream id"):
         StreamNames({"a": 1, "b": 1})
+
+
+def test_names_whose_frames_were_refused_hold_nothing_and_idle_names_are_forgotten() -> None:
+    """The attack: 1,100 names sent once each filled the table for good. Now only admitted names stay, for idle_ms."""
+    names = StreamNames({"probe": 5}, idle_ms=1000, max_names=4)
+    for i in range(100):  # frames refused after their claim (stream table full, JPEG broken...)
+        names.claim(f"refused {i}", now_ns=0)
+        names.release(f"refused {i}")
+    assert names.snapshot(now_ns=0) == {"probe": 5}
+    taken = [_take(names, f"cam {i}", now_ns=0) for i in range(4)]
+    assert taken == [0, 1, 2, 3]
+    with pytest.raises(ProtocolError, match="4 other names"):
+        names.claim("late", now_ns=500_000_000)  # all four admitted within idle_ms
+    assert _take(names, "late", now_ns=1_200_000_000) == 0  # the idle ones are gone: the lowest id is free again
+    assert names.snapshot(now_ns=1_200_000_000) == {"probe": 5, "late": 0}
+    names.claim("held", now_ns=1_300_000_000)  # a frame in a decode thread keeps its name however long it takes
+    assert _take(names, "other", now_ns=9_000_000_000) != names.claim("held", now_ns=9_000_000_000)
+    assert _take(names, "probe", now_ns=10**12) == 5  # configured names stay for good
 
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -315,3 +340,128 @@ def test_requests_queued_at_shutdown_are_answered(zmq_ctx: zmq.Context) -> None:
     assert [req.recv() for req in senders] == [b"REFUSED stopping"] * 3
     for req in senders:
         req.close(linger=0)
+
+
+def _jpeg(side: int, seed: int = 0) -> bytes:
+    noise = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)  # noise: slow to decode
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.slow
+def test_jpegs_are_decoded_off_the_thread_that_answers_and_a_flood_does_not_starve_another_name(
+    start_daemon: Callable[..., Daemon], zmq_ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 32, item 8: a flood of large JPEGs from one name used to be decoded on the receive thread, which also
+    answers every REQ sender. Now every decode runs on a decode thread, and the other name's frames are served."""
+    from edge_runtime.daemon.imagezmq import ImagezmqDecoder
+
+    decoded_on: list[str] = []
+    finish = ImagezmqDecoder.finish
+
+    def spy(self: ImagezmqDecoder, parsed: object) -> object:
+        if getattr(parsed, "jpeg", None) is not None:
+            decoded_on.append(threading.current_thread().name)
+        return finish(self, parsed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImagezmqDecoder, "finish", spy)
+    daemon = _imagezmq_daemon(start_daemon, pattern=IngestPattern.REP, streams={"probe": 0, "flood": 1})
+    sub = _results(daemon, zmq_ctx)
+    time.sleep(0.2)
+    big, small = _jpeg(1536), _jpeg(96, seed=1)
+    stop = threading.Event()
+    flood_replies: list[bytes] = []
+
+    def flood() -> None:
+        sender = imagezmq.ImageSender(connect_to=daemon.endpoints["ingest"])
+        while not stop.is_set() and len(flood_replies) < 400:
+            flood_replies.append(sender.send_jpg("flood", big))
+        sender.close()
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    probe = imagezmq.ImageSender(connect_to=daemon.endpoints["ingest"])
+    seen: dict[int, int] = {}
+    try:
+        wait_until(lambda: len(flood_replies) >= 5, timeout=10)
+        replies = []
+        for _ in range(40):
+            replies.append(probe.send_jpg("probe", small))
+            while (result := sub.recv(20)) is not None:
+                seen[result.stream_id] = seen.get(result.stream_id, 0) + 1
+        end = time.monotonic() + 2
+        while time.monotonic() < end and seen.get(0, 0) < 10:
+            if (result := sub.recv(50)) is not None:
+                seen[result.stream_id] = seen.get(result.stream_id, 0) + 1
+    finally:
+        stop.set()
+        thread.join(10)
+        probe.close()
+        sub.close()
+    assert replies == [b"OK"] * 40 and set(flood_replies) == {b"OK"}
+    assert decoded_on and {n.rsplit("-", 1)[0] for n in decoded_on} == {"edgert-decode"}  # never edgert-receive
+    assert seen.get(0, 0) >= 10  # the probe's frames kept being served through the flood
+    assert seen.get(1, 0) >= 1  # and the flood's too: newest wins, not refused
+
+
+def test_a_jpeg_the_stream_table_could_never_hold_is_refused_before_it_is_decoded(
+    start_daemon: Callable[..., Daemon], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.daemon.imagezmq import ImagezmqDecoder
+    from edge_runtime.daemon.slots import StreamLimits
+
+    calls: list[object] = []
+    monkeypatch.setattr(ImagezmqDecoder, "finish", lambda self, parsed: calls.append(parsed))
+    daemon = start_daemon(
+        ingest=IngestConfig(endpoint=LOOPBACK, format=IngestFormat.IMAGEZMQ, pattern=IngestPattern.REP),
+        streams=StreamLimits(max_pending_bytes=100_000),
+    )
+    sender = imagezmq.ImageSender(connect_to=daemon.endpoints["ingest"])
+    try:
+        assert sender.send_jpg("probe", _jpeg(256)) == b"REFUSED pending_bytes"  # 196,608 bytes decoded
+    finally:
+        sender.close()
+    assert calls == []
+    assert daemon.status()["imagezmq_streams"] == {}  # a refused name holds no place
+
+
+def test_a_request_over_the_message_limit_is_answered_not_dropped(
+    start_daemon: Callable[..., Daemon], zmq_ctx: zmq.Context
+) -> None:
+    """A part over ZeroMQ's MAXMSGSIZE used to drop the connection without a reply: a REQ sender waited forever."""
+    daemon = start_daemon(
+        ingest=IngestConfig(endpoint=LOOPBACK, format=IngestFormat.IMAGEZMQ, pattern=IngestPattern.REP),
+        limits=Limits(max_width=256, max_height=256),  # parts up to 790,528 bytes
+    )
+    req = zmq_ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.RCVTIMEO, 5000)
+    req.connect(daemon.endpoints["ingest"])
+    try:
+        meta = {"msg": "cam", "dtype": "uint8", "shape": [64, 64]}
+        req.send_multipart([json.dumps(meta).encode(), bytes(4_000_000)])  # over max_message_bytes and max_meta
+        assert req.recv() == b"REFUSED message_too_large"
+        req.send_multipart([json.dumps(meta).encode(), bytes(64 * 64)])
+        assert req.recv() == b"OK"  # the same connection goes on
+    finally:
+        req.close(linger=0)
+
+
+def test_names_of_refused_frames_do_not_fill_the_table(start_daemon: Callable[..., Daemon]) -> None:
+    from edge_runtime.daemon.slots import StreamLimits
+
+    daemon = start_daemon(
+        ingest=IngestConfig(endpoint=LOOPBACK, format=IngestFormat.IMAGEZMQ, pattern=IngestPattern.REP),
+        streams=StreamLimits(max_streams=2, idle_ms=300),
+    )
+    sender = imagezmq.ImageSender(connect_to=daemon.endpoints["ingest"])
+    image = np.zeros((16, 16), np.uint8)
+    try:
+        replies = [sender.send_image(f"name {i}", image) for i in range(60)]
+        assert replies[:2] == [b"OK"] * 2 and set(replies[2:]) == {b"REFUSED stream_limit"}
+        assert sorted(daemon.status()["imagezmq_streams"]) == ["name 0", "name 1"]
+        time.sleep(0.4)  # both idle now
+        assert sender.send_image("newcomer", image) == b"OK"
+        assert daemon.status()["imagezmq_streams"] == {"newcomer": 0}
+    finally:
+        sender.close()
