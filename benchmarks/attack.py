@@ -17,6 +17,17 @@ on stream 0 for `--seconds`, while attacker processes do one of:
 - control: raw TCP garbage, oversize and multi-part requests on the control port, while `ctl health` is asked
            every 250 ms the way the CLI asks it (item 3).
 
+The imagezmq scenarios (issue 32, item 8) run the daemon with `--ingest-format imagezmq --ingest-pattern rep`; the
+stream is an unmodified `imagezmq.ImageSender` (`send_image("probe", ...)` at 30 fps), and its reply time (how
+long `send_image` blocked) is reported beside its results:
+
+- imz_alone: nothing (the reference);
+- imz_jpeg_flood: 2 processes sending 8192x8192 RGB JPEGs (200 MB decoded each) as fast as they are answered;
+- imz_jpeg_flood_gray: the same with gray 8192x8192 JPEGs (67 MB decoded: within the stream table's budget, so
+           they are decoded);
+- imz_names: 1,100 senders' names once each, then, once the names are idle, a newcomer (is it let in?);
+- imz_oversize: one 900 MB request (over the message limit): is it answered, within 20 s?
+
 Reported per scenario: the share of the stream's frames that got a result, its end-to-end latency (capture to result
 received) p50/p99/max, the daemon's peak RSS (VmRSS from /proc, sampled every 20 ms) and the growth over its RSS
 before the attack, failed health checks, and the bytes the daemon logged. `--checkout` runs the daemon from another
@@ -66,7 +77,13 @@ SCENARIOS = (
     "fuzz",
     "fuzz_declared",
     "fuzz_elsewhere",
+    "imz_alone",
+    "imz_jpeg_flood",
+    "imz_jpeg_flood_gray",
+    "imz_names",
+    "imz_oversize",
 )
+IMAGEZMQ_ARGS = ["--ingest-format", "imagezmq", "--ingest-pattern", "rep"]
 FUZZ_MESSAGES = 100_000  # the campaign of issue 32: malformed messages and valid frames on many stream ids
 
 
@@ -200,6 +217,53 @@ def control_garbage(endpoint: str, seconds: float, kind: str) -> None:
     ctx.destroy(linger=0)
 
 
+# -- imagezmq attackers ----------------------------------------------------------------------------------------
+def jpeg_flood(endpoint: str, seconds: float, name: str, mode: str) -> None:
+    """Send one 8192x8192 JPEG (a gradient with noise: a few MB compressed) again and again, as fast as answered."""
+    import io
+
+    import imagezmq
+    from PIL import Image
+
+    ramp = np.add.outer(np.arange(8192) // 32, np.arange(8192) // 32).astype(np.uint8)
+    ramp ^= np.random.default_rng(0).integers(0, 16, ramp.shape, dtype=np.uint8)
+    image = Image.fromarray(ramp) if mode == "L" else Image.fromarray(np.dstack([ramp, ramp[::-1], ramp.T]))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    data = buffer.getvalue()
+    sender = imagezmq.ImageSender(connect_to=endpoint)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sender.send_jpg(name, data)
+
+
+def many_names(endpoint: str, names: int) -> None:
+    import imagezmq
+
+    sender = imagezmq.ImageSender(connect_to=endpoint)
+    image = np.zeros((16, 16), np.uint8)
+    for i in range(names):
+        sender.send_image(f"sender {i} at {time.time_ns()}", image)
+
+
+def oversize(endpoint: str, nbytes: int, report: Any) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.RCVTIMEO, 20_000)
+    req.connect(endpoint)
+    meta = json.dumps({"msg": "big", "dtype": "uint8", "shape": [8192, 8192, 3]}).encode()
+    payload = bytes(nbytes)
+    t0 = time.monotonic()
+    req.send_multipart([meta, payload])
+    del payload
+    try:
+        report.put({"reply": req.recv().decode(), "after_s": round(time.monotonic() - t0, 2)})
+    except zmq.Again:
+        report.put({"reply": None, "after_s": 20.0})
+    req.close(linger=0)
+    ctx.destroy(linger=0)
+
+
 # -- one scenario -------------------------------------------------------------------------------------------------
 def run_scenario(name: str, seconds: float, checkout: Path, workdir: Path, threads: int) -> dict[str, Any]:
     log_path = workdir / f"{name}.log"
@@ -208,9 +272,13 @@ def run_scenario(name: str, seconds: float, checkout: Path, workdir: Path, threa
         config = workdir / "declared.toml"
         config.write_text(f'[model]\npackage = "{demo_package_path()}"\n[streams]\nids = [0]\n')
         extra += ["--config", str(config)]
+    if name.startswith("imz_"):
+        extra += IMAGEZMQ_ARGS
     daemon = DaemonProcess(demo_package_path(), workdir, log_path, extra, source_root=checkout)
     try:
         endpoints = daemon.wait_ready()
+        if name.startswith("imz_"):
+            return _measure_imagezmq(name, seconds, endpoints, daemon.pid, log_path)
         return _measure(name, seconds, endpoints, daemon.pid, log_path)
     finally:
         daemon.stop()
@@ -314,6 +382,99 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
     }
 
 
+def _measure_imagezmq(name: str, seconds: float, endpoints: dict[str, str], pid: int, log_path: Path) -> dict[str, Any]:
+    import imagezmq
+
+    images = [f.pixels for f in open_source(bundled_cine())]
+    ctx = zmq.Context()
+    sub = ResultSubscriber(endpoints["results"], max_age_ms=None, context=ctx)
+    sender = imagezmq.ImageSender(connect_to=endpoints["ingest"])
+    while sender.send_image("probe", images[0]) != b"OK" or sub.recv(200) is None:  # "probe" is stream 0
+        pass
+    while sub.recv(300) is not None:
+        pass
+    rss_before, log_before, cpu_before = rss_mb(pid), log_path.stat().st_size, cpu_s(pid)
+    rss_peak, stop = [rss_before], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            rss_peak.append(rss_mb(pid))
+
+    mp = multiprocessing.get_context("spawn")
+    report = mp.Queue()
+    attackers: list[Any] = []
+    if name.startswith("imz_jpeg_flood"):
+        mode = "L" if name.endswith("gray") else "RGB"
+        attackers = [mp.Process(target=jpeg_flood, args=(endpoints["ingest"], seconds, f"flood {k}", mode))
+                     for k in range(2)]  # fmt: skip
+    elif name == "imz_names":
+        attackers = [mp.Process(target=many_names, args=(endpoints["ingest"], 1100))]
+    elif name == "imz_oversize":
+        attackers = [mp.Process(target=oversize, args=(endpoints["ingest"], 900_000_000, report))]
+    threading.Thread(target=sample, daemon=True).start()
+    for a in attackers:
+        a.start()
+    replies_ms: list[float] = []
+    results = 0
+    sent = 0
+    start = time.monotonic()
+    next_frame = start
+    while time.monotonic() < start + seconds:
+        if time.monotonic() >= next_frame:
+            sent += 1
+            t0 = time.perf_counter()
+            sender.send_image("probe", images[sent % len(images)])
+            replies_ms.append((time.perf_counter() - t0) * 1e3)
+            next_frame += 1 / FPS
+        while (r := sub.recv(0)) is not None:
+            results += r.stream_id == 0
+        time.sleep(max(0.0, min(0.005, next_frame - time.monotonic())))
+    end = time.monotonic() + 1
+    while time.monotonic() < end:
+        r = sub.recv(100)
+        results += r is not None and r.stream_id == 0
+    extra: dict[str, Any] = {}
+    if name == "imz_names":  # once the attackers' names are idle (idle_ms, 5 s), is a new sender let in?
+        for a in attackers:
+            a.join(60)
+        time.sleep(6.0)
+        newcomer = imagezmq.ImageSender(connect_to=endpoints["ingest"])
+        extra["newcomer_reply"] = newcomer.send_image("newcomer", images[0]).decode()
+        newcomer.close()
+    if name == "imz_oversize":
+        try:
+            extra["oversize"] = report.get(timeout=30)
+        except Exception:
+            extra["oversize"] = {"reply": None, "after_s": None}
+    stop.set()
+    daemon_cpu = cpu_s(pid) - cpu_before
+    for a in attackers:
+        a.terminate()
+        a.join()
+    sender.close()
+    sub.close()
+    ctx.destroy(linger=0)
+    rep = np.array(replies_ms) if replies_ms else np.array([np.nan])
+    return {
+        "frames_sent": sent,
+        "results": results,
+        "results_share": round(results / max(sent, 1), 3),
+        "reply_ms": {
+            "p50": round(float(np.percentile(rep, 50)), 1),
+            "p99": round(float(np.percentile(rep, 99)), 1),
+            "max": round(float(rep.max()), 1),
+        },  # fmt: skip
+        "rss_mb": {
+            "before": round(rss_before, 1),
+            "peak": round(max(rss_peak), 1),
+            "growth": round(max(rss_peak) - rss_before, 1),
+        },  # fmt: skip
+        "cpu_s": {"daemon": round(daemon_cpu, 2), "cores": os.cpu_count()},
+        "log_bytes": log_path.stat().st_size - log_before,
+        **extra,
+    }
+
+
 def _ask_health(endpoint: str, seconds: float, tally: dict[str, int]) -> None:
     """What `edgert ctl health` does, every 250 ms: a fresh REQ, 'status', 2 s to answer, state must be ready."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -346,6 +507,14 @@ def main() -> None:
         for name in args.scenarios:
             result = run_scenario(name, args.seconds, args.checkout.resolve(), Path(tmp), args.threads)
             report["scenarios"][name] = result
+            if name.startswith("imz_"):
+                rep, rss = result["reply_ms"], result["rss_mb"]
+                told = {k: result[k] for k in ("newcomer_reply", "oversize") if k in result}
+                print(f"{name:8s} results {result['results']}/{result['frames_sent']} ({result['results_share']:.0%})  "
+                      f"reply p50 {rep['p50']} p99 {rep['p99']} max {rep['max']} ms  "
+                      f"RSS {rss['before']} -> peak {rss['peak']} MB  log {result['log_bytes']} B  {told or ''}",
+                      flush=True)  # fmt: skip
+                continue
             lat, rss = result["latency_ms"], result["rss_mb"]
             print(f"{name:8s} results {result['results']}/{result['frames_sent']} ({result['results_share']:.0%})  "
                   f"latency p50 {lat['p50']} p99 {lat['p99']} max {lat['max']} ms  "
@@ -355,8 +524,9 @@ def main() -> None:
                   f"attackers {result['cpu_s']['attackers']}", flush=True)  # fmt: skip
     alone = report["scenarios"].get("alone")
     if alone:
-        for result in report["scenarios"].values():
-            result["p99_vs_alone"] = round(result["latency_ms"]["p99"] / alone["latency_ms"]["p99"], 2)
+        for key, result in report["scenarios"].items():
+            if not key.startswith("imz_"):
+                result["p99_vs_alone"] = round(result["latency_ms"]["p99"] / alone["latency_ms"]["p99"], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -178,7 +178,8 @@ def _ctl(args: argparse.Namespace, out: Output) -> int:
 
 def _key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-key", type=Path, help="CURVE: the daemon's public .key file")
-    p.add_argument("--client-key", type=Path, help="CURVE: this client's .key_secret file")
+    p.add_argument("--client-key", type=Path, help="CURVE: this client's .key_secret file (its .key in the "
+                   "daemon's authorized_clients folder)")  # fmt: skip
 
 
 def _client_keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -325,7 +326,8 @@ def _view(args: argparse.Namespace, out: Output) -> int:
         logging.getLogger("edgert.view.http").setLevel(logging.DEBUG)  # websockets' line per connection
     options = ViewOptions(
         results=args.results, preview=args.preview, host=args.host, port=args.port, token=_view_token(args),
-        stream_id=args.stream_id, max_age_ms=args.max_age_ms,
+        stream_id=args.stream_id, max_age_ms=args.max_age_ms, keys=_client_keys(args), tls_cert=args.cert,
+        tls_key=args.key,
     )  # fmt: skip
     server = ViewServer(options)
     try:
@@ -358,6 +360,7 @@ def _record(args: argparse.Namespace, out: Output) -> int:
         max_age_ms=args.max_age_ms, source=SourceStudy.from_file(args.source_dicom) if args.source_dicom else None,
         spool_budget=SpoolBudget(**{k: v for k, v in (("max_files", args.spool_max_files), ("max_bytes",
                                  None if args.spool_max_mb is None else int(args.spool_max_mb * 1024**2))) if v}),
+        keys=_client_keys(args),
     )  # fmt: skip
     recorder = Recorder(options)
     where = f"sent to {args.pacs}" if args.pacs else "kept"
@@ -393,6 +396,7 @@ def _igtl(args: argparse.Namespace, out: Output) -> int:
         results=args.results, preview=args.preview, port=args.port, stream_id=args.stream_id,
         spacing_mm=args.spacing, source=parse_source(args.source) if args.source else None,
         source_device=args.source_device, ingest=args.ingest, source_stream_id=args.source_stream_id,
+        keys=_client_keys(args),
     )  # fmt: skip
     bridge = IgtlBridge(options)
     with _stop_on_signal() as stop:
@@ -865,6 +869,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-id", type=int, help="show this stream (default: the first that sends)")
     p.add_argument("--max-age-ms", type=float, default=500.0,
                    help="an overlay older than this (capture to now) is not shown; the page says STALE (default 500)")  # fmt: skip
+    p.add_argument("--cert", type=Path, help="serve HTTPS (and WSS) with this PEM certificate chain")
+    p.add_argument("--key", type=Path, help="the certificate's PEM private key (default: in the --cert file)")
+    _key_arguments(p)
 
     p = command("record", "record the live frame and its result as DICOM (SC, and SEG for segmentation) to a PACS "
                 "on a trigger", _record)  # fmt: skip
@@ -887,6 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-age-ms", type=float, default=1000.0, help="refuse to record a result older than this")
     p.add_argument("--count", type=int, help="stop after this many captures (then wait up to --drain-s for the PACS)")
     p.add_argument("--drain-s", type=float, default=30.0, help="with --count: how long to wait for the PACS")
+    _key_arguments(p)
     _json_argument(p, "the counts")
 
     p = command("igtl", "OpenIGTLink bridge: live frames and overlays to 3D Slicer, images from PLUS to the daemon",
@@ -902,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-device", help="only this device's images (default: all)")
     p.add_argument("--ingest", default="tcp://127.0.0.1:5555", help="the daemon's ingest, for --source frames")
     p.add_argument("--source-stream-id", type=int, default=0, help="stream id of --source frames (default 0)")
+    _key_arguments(p)
     _json_argument(p, "the counts")
 
     p = command("capture", "ask a running `edgert record` to record the current frame now", _capture)

@@ -33,6 +33,7 @@ from PIL import Image
 from calibration.preprocessing import scale_labels
 from edge_runtime.errors import EdgertError
 from edge_runtime.protocol import PixelFormat, Preview, Result, ResultStatus, Task
+from edge_runtime.security import ClientKeys
 from edge_runtime.sender import FrameSender
 from edge_runtime.view.feed import Feed
 
@@ -69,6 +70,7 @@ class IgtlOptions:
     source_device: str | None = None  # take only this device's images (default: every IMAGE)
     ingest: str = "tcp://127.0.0.1:5555"  # the daemon's ingest, for frames from `source`
     source_stream_id: int = 0  # the stream id forwarded frames get
+    keys: ClientKeys | None = None  # CURVE towards the daemon: results, preview and forwarded frames
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -180,7 +182,7 @@ class IgtlBridge:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.server = pyigtl.OpenIGTLinkServer(port=options.port, local_server=True, start_now=False)
-        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview,
+        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview, keys=options.keys,
                          stream_id=options.source_stream_id if options.source else options.stream_id)  # fmt: skip
         self._client: Any = None
         self._sender: FrameSender | None = None
@@ -192,7 +194,9 @@ class IgtlBridge:
         if self.options.source is not None:
             host, port = self.options.source
             self._client = self._pyigtl.OpenIGTLinkClient(host=host, port=port, start_now=True)
-            self._sender = FrameSender(self.options.ingest, stream_id=self.options.source_stream_id)
+            self._sender = FrameSender(
+                self.options.ingest, stream_id=self.options.source_stream_id, keys=self.options.keys
+            )
             self._source_thread = threading.Thread(target=self._forward, name="edgert-igtl-source", daemon=True)
             self._source_thread.start()
         log.info("OpenIGTLink server for Slicer on 127.0.0.1:%d", self.options.port)

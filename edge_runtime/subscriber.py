@@ -23,6 +23,7 @@ from edge_runtime.protocol import (
     message_type,
 )
 from edge_runtime.results import TaskResult, typed
+from edge_runtime.security import ClientKeys
 
 log = logging.getLogger("edgert.subscriber")
 
@@ -56,7 +57,10 @@ class ResultSubscriber:
         stream_id: int | None = None,
         limits: Limits = Limits(),
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        keys: ClientKeys | None = None,
     ) -> None:
+        """`keys`: CURVE, for a daemon whose results socket is encrypted (`[security]`): its public key and this
+        display's key pair, which must be in the daemon's allow-list."""
         self.max_age_ms = max_age_ms
         self.stream_id = stream_id
         self.limits = limits
@@ -69,6 +73,8 @@ class ResultSubscriber:
         self._sock.setsockopt(zmq.RECONNECT_IVL, 100)  # back quickly when the daemon restarts
         self._sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if keys is not None:
+            keys.apply(self._sock)
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:

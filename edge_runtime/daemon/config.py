@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -177,9 +178,11 @@ class DaemonConfig:
     ready_file: Path | None = None
     reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
     server_key: Path | None = (
-        None  # CURVE: the daemon's .key_secret; with authorized_clients, secures ingest and control
+        None  # CURVE: the daemon's .key_secret; with authorized_clients, secures ingest, control, results, preview
     )
     authorized_clients: Path | None = None  # folder of client public certificates allowed to connect
+    curve_outputs: bool = True  # with CURVE: results and preview too (false: plain, for displays without keys)
+    refuse_plain_network: bool = False  # refuse to start when results or preview listen beyond loopback in plain
     tracker: TrackerSpec | None = None  # [tracker]: box tracking for detectors, over the card's `output.tracker`
     tracker_enabled: bool | None = None  # [tracker] enabled: false turns the card's tracker off; None: as the card
     preview: PreviewConfig = field(default_factory=PreviewConfig)
@@ -216,9 +219,41 @@ class DaemonConfig:
                 )
 
     @property
+    def encrypted_outputs(self) -> bool:
+        """Whether results and preview are CURVE sockets (the daemon has keys, and they are not turned off)."""
+        return self.server_key is not None and self.curve_outputs
+
+    def plain_exposures(self) -> list[str]:
+        """One line for each output socket that listens beyond this machine without encryption."""
+        if self.encrypted_outputs:
+            return []
+        outputs = [("results", self.results_endpoint, "masks, boxes and labels")]
+        if self.preview.enabled:
+            outputs.append(("preview", self.preview.endpoint, "the patient's images"))
+        return [
+            f"the {name} socket listens beyond this machine ({endpoint}) without CURVE: {what} cross the network "
+            "unencrypted to anyone who connects (set [security] server_key and authorized_clients)"
+            for name, endpoint, what in outputs
+            if not is_local_endpoint(endpoint)
+        ]
+
+    @property
     def max_message_bytes(self) -> int:
         """ZeroMQ MAXMSGSIZE for ingest: the largest legal pixel part (4 bytes x 3 channels covers every format)."""
         return self.limits.max_width * self.limits.max_height * 4 * 3 + 4096
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint the daemon binds is reachable from this machine only (ipc, inproc, loopback)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: assume the network
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
@@ -240,7 +275,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "metrics": {"endpoint": str},
     "limits": {f.name: int for f in dataclasses.fields(Limits)},
     "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int, "ids": list},
-    "security": {"server_key": str, "authorized_clients": str},
+    "security": {"server_key": str, "authorized_clients": str, "curve_outputs": bool, "refuse_plain_network": bool},
     "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
     "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
     "audit": {"path": str, "max_bytes": int, "backups": int, "fsync": bool},
@@ -309,6 +344,8 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             metrics_endpoint=data.get("metrics", {}).get("endpoint"),
             server_key=_path(data.get("security", {}).get("server_key"), base_dir),
             authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
+            curve_outputs=data.get("security", {}).get("curve_outputs", True),
+            refuse_plain_network=data.get("security", {}).get("refuse_plain_network", False),
             limits=Limits(**limits),
             streams=_streams(data.get("streams", {}), where),
             tracker=_tracker(data.get("tracker", {})),

@@ -15,6 +15,7 @@ a socket is used from more than one thread; neither holds it for more than a non
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -78,6 +79,7 @@ log = logging.getLogger("edgert.daemon")
 
 INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
 FRAME_MAX_PARTS = 3  # header, pixels, optional metadata
+DECODE_NICE = 10  # decode threads yield the CPU to the receive and inference threads
 ANSWERED_PART_BYTES = 1 << 30  # REQ/REP ingest: a part up to this is received and refused with an answer
 RESULTS_SNDHWM = 16
 PREVIEW_SNDHWM = 2  # a display that falls behind misses previews; it never makes them queue
@@ -212,6 +214,12 @@ class Daemon:
             except SecurityError as exc:
                 raise DaemonError(str(exc)) from None
             self._security.start(self._ctx, self._key_verdict)
+        for exposure in cfg.plain_exposures():
+            if cfg.refuse_plain_network:
+                raise DaemonError(f"{exposure}; refused by security.refuse_plain_network")
+            log.warning("UNENCRYPTED: %s", exposure)
+        if self._security is not None and not cfg.curve_outputs:
+            log.warning("UNENCRYPTED: security.curve_outputs = false: results and preview are sent in plain")
         sockets = self._open_sockets()
         infer = threading.Thread(target=self._inference_loop, args=(sockets["pub"],), name="edgert-infer", daemon=True)
         self._threads = [
@@ -349,8 +357,11 @@ class Daemon:
             bounds = MessageBounds(FRAME_MAX_PARTS, cfg.max_message_bytes + cfg.limits.max_meta_bytes)
             ingest = IngestSocket(make_ingest, bounds)
             opened.append(ingest.socket)
+            outputs = self._security if cfg.encrypted_outputs else None  # results and preview: CURVE servers too
             pub = make(zmq.PUB, SNDHWM=RESULTS_SNDHWM)
             pub.setsockopt(zmq.LINGER, 200)  # let the final results and the STOPPING heartbeat leave, but never hang
+            if outputs is not None:
+                outputs.apply(pub)
             attach(pub, "results", cfg.results_endpoint)
             # ROUTER, not REP: every reply goes to the peer that asked, by its routing id, so no peer can make the
             # daemon answer another one's request (a REP socket's strict turn-taking can be desynchronised).
@@ -361,6 +372,8 @@ class Daemon:
             preview = None
             if cfg.preview.enabled:
                 preview = make(zmq.PUB, SNDHWM=PREVIEW_SNDHWM)
+                if outputs is not None:
+                    outputs.apply(preview)
                 attach(preview, "preview", cfg.preview.endpoint)
         except BaseException:
             for sock in opened:
@@ -564,9 +577,15 @@ class Daemon:
         return refused
 
     def _decode_loop(self) -> None:
-        """A decode thread: JPEGs (and float32 checks) off the receive thread, then into the stream table."""
+        """A decode thread: JPEGs (and float32 checks) off the receive thread, then into the stream table. It runs
+        at a lower priority (nice +DECODE_NICE): on a small board the receive and inference threads come first, so a
+        flood of large JPEGs costs the other streams as little CPU as possible."""
         decoder, queue = self._imagezmq, self._decoding
         assert decoder is not None and queue is not None
+        with contextlib.suppress(
+            OSError, AttributeError
+        ):  # Linux: a thread's own nice value; raising it needs no right
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + DECODE_NICE)
         while not self._stop.is_set():
             taken = queue.take(POLL_MS / 1000.0)
             if taken is None:
@@ -905,6 +924,7 @@ class Daemon:
             "backend": self.config.backend.value,
             "endpoints": dict(self.endpoints),
             "curve": self._security is not None,
+            "curve_outputs": self.config.encrypted_outputs,
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "warmup_ms": round(self._warmup_ms, 3),
             "reloads": self.reloads,

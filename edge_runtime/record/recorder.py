@@ -31,6 +31,7 @@ from edge_runtime.liveness import Link, age_ms
 from edge_runtime.protocol import Preview, Result, ResultStatus
 from edge_runtime.record.objects import RecordError, Series, SourceStudy, build_objects
 from edge_runtime.record.pacs import PacsSender, PacsTarget, Spool, SpoolBudget
+from edge_runtime.security import ClientKeys
 from edge_runtime.view.feed import Feed
 
 log = logging.getLogger("edgert.record")
@@ -55,6 +56,7 @@ class RecordOptions:
     source: SourceStudy | None = None  # the DICOM the frames came from: its study, patient and instance
     retry_s: float = 1.0  # first wait before sending to a PACS that was down (doubles, up to 30 s)
     spool_budget: SpoolBudget = SpoolBudget()  # captures are refused (counted) once the spool holds this much
+    keys: ClientKeys | None = None  # CURVE for the daemon's results and preview sockets
 
     def __post_init__(self) -> None:
         if self.every_s is not None and self.every_s <= 0:
@@ -84,7 +86,7 @@ class Recorder:
         self._latest: tuple[Result, Preview] | None = None
         self._lock = threading.Lock()
         self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview,
-                         stream_id=options.stream_id, max_age_ms=None)  # fmt: skip
+                         stream_id=options.stream_id, max_age_ms=None, keys=options.keys)  # fmt: skip
         self.sender = PacsSender(options.pacs, self.spool, options.retry_s) if options.pacs else None
 
     def _on_pair(self, result: Result, preview: Preview) -> None:

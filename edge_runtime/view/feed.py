@@ -40,6 +40,7 @@ from edge_runtime.protocol import (
     decode_result,
     message_type,
 )
+from edge_runtime.security import ClientKeys
 
 log = logging.getLogger("edgert.view")
 
@@ -235,8 +236,10 @@ class Feed:
         max_age_ms: float | None = 500.0,
         misses: float = DEFAULT_MISSES,
         limits: Limits = Limits(),
+        keys: ClientKeys | None = None,
     ) -> None:
         self.results_endpoint = results
+        self.keys = keys  # CURVE for the results and preview sockets (the daemon's `[security]`)
         self.fixed_preview = preview  # given by the user: used as is, whatever heartbeats announce
         self.stream_id = stream_id
         self.max_age_ms = max_age_ms
@@ -330,6 +333,8 @@ class Feed:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)  # back quickly when the daemon restarts
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.keys is not None:
+            self.keys.apply(sock)
         sock.connect(endpoint)
         return sock
 

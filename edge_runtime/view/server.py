@@ -18,11 +18,13 @@ import json
 import logging
 import math
 import signal
+import ssl
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,6 +32,7 @@ import numpy as np
 
 from edge_runtime.errors import EdgertError, escaped
 from edge_runtime.liveness import LinkStatus
+from edge_runtime.security import ClientKeys
 from edge_runtime.view.feed import DisplayFrame, Feed
 
 log = logging.getLogger("edgert.view")
@@ -77,22 +80,40 @@ class ViewOptions:
     max_age_ms: float = 500.0  # an overlay older than this is not shown (the page says STALE)
     misses: float = 2.0  # heartbeat intervals of silence before the page says OFFLINE (PROTOCOL.md: two)
     log_every_s: float = 10.0  # display-latency summary in the log; 0: only at the end
+    keys: ClientKeys | None = None  # CURVE for the daemon's results and preview sockets
+    tls_cert: Path | None = None  # HTTPS (and WSS): the certificate chain, PEM
+    tls_key: Path | None = None  # its private key, PEM (may be in tls_cert's file)
 
     def __post_init__(self) -> None:
         if self.max_age_ms <= 0 or self.misses <= 0:
             raise ValueError("max_age_ms and misses must be positive")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("a TLS key needs its certificate (--cert)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} outside 0..65535")
         if self.token is not None and len(self.token) < 8:
             raise ValueError("an access token needs at least 8 characters")
 
 
-def exposure_warning(host: str, token: str | None) -> str | None:
+def exposure_warning(host: str, token: str | None, tls: bool = False) -> str | None:
     """What to warn about when the page is served beyond this machine, or None on loopback."""
     if is_loopback(host):
         return None
     advice = "the access token limits it to those given the URL" if token else "set an access token with --token"
+    if not tls:
+        advice += "; without --cert the video and the token cross the network unencrypted"
     return f"serving the view on {host}: other machines can reach it and see the video ({advice})"
+
+
+def tls_context(cert: Path, key: Path | None) -> ssl.SSLContext:
+    """A server TLS context from PEM files (TLS 1.2 at least); ViewError naming the file when it cannot be loaded."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ViewError(f"cannot load the TLS certificate {cert}{f' and key {key}' if key else ''}: {exc}") from None
+    return context
 
 
 def is_loopback(host: str) -> bool:
@@ -236,7 +257,8 @@ class ViewServer:
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._feed = Feed(options.results, self._on_frame, preview=options.preview, stream_id=options.stream_id,
-                          max_age_ms=options.max_age_ms, misses=options.misses)  # fmt: skip
+                          max_age_ms=options.max_age_ms, misses=options.misses, keys=options.keys)  # fmt: skip
+        self._tls = tls_context(options.tls_cert, options.tls_key) if options.tls_cert is not None else None
         self._last_log = time.monotonic()
         self._guesses = GuessThrottle()
         self._tick_failures = 0
@@ -246,7 +268,8 @@ class ViewServer:
     def url(self) -> str:
         assert self.address is not None, "not started"
         host = self.address[0] if ":" not in self.address[0] else f"[{self.address[0]}]"
-        return f"http://{host}:{self.address[1]}/" + (f"?token={self.options.token}" if self.options.token else "")
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self.address[1]}/" + (f"?token={self.options.token}" if self.options.token else "")
 
     def run(self) -> None:
         """Serve until SIGINT or SIGTERM (from the main thread) or `stop()`; the latency summary is logged at the end."""
@@ -291,12 +314,12 @@ class ViewServer:
             try:
                 server = await serve(self._socket, opts.host, opts.port, process_request=self._http,
                                      compression=None, max_size=MAX_CLIENT_MESSAGE, ping_interval=5,
-                                     ping_timeout=10, server_header=None, logger=http_log)  # fmt: skip
+                                     ping_timeout=10, server_header=None, logger=http_log, ssl=self._tls)  # fmt: skip
             except OSError as exc:
                 raise ViewError(f"cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}") from None
             async with server:
                 self.address = server.sockets[0].getsockname()[:2]
-                warning = exposure_warning(opts.host, opts.token)
+                warning = exposure_warning(opts.host, opts.token, tls=self._tls is not None)
                 if warning is not None:
                     log.warning("%s", escaped(warning, 1000))
                 token = " with ?token=... (the --token given)" if opts.token else ""

@@ -357,12 +357,16 @@ def test_jpegs_are_decoded_off_the_thread_that_answers_and_a_flood_does_not_star
     answers every REQ sender. Now every decode runs on a decode thread, and the other name's frames are served."""
     from edge_runtime.daemon.imagezmq import ImagezmqDecoder
 
+    import os
+
     decoded_on: list[str] = []
+    niceness: set[int] = set()
     finish = ImagezmqDecoder.finish
 
     def spy(self: ImagezmqDecoder, parsed: object) -> object:
         if getattr(parsed, "jpeg", None) is not None:
             decoded_on.append(threading.current_thread().name)
+            niceness.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return finish(self, parsed)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ImagezmqDecoder, "finish", spy)
@@ -401,6 +405,7 @@ def test_jpegs_are_decoded_off_the_thread_that_answers_and_a_flood_does_not_star
         sub.close()
     assert replies == [b"OK"] * 40 and set(flood_replies) == {b"OK"}
     assert decoded_on and {n.rsplit("-", 1)[0] for n in decoded_on} == {"edgert-decode"}  # never edgert-receive
+    assert min(niceness) > os.getpriority(os.PRIO_PROCESS, 0)  # and below the receive and inference threads
     assert seen.get(0, 0) >= 10  # the probe's frames kept being served through the flood
     assert seen.get(1, 0) >= 1  # and the flood's too: newest wins, not refused
 

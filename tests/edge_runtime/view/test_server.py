@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from edge_runtime.view.feed import DisplayFrame
-from edge_runtime.view.server import MAX_IN_FLIGHT, ViewOptions, ViewServer, exposure_warning, is_loopback
+from edge_runtime.view.server import (
+    MAX_IN_FLIGHT,
+    ViewError,
+    ViewOptions,
+    ViewServer,
+    exposure_warning,
+    is_loopback,
+)
 from tests.conftest import FakeDaemon, wait_until
 
 TOKEN = "s3cret-token"
@@ -224,3 +232,33 @@ def test_wrong_tokens_are_throttled_per_host_and_logged_bounded(
     assert 1 <= len(lines) <= 5 and all(TOKEN not in r.getMessage() and "guess-" not in r.getMessage() for r in lines)
     time.sleep(1.1)  # a guess a second comes back
     assert _get(server, f"/?token={TOKEN}")[0] == 200
+
+
+def test_the_view_serves_https_and_wss_with_a_given_certificate(tmp_path: Path) -> None:
+    """Issue 32, item 10: the page carries the patient's images; beyond this machine it can be served over TLS."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "view.pem", tmp_path / "view.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=cart",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    view = ViewServer(ViewOptions(results=NOWHERE, port=0, token=TOKEN, log_every_s=0, tls_cert=cert, tls_key=key))
+    view.start()
+    try:
+        assert view.address is not None and view.url.startswith("https://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        url = f"https://127.0.0.1:{view.address[1]}/?token={TOKEN}"
+        with urllib.request.urlopen(url, timeout=5, context=trusted) as response:
+            assert response.status == 200 and b"<html" in response.read().lower()
+        with pytest.raises(OSError):  # plain HTTP is not answered as a page
+            urllib.request.urlopen(f"http://127.0.0.1:{view.address[1]}/?token={TOKEN}", timeout=5).read()
+        with connect(f"wss://127.0.0.1:{view.address[1]}/ws?token={TOKEN}", ssl=trusted, open_timeout=5) as ws:
+            view._on_frame(_frame(1))
+            assert _next_frame(ws) is not None  # frames flow over WSS
+    finally:
+        view.stop()
+    with pytest.raises(ViewError, match="cannot load the TLS certificate"):
+        ViewServer(ViewOptions(results=NOWHERE, port=0, tls_cert=tmp_path / "missing.pem"))
+    assert "unencrypted" in (exposure_warning("0.0.0.0", TOKEN) or "")
+    assert "unencrypted" not in (exposure_warning("0.0.0.0", TOKEN, tls=True) or "")
