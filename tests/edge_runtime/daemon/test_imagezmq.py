@@ -355,9 +355,9 @@ def test_jpegs_are_decoded_off_the_thread_that_answers_and_a_flood_does_not_star
 ) -> None:
     """Issue 32, item 8: a flood of large JPEGs from one name used to be decoded on the receive thread, which also
     answers every REQ sender. Now every decode runs on a decode thread, and the other name's frames are served."""
-    from edge_runtime.daemon.imagezmq import ImagezmqDecoder
-
     import os
+
+    from edge_runtime.daemon.imagezmq import ImagezmqDecoder
 
     decoded_on: list[str] = []
     niceness: set[int] = set()
