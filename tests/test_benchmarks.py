@@ -97,12 +97,25 @@ def test_attack_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "attack.json"
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "attack.py"), "--seconds", "1.5", "--scenarios", "alone", "parts",
-         "--out", str(out)],
+         "imz_alone", "--out", str(out)],
         check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=180,
     )  # fmt: skip
     scenarios = json.loads(out.read_text())["scenarios"]
     assert scenarios["alone"]["results"] > 0 and scenarios["alone"]["health"]["failed"] == 0
     assert scenarios["parts"]["rss_mb"]["peak"] > 0 and "p99_vs_alone" in scenarios["parts"]
+    assert scenarios["imz_alone"]["results"] > 0 and scenarios["imz_alone"]["reply_ms"]["p99"] > 0
+
+
+def test_attack_files_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "attack_files.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "attack_files.py"), "--scenarios", "dicom_liar", "reloads",
+         "--reloads", "10", "--out", str(out)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=180,
+    )  # fmt: skip
+    scenarios = json.loads(out.read_text())["scenarios"]
+    assert scenarios["dicom_liar"]["exit"] == 1 and "refused before decoding" in scenarios["dicom_liar"]["last_line"]
+    assert scenarios["reloads"]["failed"] == 0 and scenarios["reloads"]["leftover_folders"] == 0
 
 
 def test_int8_default_smoke(tiny_models: dict[str, Path], tmp_path: Path) -> None:
