@@ -5,7 +5,10 @@ frame it sends
 - `edgert-image`: the frame, an RGB IMAGE;
 - `edgert-labels`: a single-component IMAGE with the same size, spacing and position: the segmentation's class ids,
   or for a detector the boxes drawn as outlines with value class id + 1 (so Slicer shows them as a label layer);
-- `edgert-result`: a STRING with the result as JSON (task, model and its sha256, boxes, classes, areas).
+- `edgert-result`: a STRING with the result as JSON (task, model and its sha256, boxes, classes, areas);
+- `edgert-status`: a STRING with the banner every display shows ("AI live", "AI offline", ...: the one liveness rule
+  of liveness.py, through the feed), sent at once when it changes and every second, so that Slicer says the AI is
+  offline as soon as the view does, and a Slicer that connects later learns it.
 Newest wins: while Slicer has not taken the previous frame's messages, newer frames are skipped and counted, never
 queued.
 
@@ -42,6 +45,9 @@ log = logging.getLogger("edgert.igtl")
 IMAGE_DEVICE = "edgert-image"
 LABELS_DEVICE = "edgert-labels"
 RESULT_DEVICE = "edgert-result"
+STATUS_DEVICE = "edgert-status"
+STATUS_EVERY_S = 1.0  # the banner is repeated this often, and checked for a change every STATUS_CHECK_S
+STATUS_CHECK_S = 0.1
 MAX_BACKLOG = 3  # messages waiting for Slicer beyond which a frame is skipped (one frame is three messages)
 KEEP_MATRICES = 64  # forwarded frames whose geometry is remembered
 BOX_LINE_PX = 2
@@ -187,10 +193,13 @@ class IgtlBridge:
         self._client: Any = None
         self._sender: FrameSender | None = None
         self._source_thread: threading.Thread | None = None
+        self._status_thread = threading.Thread(target=self._status_loop, name="edgert-igtl-status", daemon=True)
+        self.last_banner: str | None = None  # the banner last sent to Slicer
 
     def start(self) -> None:
         self.server.start()
         self.feed.start()
+        self._status_thread.start()
         if self.options.source is not None:
             host, port = self.options.source
             self._client = self._pyigtl.OpenIGTLinkClient(host=host, port=port, start_now=True)
@@ -203,6 +212,8 @@ class IgtlBridge:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._status_thread.ident is not None:
+            self._status_thread.join(5)
         self.feed.stop()
         if self._source_thread is not None:
             self._source_thread.join(5)
@@ -213,6 +224,18 @@ class IgtlBridge:
         self.server.stop()
 
     # -- to Slicer -----------------------------------------------------------------------------------------------
+    def _status_loop(self) -> None:
+        sent_at = 0.0
+        while not self._stop.wait(STATUS_CHECK_S):
+            banner = self.feed.status().banner
+            now = time.monotonic()
+            if not self.server.is_connected():
+                self.last_banner = None  # the next Slicer to connect gets it at once
+                continue
+            if banner != self.last_banner or now - sent_at >= STATUS_EVERY_S:
+                self.server.send_message(self._pyigtl.StringMessage(banner, device_name=STATUS_DEVICE), wait=False)
+                self.last_banner, sent_at = banner, now
+
     def _backlog(self) -> int:
         with self.server.lock_outgoing_messages:
             return len(self.server.outgoing_messages)

@@ -20,6 +20,7 @@ from edge_runtime.igtl import (
     IMAGE_DEVICE,
     LABELS_DEVICE,
     RESULT_DEVICE,
+    STATUS_DEVICE,
     IgtlBridge,
     IgtlError,
     IgtlOptions,
@@ -30,7 +31,7 @@ from edge_runtime.igtl import (
 from edge_runtime.protocol import Box, ModelId, PixelFormat, Result, ResultStatus, Task
 from edge_runtime.sender import FrameSender
 from edge_runtime.subscriber import ResultSubscriber
-from tests.conftest import LOOPBACK, free_ports, stream_frames, wait_until
+from tests.conftest import LOOPBACK, FakeDaemon, free_ports, stream_frames, wait_until
 
 MODEL = ModelId("det", "1", "cd" * 32)
 
@@ -102,6 +103,34 @@ def test_slicer_gets_the_frame_the_label_map_and_the_result(
         assert bridge.counts.sent >= 1
     finally:
         stop.set()
+        slicer.stop()
+        bridge.stop()
+
+
+def test_slicer_is_told_the_same_ai_banner_as_every_display(fake_daemon: FakeDaemon) -> None:
+    """Issue 32, item 3: Slicer gets the shared liveness banner as a STRING, at once when it changes."""
+    from edge_runtime.protocol import DaemonState
+
+    port = free_ports(1)[0]
+    bridge = IgtlBridge(IgtlOptions(results=f"tcp://127.0.0.1:{fake_daemon.port}", port=port))
+    bridge.start()
+    slicer = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=port)
+    banners: list[str] = []
+
+    def banner_is(text: str) -> bool:
+        for message in slicer.get_latest_messages():
+            if message.device_name == STATUS_DEVICE:
+                banners.append(message.string)
+        return bool(banners) and banners[-1] == text
+
+    try:
+        wait_until(lambda: banner_is("AI live"), timeout=10)
+        fake_daemon.state = None  # silence: more than two announced intervals
+        wait_until(lambda: banner_is("AI offline"), timeout=3)
+        fake_daemon.state = DaemonState.STOPPING
+        wait_until(lambda: banner_is("AI offline (stopped)"), timeout=3)
+        assert bridge.feed.status().banner == banners[-1]  # what the view's feed says, word for word
+    finally:
         slicer.stop()
         bridge.stop()
 
