@@ -292,10 +292,12 @@ class ImagezmqDecoder:
             raise ProtocolError(RejectReason.BAD_PAYLOAD, "a message without dtype and shape must carry a JPEG")
         try:
             with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # reads the header only
-                self._check_size(*image.size)
+                width, height = image.size
+                self._check_size(width, height)
                 if image.mode not in ("L", "RGB"):
                     raise ProtocolError(RejectReason.FORMAT_MISMATCH, f"JPEG mode {image.mode}: need L or RGB")
-                return image.size[0] * image.size[1] * (1 if image.mode == "L" else 3)
+                channels = 1 if image.mode == "L" else 3
+                return int(width) * int(height) * channels
         except ProtocolError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
