@@ -39,10 +39,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_runtime.bench import machine_info  # noqa: E402
-from edge_runtime.control import ControlClient  # noqa: E402
+from edge_runtime.core.package import demo_package_path  # noqa: E402
 from edge_runtime.daemon.process import DaemonProcess  # noqa: E402
-from edge_runtime.package import demo_package_path  # noqa: E402
+from edge_runtime.sdk.control import ControlClient  # noqa: E402
+from edge_runtime.tools.bench import machine_info  # noqa: E402
 
 SCENARIOS = ("dicom_bomb", "dicom_liar", "zip_bomb_reload", "reloads")
 

@@ -68,7 +68,7 @@ def sensitivity(pkg: Path, data: str, frames: int) -> dict[str, Any]:
     from converters.data import load_feeds
     from converters.prepare import prepare
     from converters.prune import Budget, PruneOptions, plan_pruning
-    from edge_runtime.tasks import card_head
+    from edge_runtime.core.tasks import card_head
 
     model, card, _, _ = load_model(pkg, None)
     prepared, _ = prepare(model)

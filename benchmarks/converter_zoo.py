@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from calibration.sources import Sampling  # noqa: E402
 from converters.data import load_feeds  # noqa: E402
 from converters.evaluate import compare, head_of  # noqa: E402
-from edge_runtime.package import load_package  # noqa: E402
+from edge_runtime.core.package import load_package  # noqa: E402
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

@@ -19,10 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 from calibration.synthetic import SyntheticUltrasound
+from edge_runtime.core.package import demo_package_path, load_package
+from edge_runtime.core.protocol import Frame, PixelFormat
 from edge_runtime.daemon.stats import percentiles_ms
-from edge_runtime.package import demo_package_path, load_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import Frame, PixelFormat
+from edge_runtime.inference.pipeline import InferencePipeline
 
 
 def _timed(fn, seconds: float, min_iters: int = 50) -> list[int]:

@@ -5,7 +5,7 @@
 Plays a synthetic colonoscopy cine (480x640, a new scene every 150 frames, a seed the detector never saw) through
 the daemon's own pipeline (`InferencePipeline`: preprocessing, runner, `DetectionHead`, tracker) twice: with the
 tracker off and with the card's tracker. Counts flicker as a viewer sees it, boxes appearing or disappearing
-between consecutive frames (`edge_runtime.tracking.flicker_events`), per second of video, and sets it beside the
+between consecutive frames (`edge_runtime.core.tracking.flicker_events`), per second of video, and sets it beside the
 flicker of the exact ground-truth boxes (polyps really entering and leaving the view), which is the floor. Also
 reports recall and false positives against the ground truth at IoU 0.5, so that a quieter display is not bought
 with missed polyps unnoticed.
@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibration.endoscopy import SyntheticEndoscopy  # noqa: E402
-from edge_runtime.bench import machine_info  # noqa: E402
-from edge_runtime.package import demo_package_path, load_package  # noqa: E402
-from edge_runtime.pipeline import InferencePipeline  # noqa: E402
-from edge_runtime.protocol import Box, Frame, PixelFormat, Task  # noqa: E402
-from edge_runtime.tracking import Flicker, flicker_events, match  # noqa: E402
+from edge_runtime.core.package import demo_package_path, load_package  # noqa: E402
+from edge_runtime.core.protocol import Box, Frame, PixelFormat, Task  # noqa: E402
+from edge_runtime.core.tracking import Flicker, flicker_events, match  # noqa: E402
+from edge_runtime.inference.pipeline import InferencePipeline  # noqa: E402
+from edge_runtime.tools.bench import machine_info  # noqa: E402
 
 
 def _truth_boxes(boxes: np.ndarray) -> list[Box]:

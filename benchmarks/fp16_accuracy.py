@@ -20,7 +20,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from converters.convert import ConvertOptions, Precision, convert_model
-from edge_runtime.package import demo_package_path
+from edge_runtime.core.package import demo_package_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,11 +23,11 @@ from typing import Any
 import imagezmq
 import numpy as np
 
+from edge_runtime.core.package import demo_package_path, load_package
+from edge_runtime.core.protocol import Frame, PixelFormat
 from edge_runtime.daemon.config import DaemonConfig, IngestConfig, IngestFormat, IngestPattern
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.package import demo_package_path, load_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import Frame, PixelFormat
+from edge_runtime.inference.pipeline import InferencePipeline
 
 LOOPBACK = "tcp://127.0.0.1:*"
 WARMUP = 20

@@ -31,9 +31,9 @@ from converters.convert import ConvertOptions, Precision, convert_model, write_r
 from converters.data import load_feeds
 from converters.evaluate import compare, head_of, run_model
 from converters.int8 import QuantTarget
-from edge_runtime.package import demo_package_path, load_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import Frame, PixelFormat
+from edge_runtime.core.package import demo_package_path, load_package
+from edge_runtime.core.protocol import Frame, PixelFormat
+from edge_runtime.inference.pipeline import InferencePipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = "synthetic:clip=1,seed=77"  # not the calibration data (seed 0)

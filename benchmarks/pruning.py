@@ -51,7 +51,7 @@ from converters.prepare import PrepareOptions, prepare  # noqa: E402
 from converters.prune import PruneOptions, conv_flops, plan_pruning, prune_channels  # noqa: E402
 from converters.report import PruneMethod  # noqa: E402
 from converters.timing import time_models  # noqa: E402
-from edge_runtime.package import demo_package_path  # noqa: E402
+from edge_runtime.core.package import demo_package_path  # noqa: E402
 
 
 @dataclass

@@ -39,8 +39,8 @@ from converters.convert import load_model  # noqa: E402
 from converters.data import load_feeds  # noqa: E402
 from converters.evaluate import compare, head_of, run_model  # noqa: E402
 from converters.judge import JudgeOptions  # noqa: E402
-from edge_runtime.package import demo_package_path  # noqa: E402
-from edge_runtime.protocol import Task  # noqa: E402
+from edge_runtime.core.package import demo_package_path  # noqa: E402
+from edge_runtime.core.protocol import Task  # noqa: E402
 
 PICODET = zoo.ZooModel(
     "picodet_layout",

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.errors import EdgertError
+from calibration.errors import EdgertError
 
 ALGORITHM = "EntropyCalibration2"  # the header IInt8EntropyCalibrator2 reads back
 INT8_MAX = 127.0

@@ -46,8 +46,8 @@ from pydicom.uid import (
 )
 
 from calibration.codestream import CodestreamError, declared_size
+from calibration.errors import EdgertError, escaped
 from calibration.preprocessing import Color, DicomOutput, ImageLimits
-from edge_runtime.errors import EdgertError, escaped
 
 log = logging.getLogger("edgert.dicom")
 # pydicom sends every warning both to `warnings` and to its logger, and logs decoder failures with tracebacks. We

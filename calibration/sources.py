@@ -25,9 +25,9 @@ from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
 from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy
+from calibration.errors import EdgertError, escaped
 from calibration.preprocessing import Color, DicomOutput, ImageLimits
 from calibration.synthetic import SyntheticUltrasound
-from edge_runtime.errors import EdgertError, escaped
 
 log = logging.getLogger("edgert.sources")
 

@@ -17,9 +17,9 @@ from converters.evaluate import Comparison, Outputs, compare, head_of, run_model
 from converters.fp16 import emulate_fp16
 from converters.graph import ConversionError, copy_model, real_inputs
 from converters.prepare import PrepareReport, fix_input_shapes
-from edge_runtime.package import ModelCard
-from edge_runtime.protocol import Task
-from edge_runtime.tasks import TaskHead, default_head
+from edge_runtime.core.package import ModelCard
+from edge_runtime.core.protocol import Task
+from edge_runtime.core.tasks import TaskHead, default_head
 
 DEFAULT_SAMPLING = Sampling()
 
@@ -57,7 +57,7 @@ def compare_models(
     run through the FP16 emulation unless `emulate` is False: ONNX Runtime's CPU provider computes most FP16 ops
     in FP32, so running the FP16 file directly would understate its error.
 
-    The task's agreement metric is computed with the head the daemon decodes with (`edge_runtime.tasks`); `task`
+    The task's agreement metric is computed with the head the daemon decodes with (`edge_runtime.core.tasks`); `task`
     overrides the card's task, and `numeric_only` compares the outputs as numbers only."""
     ref, ref_card, _, _ = load_model(Path(reference), Path(card_path) if card_path else None)
     cand, cand_card, _, _ = load_model(Path(candidate), None)

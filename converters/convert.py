@@ -46,7 +46,7 @@ from converters.report import (
 from converters.sparsity import check_2_4
 from converters.stages import Conversion, fp16_stage, int8_stage, prune_stage, sparsity_stage
 from edge_runtime import __version__
-from edge_runtime.package import (
+from edge_runtime.core.package import (
     CARD_FILE,
     ONNX_FILE,
     RAW_TASK,

@@ -18,7 +18,7 @@ from calibration.preprocessing import Preprocessor
 from calibration.sources import Sampling, SourceError, SourceFrame, Split, sample_source, sample_splits
 from converters.evaluate import Feed
 from converters.graph import ConversionError, real_inputs
-from edge_runtime.package import InputCard, ModelCard
+from edge_runtime.core.package import InputCard, ModelCard
 
 Card = ModelCard | InputCard  # what preprocessing needs: a full card, or a raw card's input half
 

@@ -52,11 +52,11 @@ from edge_runtime.backends.engine_cache import (
     OnMismatch,
     Platform,
     Profile,
-    file_sha256,
     resolve,
 )
-from edge_runtime.errors import EdgertError
-from edge_runtime.package import CARD_FILE, ModelPackage, graph_precisions
+from edge_runtime.core.archives import file_sha256
+from edge_runtime.core.errors import EdgertError
+from edge_runtime.core.package import CARD_FILE, ModelPackage, graph_precisions
 
 Progress = Callable[[str], None]
 

@@ -1,7 +1,7 @@
 """Running ONNX models on evaluation feeds, measuring activation ranges, and comparing outputs.
 
 The same figures serve `edgert compare` and the converters' accuracy gates: per output max/mean absolute error,
-cosine similarity and PSNR, and the task's agreement metric from its head in `edge_runtime.tasks` (the decoder the
+cosine similarity and PSNR, and the task's agreement metric from its head in `edge_runtime.core.tasks` (the decoder the
 daemon runs). The gate's single figure is `Comparison.metric`, 1.0 meaning identical.
 """
 
@@ -20,9 +20,9 @@ from onnx import TensorProto
 from converters.graph import ConversionError, copy_model, elem_types
 from converters.judge import DEFAULT_TOLERANCE, JudgeOptions, Verdict, judge
 from edge_runtime.backends.sessions import CpuSetup, cpu_session
-from edge_runtime.package import ModelCard
-from edge_runtime.protocol import Task
-from edge_runtime.tasks import ClassAgreement, TaskHead, card_head
+from edge_runtime.core.package import ModelCard
+from edge_runtime.core.protocol import Task
+from edge_runtime.core.tasks import ClassAgreement, TaskHead, card_head
 
 Feed = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]

@@ -29,7 +29,7 @@ from converters.data import EvalData
 from converters.evaluate import Comparison, Outputs, compare, run_model
 from converters.progress import Eta
 from edge_runtime.backends.sessions import CpuSetup
-from edge_runtime.tasks import TaskHead
+from edge_runtime.core.tasks import TaskHead
 
 Build = Callable[[Sequence[str]], onnx.ModelProto]
 

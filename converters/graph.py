@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edge_runtime.errors import EdgertError
+from edge_runtime.core.errors import EdgertError
 
 
 class ConversionError(EdgertError, RuntimeError):

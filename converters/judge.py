@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.contours import label_components
-from edge_runtime.tasks import (
+from edge_runtime.core.contours import label_components
+from edge_runtime.core.tasks import (
     ClassificationHead,
     DetectionHead,
     Detections,

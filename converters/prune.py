@@ -59,7 +59,7 @@ from converters.latency import layer_times
 from converters.patches import frames, im2col, plain_conv, sample_positions
 from converters.progress import Eta, Progress
 from edge_runtime.backends.sessions import CpuSetup
-from edge_runtime.tasks import TaskHead
+from edge_runtime.core.tasks import TaskHead
 
 # Ops that apply to each channel independently: channel c of input 0 is channel c of output 0.
 _PER_CHANNEL = {

@@ -53,7 +53,7 @@ from converters.sparsity import (
     sparse_weights,
 )
 from converters.timing import time_models
-from edge_runtime.tasks import TaskHead
+from edge_runtime.core.tasks import TaskHead
 
 
 @dataclass

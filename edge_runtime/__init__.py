@@ -12,16 +12,16 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FrameSender": "edge_runtime.sender",
-    "ResultSubscriber": "edge_runtime.subscriber",
-    "ControlClient": "edge_runtime.control",
-    "EdgertError": "edge_runtime.errors",
-    "draw_overlay": "edge_runtime.overlay",
-    "typed": "edge_runtime.results",
-    "to_display_rgb": "edge_runtime.overlay",
+    "FrameSender": "edge_runtime.sdk.sender",
+    "ResultSubscriber": "edge_runtime.sdk.subscriber",
+    "ControlClient": "edge_runtime.sdk.control",
+    "EdgertError": "edge_runtime.core.errors",
+    "draw_overlay": "edge_runtime.sdk.overlay",
+    "typed": "edge_runtime.core.results",
+    "to_display_rgb": "edge_runtime.sdk.overlay",
     "Daemon": "edge_runtime.daemon.server",
-    "load_package": "edge_runtime.package",
-    "InferencePipeline": "edge_runtime.pipeline",
+    "load_package": "edge_runtime.core.package",
+    "InferencePipeline": "edge_runtime.inference.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]

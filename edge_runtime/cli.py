@@ -27,7 +27,7 @@ from calibration.preprocessing import DicomOutput
 from edge_runtime import __version__
 from edge_runtime.backends.base import Spin
 from edge_runtime.backends.sessions import CpuSetup
-from edge_runtime.errors import EdgertError, escaped
+from edge_runtime.core.errors import EdgertError, escaped
 
 log = logging.getLogger("edgert")
 
@@ -110,9 +110,9 @@ def _verbosity(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, out: Output) -> int:
     import dataclasses
 
+    from edge_runtime.core.package import demo_package_path
     from edge_runtime.daemon.config import apply_overrides, build_config, load_config
     from edge_runtime.daemon.server import Daemon
-    from edge_runtime.package import demo_package_path
 
     overrides = {
         "model.package": args.model,
@@ -150,7 +150,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
 
 
 def _ctl(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.control import RELOAD_TIMEOUT_S, STATUS_TIMEOUT_S, ControlClient, reload_request
+    from edge_runtime.sdk.control import RELOAD_TIMEOUT_S, STATUS_TIMEOUT_S, ControlClient, reload_request
 
     reload = args.action == "reload"
     timeout = args.timeout if args.timeout is not None else (RELOAD_TIMEOUT_S if reload else STATUS_TIMEOUT_S)
@@ -183,7 +183,7 @@ def _key_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _client_keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from edge_runtime.security import ClientKeys
+    from edge_runtime.sdk.security import ClientKeys
 
     if not args.server_key and not args.client_key:
         return None
@@ -193,7 +193,7 @@ def _client_keys(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _keys(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.security import generate_keys
+    from edge_runtime.sdk.security import generate_keys
 
     public, secret = generate_keys(args.name, args.dir)
     out.say(f"public key  {public}   (give to the other side: the daemon's authorized_clients folder, or clients)")
@@ -203,7 +203,7 @@ def _keys(args: argparse.Namespace, out: Output) -> int:
 
 
 def _audit(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.audit import verify
+    from edge_runtime.daemon.audit import verify
 
     found = verify(args.file, expected_head=args.head)
     names = ", ".join(f.name for f in found.files)
@@ -224,7 +224,7 @@ def _audit(args: argparse.Namespace, out: Output) -> int:
 
 
 def _package(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.package import CARD_FILE, demo_package_path, open_package
+    from edge_runtime.core.package import CARD_FILE, demo_package_path, open_package
 
     with open_package(args.package or demo_package_path()) as pkg:  # an archive's folder is gone after
         card = pkg.card
@@ -246,9 +246,9 @@ def _package(args: argparse.Namespace, out: Output) -> int:
 # -- replay and demo ----------------------------------------------------------------------------------------------
 def _replay(args: argparse.Namespace, out: Output) -> int:
     from calibration.sources import open_source
-    from edge_runtime.protocol import Limits
-    from edge_runtime.replay import replay
-    from edge_runtime.sender import FrameSender
+    from edge_runtime.core.protocol import Limits
+    from edge_runtime.sdk.sender import FrameSender
+    from edge_runtime.tools.replay import replay
 
     limits = Limits()
     if args.config is not None:
@@ -280,8 +280,8 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
 
 
 def _demo(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.demo import DemoOptions, run_demo
-    from edge_runtime.protocol import Task
+    from edge_runtime.core.protocol import Task
+    from edge_runtime.tools.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         frames=args.frames,
@@ -320,7 +320,7 @@ def _view_token(args: argparse.Namespace) -> str | None:
 
 
 def _view(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.view import ViewOptions, ViewServer
+    from edge_runtime.integrations.view import ViewOptions, ViewServer
 
     if _verbosity(args) >= 2:
         logging.getLogger("edgert.view.http").setLevel(logging.DEBUG)  # websockets' line per connection
@@ -351,7 +351,7 @@ def _stop_on_signal() -> Iterator[threading.Event]:
 
 
 def _record(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.record import PacsTarget, Recorder, RecordOptions, SourceStudy, SpoolBudget
+    from edge_runtime.integrations.record import PacsTarget, Recorder, RecordOptions, SourceStudy, SpoolBudget
 
     options = RecordOptions(
         results=args.results, spool=args.spool, preview=args.preview,
@@ -390,7 +390,7 @@ def _record(args: argparse.Namespace, out: Output) -> int:
 
 
 def _igtl(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.igtl import IgtlBridge, IgtlOptions, parse_source
+    from edge_runtime.integrations.igtl import IgtlBridge, IgtlOptions, parse_source
 
     options = IgtlOptions(
         results=args.results, preview=args.preview, port=args.port, stream_id=args.stream_id,
@@ -424,7 +424,7 @@ def _spacing(text: str) -> tuple[float, float]:
 
 
 def _capture(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.record import request_capture
+    from edge_runtime.integrations.record import request_capture
 
     reply = request_capture(args.trigger, args.timeout)
     out.result(reply)
@@ -510,7 +510,7 @@ def _convert(args: argparse.Namespace, out: Output) -> int:
 
 def _compare(args: argparse.Namespace, out: Output) -> int:
     from converters.compare import compare_models, format_table
-    from edge_runtime.protocol import Task
+    from edge_runtime.core.protocol import Task
 
     numeric = args.task == "numeric"
     mc = compare_models(
@@ -548,7 +548,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     from converters.graph import real_inputs
     from converters.prepare import PrepareReport, fix_input_shapes
     from edge_runtime.backends import BackendKind, GpuOptions, create_runner
-    from edge_runtime.bench import BenchOptions, ProgressBar, bench_runner
+    from edge_runtime.tools.bench import BenchOptions, ProgressBar, bench_runner
 
     kind = BackendKind(args.backend)
     setup = _cpu_setup(args)
@@ -624,7 +624,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
 def _bench_engine(args: argparse.Namespace, out: Output) -> Path:
     """The engine `bench --backend tensorrt` times: the package's, from the cache or built here."""
     from converters.engine import BuildOptions, build_engine
-    from edge_runtime.package import load_package
+    from edge_runtime.core.package import load_package
 
     if args.precision != "fp32" or args.input_shape is not None:
         raise UsageError("--backend tensorrt benchmarks a converted package as it is: convert first, then bench it")
@@ -650,7 +650,7 @@ def _build(args: argparse.Namespace, out: Output) -> int:
         trtexec_command,
     )
     from edge_runtime.backends.engine_cache import EngineCache, OnMismatch
-    from edge_runtime.package import load_package
+    from edge_runtime.core.package import load_package
 
     package = load_package(args.package)
     if args.shapes and args.opt_shapes:

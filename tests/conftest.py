@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).parent / "models"))
 
 from make_models import build  # noqa: E402
 
+from edge_runtime.core.package import demo_package_path  # noqa: E402
+from edge_runtime.core.protocol import DaemonState, Heartbeat, ModelId, encode_heartbeat  # noqa: E402
 from edge_runtime.daemon.config import DaemonConfig, IngestConfig  # noqa: E402
 from edge_runtime.daemon.server import Daemon  # noqa: E402
-from edge_runtime.package import demo_package_path  # noqa: E402
-from edge_runtime.protocol import DaemonState, Heartbeat, ModelId, encode_heartbeat  # noqa: E402
-from edge_runtime.sender import FrameSender  # noqa: E402
+from edge_runtime.sdk.sender import FrameSender  # noqa: E402
 
 LOOPBACK = "tcp://127.0.0.1:*"
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import imagezmq
 import zmq
 
-from edge_runtime.package import demo_package_path, load_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import Frame, PixelFormat
+from edge_runtime.core.package import demo_package_path, load_package
+from edge_runtime.core.protocol import Frame, PixelFormat
+from edge_runtime.inference.pipeline import InferencePipeline
 
 
 def main() -> None:

@@ -39,16 +39,16 @@ import zmq
 from PIL import Image
 
 from calibration.sources import open_source
-from edge_runtime.bench import machine_info
-from edge_runtime.control import ControlClient
+from edge_runtime.core.package import demo_package_path, load_package
+from edge_runtime.core.protocol import Frame, PixelFormat
 from edge_runtime.daemon.process import DaemonProcess, wait_for_ready_file
 from edge_runtime.daemon.stats import percentiles_ms
-from edge_runtime.demo import bundled_cine
-from edge_runtime.package import demo_package_path, load_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import Frame, PixelFormat
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.inference.pipeline import InferencePipeline
+from edge_runtime.sdk.control import ControlClient
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
+from edge_runtime.tools.bench import machine_info
+from edge_runtime.tools.demo import bundled_cine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

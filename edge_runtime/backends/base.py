@@ -11,7 +11,7 @@ from types import TracebackType
 
 import numpy as np
 
-from edge_runtime.errors import EdgertError
+from edge_runtime.core.errors import EdgertError
 
 
 class BackendKind(str, enum.Enum):

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import EdgertError
+from edge_runtime.core.archives import file_sha256
+from edge_runtime.core.errors import EdgertError
 
 MANIFEST_SCHEMA = "edgert.engine/1"
 ENGINE_FILE = "engine.plan"
@@ -270,14 +271,6 @@ def check_engine(engine: Path, manifest: Manifest, platform: Platform, blob: byt
 
 def _platform_text(p: Platform) -> str:
     return f"TensorRT {p.trt_version} on {p.gpu_name} (compute {p.compute_capability})"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _slug(name: str) -> str:

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.backends.base import BackendError, BackendKind, CpuOptions, GpuOptions, Runner
-from edge_runtime.backends.engine_cache import default_cache_dir, file_sha256
+from edge_runtime.backends.engine_cache import default_cache_dir
 from edge_runtime.backends.sessions import CPU_PROVIDER, CpuSetup, session_options
+from edge_runtime.core.archives import file_sha256
 
 CPU = CPU_PROVIDER
 CUDA = "CUDAExecutionProvider"
@@ -91,7 +92,7 @@ def graph_precisions(model_path: Path) -> tuple[bool, bool]:
     """(FP16, Q/DQ) of the file: what the TensorRT provider must enable to run the graph as converted."""
     import onnx
 
-    from edge_runtime.package import graph_precisions as of_model
+    from edge_runtime.core.package import graph_precisions as of_model
 
     try:
         model = onnx.load(str(model_path), load_external_data=False)

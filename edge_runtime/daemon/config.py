@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.audit import AuditOptions
 from edge_runtime.backends import BackendKind, CpuOptions, Spin
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.backends.sessions import CpuSetup
+from edge_runtime.core.errors import EdgertError
+from edge_runtime.core.package import TrackerSpec
+from edge_runtime.core.protocol import Limits
+from edge_runtime.daemon.audit import AuditOptions
 from edge_runtime.daemon.decoding import DecodeLimits
 from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
-from edge_runtime.errors import EdgertError
-from edge_runtime.package import TrackerSpec
-from edge_runtime.pipeline import MaskResolution
-from edge_runtime.protocol import Limits
+from edge_runtime.inference.pipeline import MaskResolution
 
 if sys.version_info >= (3, 11):
     import tomllib

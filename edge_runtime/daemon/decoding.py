@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from edge_runtime.protocol import RejectReason
+from edge_runtime.core.protocol import RejectReason
 
 Job = TypeVar("Job")
 

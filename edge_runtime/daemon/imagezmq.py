@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edge_runtime.errors import escaped
-from edge_runtime.protocol import Buffer, Frame, Limits, PixelFormat, ProtocolError, RejectReason
+from edge_runtime.core.errors import escaped
+from edge_runtime.core.protocol import Buffer, Frame, Limits, PixelFormat, ProtocolError, RejectReason
 
 log = logging.getLogger("edgert.daemon")
 

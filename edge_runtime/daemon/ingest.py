@@ -31,7 +31,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from edge_runtime.protocol import RejectReason
+from edge_runtime.core.protocol import RejectReason
 
 log = logging.getLogger("edgert.daemon")
 

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from edge_runtime.core.protocol import DaemonState
 from edge_runtime.daemon.stats import DaemonStats
-from edge_runtime.protocol import DaemonState
 
 log = logging.getLogger("edgert.metrics")
 

@@ -15,8 +15,8 @@ import threading
 import zmq
 from PIL import Image
 
-from edge_runtime.overlay import display_pixels
-from edge_runtime.protocol import Frame, Preview, PreviewCodec, encode_preview
+from edge_runtime.core.protocol import Frame, Preview, PreviewCodec, encode_preview
+from edge_runtime.sdk.overlay import display_pixels
 
 log = logging.getLogger("edgert.daemon")
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.control import ControlClient
 from edge_runtime.daemon.server import DaemonError
+from edge_runtime.sdk.control import ControlClient
 
 READY_TIMEOUT_S = 60.0
 

@@ -32,9 +32,25 @@ from typing import Any
 import zmq
 
 from edge_runtime import __version__
-from edge_runtime.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
 from edge_runtime.backends import GpuOptions
+from edge_runtime.core.errors import EdgertError, escaped
+from edge_runtime.core.package import ModelPackage, open_package
+from edge_runtime.core.protocol import (
+    Buffer,
+    DaemonState,
+    Frame,
+    Heartbeat,
+    ProtocolError,
+    RejectReason,
+    Result,
+    ResultStatus,
+    decode_frame,
+    encode_heartbeat,
+    encode_result,
+    stamp_publish_time,
+)
 from edge_runtime.daemon import systemd
+from edge_runtime.daemon.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
 from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
 from edge_runtime.daemon.decoding import DecodeQueue
 from edge_runtime.daemon.handoff import Handoff, OfferState
@@ -56,24 +72,8 @@ from edge_runtime.daemon.scheduling import (
 )
 from edge_runtime.daemon.slots import Admission, Pending, StreamTable
 from edge_runtime.daemon.stats import DaemonStats, Stage
-from edge_runtime.errors import EdgertError, escaped
-from edge_runtime.package import ModelPackage, open_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import (
-    Buffer,
-    DaemonState,
-    Frame,
-    Heartbeat,
-    ProtocolError,
-    RejectReason,
-    Result,
-    ResultStatus,
-    decode_frame,
-    encode_heartbeat,
-    encode_result,
-    stamp_publish_time,
-)
-from edge_runtime.security import SecurityError, ServerSecurity
+from edge_runtime.inference.pipeline import InferencePipeline
+from edge_runtime.sdk.security import SecurityError, ServerSecurity
 
 log = logging.getLogger("edgert.daemon")
 

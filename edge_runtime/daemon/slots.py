@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edge_runtime.protocol import Frame
+from edge_runtime.core.protocol import Frame
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.protocol import RejectReason
+from edge_runtime.core.protocol import RejectReason
 
 _WINDOW = 1024  # latencies kept for the percentiles reported by `stats`
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)  # Prometheus histogram bounds

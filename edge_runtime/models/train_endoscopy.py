@@ -252,8 +252,8 @@ def evaluate_detector(onnx_path: Path, card: dict[str, object], n: int, seed: in
     """mAP@0.5 and F1 against the generator's exact boxes, decoded as the daemon decodes (frame pixels)."""
     import onnxruntime as ort
 
-    from edge_runtime.package import parse_card
-    from edge_runtime.tasks import DetectionHead, Detections, average_precision, card_head
+    from edge_runtime.core.package import parse_card
+    from edge_runtime.core.tasks import DetectionHead, Detections, average_precision, card_head
 
     head = card_head(parse_card(card))
     assert isinstance(head, DetectionHead)
@@ -294,7 +294,7 @@ def evaluate_quality(onnx_path: Path, n: int, seed: int) -> dict[str, object]:
 
 
 def export(model: nn.Module, args: TrainOptions) -> None:
-    from edge_runtime.package import expose_cam_features
+    from edge_runtime.core.package import expose_cam_features
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

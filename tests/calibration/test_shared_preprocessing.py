@@ -16,9 +16,9 @@ from pydicom.data import get_testdata_file
 from calibration.preprocessing import Color, DicomOutput
 from calibration.sources import SampleOrder, Sampling, open_source
 from converters.data import load_feeds
-from edge_runtime.package import load_package
-from edge_runtime.pipeline import InferencePipeline
-from edge_runtime.protocol import PixelFormat, decode_frame, encode_frame
+from edge_runtime.core.package import load_package
+from edge_runtime.core.protocol import PixelFormat, decode_frame, encode_frame
+from edge_runtime.inference.pipeline import InferencePipeline
 
 FORMAT = {Color.GRAY: PixelFormat.GRAY8, Color.RGB: PixelFormat.RGB8}
 

@@ -12,9 +12,9 @@ from converters.compare import compare_models
 from converters.convert import ConvertOptions, Precision, convert_model, write_result
 from converters.evaluate import compare
 from converters.graph import ConversionError
-from edge_runtime.package import Activation, Decode, OutputSpec
-from edge_runtime.protocol import Task
-from edge_runtime.tasks import SegmentationHead, default_head
+from edge_runtime.core.package import Activation, Decode, OutputSpec
+from edge_runtime.core.protocol import Task
+from edge_runtime.core.tasks import SegmentationHead, default_head
 
 SEG = SegmentationHead(OutputSpec("y", ("bg", "fg"), ((0, 0, 0), (255, 0, 0))))
 

@@ -9,7 +9,7 @@ import pytest
 
 from converters.convert import ConvertOptions, Precision, convert_model, write_result
 from converters.graph import ConversionError
-from edge_runtime.package import load_package
+from edge_runtime.core.package import load_package
 
 DATA = "synthetic:clip=1,size=64x64"
 

@@ -29,7 +29,7 @@ from converters.engine import (
 from converters.int8 import QuantTarget
 from edge_runtime.backends.engine_cache import Platform, Profile
 from edge_runtime.cli import main
-from edge_runtime.package import ModelPackage, load_package
+from edge_runtime.core.package import ModelPackage, load_package
 
 HAS_TENSORRT = installed_version() is not None
 

@@ -7,8 +7,8 @@ import pytest
 
 from converters.evaluate import compare
 from converters.judge import JudgeOptions, judge
-from edge_runtime.package import Activation, BoxFormat, BoxLayout, DetectionSpec, OutputSpec
-from edge_runtime.tasks import ClassificationHead, DetectionHead, SegmentationHead
+from edge_runtime.core.package import Activation, BoxFormat, BoxLayout, DetectionSpec, OutputSpec
+from edge_runtime.core.tasks import ClassificationHead, DetectionHead, SegmentationHead
 
 SEG = SegmentationHead(OutputSpec("y", ("bg", "big", "small"), ((0, 0, 0), (255, 0, 0), (0, 255, 0))))
 

@@ -173,7 +173,7 @@ def test_a_raw_card_takes_real_frames_and_judges_the_outputs_as_numbers(
 ) -> None:
     """A model edgert has no decoder for: the card gives its input and preprocessing only (task `raw`), so lossy
     steps still run on real frames, and the verdict is the worst output's cosine on the verify split."""
-    from edge_runtime.package import PackageError, load_package
+    from edge_runtime.core.package import PackageError, load_package
 
     card = json.loads((tiny_models["unet_bn"] / "model.json").read_text())
     raw = {k: v for k, v in card.items() if k != "output"} | {"task": "raw"}

@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(REASON is not None, reason=f"n
 def demo_engine(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from converters.engine import BuildOptions, build_engine
     from edge_runtime.backends.engine_cache import EngineCache
-    from edge_runtime.package import load_package
+    from edge_runtime.core.package import load_package
 
     cache = EngineCache(tmp_path_factory.mktemp("engines"))
     first = build_engine(load_package(demo_model), BuildOptions(workspace_mib=512), cache=cache)

@@ -16,12 +16,12 @@ import pytest
 import zmq
 from zmq.auth import load_certificate
 
-from edge_runtime.audit import AuditOptions, key_id, verify
-from edge_runtime.control import ControlClient
+from edge_runtime.daemon.audit import AuditOptions, key_id, verify
 from edge_runtime.daemon.config import ConfigError, build_config
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.security import ClientKeys, generate_keys
-from edge_runtime.sender import FrameSender
+from edge_runtime.sdk.control import ControlClient
+from edge_runtime.sdk.security import ClientKeys, generate_keys
+from edge_runtime.sdk.sender import FrameSender
 from tests.conftest import stream_frames, wait_until
 
 
@@ -111,7 +111,7 @@ def test_a_connect_storm_neither_stalls_intake_nor_floods_the_trail(
     """Issue 32, item 6: 1,500 TCP connections to ingest, each closed at once, with a real fsync on every record.
     Each used to be two fsynced records written on the ingest thread; now they are counts, summed up in one
     `connections` record, and the scanner's frames keep getting results throughout."""
-    from edge_runtime.subscriber import ResultSubscriber
+    from edge_runtime.sdk.subscriber import ResultSubscriber
 
     log = tmp_path / "audit.jsonl"
     daemon = start_daemon(tiny_models["seg_tiny"], audit=AuditOptions(log, fsync=True, summary_s=3600))

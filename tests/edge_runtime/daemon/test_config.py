@@ -138,7 +138,7 @@ def test_the_tracker_section(tmp_path: Path) -> None:
 
 def test_the_cpu_and_results_sections(tmp_path: Path) -> None:
     from edge_runtime.backends import Spin
-    from edge_runtime.pipeline import MaskResolution
+    from edge_runtime.inference.pipeline import MaskResolution
 
     default = load_config(_write(tmp_path, '[model]\npackage = "/m"\n'))
     assert default.mask is MaskResolution.MODEL and default.cpu.spin is Spin.ALWAYS

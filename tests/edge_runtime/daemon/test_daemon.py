@@ -13,12 +13,12 @@ import pytest
 import zmq
 
 from calibration.synthetic import SyntheticUltrasound
+from edge_runtime.core.package import PackageError, load_package
+from edge_runtime.core.protocol import DaemonState, Result, ResultStatus, encode_frame
 from edge_runtime.daemon.config import IngestConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.server import Daemon, DaemonError
-from edge_runtime.package import PackageError, load_package
-from edge_runtime.protocol import DaemonState, Result, ResultStatus, encode_frame
-from edge_runtime.sender import FrameSender, SenderPattern
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender, SenderPattern
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import wait_until
 
 StartDaemon = Callable[..., Daemon]
@@ -247,7 +247,7 @@ def test_the_self_test_runs_even_without_warm_up(start_daemon: StartDaemon, tiny
 def test_oversized_message_is_dropped_by_zeromq_and_serving_continues(
     start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
 ) -> None:
-    from edge_runtime.protocol import Limits
+    from edge_runtime.core.protocol import Limits
 
     daemon = start_daemon(tiny_models["seg_tiny"], limits=Limits(max_width=32, max_height=32))
     assert daemon.config.max_message_bytes < 100_000

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
+from edge_runtime.core.protocol import RejectReason
 from edge_runtime.daemon.decoding import DecodeLimits, DecodeQueue
-from edge_runtime.protocol import RejectReason
 
 MB = 1_000_000
 

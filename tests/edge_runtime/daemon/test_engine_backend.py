@@ -10,9 +10,9 @@ import pytest
 
 from edge_runtime.backends import BackendKind
 from edge_runtime.backends.engine_cache import EngineCache, OnMismatch, resolve
+from edge_runtime.core.package import ModelPackage
 from edge_runtime.daemon.config import DaemonConfig, IngestConfig
 from edge_runtime.daemon.server import Daemon, DaemonError
-from edge_runtime.package import ModelPackage
 
 LOOPBACK = "tcp://127.0.0.1:*"
 

@@ -15,7 +15,7 @@ import zmq
 
 from edge_runtime.daemon.handoff import Handoff, OfferState
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.sender import FrameSender
+from edge_runtime.sdk.sender import FrameSender
 from tests.conftest import wait_until
 
 

@@ -17,11 +17,11 @@ import pytest
 import zmq
 from PIL import Image
 
+from edge_runtime.core.protocol import Limits, PixelFormat, ProtocolError, RejectReason, encode_frame
 from edge_runtime.daemon.config import ConfigError, IngestConfig, IngestFormat, IngestPattern, SocketMode, build_config
 from edge_runtime.daemon.imagezmq import MAX_NAMES, ImagezmqDecoder, StreamNames
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.protocol import Limits, PixelFormat, ProtocolError, RejectReason, encode_frame
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import LOOPBACK, free_ports, serve_process, wait_until
 
 IMAGEZMQ_REP = ("--ingest-format", "imagezmq", "--ingest-pattern", "rep")

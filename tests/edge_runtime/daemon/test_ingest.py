@@ -12,9 +12,9 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from edge_runtime.core.protocol import RejectReason
 from edge_runtime.daemon.ingest import IngestSocket, MessageBounds, PeerEvents, Received, Refused
-from edge_runtime.protocol import RejectReason
-from edge_runtime.sender import RECONNECT_IVL_MS
+from edge_runtime.sdk.sender import RECONNECT_IVL_MS
 from tests.conftest import wait_until
 
 

@@ -12,8 +12,8 @@ import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.daemon.server import Daemon, DaemonError
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import wait_until
 
 

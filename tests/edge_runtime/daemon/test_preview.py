@@ -11,12 +11,12 @@ import pytest
 import zmq
 from PIL import Image
 
+from edge_runtime.core.protocol import Frame, PixelFormat, Preview, Result, decode_preview
 from edge_runtime.daemon.config import ConfigError, PreviewConfig, build_config
 from edge_runtime.daemon.preview import make_preview, preview_size
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.protocol import Frame, PixelFormat, Preview, Result, decode_preview
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import LOOPBACK, wait_until
 
 StartDaemon = Callable[..., Daemon]

@@ -14,10 +14,10 @@ import pytest
 import zmq
 
 from edge_runtime.cli import main
+from edge_runtime.core.protocol import Result, ResultStatus
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.protocol import Result, ResultStatus
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import wait_until
 from tests.models.make_models import card, write_package
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import zmq
 
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import free_ports, serve_process, wait_until
 
 

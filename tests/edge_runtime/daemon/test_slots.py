@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
+from edge_runtime.core.protocol import Frame, PixelFormat
 from edge_runtime.daemon.slots import Admission, StreamLimits, StreamTable
-from edge_runtime.protocol import Frame, PixelFormat
 
 
 def _frame(stream: int, seq: int) -> Frame:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import zmq
 
+from edge_runtime.core.package import TrackerSpec
+from edge_runtime.core.protocol import Result, ResultStatus, Task
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.package import TrackerSpec
-from edge_runtime.protocol import Result, ResultStatus, Task
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import wait_until
 
 StartDaemon = Callable[..., Daemon]
@@ -83,7 +83,7 @@ def test_classification_top_k_and_saliency_come_back(
 def test_the_subscriber_gives_typed_results_per_task(
     start_daemon: StartDaemon, zmq_ctx: zmq.Context, tiny_models: dict[str, Path]
 ) -> None:
-    from edge_runtime.results import ClassificationResult, DetectionResult
+    from edge_runtime.core.results import ClassificationResult, DetectionResult
 
     for model, expected in (("det_nms", DetectionResult), ("cls_cam", ClassificationResult)):
         daemon = start_daemon(tiny_models[model])

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import zmq
 
+from edge_runtime.core.protocol import DaemonState
 from edge_runtime.daemon.server import Daemon
-from edge_runtime.protocol import DaemonState
-from edge_runtime.sender import FrameSender
-from edge_runtime.subscriber import ResultSubscriber
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
 from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,0 +1,307 @@
+"""`edgert demo`: the whole product on one machine.
+
+A daemon process serves the model on loopback, a replay thread plays a cine into it as a scanner would, and the
+main thread subscribes to results as a cart display would, draws the overlays and measures latency. One demo per
+task: ultrasound segmentation (the default, on pydicom's bundled cine), polyp detection and endoscopy frame
+quality with saliency (both on synthetic colonoscopy video).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from calibration.dicom import DicomError
+from calibration.preprocessing import Color, DicomOutput
+from calibration.sources import SourceError, SourceFrame, open_source
+from edge_runtime.core.errors import EdgertError
+from edge_runtime.core.package import PackageError, demo_package_path, load_package
+from edge_runtime.core.protocol import Result, ResultStatus, Task, pixel_format_for
+from edge_runtime.daemon.process import DaemonProcess
+from edge_runtime.daemon.server import DaemonError
+from edge_runtime.daemon.stats import percentiles_ms
+from edge_runtime.sdk.overlay import draw_overlay, to_display_rgb
+from edge_runtime.sdk.sender import FrameSender
+from edge_runtime.sdk.subscriber import ResultSubscriber
+from edge_runtime.tools.replay import ReplayStats, replay
+
+DEMO_CINE = "examples_ybr_color.dcm"  # pydicom's bundled 30-frame ultrasound cine (YBR_FULL_422, JPEG baseline)
+GIF_MAX_FRAMES = 150
+DRAIN_TIMEOUT_S = 2.0
+
+
+class DemoError(EdgertError, RuntimeError):
+    pass
+
+
+DEMO_SOURCES = {  # what each bundled demo model plays by default
+    Task.DETECTION: "synthetic-endoscopy:frames=600,size=480x640,clip=150,seed=7",
+    Task.CLASSIFICATION: "synthetic-endoscopy:frames=600,size=480x640,clip=45,seed=7,quality=mixed",
+}
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    frames: int = 300
+    source: str | None = None  # a frame source (calibration.sources); default: the task's demo source
+    model: Path | None = None  # a model package; default: the bundled demo model of `task`
+    task: Task = Task.SEGMENTATION  # which bundled demo: segmentation, detection or classification
+    fps: float | None = None  # default: the recording's rate
+    dicom: DicomOutput | None = None  # default: the card's preprocessing.dicom
+    out: Path = Path("edgert-demo")
+    view_port: int | None = None  # also serve `edgert view` on 127.0.0.1:PORT while the demo runs
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    ok: bool
+    summary: dict[str, Any]  # what summary.json holds
+    error: str | None = None
+
+
+def bundled_cine() -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(DEMO_CINE)
+    if not path:
+        raise DemoError(f"pydicom's test file {DEMO_CINE} is missing from this installation")
+    return str(path)
+
+
+@dataclass
+class Recorder:
+    """Latencies per result, and the sent frames needed to draw overlays (bounded)."""
+
+    e2e_ns: list[int] = field(default_factory=list)
+    inference_ns: list[int] = field(default_factory=list)
+    queue_ns: list[int] = field(default_factory=list)
+    transport_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    out_of_order: int = 0
+    last_seq: int = -1
+    frames: OrderedDict[int, SourceFrame] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sent(self, seq: int, frame: SourceFrame) -> None:
+        with self.lock:
+            self.frames[seq] = frame
+            while len(self.frames) > 64:
+                self.frames.popitem(last=False)
+
+    def frame(self, seq: int) -> SourceFrame | None:
+        with self.lock:
+            return self.frames.get(seq)
+
+    def add(self, r: Result, received_ns: int) -> None:
+        self.e2e_ns.append(received_ns - r.capture_ts_ns)
+        self.inference_ns.append(r.infer_end_ns - r.infer_start_ns)
+        self.queue_ns.append(r.infer_start_ns - r.recv_ts_ns)
+        self.transport_ns.append(r.recv_ts_ns - r.capture_ts_ns)
+        self.errors += r.status is not ResultStatus.OK
+        self.out_of_order += r.seq <= self.last_seq
+        self.last_seq = max(self.last_seq, r.seq)
+
+
+def _annotate(img: np.ndarray, r: Result, e2e_ms: float) -> Image.Image:
+    """Overlay plus a caption strip: model id, frame, latency and the class legend."""
+    canvas = Image.new("RGB", (img.shape[1], img.shape[0] + 28), (16, 16, 16))
+    canvas.paste(Image.fromarray(img), (0, 28))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), f"{r.model.name} {r.model.version}  frame {r.seq}  {e2e_ms:.1f} ms", fill=(230, 230, 230))
+    x = 4
+    legend = list(zip(r.labels, r.colors))
+    for name, color in legend[1:] if r.task is Task.SEGMENTATION else legend:  # class 0 is the background
+        draw.rectangle((x, 16, x + 8, 24), fill=tuple(color))
+        draw.text((x + 11, 14), name, fill=(200, 200, 200))
+        x += 14 + 7 * len(name)
+    return canvas
+
+
+def _wait_for_heartbeat(sub: ResultSubscriber, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not sub.daemon_alive:  # a SUB socket misses what is published before it has joined
+        if time.monotonic() > deadline:
+            raise DemoError(f"no heartbeat from the daemon within {timeout_s:g} s")
+        sub.recv(100)
+
+
+def _row(name: str, values: list[int]) -> str:
+    p = percentiles_ms(values)
+    if p is None:
+        return f"  {name:<12} {'-':>8}"
+    return f"  {name:<12} {p['p50']:8.2f} {p['p95']:8.2f} {p['p99']:8.2f} {p['max']:8.2f}"
+
+
+def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
+    """Run the demo; `say` gets the progress and summary lines."""
+    if options.frames <= 0:
+        raise DemoError("--frames must be positive")
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        package = load_package(options.model or demo_package_path(options.task))
+        default_source = DEMO_SOURCES.get(package.card.task) if options.model is None else None
+        source = open_source(
+            options.source or default_source or bundled_cine(), options.dicom or package.card.dicom_output
+        )
+    except (PackageError, SourceError, DicomError) as exc:
+        raise DemoError(str(exc)) from None
+    say(f"model   {package.model_id} ({package.card.task.label}, {len(package.card.output.labels)} classes)")
+    say(f"source  {source.description}, {options.frames} frames" + (f" at {options.fps:g} fps" if options.fps else ""))
+    say("starting daemon ...")
+    with tempfile.TemporaryDirectory(prefix="edgert-demo-") as tmp:
+        preview = ["--preview", "tcp://127.0.0.1:*"] if options.view_port is not None else []
+        daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log", preview)
+        try:
+            return _run(options, daemon, source, say)
+        except DaemonError as exc:
+            raise DemoError(f"daemon: {exc}") from None
+        finally:
+            code = daemon.stop()
+            say(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
+
+
+def _run(args: DemoOptions, daemon: DaemonProcess, source: Any, say: Callable[[str], None]) -> DemoResult:
+    endpoints = daemon.wait_ready()
+    view = None
+    if args.view_port is not None:
+        from edge_runtime.integrations.view import ViewOptions, ViewServer
+
+        view = ViewServer(ViewOptions(results=endpoints["results"], preview=endpoints["preview"], port=args.view_port))
+        view.start()
+        say(f"view    {view.url} (the overlays live in a browser while the demo runs)")
+    try:
+        return _play(args, daemon, endpoints, source, say)
+    finally:
+        if view is not None:
+            view.stop()
+
+
+def _play(
+    args: DemoOptions, daemon: DaemonProcess, endpoints: dict[str, str], source: Any, say: Callable[[str], None]
+) -> DemoResult:
+    out = args.out
+    rec = Recorder()
+    stop = threading.Event()
+    stats_box: list[ReplayStats] = []
+    failure: list[str] = []  # what stopped the scanner thread, reported by the main thread
+    gif: list[Image.Image] = []
+    gif_every = max(1, args.frames // GIF_MAX_FRAMES)
+    stills: dict[str, Image.Image] = {}
+    with ResultSubscriber(endpoints["results"], max_age_ms=500) as sub:
+        _wait_for_heartbeat(sub, 10.0)
+        say(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
+
+        def scanner() -> None:
+            sender = FrameSender(endpoints["ingest"])
+            try:
+                stats_box.append(
+                    replay(source, sender, fps=args.fps, loop=True, max_frames=args.frames, stop=stop, on_send=rec.sent)
+                )
+            except (SourceError, DicomError, ValueError) as exc:  # a source that fails part-way
+                failure.append(str(exc))
+            except Exception as exc:  # never a traceback from a thread; the demo exits non-zero instead
+                failure.append(f"replay failed: {exc.__class__.__name__}: {exc}")
+            finally:
+                sender.close(flush_ms=500)  # the last frames of a finite run still reach the daemon
+
+        thread = threading.Thread(target=scanner, name="demo-scanner", daemon=True)
+        started = time.perf_counter()
+        thread.start()
+        last_result = time.monotonic()
+        received = 0
+        try:
+            while thread.is_alive() or time.monotonic() - last_result < DRAIN_TIMEOUT_S:
+                r = sub.recv(100)
+                if r is None:
+                    if not thread.is_alive() and stats_box and received >= stats_box[0].sent:
+                        break
+                    continue
+                now = time.time_ns()
+                last_result = time.monotonic()
+                received += 1
+                rec.add(r, now)
+                if received % 50 == 0:
+                    say(f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms")
+                frame = rec.frame(r.seq)
+                if frame is None or not (r.seq % gif_every == 0 or len(stills) < 1 or r.seq >= args.frames - 1):
+                    continue
+                fmt = pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
+                img = _annotate(draw_overlay(to_display_rgb(frame.pixels, fmt), r), r, (now - r.capture_ts_ns) / 1e6)
+                stills.setdefault("first", img)
+                stills["last"] = img
+                if r.seq % gif_every == 0 and len(gif) < GIF_MAX_FRAMES:
+                    gif.append(img)
+        except KeyboardInterrupt:
+            say("interrupted")
+        finally:
+            stop.set()
+            thread.join(5.0)
+        elapsed = time.perf_counter() - started
+        daemon_stats = daemon.control("stats")
+        stale, rejected = sub.stats.stale, sub.stats.rejected
+    replay_stats = stats_box[0] if stats_box else ReplayStats()
+    files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every)
+    frames: dict[str, int] = {
+        "sent": replay_stats.sent,
+        "processed": daemon_stats.get("frames_out", 0),
+        "received": received,
+        "dropped_sender": replay_stats.dropped,
+        "dropped_daemon": daemon_stats.get("frames_dropped", 0),
+        "stale_discarded": stale,
+        "rejected": daemon_stats.get("frames_rejected", 0) + rejected,
+        "errors": rec.errors,
+        "out_of_order": rec.out_of_order,
+    }
+    summary = {
+        "frames": frames,
+        "latency_ms": {
+            "end_to_end": percentiles_ms(rec.e2e_ns),
+            "inference": percentiles_ms(rec.inference_ns),
+            "queue": percentiles_ms(rec.queue_ns),
+            "transport_in": percentiles_ms(rec.transport_ns),
+        },
+        "elapsed_s": round(elapsed, 2),
+        "files": [str(f) for f in files],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    f = frames
+    say(
+        f"\nframes  sent {f['sent']}  processed {f['processed']}  received {f['received']}  dropped "
+        f"{f['dropped_sender'] + f['dropped_daemon']} (sender {f['dropped_sender']}, daemon {f['dropped_daemon']})  "
+        f"stale {f['stale_discarded']}  errors {f['errors']}  in {elapsed:.1f} s"
+    )
+    say(f"latency (ms)  {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}")
+    say(_row("end-to-end", rec.e2e_ns))
+    say(_row("inference", rec.inference_ns))
+    say(_row("queue", rec.queue_ns))
+    say(_row("transport", rec.transport_ns))
+    say("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
+    if failure:
+        return DemoResult(False, summary, failure[0])
+    if received == 0:
+        return DemoResult(False, summary, "no results arrived: see the daemon log")
+    return DemoResult(True, summary)
+
+
+def _write_images(out: Path, stills: dict[str, Image.Image], gif: list[Image.Image], gif_ms: float) -> list[Path]:
+    files = []
+    for name, img in stills.items():
+        path = out / f"overlay_{name}.png"
+        img.save(path)
+        files.append(path)
+    if gif:
+        path = out / "overlay.gif"
+        gif[0].save(path, save_all=True, append_images=gif[1:], duration=max(20, int(gif_ms)), loop=0, optimize=False)
+        files.append(path)
+    return files
