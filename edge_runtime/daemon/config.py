@@ -284,11 +284,11 @@ _SCHEMA: dict[str, dict[str, type]] = {
 }
 
 
-def _enum(kind: type[enum.Enum], value: str, where: str) -> Any:
+def _enum(kind: type[enum.Enum], value: str, key: str) -> Any:
     try:
         return kind(value)
     except ValueError:
-        raise ConfigError(f"{where}: '{value}' is not one of {[e.value for e in kind]}") from None
+        raise ConfigError(f"{key}: '{value}' is not one of {[e.value for e in kind]}") from None
 
 
 def _check_types(data: Mapping[str, Any], where: str) -> None:
@@ -319,21 +319,21 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
     try:
         return DaemonConfig(
             model=package if package.is_absolute() else base_dir / package,
-            backend=_enum(BackendKind, model.get("backend", BackendKind.ONNXRUNTIME.value), f"{where}: model.backend"),
+            backend=_enum(BackendKind, model.get("backend", BackendKind.ONNXRUNTIME.value), "model.backend"),
             threads=model.get("threads", 0),
             warmup=model.get("warmup", 3),
             device=model.get("device", 0),
-            engine=_engine(data.get("engine", {}), base_dir, where),
+            engine=_engine(data.get("engine", {}), base_dir),
             ingest=IngestConfig(
                 endpoint=ingest.get("endpoint", DEFAULT_INGEST),
-                mode=_enum(SocketMode, ingest.get("mode", "bind"), f"{where}: ingest.mode"),
-                pattern=_enum(IngestPattern, ingest.get("pattern", "pull"), f"{where}: ingest.pattern"),
-                format=_enum(IngestFormat, ingest.get("format", "edgert"), f"{where}: ingest.format"),
+                mode=_enum(SocketMode, ingest.get("mode", "bind"), "ingest.mode"),
+                pattern=_enum(IngestPattern, ingest.get("pattern", "pull"), "ingest.pattern"),
+                format=_enum(IngestFormat, ingest.get("format", "edgert"), "ingest.format"),
                 streams=dict(ingest.get("streams", {})),
                 auto_streams=ingest.get("auto_streams", True),
             ),
             results_endpoint=data.get("results", {}).get("endpoint", DEFAULT_RESULTS),
-            mask=_enum(MaskResolution, data.get("results", {}).get("mask", "model"), f"{where}: results.mask"),
+            mask=_enum(MaskResolution, data.get("results", {}).get("mask", "model"), "results.mask"),
             control_endpoint=data.get("control", {}).get("endpoint", DEFAULT_CONTROL),
             reload_dirs=tuple(
                 Path(d) if Path(d).is_absolute() else base_dir / d
@@ -347,34 +347,34 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             curve_outputs=data.get("security", {}).get("curve_outputs", True),
             refuse_plain_network=data.get("security", {}).get("refuse_plain_network", False),
             limits=Limits(**limits),
-            streams=_streams(data.get("streams", {}), where),
+            streams=_streams(data.get("streams", {})),
             tracker=_tracker(data.get("tracker", {})),
             tracker_enabled=data.get("tracker", {}).get("enabled"),
             preview=PreviewConfig(**data.get("preview", {})),
             audit=_audit(data.get("audit", {}), base_dir),
-            cpu=_cpu(data.get("cpu", {}), where),
+            cpu=_cpu(data.get("cpu", {})),
             decode=DecodeLimits(**data.get("decode", {})),
         )
-    except ValueError as exc:  # raised by DaemonConfig's (and StreamLimits') own checks, which do not know the file
+    except ValueError as exc:  # the checks below and the dataclasses' own name the key, never the file: named here once
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _streams(section: Mapping[str, Any], where: str) -> StreamLimits:
+def _streams(section: Mapping[str, Any]) -> StreamLimits:
     ids = section.get("ids", [])
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ConfigError(f"{where}: streams.ids must be a list of stream ids (integers)")
+        raise ConfigError("streams.ids must be a list of stream ids (integers)")
     return StreamLimits(**{**section, "ids": tuple(ids)})
 
 
-def _cpu(section: Mapping[str, Any], where: str) -> CpuConfig:
+def _cpu(section: Mapping[str, Any]) -> CpuConfig:
     lists = {}
     for key in ("inference_cpus", "io_cpus"):
         values = section.get(key, [])
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"{where}: cpu.{key} must be a list of CPU numbers")
+            raise ConfigError(f"cpu.{key} must be a list of CPU numbers")
         lists[key] = tuple(values)
     return CpuConfig(
-        spin=_enum(Spin, section.get("spin", Spin.ALWAYS.value), f"{where}: cpu.spin"),
+        spin=_enum(Spin, section.get("spin", Spin.ALWAYS.value), "cpu.spin"),
         realtime_priority=section.get("realtime_priority", 0),
         **lists,
     )
@@ -403,11 +403,11 @@ def _tracker(section: Mapping[str, Any]) -> TrackerSpec | None:
     return spec
 
 
-def _engine(section: Mapping[str, Any], base_dir: Path, where: str) -> EngineConfig:
+def _engine(section: Mapping[str, Any], base_dir: Path) -> EngineConfig:
     return EngineConfig(
         cache_dir=_path(section.get("cache_dir"), base_dir),
         build_on_start=section.get("build_on_start", True),
-        on_mismatch=_enum(OnMismatch, section.get("on_mismatch", "rebuild"), f"{where}: engine.on_mismatch"),
+        on_mismatch=_enum(OnMismatch, section.get("on_mismatch", "rebuild"), "engine.on_mismatch"),
         workspace_mib=section.get("workspace_mib"),
         opt_level=section.get("opt_level"),
         dla_core=section.get("dla_core"),
