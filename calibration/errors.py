@@ -1,5 +1,5 @@
-"""The base of every error edgert raises on purpose, and the one rule for quoting outside text in a log or error
-line. They live in the lowest layer, so that `calibration` needs nothing of the runtime above it;
+"""The base of every error edgert raises on purpose, the one rule for quoting outside text in a log or error line,
+and the one rule for how often a repeated event is logged. They live in the lowest layer, so that `calibration` needs nothing of the runtime above it;
 `edge_runtime.core.errors` re-exports both with the runtime's own errors.
 """
 
@@ -19,3 +19,9 @@ def escaped(value: object, limit: int = 200) -> str:
     text = text[:limit].encode("ascii", "backslashreplace").decode("ascii")
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     return text + ("..." if cut else "")
+
+
+def should_log(count: int) -> bool:
+    """Whether the `count`-th occurrence of something repeated (a refusal, a failure) is logged: the 1st, 2nd, 4th,
+    8th... So a flood costs a few lines, never silence. The one throttling rule every log uses."""
+    return count > 0 and count & (count - 1) == 0

@@ -10,9 +10,9 @@ and `escaped` are defined in `calibration/errors.py`, the lowest layer, and re-e
 
 from __future__ import annotations
 
-from calibration.errors import EdgertError, escaped
+from calibration.errors import EdgertError, escaped, should_log
 
-__all__ = ["ControlError", "DaemonUnavailable", "EdgertError", "EndpointError", "FrameError", "escaped"]
+__all__ = ["ControlError", "DaemonUnavailable", "EdgertError", "EndpointError", "FrameError", "escaped", "should_log"]
 
 
 class EndpointError(EdgertError, ValueError):

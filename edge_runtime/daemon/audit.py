@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.core.errors import EdgertError
+from edge_runtime.core.errors import EdgertError, should_log
 
 GENESIS = "0" * 64
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -262,7 +262,7 @@ class AuditWriter:
         except (AuditError, OSError, ValueError) as exc:
             self.failures += 1
             n = self.failures
-            if n & (n - 1) == 0 and self._on_error is not None:
+            if should_log(n) and self._on_error is not None:
                 self._on_error(f"cannot write {event.value} ({n} failures so far): {exc}")
 
 

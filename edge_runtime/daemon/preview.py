@@ -15,6 +15,7 @@ import threading
 import zmq
 from PIL import Image
 
+from edge_runtime.core.errors import should_log
 from edge_runtime.core.protocol import Frame, Preview, PreviewCodec, encode_preview
 from edge_runtime.sdk.overlay import display_pixels
 
@@ -94,7 +95,7 @@ class PreviewPublisher:
                     preview = make_preview(frame, self._max_side, self._quality)
                 except (OSError, ValueError) as exc:  # never ends the thread: that frame goes without a preview
                     self.failed += 1
-                    if self.failed & (self.failed - 1) == 0:
+                    if should_log(self.failed):
                         log.warning("preview of stream %d frame %d failed (%d so far): %s", frame.stream_id,
                                     frame.seq, self.failed, exc)  # fmt: skip
                     continue

@@ -33,7 +33,7 @@ import zmq
 
 from edge_runtime import __version__
 from edge_runtime.backends import GpuOptions
-from edge_runtime.core.errors import EdgertError, escaped
+from edge_runtime.core.errors import EdgertError, escaped, should_log
 from edge_runtime.core.package import ModelPackage, open_package
 from edge_runtime.core.protocol import (
     Buffer,
@@ -126,10 +126,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     return value
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n & (n - 1) == 0
 
 
 class Daemon:
@@ -639,7 +635,7 @@ class Daemon:
     def _rejected(self, reason: RejectReason, detail: str | Callable[[], str]) -> None:
         """Count a refusal; log it at the 1st, 2nd, 4th... of its reason (a callable detail is built only then)."""
         n = self.stats.reject(reason)
-        if _is_power_of_two(n):  # bounded logging under a flood, never silent
+        if should_log(n):  # bounded logging under a flood, never silent
             text = detail() if callable(detail) else detail
             log.warning("refused (%s, %d so far): %s", reason.value, n, escaped(text))
 
@@ -796,7 +792,7 @@ class Daemon:
 
     def _control_refused(self, reason: RejectReason, detail: str) -> None:
         n = self.stats.reject_control(reason)
-        if _is_power_of_two(n):  # bounded logging under a flood; repr keeps a client's bytes on one line
+        if should_log(n):  # bounded logging under a flood; repr keeps a client's bytes on one line
             log.warning("control request refused (%s, %d so far): %s", reason.value, n, escaped(detail))
 
     def handle_command(self, text: str) -> dict[str, Any] | None:

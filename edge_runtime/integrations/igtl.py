@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from calibration.preprocessing import scale_labels
-from edge_runtime.core.errors import EdgertError
+from edge_runtime.core.errors import EdgertError, should_log
 from edge_runtime.core.protocol import PixelFormat, Preview, Result, ResultStatus, Task
 from edge_runtime.integrations.view.feed import Feed
 from edge_runtime.sdk.security import ClientKeys
@@ -289,7 +289,7 @@ class IgtlBridge:
                 except SourceImageError as exc:
                     self.counts.refused += 1
                     self.counts.refusals[exc.reason] = self.counts.refusals.get(exc.reason, 0) + 1
-                    if self.counts.refused & (self.counts.refused - 1) == 0:
+                    if should_log(self.counts.refused):
                         log.warning("image from %r not forwarded (%d so far): %s", message.device_name[:32],
                                     self.counts.refused, exc)  # fmt: skip
                     continue

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydicom import Dataset, dcmread
 
+from edge_runtime.core.errors import should_log
 from edge_runtime.integrations.record.objects import RecordError
 
 log = logging.getLogger("edgert.record")
@@ -249,7 +250,7 @@ class PacsSender:
             self.counts.attempts_failed += 1
             self.counts.last_error = why
             n = self.counts.attempts_failed
-        if n & (n - 1) == 0:  # 1st, 2nd, 4th...: bounded logging while the PACS stays down
+        if should_log(n):  # 1st, 2nd, 4th...: bounded logging while the PACS stays down
             log.warning(
                 "PACS: %s; %d objects spooled, will retry (%d failed attempts)", why, len(self.spool.pending()), n
             )

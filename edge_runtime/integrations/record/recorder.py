@@ -26,7 +26,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
-from edge_runtime.core.errors import escaped
+from edge_runtime.core.errors import escaped, should_log
 from edge_runtime.core.protocol import Preview, Result, ResultStatus
 from edge_runtime.integrations.record.objects import RecordError, Series, SourceStudy, build_objects
 from edge_runtime.integrations.record.pacs import PacsSender, PacsTarget, Spool, SpoolBudget
@@ -196,7 +196,7 @@ class Recorder:
     def _bad_request(self, why: str) -> None:
         self.bad_requests += 1
         n = self.bad_requests
-        if n & (n - 1) == 0:  # 1st, 2nd, 4th...: bounded under a flood
+        if should_log(n):  # 1st, 2nd, 4th...: bounded under a flood
             log.warning("trigger: %s (%d bad requests so far)", escaped(why), n)
 
 

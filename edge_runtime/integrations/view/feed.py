@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
-from edge_runtime.core.errors import escaped
+from edge_runtime.core.errors import escaped, should_log
 from edge_runtime.core.protocol import (
     Limits,
     MessageType,
@@ -416,5 +416,5 @@ class Feed:
     def _rejected(self, exc: ProtocolError) -> None:
         self.stats.rejected += 1
         n = self.stats.rejected
-        if n & (n - 1) == 0:
+        if should_log(n):
             log.warning("ignored an undecodable message (%d so far): %s", n, escaped(exc))

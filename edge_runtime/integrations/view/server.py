@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from edge_runtime.core.errors import EdgertError, escaped
+from edge_runtime.core.errors import EdgertError, escaped, should_log
 from edge_runtime.integrations.view.feed import DisplayFrame, Feed
 from edge_runtime.sdk.liveness import LinkStatus
 from edge_runtime.sdk.security import ClientKeys
@@ -346,7 +346,7 @@ class ViewServer:
         self._guesses.wrong(host, time.monotonic())
         self.stats.wrong_tokens += 1
         n = self.stats.wrong_tokens
-        if n & (n - 1) == 0:
+        if should_log(n):
             log.warning("refused a request without the right access token (%d so far, the latest from %s)", n,
                         escaped(host, 64))  # fmt: skip
 
@@ -474,7 +474,7 @@ class ViewServer:
         except (BadMessage, ValueError) as exc:  # json's own errors are ValueErrors
             self.stats.bad_messages += 1
             n = self.stats.bad_messages
-            if n & (n - 1) == 0:
+            if should_log(n):
                 log.warning("closed a page that sent a bad message (%d so far): %s", n, escaped(exc))
             return False
 
@@ -522,7 +522,7 @@ class ViewServer:
                 next_clock = self._tick_once(next_clock)
             except Exception as exc:  # the status to every page must keep flowing: "AI offline" depends on it
                 self._tick_failures += 1
-                if self._tick_failures & (self._tick_failures - 1) == 0:
+                if should_log(self._tick_failures):
                     log.error("status tick failed (%d so far): %s", self._tick_failures, escaped(exc))
             await asyncio.sleep(STATUS_EVERY_S)
 
