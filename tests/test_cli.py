@@ -256,7 +256,8 @@ def test_ctl_usage_errors_name_the_ctl_subcommand(capsys: pytest.CaptureFixture[
 def test_view_token_comes_from_a_file_then_the_flag_then_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edge_runtime.cli import CliError, _view_token, build_parser
+    from edge_runtime.cli import CliError, build_parser
+    from edge_runtime.cli.view import _view_token
 
     parser = build_parser()
     secret = tmp_path / "token"

@@ -237,7 +237,7 @@ def test_squeeze_and_excitation_prunes_the_gate_with_its_features() -> None:
 
 
 def test_a_latency_target_in_milliseconds(tiny_models: dict[str, Path]) -> None:
-    from edge_runtime.cli import _prune_budget
+    from edge_runtime.cli.convert import _prune_budget
 
     assert _prune_budget("6ms") == (0.3, 6.0) and _prune_budget("0.25") == (0.25, None)
     options = ConvertOptions(prune=PruneMethod.CHANNELS, prune_target_ms=1e6, data="synthetic:frames=4,size=32x32",

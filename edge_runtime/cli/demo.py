@@ -1,0 +1,61 @@
+"""`edgert demo`: the live demo (daemon, cine replay, overlays, latency summary)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from calibration.preprocessing import DicomOutput
+from edge_runtime.cli.common import (
+    SOURCE_HELP,
+    CliError,
+    Command,
+    ExitCode,
+    Output,
+    _dicom_argument,
+    _json_argument,
+)
+
+
+def _demo(args: argparse.Namespace, out: Output) -> int:
+    from edge_runtime.core.protocol import Task
+    from edge_runtime.tools.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        frames=args.frames,
+        source=args.source,
+        model=args.model,
+        task=Task.from_name(args.task),
+        fps=args.fps,
+        dicom=DicomOutput(args.dicom) if args.dicom else None,
+        out=args.out,
+        view_port=args.view,
+    )
+    result = run_demo(options, say=out.say)
+    out.result({"ok": result.ok, "error": result.error, **result.summary})
+    if not result.ok:
+        raise CliError(result.error or "the demo failed")
+    return ExitCode.OK
+
+
+def add_parser(command: Command) -> None:
+    p = command("demo", "live demo: daemon + DICOM cine replay + overlay subscriber, with a latency summary", _demo)
+    p.add_argument("--frames", type=int, default=300, help="frames to stream (default 300)")
+    p.add_argument("--source", default=None, help=SOURCE_HELP + " (default: the bundled ultrasound cine)")
+    p.add_argument("--model", type=Path, default=None, help="model package (default: the bundled demo model of --task)")
+    p.add_argument(
+        "--task",
+        choices=["segmentation", "detection", "classification"],
+        default="segmentation",
+        help="bundled demo: segmentation (ultrasound cine, default), detection (polyps in synthetic colonoscopy) or "
+        "classification (endoscopy frame quality with saliency)",
+    )
+    p.add_argument("--fps", type=float, default=None, help="replay rate (default: the recording's)")
+    _dicom_argument(p, from_card=True)
+    p.add_argument(
+        "--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)"
+    )
+    p.add_argument("--view", type=int, nargs="?", const=8080, metavar="PORT",
+                   help="also show the live overlays in a browser at http://127.0.0.1:PORT/ (default 8080; needs "
+                   "the view extra)")  # fmt: skip
+    _json_argument(p, "the summary")
