@@ -1,8 +1,8 @@
 """Train the endoscopy demo models on synthetic colonoscopy and write their model packages.
 
     pip install -e '.[train]'          # torch, for this script only
-    python -m edge_runtime.models.train_endoscopy detector --out edge_runtime/models/polyp_det_demo
-    python -m edge_runtime.models.train_endoscopy quality --out edge_runtime/models/endo_quality_demo
+    python3 benchmarks/training/train_endoscopy.py detector --out edge_runtime/models/polyp_det_demo
+    python3 benchmarks/training/train_endoscopy.py quality --out edge_runtime/models/endo_quality_demo
 
 - `detector`: a polyp detector, anchor-free YOLO layout ([1, 5, N]: cx, cy, w, h in input pixels and a sigmoid
   score per cell of a stride-16 grid), decoded by the runtime's `DetectionHead` with NMS.
@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy
-from calibration.preprocessing import Color, Preprocessor, PreprocessSpec, ResizeMode
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run from a source checkout: python3 benchmarks/training/train_endoscopy.py
+
+from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy  # noqa: E402
+from calibration.preprocessing import Color, Preprocessor, PreprocessSpec, ResizeMode  # noqa: E402
 
 log = logging.getLogger("edgert.train_endoscopy")
 
@@ -355,7 +359,7 @@ def export(model: nn.Module, args: TrainOptions) -> None:
     log.info("held-out metrics %s", metrics)
     card["metrics"] = metrics
     card["training"] = {
-        "script": f"python -m edge_runtime.models.train_endoscopy {args.kind}",
+        "script": f"python3 benchmarks/training/train_endoscopy.py {args.kind}",
         "images": args.train_images,
         "epochs": args.epochs,
         "seed": args.seed,

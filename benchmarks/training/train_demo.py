@@ -1,7 +1,7 @@
 """Train the demo segmentation model on synthetic ultrasound and write its model package.
 
     pip install -e '.[train]'          # torch, for this script only
-    python -m edge_runtime.models.train_demo --out edge_runtime/models/us_seg_demo
+    python3 benchmarks/training/train_demo.py --out edge_runtime/models/us_seg_demo
 
 Inputs go through the runtime's own `Preprocessor`, and the reported Dice is measured on the exported ONNX file
 with ONNX Runtime at frame resolution, exactly as the daemon will run it.
@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from calibration.preprocessing import Color, Preprocessor, PreprocessSpec, resize_labels
-from calibration.synthetic import LABELS, SyntheticUltrasound
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run from a source checkout: python3 benchmarks/training/train_demo.py
+
+from calibration.preprocessing import Color, Preprocessor, PreprocessSpec, resize_labels  # noqa: E402
+from calibration.synthetic import LABELS, SyntheticUltrasound  # noqa: E402
 
 log = logging.getLogger("edgert.train_demo")
 
@@ -227,7 +231,7 @@ def export(model: nn.Module, args: TrainOptions) -> None:
         },
         "metrics": metrics,
         "training": {
-            "script": "python -m edge_runtime.models.train_demo",
+            "script": "python3 benchmarks/training/train_demo.py",
             "images": args.train_images,
             "epochs": args.epochs,
             "crop": list(args.crop) if args.crop else None,
