@@ -15,7 +15,6 @@ a socket is used from more than one thread; neither holds it for more than a non
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import json
@@ -25,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +37,19 @@ from edge_runtime.core.package import ModelPackage, open_package
 from edge_runtime.core.protocol import (
     Buffer,
     DaemonState,
-    Frame,
     Heartbeat,
-    ProtocolError,
     RejectReason,
     Result,
     ResultStatus,
-    decode_frame,
     encode_heartbeat,
     encode_result,
     stamp_publish_time,
 )
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
-from edge_runtime.daemon.config import DaemonConfig, IngestFormat, IngestPattern, SocketMode
-from edge_runtime.daemon.decoding import DecodeQueue
+from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
 from edge_runtime.daemon.handoff import Handoff, OfferState
-from edge_runtime.daemon.imagezmq import REPLY_OK, ImagezmqDecoder, Parsed, StreamNames, refusal_reply
+from edge_runtime.daemon.imagezmq import REPLY_OK, refusal_reply
 from edge_runtime.daemon.ingest import (
     HANDSHAKE_IVL_MS,
     IngestSocket,
@@ -63,6 +58,7 @@ from edge_runtime.daemon.ingest import (
     Received,
     frame_user_id,
 )
+from edge_runtime.daemon.intake import Intake
 from edge_runtime.daemon.preview import PreviewPublisher
 from edge_runtime.daemon.scheduling import (
     configure_zmq_threads,
@@ -70,7 +66,7 @@ from edge_runtime.daemon.scheduling import (
     realtime_current_thread,
     release_freed_memory,
 )
-from edge_runtime.daemon.slots import Admission, Pending, StreamTable
+from edge_runtime.daemon.slots import Pending, StreamTable
 from edge_runtime.daemon.stats import DaemonStats, Stage
 from edge_runtime.inference.pipeline import InferencePipeline
 from edge_runtime.sdk.security import SecurityError, ServerSecurity
@@ -79,7 +75,6 @@ log = logging.getLogger("edgert.daemon")
 
 INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
 FRAME_MAX_PARTS = 3  # header, pixels, optional metadata
-DECODE_NICE = 10  # decode threads yield the CPU to the receive and inference threads
 ANSWERED_PART_BYTES = 1 << 30  # REQ/REP ingest: a part up to this is received and refused with an answer
 RESULTS_SNDHWM = 16
 PREVIEW_SNDHWM = 2  # a display that falls behind misses previews; it never makes them queue
@@ -141,15 +136,7 @@ class Daemon:
         self.endpoints: dict[str, str] = {}
         self._stop = threading.Event()
         self._slots = StreamTable(config.streams, on_stale=self.stats.stale)
-        self._imagezmq: ImagezmqDecoder | None = None
-        self._decoding: DecodeQueue[tuple[Parsed, str | None]] | None = None  # JPEGs waiting for a decode thread
-        if config.ingest.format is IngestFormat.IMAGEZMQ:
-            names = StreamNames(config.ingest.streams, config.ingest.auto_streams, idle_ms=config.streams.idle_ms)
-            self._imagezmq = ImagezmqDecoder(names, config.limits)
-            largest = config.limits.max_width * config.limits.max_height * 3
-            self._decoding = DecodeQueue(
-                config.decode, largest, config.streams.max_streams, on_drop=lambda job: names.release(job[0].name)
-            )
+        self._intake = Intake(config, self.stats, self._slots)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._threads: list[threading.Thread] = []
         self._pipeline: InferencePipeline | None = None
@@ -228,11 +215,12 @@ class Daemon:
                 daemon=True,
             ),
         ]
-        if self._decoding is not None:
-            self._threads += [
-                threading.Thread(target=self._decode_loop, name=f"edgert-decode-{i}", daemon=True)
-                for i in range(self.config.decode.threads)
-            ]
+        self._threads += [
+            threading.Thread(
+                target=self._intake.decode_loop, args=(self._stop,), name=f"edgert-decode-{i}", daemon=True
+            )
+            for i in range(self._intake.decode_threads)
+        ]
         if "preview" in sockets:  # before the inference thread, which offers it every frame from the first
             self._preview = PreviewPublisher(sockets["preview"], cfg.preview.max_side, cfg.preview.quality)
             self._preview.start()
@@ -389,8 +377,7 @@ class Daemon:
             systemd.notify("STOPPING=1")
         self._stop.set()
         self.stats.dropped_at_shutdown(self._slots.close())
-        if self._decoding is not None:
-            self.stats.dropped_at_shutdown(self._decoding.close())
+        self.stats.dropped_at_shutdown(self._intake.close())
         for t in self._threads:
             if t.ident is None:  # never started: start() failed before it
                 continue
@@ -472,11 +459,11 @@ class Daemon:
                     if message is None:
                         break
                     if isinstance(message, Received):
-                        refused = self._admit(message)
+                        refused = self._intake.admit(message)
                         if message.envelope is not None:  # a REQ sender waits for this answer, sent at once
                             ingest.answer(message.envelope, REPLY_OK if refused is None else refusal_reply(refused))
                         continue
-                    self._rejected(message.reason, message.detail)
+                    self._intake.rejected(message.reason, message.detail)
                     if message.envelope is not None:
                         ingest.answer(message.envelope, refusal_reply(message.reason))
                     if message.reset:  # the socket was re-opened: watch and poll the new one
@@ -508,7 +495,7 @@ class Daemon:
         return PeerEvents(
             self._ctx,
             sock,
-            lambda reason, detail: self._rejected(reason, f"{name}: {detail}"),
+            lambda reason, detail: self._intake.rejected(reason, f"{name}: {detail}"),
             on_peer=on_peer if self._audit is not None else None,
         )
 
@@ -527,124 +514,6 @@ class Daemon:
         matters more than its paper trail."""
         if self._audit is not None:
             self._audit.submit(event, **fields)
-
-    def _admit(self, message: Received) -> RejectReason | None:
-        """Decode one message and offer it to the stream table (a compressed one: to the decode threads); a refusal
-        is counted and returned. Holds no reference after, but for a frame handed to the decode threads."""
-        recv_ts = time.time_ns()
-        buffers = [p.buffer for p in message.parts]
-        if self._imagezmq is not None:
-            return self._admit_imagezmq(buffers, recv_ts, message.user_id)
-        try:
-            frame = decode_frame(buffers, self.config.limits)
-        except ProtocolError as exc:
-            self._rejected(exc.reason, exc.detail)
-            return exc.reason
-        except Exception as exc:  # a decoder bug must not end the receive loop
-            self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
-            return RejectReason.DECODER_ERROR
-        return self._offer(frame, recv_ts, message.user_id)
-
-    def _admit_imagezmq(self, buffers: Sequence[Buffer], recv_ts: int, owner: str | None) -> RejectReason | None:
-        """The receive thread's part of an imagezmq message: every check short of decoding; a JPEG (or float32
-        pixels to check) goes to the decode threads, anything else to the stream table at once."""
-        decoder, queue = self._imagezmq, self._decoding
-        assert decoder is not None and queue is not None
-        try:
-            parsed = decoder.parse(buffers, recv_ts)
-            stream_id = decoder.names.claim(parsed.name)
-        except ProtocolError as exc:
-            self._rejected(exc.reason, exc.detail)
-            return exc.reason
-        except Exception as exc:
-            self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
-            return RejectReason.DECODER_ERROR
-        if parsed.ready:
-            return self._offer_parsed(parsed, stream_id, owner)
-        early = self._slots.refuses_at_once(stream_id, parsed.decoded_bytes)
-        if early is not None:  # never decode what the stream table would refuse anyway
-            decoder.names.release(parsed.name)
-            return self._refused_admission(early, stream_id)
-        compressed = memoryview(parsed.jpeg).nbytes if parsed.jpeg is not None else 0
-        refused = queue.offer(stream_id, (parsed, owner), compressed, parsed.decoded_bytes)
-        if refused is not None:
-            decoder.names.release(parsed.name)
-            self._rejected(refused, lambda: f"{parsed.decoded_bytes} decoded bytes on stream {stream_id}")
-        return refused
-
-    def _decode_loop(self) -> None:
-        """A decode thread: JPEGs (and float32 checks) off the receive thread, then into the stream table. It runs
-        at a lower priority (nice +DECODE_NICE): on a small board the receive and inference threads come first, so a
-        flood of large JPEGs costs the other streams as little CPU as possible."""
-        decoder, queue = self._imagezmq, self._decoding
-        assert decoder is not None and queue is not None
-        with contextlib.suppress(
-            OSError, AttributeError
-        ):  # Linux: a thread's own nice value; raising it needs no right
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + DECODE_NICE)
-        while not self._stop.is_set():
-            taken = queue.take(POLL_MS / 1000.0)
-            if taken is None:
-                continue
-            stream_id, (parsed, owner) = taken
-            try:
-                try:
-                    parsed = decoder.finish(parsed)
-                except ProtocolError as exc:
-                    decoder.names.release(parsed.name)
-                    self._rejected(exc.reason, exc.detail)
-                    continue
-                except Exception as exc:  # a decoder bug must not end the thread
-                    decoder.names.release(parsed.name)
-                    self._rejected(RejectReason.DECODER_ERROR, f"{exc.__class__.__name__}: {exc}")
-                    continue
-                self._offer_parsed(parsed, stream_id, owner)
-            finally:
-                queue.done(stream_id)
-            del parsed, taken  # the compressed and decoded buffers are the table's (or nobody's) now
-
-    def _offer_parsed(self, parsed: Parsed, stream_id: int, owner: str | None) -> RejectReason | None:
-        names = self._imagezmq.names if self._imagezmq is not None else None
-        assert names is not None
-        refused = self._offer(parsed.frame(stream_id, names.next_seq(parsed.name)), parsed.recv_ts_ns, owner)
-        if refused is None:
-            names.admitted(parsed.name)
-        else:
-            names.release(parsed.name)
-        return refused
-
-    def _offer(self, frame: Frame, recv_ts: int, owner: str | None) -> RejectReason | None:
-        """Offer a decoded frame to the stream table; a refusal is counted and returned."""
-        admission = self._slots.put(frame, recv_ts, owner=owner, admitted_ts_ns=time.time_ns())
-        if admission.accepted:
-            self.stats.accepted(admission is Admission.REPLACED)
-            return None
-        return self._refused_admission(admission, frame.stream_id)
-
-    def _refused_admission(self, admission: Admission, stream_id: int) -> RejectReason:
-        if admission is Admission.STREAM_OWNER:
-            self._rejected(RejectReason.STREAM_OWNER, f"stream {stream_id} belongs to another client key")
-            return RejectReason.STREAM_OWNER
-        if admission is Admission.UNDECLARED_STREAM:
-            self._rejected(RejectReason.UNDECLARED_STREAM, f"stream {stream_id} is not in streams.ids")
-            return RejectReason.UNDECLARED_STREAM
-        reason = RejectReason(admission.value)
-        self._rejected(reason, lambda: self._table_detail(stream_id))
-        return reason
-
-    def _rejected(self, reason: RejectReason, detail: str | Callable[[], str]) -> None:
-        """Count a refusal; log it at the 1st, 2nd, 4th... of its reason (a callable detail is built only then)."""
-        n = self.stats.reject(reason)
-        if should_log(n):  # bounded logging under a flood, never silent
-            text = detail() if callable(detail) else detail
-            log.warning("refused (%s, %d so far): %s", reason.value, n, escaped(text))
-
-    def _table_detail(self, stream_id: int) -> str:
-        limits = self.config.streams
-        return (
-            f"stream {stream_id}: {self._slots.live_streams} of {limits.max_streams} live streams, "
-            f"{self._slots.pending_bytes} of {limits.max_pending_bytes} bytes waiting"
-        )
 
     def _inference_loop(self, pub: zmq.Socket[bytes]) -> None:
         self._place_thread(self.config.cpu.inference_cpus[:1], realtime=False)
@@ -926,14 +795,9 @@ class Daemon:
             "reloads": self.reloads,
             "reloads_refused": self.reloads_refused,
             "pid": os.getpid(),
-            **({"imagezmq_streams": self._imagezmq.names.snapshot()} if self._imagezmq else {}),
-            **({"decode": self._decode_status()} if self._decoding is not None else {}),
+            **self._intake.status(),
             **({"audit": self._audit_head()} if self._audit is not None else {}),
         }
-
-    def _decode_status(self) -> dict[str, int]:
-        assert self._decoding is not None
-        return {"waiting_bytes": self._decoding.waiting_bytes, "replaced": self._decoding.replaced}
 
     def _audit_head(self) -> dict[str, Any]:
         """The newest audit record: kept elsewhere, it anchors `edgert audit verify --head`."""
