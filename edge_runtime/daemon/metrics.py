@@ -22,7 +22,9 @@ class MetricsSource(Protocol):
     """What metrics read from the daemon; the daemon satisfies it without metrics importing the daemon."""
 
     stats: DaemonStats
-    reloads: int
+
+    @property
+    def reloads(self) -> int: ...
 
     def status(self) -> dict[str, Any]: ...
 

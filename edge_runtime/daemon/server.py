@@ -48,7 +48,7 @@ from edge_runtime.core.protocol import (
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
-from edge_runtime.daemon.handoff import Handoff, OfferState
+from edge_runtime.daemon.handoff import Handoff
 from edge_runtime.daemon.imagezmq import REPLY_OK, refusal_reply
 from edge_runtime.daemon.ingest import (
     HANDSHAKE_IVL_MS,
@@ -60,11 +60,11 @@ from edge_runtime.daemon.ingest import (
 )
 from edge_runtime.daemon.intake import Intake
 from edge_runtime.daemon.preview import PreviewPublisher
+from edge_runtime.daemon.reload import Reloader
 from edge_runtime.daemon.scheduling import (
     configure_zmq_threads,
     pin_current_thread,
     realtime_current_thread,
-    release_freed_memory,
 )
 from edge_runtime.daemon.slots import Pending, StreamTable
 from edge_runtime.daemon.stats import DaemonStats, Stage
@@ -85,7 +85,6 @@ CONTROL_MAX_MESSAGE = 65536  # ZeroMQ drops (and disconnects) anything larger be
 GIL_SWITCH_INTERVAL_S = 0.0005
 REPLY_STOPPING = b"REFUSED stopping"  # what REQ senders waiting at shutdown are told
 REPLY_LINGER_MS = 200  # at shutdown, how long the last answers to REQ senders may take to leave
-RELOAD_TAKE_TIMEOUT_S = 10.0  # a reloaded model the inference thread has not taken by then is withdrawn
 PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after a served or declared stream lost a frame (slots.py)
 
 
@@ -147,13 +146,28 @@ class Daemon:
         self._metrics: Any = None  # monotonic start of the inference in progress, for the watchdog
         self._preview: PreviewPublisher | None = None
         self._handoff: Handoff[InferencePipeline] = Handoff()  # a reloaded model waiting for a frame boundary
-        self.reload_take_timeout_s = RELOAD_TAKE_TIMEOUT_S
-        self._reload: tuple[threading.Event, dict[str, Any]] | None = None  # (done, reply) of a reload in progress
-        self._reload_envelope: list[bytes] = []  # who asked for it
-        self.reloads = 0
-        self.reloads_refused = 0
+        self._reloader = Reloader(config.allowed_reload_dirs, self._load_pipeline, self._handoff,
+                                  lambda: self._pipeline.model_id if self._pipeline else None,
+                                  lambda event, **fields: self._audited(event, **fields))  # fmt: skip
         self._audit: AuditWriter | None = None
         self._pub_lock = threading.Lock()  # the results socket: the inference thread's results, the I/O thread's beats
+
+    @property
+    def reloads(self) -> int:
+        return self._reloader.reloads
+
+    @property
+    def reloads_refused(self) -> int:
+        return self._reloader.refused
+
+    @property
+    def reload_take_timeout_s(self) -> float:
+        """How long a reloaded model waits for the inference thread to take it before it is withdrawn."""
+        return self._reloader.take_timeout_s
+
+    @reload_take_timeout_s.setter
+    def reload_take_timeout_s(self, seconds: float) -> None:
+        self._reloader.take_timeout_s = seconds
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -589,9 +603,9 @@ class Daemon:
                         systemd.notify("WATCHDOG=1")  # withheld while inference hangs: systemd then restarts us
                     next_beat = now + interval_ns
                 events = dict(poller.poll(min(POLL_MS, max(0, (next_beat - now) // 1_000_000))))
-                if self._reload is not None and self._reload[0].is_set():  # the deferred reply to `reload`
-                    self._reply(rep, self._reload_envelope, self._reload[1])
-                    self._reload = None
+                finished = self._reloader.finished()
+                if finished is not None:  # the deferred reply to `reload`
+                    self._reply(rep, self._reloader.envelope, finished)
                 if rep in events:
                     self._answer_control(rep)
                 peers.drain()
@@ -648,7 +662,7 @@ class Daemon:
                 ok=None if reply is None else bool(reply.get("ok")),  # None: a reload, audited again when it ends
             )
             if reply is None:  # a reload is under way and answers this peer when it is done
-                self._reload_envelope = envelope
+                self._reloader.envelope = envelope
             else:
                 self._reply(router, envelope, reply)
 
@@ -674,89 +688,14 @@ class Daemon:
             except (json.JSONDecodeError, AttributeError):
                 return {"ok": False, "error": "request is not valid JSON"}
         if cmd == "reload":
-            if self._reload is not None:
+            if self._reloader.busy:
                 return {"ok": False, "error": "a reload is already in progress"}
-            return self._begin_reload(str(request.get("package", "")))
+            return self._reloader.begin(str(request.get("package", "")))
         if cmd == "status":
             return {"ok": True, **self.status()}
         if cmd == "stats":
             return {"ok": True, **self.stats.snapshot(), **(self._preview.counts() if self._preview else {})}
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}; known: {', '.join(CONTROL_COMMANDS)}"}
-
-    def _begin_reload(self, package: str) -> dict[str, Any] | None:
-        """Load a new model beside the serving one; it takes over at the next frame boundary if it loads and
-        passes its self-test, otherwise the current model keeps serving. The reply comes when that is decided."""
-        if not package:
-            return self._refuse_reload('reload needs {"cmd": "reload", "package": PATH}')
-        path = Path(package).resolve()
-        outside = self._outside_reload_dirs(path)
-        if outside is not None:
-            return self._refuse_reload(outside)
-        done = threading.Event()
-        reply: dict[str, Any] = {}
-        self._reload = (done, reply)
-        current = self._pipeline.model_id if self._pipeline else None
-
-        def work() -> None:
-            try:
-                new = self._load_pipeline(path)
-            except Exception as exc:  # any failure: refuse, keep serving the old model
-                reply.update(self._refuse_reload(f"{current} keeps serving: {exc.__class__.__name__}: {exc}"))
-                release_freed_memory()
-            else:
-                offer = self._handoff.offer(new)
-                state = self._handoff.wait(offer, self.reload_take_timeout_s)
-                if state is not OfferState.TAKEN:
-                    if state is not OfferState.STOPPED:  # STOPPED: stop() deactivates it
-                        new.runner.deactivate()
-                        release_freed_memory()
-                    why = {
-                        OfferState.WITHDRAWN: f"the inference thread did not take it within "
-                        f"{self.reload_take_timeout_s:g} s; withdrawn",
-                        OfferState.STOPPED: "the daemon is stopping",
-                        OfferState.REFUSED: "the daemon is stopping, or another model is waiting to be served",
-                    }[state]
-                    reply.update(self._refuse_reload(f"{current} keeps serving: {why}"))
-                else:
-                    assert offer.replaced is not None
-                    offer.replaced.runner.deactivate()
-                    release_freed_memory()  # or each reload leaves 20-30 MB of freed heap in the process
-                    self.reloads += 1
-                    reply.update(ok=True, model=str(new.model_id), previous=str(current))
-                    self._audited(
-                        AuditEvent.RELOADED,
-                        name=new.model_id.name,
-                        version=new.model_id.version,
-                        sha256=new.model_id.sha256,
-                        previous_sha256=current.sha256 if current else None,
-                    )
-            done.set()
-
-        threading.Thread(target=work, name="edgert-reload", daemon=True).start()
-        return None
-
-    def _outside_reload_dirs(self, path: Path) -> str | None:
-        """Why `path` may not be loaded, or None: the package and every file in it, with symlinks resolved, must lie
-        inside the allowed folders (a link inside the folder to a model outside it is refused)."""
-        allowed = [d.resolve() for d in self.config.allowed_reload_dirs]
-
-        def inside(p: Path) -> bool:
-            return any(p == d or d in p.parents for d in allowed)
-
-        if not inside(path):
-            return f"{path} is outside the folders reload may use: {[str(d) for d in allowed]}"
-        if path.is_dir():
-            for entry in path.rglob("*"):
-                target = entry.resolve()
-                if not inside(target):
-                    return f"{entry} resolves to {target}, outside the folders reload may use"
-        return None
-
-    def _refuse_reload(self, reason: str) -> dict[str, Any]:
-        self.reloads_refused += 1
-        self._audited(AuditEvent.RELOAD_REFUSED, reason=reason[:500])
-        log.warning("reload refused (%d so far): %s", self.reloads_refused, escaped(reason, 500))
-        return {"ok": False, "error": f"reload refused: {reason}"}
 
     def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:
         """The state to report: DEGRADED while an inference has run past its deadline (a hung backend), and for
