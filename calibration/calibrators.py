@@ -12,19 +12,15 @@ much data there is. From the histogram:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-
-class CalibrationMethod(str, enum.Enum):
-    MINMAX = "minmax"
-    PERCENTILE = "percentile"
-    ENTROPY = "entropy"
-    MSE = "mse"
+from calibration.kinds import (
+    CalibrationMethod as CalibrationMethod,  # defined with the other option enums, light to import
+)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ class EdgertError(Exception):
     """Base of every error edgert raises on purpose."""
 
 
+class SourceError(EdgertError, ValueError):
+    """A frame source that cannot be read, or a sampling of it that makes no sense."""
+
+
 def escaped(value: object, limit: int = 200) -> str:
     """Text from outside (a client's bytes, a card's fields, a file name) made safe for one log or error line:
     control characters, newlines included, become escapes (so nothing forges a line), non-ASCII becomes escapes

@@ -11,7 +11,6 @@ DICOM images are rendered as `dicom_output` says (8-bit display by default; see 
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import zipfile
@@ -25,15 +24,14 @@ from PIL import Image, UnidentifiedImageError
 
 from calibration.dicom import DicomError, iter_dicom_frames, read_info
 from calibration.endoscopy import EndoscopyQuality, SyntheticEndoscopy
-from calibration.errors import EdgertError, escaped
+from calibration.errors import SourceError as SourceError
+from calibration.errors import escaped
+from calibration.kinds import SampleOrder as SampleOrder  # defined with the other option enums, light to import
+from calibration.kinds import Sampling as Sampling
 from calibration.preprocessing import Color, DicomOutput, ImageLimits
 from calibration.synthetic import SyntheticUltrasound
 
 log = logging.getLogger("edgert.sources")
-
-
-class SourceError(EdgertError, ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -269,33 +267,6 @@ class PathSource(FrameSource):
                 log.warning("skipped %s", escaped(exc, 1000))
         if usable == 0:
             raise SourceError(f"{self.path}: no readable frames")
-
-
-class SampleOrder(str, enum.Enum):
-    SPREAD = "spread"  # a seeded uniform sample over the whole source: diverse frames (default)
-    FIRST = "first"  # the first frames in order: fast, but a cine's first second is one scene
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Which frames of a source calibration and evaluation use."""
-
-    count: int = 32
-    stride: int = 1  # consider every `stride`-th frame only
-    order: SampleOrder = SampleOrder.SPREAD
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.count <= 0 or self.stride <= 0:
-            raise SourceError(f"the sample count and stride must be positive, got {self.count} and {self.stride}")
-
-    def describe(self) -> str:
-        parts = [f"stride {self.stride}"] if self.stride > 1 else []
-        if self.order is SampleOrder.SPREAD:
-            parts.append(f"spread over the source (seed {self.seed})")
-        else:
-            parts.append("first frames")
-        return ", ".join(parts)
 
 
 def sample_frames(frames: Iterable[SourceFrame], sampling: Sampling) -> list[SourceFrame]:

@@ -26,7 +26,6 @@ each version, cited where the code diverges):
 
 from __future__ import annotations
 
-import enum
 import json
 import re
 import shutil
@@ -43,6 +42,10 @@ from typing import Any
 import onnx
 
 from calibration.cache import CacheError, read_cache, version_code
+from converters.kinds import Builder as Builder  # defined with the other option enums, light to import
+from converters.kinds import HardwareCompat as HardwareCompat  # defined with the other option enums, light to import
+from converters.kinds import Int8Path as Int8Path  # defined with the other option enums, light to import
+from converters.kinds import Sparse as Sparse  # defined with the other option enums, light to import
 from converters.report import Precision
 from edge_runtime import __version__
 from edge_runtime.backends.engine_cache import (
@@ -74,30 +77,6 @@ class TensorRTMissing(BuildError):
 
     def __init__(self) -> None:
         super().__init__(INSTALL_HINT)
-
-
-class HardwareCompat(str, enum.Enum):
-    NONE = "none"
-    AMPERE_PLUS = "ampere+"  # TensorRT 8.6+: one engine for Ampere and newer dGPUs
-    SAME_COMPUTE_CAPABILITY = "same-compute-capability"  # TensorRT 10.x: any GPU of the same compute capability
-
-
-class Int8Path(str, enum.Enum):
-    AUTO = "auto"  # explicit (the package's Q/DQ graph), implicit only where the DLA needs it
-    EXPLICIT = "explicit"
-    IMPLICIT = "implicit"  # the FP32 graph plus the package's calibration.cache (TensorRT 8.x / 10.x only)
-
-
-class Sparse(str, enum.Enum):
-    AUTO = "auto"  # on when the package's card lists layers the pruner made 2:4
-    ON = "on"
-    OFF = "off"
-
-
-class Builder(str, enum.Enum):
-    AUTO = "auto"  # the Python bindings, else trtexec
-    PYTHON = "tensorrt-python"
-    TRTEXEC = "trtexec"
 
 
 @dataclass(frozen=True, order=True)

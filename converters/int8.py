@@ -18,7 +18,6 @@ and MatMul), stored as INT8 initializers behind a DequantizeLinear. Activation s
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -38,13 +37,8 @@ from converters.graph import (
     producers,
     unique_name,
 )
+from converters.kinds import QuantTarget as QuantTarget  # defined with the other option enums, light to import
 from converters.progress import Eta, Progress
-
-
-class QuantTarget(str, enum.Enum):
-    TENSORRT = "tensorrt"
-    ONNXRUNTIME = "onnxruntime"
-
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # Ops ONNX Runtime's CPU provider runs on uint8 between DQ and Q (its QDQ selector rules), so INT8 regions can

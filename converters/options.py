@@ -9,13 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from calibration.calibrators import CalibrationMethod
-from calibration.sources import SampleOrder
-from converters.int8 import QuantTarget
-from converters.prepare import DEFAULT_OPSET
-from converters.prune import Budget
-from converters.report import Precision, PruneMethod
-from converters.sparsity import Saliency
+from calibration.kinds import CalibrationMethod, SampleOrder
+from converters.kinds import DEFAULT_OPSET, Budget, Precision, PruneMethod, QuantTarget, Saliency
 from edge_runtime.backends.base import CpuOptions, Spin
 from edge_runtime.backends.sessions import CpuSetup
 

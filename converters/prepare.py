@@ -39,11 +39,11 @@ from converters.graph import (
     replace_initializer,
     unique_name,
 )
+from converters.kinds import DEFAULT_OPSET as DEFAULT_OPSET
 
 log = logging.getLogger("edgert.convert")
 
 MIN_OPSET = 13  # per-channel DequantizeLinear and modern Resize/Split/Squeeze signatures need it
-DEFAULT_OPSET = 17
 _NOT_FOLDABLE = {
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
     "QuantizeLinear", "DequantizeLinear",  # weight Q/DQ pairs must stay visible to TensorRT

@@ -33,7 +33,6 @@ No retraining: the integrator has an ONNX file and frames, not a training pipeli
 
 from __future__ import annotations
 
-import enum
 import math
 import os
 import platform
@@ -55,6 +54,7 @@ from converters.graph import (
     real_inputs,
     replace_initializer,
 )
+from converters.kinds import Budget as Budget  # defined with the other option enums, light to import
 from converters.latency import layer_times
 from converters.patches import frames, im2col, plain_conv, sample_positions
 from converters.progress import Eta, Progress
@@ -71,13 +71,6 @@ _PER_CHANNEL = {
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow"}
 _FLATTEN = {"Flatten", "Reshape", "Squeeze"}
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-class Budget(str, enum.Enum):
-    """What `PruneOptions.ratio` is a fraction of."""
-
-    LATENCY = "latency"  # the weighted ops' time on ONNX Runtime's CPU provider, modelled: FLOPs in channel blocks
-    FLOPS = "flops"  # their multiply-accumulates
 
 
 def cpu_channel_block() -> int:

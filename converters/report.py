@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from converters.evaluate import Comparison
 from converters.gate import Fallback, Sensitivity, SensitivityMethod
+from converters.kinds import Precision as Precision  # defined with the other option enums, light to import
+from converters.kinds import PruneMethod as PruneMethod  # defined with the other option enums, light to import
 from converters.latency import LatencyReport
 from converters.plan import Plan
 from converters.prepare import PrepareReport
@@ -22,12 +24,6 @@ from converters.sparsity import SparsityReport
 
 if TYPE_CHECKING:  # options.py imports this module's enums; importing it here at run time would be circular
     from converters.options import ConvertOptions
-
-
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 @dataclass(frozen=True)
@@ -99,20 +95,6 @@ class Int8Report:
     trt_version: str
     fp16_nodes: int = 0  # with --fallback fp16: nodes outside INT8 that run in FP16
     mixed_metric: float | None = None  # with --fallback fp16: the gate metric of the mixed model
-
-
-class PruneMethod(str, enum.Enum):
-    CHANNELS = "channels"  # structured: whole channels out, consumers refitted
-    SPARSE_2_4 = "2:4"  # semi-structured: two of every four input-channel weights zero (TensorRT sparse kernels)
-    CHANNELS_2_4 = "channels+2:4"  # channels first, then 2:4 on what is left
-
-    @property
-    def channels(self) -> bool:
-        return self is not PruneMethod.SPARSE_2_4
-
-    @property
-    def sparse(self) -> bool:
-        return self is not PruneMethod.CHANNELS
 
 
 @dataclass(frozen=True)

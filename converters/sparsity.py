@@ -16,7 +16,6 @@ Which two go, per group:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,17 +25,13 @@ from onnx import numpy_helper
 
 from converters.evaluate import Feed
 from converters.graph import drop_unused_initializers, initializers, producers, replace_initializer
+from converters.kinds import Saliency as Saliency  # defined with the other option enums, light to import
 from converters.patches import conv_out_hw, frames, im2col, plain_conv, sample_positions
 from converters.progress import Eta, Progress
 
 GROUP = 4  # weights per group along the input-channel axis
 KEEP = 2  # of them nonzero
 _GRAM_BYTES = 512 << 20  # most memory the layers' X^T X may hold at once
-
-
-class Saliency(str, enum.Enum):
-    MAGNITUDE = "magnitude"  # the two smallest |w| of each group go; no data, no compensation
-    OBS = "obs"  # optimal brain surgeon on calibration inputs, with least-squares compensation
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from converters.kinds import Precision
+from edge_runtime.backends.base import BackendKind
 from edge_runtime.cli.common import (
     BACKEND_HELP,
     BACKENDS,
@@ -19,7 +21,9 @@ from edge_runtime.cli.common import (
     _input_shape_argument,
     _json_argument,
     _verbosity,
+    choices_of,
 )
+from edge_runtime.tools.bench import BenchOptions
 
 
 def _bench(args: argparse.Namespace, out: Output) -> int:
@@ -120,16 +124,18 @@ def _bench_engine(args: argparse.Namespace, out: Output) -> Path:
 def add_parser(command: Command) -> None:
     p = command("bench", "measure a model's latency and throughput on a backend (warm-up, then timed runs)", _bench)
     p.add_argument("model", help="ONNX file or model package")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+    p.add_argument("--precision", choices=choices_of(Precision), default=Precision.FP32.value,
                    help="convert first (behind the accuracy gate, default options) and measure that")  # fmt: skip
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime", help=BACKEND_HELP)
+    p.add_argument("--backend", choices=BACKENDS, default=BackendKind.ONNXRUNTIME.value, help=BACKEND_HELP)
     p.add_argument("--device", type=int, default=0, help="CUDA device for the GPU backends (default 0)")
     _input_shape_argument(p)
     p.add_argument("--data", help="input, calibration and gate data (default: synthetic for a package, random "
                    "otherwise): " + SOURCE_HELP)  # fmt: skip
     p.add_argument("--samples", type=int, default=32, help="frames for calibration and the gate (default 32)")
-    p.add_argument("--warmup-ms", type=float, default=200.0)
-    p.add_argument("--duration-s", type=float, default=3.0, help="minimum timed duration (default 3)")
-    p.add_argument("--iterations", type=int, default=10, help="minimum timed iterations (default 10)")
+    p.add_argument("--warmup-ms", type=float, default=BenchOptions.warmup_ms)
+    p.add_argument("--duration-s", type=float, default=BenchOptions.duration_s,
+                   help=f"minimum timed duration (default {BenchOptions.duration_s:g})")  # fmt: skip
+    p.add_argument("--iterations", type=int, default=BenchOptions.min_iterations,
+                   help=f"minimum timed iterations (default {BenchOptions.min_iterations})")  # fmt: skip
     _cpu_arguments(p)
     _json_argument(p, "the results")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from converters.kinds import Builder, HardwareCompat, Int8Path, Sparse
+from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.cli.common import (
     Command,
     ExitCode,
     Output,
     UsageError,
     _json_argument,
+    choices_of,
 )
 
 
@@ -115,19 +118,19 @@ def add_parser(command: Command) -> None:
     p.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson AGX Orin, Orin NX)")
     p.add_argument("--no-gpu-fallback", action="store_true", help="with --dla-core: fail if a layer cannot run "
                    "on the DLA (default: those layers run on the GPU)")  # fmt: skip
-    p.add_argument("--sparse", choices=["auto", "on", "off"], default="auto",
+    p.add_argument("--sparse", choices=choices_of(Sparse), default=Sparse.AUTO.value,
                    help="sparse weights for 2:4 layers (auto: on when the card lists layers the pruner made 2:4)")  # fmt: skip
-    p.add_argument("--hardware-compat", choices=["none", "ampere+", "same-compute-capability"], default="none",
+    p.add_argument("--hardware-compat", choices=choices_of(HardwareCompat), default=HardwareCompat.NONE.value,
                    help="one engine for several GPUs (dGPUs only; slower kernels)")  # fmt: skip
     p.add_argument("--version-compatible", action="store_true",
                    help="an engine later TensorRT versions can run (8.6+, lean runtime embedded)")  # fmt: skip
-    p.add_argument("--int8-path", choices=["auto", "explicit", "implicit"], default="auto",
+    p.add_argument("--int8-path", choices=choices_of(Int8Path), default=Int8Path.AUTO.value,
                    help="INT8 packages: explicit Q/DQ graph, or implicit (FP32 graph + calibration.cache; TensorRT "
                    "8.x/10.x; auto: implicit only for the DLA)")  # fmt: skip
     p.add_argument("--device", type=int, default=0, help="CUDA device (default 0)")
-    p.add_argument("--builder", choices=["auto", "tensorrt-python", "trtexec"], default="auto",
+    p.add_argument("--builder", choices=choices_of(Builder), default=Builder.AUTO.value,
                    help="TensorRT's Python API, or trtexec (auto: the Python API if importable)")  # fmt: skip
-    p.add_argument("--on-mismatch", choices=["rebuild", "refuse"], default="rebuild",
+    p.add_argument("--on-mismatch", choices=choices_of(OnMismatch), default=OnMismatch.REBUILD.value,
                    help="an engine cached for this model under another TensorRT or GPU: rebuild (default) or refuse")  # fmt: skip
     p.add_argument("--rebuild", action="store_true", help="build even when the cache has the engine")
     p.add_argument("--print-trtexec", action="store_true",

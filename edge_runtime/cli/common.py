@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from calibration.kinds import SampleOrder, Sampling
 from calibration.preprocessing import DicomOutput
-from edge_runtime.backends.base import Spin
+from edge_runtime.backends.base import BackendKind, Spin
 from edge_runtime.backends.sessions import CpuSetup
 from edge_runtime.core.errors import EdgertError
 
@@ -54,13 +55,18 @@ SOURCE_HELP = (
 )
 
 
-BACKENDS = ["onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt"]
+BACKENDS = [b.value for b in BackendKind]
 
 
 BACKEND_HELP = (
     "onnxruntime (CPU, default), onnxruntime-cuda / onnxruntime-tensorrt (onnxruntime-gpu's providers), tensorrt "
     "(an engine built on this device, see `edgert build`)"
 )
+
+
+def choices_of(kind: type[enum.Enum]) -> list[str]:
+    """A CLI's choices: the values of the library's enum, never spelled again here."""
+    return [str(e.value) for e in kind]
 
 
 class CliError(EdgertError):
@@ -191,10 +197,10 @@ def _sampling_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, sa
     p.add_argument(
         "--samples", type=int, default=samples, help=f"frames taken from the data source (default {samples})"
     )
-    p.add_argument("--stride", type=int, default=1, help="consider every Nth frame of the source only")
-    p.add_argument("--sample-order", choices=["spread", "first"], default="spread",
+    p.add_argument("--stride", type=int, default=Sampling.stride, help="consider every Nth frame of the source only")
+    p.add_argument("--sample-order", choices=choices_of(SampleOrder), default=Sampling.order.value,
                    help="spread: a seeded uniform sample over the whole source (default); first: its first frames")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the spread sample")
+    p.add_argument("--seed", type=int, default=Sampling.seed, help="seed of the spread sample")
 
 
 def _sampling(args: argparse.Namespace):  # type: ignore[no-untyped-def]

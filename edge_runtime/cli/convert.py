@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from calibration.kinds import CalibrationMethod
+from converters.kinds import Budget, Precision, PruneMethod, QuantTarget, Saliency
+from converters.options import ConvertOptions
 from edge_runtime.cli.common import (
     SOURCE_HELP,
     Command,
@@ -16,7 +19,10 @@ from edge_runtime.cli.common import (
     _json_argument,
     _sampling,
     _sampling_arguments,
+    choices_of,
 )
+
+_OPTIONS = ConvertOptions()  # the library's defaults, which the flags show and keep
 
 
 def _prune_budget(text: str) -> tuple[float, float | None]:
@@ -91,41 +97,51 @@ def add_parser(command: Command) -> None:
     p.add_argument(
         "-o", "--out", type=Path, required=True, help="output folder (model package, report.json, summary.txt)"
     )
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--precision", choices=choices_of(Precision), default=_OPTIONS.precision.value)
     p.add_argument("--card", type=Path, help="model.json for a bare ONNX file (preprocessing, task)")
     p.add_argument("--data", help="evaluation data for the accuracy gate (default: --calib, else synthetic for a "
                    "package): " + SOURCE_HELP)  # fmt: skip
     _sampling_arguments(p)
     p.add_argument("--tolerance", type=float, help="allowed shortfall below 1.0 of the worst class's lower bound "
                    "(default: 0.02 segmentation and classification, 0.05 detection F1, 0.001 cosine otherwise)")  # fmt: skip
-    p.add_argument("--opset", type=int, default=17, help="target opset (>= 13, default 17)")
+    p.add_argument("--opset", type=int, default=_OPTIONS.target_opset,
+                   help=f"target opset (>= 13, default {_OPTIONS.target_opset})")  # fmt: skip
     _input_shape_argument(p)
     p.add_argument("--fix-shapes", action="store_true", help="fix dynamic dims to the card's input shape")
-    p.add_argument("--range-margin", type=float, default=2.0, help="keep FP32 where max |x| > 65504 / margin")
+    p.add_argument(
+        "--range-margin", type=float, default=_OPTIONS.range_margin, help="keep FP32 where max |x| > 65504 / margin"
+    )
     p.add_argument("--max-fallback", type=int, help="most nodes the gate may keep FP32 (default max(4, 25%% of nodes))")
     g = p.add_argument_group("int8")
     g.add_argument("--calib", help="calibration data (default: --data, else synthetic for a package); same forms")
-    g.add_argument("--calib-method", choices=["auto", "minmax", "percentile", "entropy", "mse"], default="auto",
+    g.add_argument("--calib-method", choices=["auto", *choices_of(CalibrationMethod)], default="auto",
                    help="activation range method; auto tries each and keeps the most accurate (default)")  # fmt: skip
-    g.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
-    g.add_argument("--target", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+    g.add_argument("--percentile", type=float, default=_OPTIONS.percentile, help="for --calib-method percentile")
+    g.add_argument("--target", choices=choices_of(QuantTarget), default=_OPTIONS.target.value,
                    help="Q/DQ placement: ONNX Runtime CPU kernels, or TensorRT explicit quantization")  # fmt: skip
-    g.add_argument("--fallback", choices=["fp32", "fp16"], default="fp32", help="precision of layers kept out of INT8")
-    g.add_argument("--trt-version", default="10.3.0", help="TensorRT version for calibration.cache (e.g. 8.6.1)")
+    g.add_argument(
+        "--fallback",
+        choices=[Precision.FP32.value, Precision.FP16.value],
+        default=_OPTIONS.fallback.value,
+        help="precision of layers kept out of INT8",
+    )
+    g.add_argument(
+        "--trt-version", default=_OPTIONS.trt_version, help="TensorRT version for calibration.cache (e.g. 8.6.1)"
+    )
     g.add_argument("--no-latency", action="store_true",
                    help="skip the per-layer profiling that keeps layers out of INT8 where INT8 is slower here")  # fmt: skip
     g = p.add_argument_group("pruning (before the precision stages)")
-    g.add_argument("--prune", choices=["channels", "2:4", "channels+2:4"],
+    g.add_argument("--prune", choices=choices_of(PruneMethod),
                    help="channels: structured channel pruning, repaired by least squares on calibration frames (no "
                    "retraining); 2:4: two of every four input-channel weights zero, for TensorRT's sparse tensor cores "
                    "(no speed on a CPU); channels+2:4: both")  # fmt: skip
-    g.add_argument("--sparse-saliency", choices=["obs", "magnitude"], default="obs",
+    g.add_argument("--sparse-saliency", choices=choices_of(Saliency), default=_OPTIONS.sparse_saliency.value,
                    help="--prune 2:4: which weights go: optimal brain surgeon on calibration inputs with "
                    "least-squares compensation (default), or the smallest magnitudes")  # fmt: skip
     g.add_argument("--prune-budget", type=_prune_budget, default=(0.3, None), metavar="FRACTION|Nms",
                    help="fraction of the layers' time (or FLOPs) to remove, or a time per run to reach here, e.g. "
                    "6ms; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
-    g.add_argument("--prune-by", choices=["auto", "latency", "flops"], default="auto",
+    g.add_argument("--prune-by", choices=["auto", *choices_of(Budget)], default="auto",
                    help="what the budget is a fraction of: the layers' time measured here (auto for onnxruntime) "
                    "or their FLOPs (auto for tensorrt)")  # fmt: skip
     g.add_argument("--prune-multiple", type=int, default=0,
@@ -135,13 +151,13 @@ def add_parser(command: Command) -> None:
     g.add_argument(
         "--prune-frames",
         type=int,
-        default=16,
-        help="calibration frames that measure each layer family's sensitivity and refit (default 16)",
+        default=_OPTIONS.prune_frames,
+        help=f"calibration frames that measure each layer family's sensitivity and refit (default {_OPTIONS.prune_frames})",
     )
     g.add_argument(
         "--prune-time-budget",
         type=float,
-        default=900.0,
+        default=_OPTIONS.prune_time_budget_s,
         metavar="SECONDS",
         help="refuse, before it starts, a sensitivity pass estimated to take longer (default 900)",
     )
