@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.core.contours import label_components
+from edge_runtime.core.heads import Outputs
 from edge_runtime.core.tasks import (
     ClassificationHead,
     DetectionHead,
     Detections,
-    Outputs,
     SegmentationHead,
     TaskHead,
     box_iou,
