@@ -32,7 +32,7 @@ import zmq
 
 from edge_runtime import __version__
 from edge_runtime.backends import GpuOptions
-from edge_runtime.core.errors import EdgertError, escaped, should_log
+from edge_runtime.core.errors import EdgertError, escaped
 from edge_runtime.core.package import ModelPackage, open_package
 from edge_runtime.core.protocol import (
     Buffer,
@@ -48,6 +48,14 @@ from edge_runtime.core.protocol import (
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
 from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
+from edge_runtime.daemon.control import (
+    CONTROL_COMMANDS,
+    CONTROL_MAX_MESSAGE,
+    command_name,
+    count_refusal,
+    send_reply,
+    waiting_requests,
+)
 from edge_runtime.daemon.handoff import Handoff
 from edge_runtime.daemon.imagezmq import REPLY_OK, refusal_reply
 from edge_runtime.daemon.ingest import (
@@ -56,7 +64,6 @@ from edge_runtime.daemon.ingest import (
     MessageBounds,
     PeerEvents,
     Received,
-    frame_user_id,
 )
 from edge_runtime.daemon.intake import Intake
 from edge_runtime.daemon.preview import PreviewPublisher
@@ -79,9 +86,6 @@ ANSWERED_PART_BYTES = 1 << 30  # REQ/REP ingest: a part up to this is received a
 RESULTS_SNDHWM = 16
 PREVIEW_SNDHWM = 2  # a display that falls behind misses previews; it never makes them queue
 POLL_MS = 50
-CONTROL_COMMANDS = ("status", "stats", "reload")
-CONTROL_MAX_REQUEST = 4096  # bytes of one control request; larger ones are answered with an error
-CONTROL_MAX_MESSAGE = 65536  # ZeroMQ drops (and disconnects) anything larger before we see it
 GIL_SWITCH_INTERVAL_S = 0.0005
 REPLY_STOPPING = b"REFUSED stopping"  # what REQ senders waiting at shutdown are told
 REPLY_LINGER_MS = 200  # at shutdown, how long the last answers to REQ senders may take to leave
@@ -94,17 +98,6 @@ EngineSource = Callable[[ModelPackage, Callable[[str], None]], Path]
 
 class DaemonError(EdgertError, RuntimeError):
     pass
-
-
-def _command_name(text: str) -> str:
-    """The command of a control request, for the audit log: a known name, else "unknown" (never its text)."""
-    name = text
-    if text.startswith("{"):
-        try:
-            name = str(json.loads(text).get("cmd", ""))
-        except (ValueError, AttributeError):
-            return "unknown"
-    return name if name in CONTROL_COMMANDS else "unknown"
 
 
 def _plain(value: Any) -> Any:
@@ -605,7 +598,7 @@ class Daemon:
                 events = dict(poller.poll(min(POLL_MS, max(0, (next_beat - now) // 1_000_000))))
                 finished = self._reloader.finished()
                 if finished is not None:  # the deferred reply to `reload`
-                    self._reply(rep, self._reloader.envelope, finished)
+                    send_reply(rep, self._reloader.envelope, finished)
                 if rep in events:
                     self._answer_control(rep)
                 peers.drain()
@@ -630,53 +623,22 @@ class Daemon:
     # -- control and status ------------------------------------------------------------------------------------
     def _answer_control(self, router: zmq.Socket[bytes]) -> None:
         """Answer every waiting control request, each to the peer that sent it."""
-        while True:
+        for request in waiting_requests(router, self.stats, curve=self._security is not None):
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            parts = [f.bytes for f in frames]
-            user = frame_user_id(frames[-1]) if self._security is not None else None
-            # [routing id, b"" (REQ clients), request]; a DEALER client sends no empty delimiter
-            envelope = parts[:2] if len(parts) > 2 and parts[1] == b"" else parts[:1]
-            body = parts[len(envelope) :]
-            if len(body) != 1:
-                self._control_refused(RejectReason.BAD_CONTROL_REQUEST, f"{len(body)} request parts, expected 1")
-                self._reply(router, envelope, {"ok": False, "error": "a control request is one message part"})
-                continue
-            if len(body[0]) > CONTROL_MAX_REQUEST:
-                self._control_refused(RejectReason.CONTROL_TOO_LARGE, f"{len(body[0])} bytes")
-                error = f"request of {len(body[0])} bytes is over the {CONTROL_MAX_REQUEST}-byte limit"
-                self._reply(router, envelope, {"ok": False, "error": error})
-                continue
-            text = body[0].decode("utf-8", "replace").strip()
-            try:
-                reply = self.handle_command(text)
+                reply = self.handle_command(request.text)
             except Exception as exc:  # a control request must always get an answer, and never stop the daemon
-                self._control_refused(RejectReason.BAD_CONTROL_REQUEST, f"{exc.__class__.__name__}: {exc}")
+                count_refusal(self.stats, RejectReason.BAD_CONTROL_REQUEST, f"{exc.__class__.__name__}: {exc}")
                 reply = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
             self._audited(
                 AuditEvent.CONTROL,
-                command=_command_name(text),
-                key_id=key_id(user) if user else None,
+                command=command_name(request.text),
+                key_id=key_id(request.user) if request.user else None,
                 ok=None if reply is None else bool(reply.get("ok")),  # None: a reload, audited again when it ends
             )
             if reply is None:  # a reload is under way and answers this peer when it is done
-                self._reloader.envelope = envelope
+                self._reloader.envelope = request.envelope
             else:
-                self._reply(router, envelope, reply)
-
-    @staticmethod
-    def _reply(router: zmq.Socket[bytes], envelope: list[bytes], reply: dict[str, Any]) -> None:
-        try:
-            router.send_multipart([*envelope, json.dumps(reply).encode()], zmq.NOBLOCK)
-        except zmq.ZMQError:  # the peer is gone or not reading: nobody is left to answer
-            pass
-
-    def _control_refused(self, reason: RejectReason, detail: str) -> None:
-        n = self.stats.reject_control(reason)
-        if should_log(n):  # bounded logging under a flood; repr keeps a client's bytes on one line
-            log.warning("control request refused (%s, %d so far): %s", reason.value, n, escaped(detail))
+                send_reply(router, request.envelope, reply)
 
     def handle_command(self, text: str) -> dict[str, Any] | None:
         """Answer a control request: a bare command name or JSON {"cmd": name, ...}. None means "answered later"."""
