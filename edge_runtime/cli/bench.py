@@ -31,13 +31,14 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
 
     import onnx
 
-    from calibration.sources import Sampling
-    from converters.convert import ConvertOptions, Precision, convert_model, load_model
+    from calibration.kinds import Sampling
+    from converters.convert import convert_model, load_model
     from converters.data import load_feeds
     from converters.graph import real_inputs
+    from converters.options import ConvertOptions
     from converters.prepare import PrepareReport, fix_input_shapes
-    from edge_runtime.backends import BackendKind, GpuOptions, create_runner
-    from edge_runtime.tools.bench import BenchOptions, ProgressBar, bench_runner
+    from edge_runtime.backends import GpuOptions, create_runner
+    from edge_runtime.tools.bench import ProgressBar, bench_runner
 
     kind = BackendKind(args.backend)
     setup = _cpu_setup(args)
@@ -47,7 +48,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
     model, card, _, _ = load_model(Path(args.model), None)
     conversion = None
     data = args.data or ((card.data_source or "synthetic") if card else "random")
-    if args.precision != "fp32":
+    if args.precision != Precision.FP32.value:
         out.progress(f"converting to {args.precision} (accuracy gate on {data})")
         source = args.data or (None if card else "random")  # None: convert's own default for a package
         options = ConvertOptions(
@@ -115,7 +116,7 @@ def _bench_engine(args: argparse.Namespace, out: Output) -> Path:
     from converters.engine import BuildOptions, build_engine
     from edge_runtime.core.package import load_package
 
-    if args.precision != "fp32" or args.input_shape is not None:
+    if args.precision != Precision.FP32.value or args.input_shape is not None:
         raise UsageError("--backend tensorrt benchmarks a converted package as it is: convert first, then bench it")
     package = load_package(args.model)
     return build_engine(package, BuildOptions(device=args.device), say=out.progress).engine

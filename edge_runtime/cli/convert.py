@@ -29,7 +29,7 @@ def _prune_budget(text: str) -> tuple[float, float | None]:
     """--prune-budget: a fraction (0.3), or a latency (6ms) as (default fraction, milliseconds)."""
     try:
         if text.strip().lower().endswith("ms"):
-            return 0.3, float(text.strip()[:-2])
+            return _OPTIONS.prune_budget, float(text.strip()[:-2])
         return float(text), None
     except ValueError:
         raise argparse.ArgumentTypeError(
@@ -38,12 +38,7 @@ def _prune_budget(text: str) -> tuple[float, float | None]:
 
 
 def _convert(args: argparse.Namespace, out: Output) -> int:
-    from calibration.calibrators import CalibrationMethod
-    from converters.convert import ConvertOptions, Precision, convert_model, summary_text, write_result
-    from converters.int8 import QuantTarget
-    from converters.prune import Budget
-    from converters.report import PruneMethod
-    from converters.sparsity import Saliency
+    from converters.convert import convert_model, summary_text, write_result
 
     sampling = _sampling(args)
     options = ConvertOptions(
@@ -138,7 +133,7 @@ def add_parser(command: Command) -> None:
     g.add_argument("--sparse-saliency", choices=choices_of(Saliency), default=_OPTIONS.sparse_saliency.value,
                    help="--prune 2:4: which weights go: optimal brain surgeon on calibration inputs with "
                    "least-squares compensation (default), or the smallest magnitudes")  # fmt: skip
-    g.add_argument("--prune-budget", type=_prune_budget, default=(0.3, None), metavar="FRACTION|Nms",
+    g.add_argument("--prune-budget", type=_prune_budget, default=(_OPTIONS.prune_budget, None), metavar="FRACTION|Nms",
                    help="fraction of the layers' time (or FLOPs) to remove, or a time per run to reach here, e.g. "
                    "6ms; backs off by 0.1 while the gate fails (default 0.3)")  # fmt: skip
     g.add_argument("--prune-by", choices=["auto", *choices_of(Budget)], default="auto",
