@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import ipaddress
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from edge_runtime.daemon.decoding import DecodeLimits
 from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
 from edge_runtime.inference.pipeline import MaskResolution
+from edge_runtime.sdk.security import is_loopback
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -247,13 +247,7 @@ def is_local_endpoint(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint the daemon binds is reachable from this machine only (ipc, inproc, loopback)."""
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
-    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", an interface name or a host name: assume the network
+    return is_loopback(endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]"))
 
 
 _SCHEMA: dict[str, dict[str, type]] = {

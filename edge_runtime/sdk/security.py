@@ -7,6 +7,7 @@ unknown keys are refused and counted. Keys are ZeroMQ certificate files written 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,17 @@ ZAP_DOMAIN = "edgert"
 
 class SecurityError(EdgertError, ValueError):
     pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address reaches this machine only: `localhost` or a loopback address. Anything else
+    (an interface, `0.0.0.0`, `*`, a host name) is taken to be the network. The one rule for every listener."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_keypair(path: str | Path, need_secret: bool) -> tuple[bytes, bytes | None]:

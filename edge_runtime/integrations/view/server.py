@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import http
-import ipaddress
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ import numpy as np
 from edge_runtime.core.errors import EdgertError, escaped, should_log
 from edge_runtime.integrations.view.feed import DisplayFrame, Feed
 from edge_runtime.sdk.liveness import LinkStatus
-from edge_runtime.sdk.security import ClientKeys
+from edge_runtime.sdk.security import ClientKeys, is_loopback
 
 log = logging.getLogger("edgert.view")
 http_log = logging.getLogger("edgert.view.http")  # websockets' own per-connection lines: debug detail
@@ -114,15 +113,6 @@ def tls_context(cert: Path, key: Path | None) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ViewError(f"cannot load the TLS certificate {cert}{f' and key {key}' if key else ''}: {exc}") from None
     return context
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ClockOffset:
