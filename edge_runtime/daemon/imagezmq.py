@@ -287,28 +287,37 @@ class ImagezmqDecoder:
 
     def _jpeg_header(self, payload: Buffer) -> int:
         """The decoded size a JPEG declares, checked against the limits and modes; no pixel is decoded."""
-        data = memoryview(payload)
-        if bytes(data[:3]) != _JPEG_SOI:
-            raise ProtocolError(RejectReason.BAD_PAYLOAD, "a message without dtype and shape must carry a JPEG")
         try:
-            with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:  # reads the header only
-                width, height = image.size
-                self._check_size(width, height)
-                if image.mode not in ("L", "RGB"):
-                    raise ProtocolError(RejectReason.FORMAT_MISMATCH, f"JPEG mode {image.mode}: need L or RGB")
-                channels = 1 if image.mode == "L" else 3
-                return int(width) * int(height) * channels
+            with self._open_jpeg(payload) as image:  # reads the header only
+                return self._declared_bytes(image)
         except ProtocolError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ProtocolError(RejectReason.BAD_PAYLOAD, f"JPEG header does not parse: {str(exc)[:80]}") from None
 
+    @staticmethod
+    def _open_jpeg(payload: Buffer) -> Image.Image:
+        data = memoryview(payload)
+        if bytes(data[:3]) != _JPEG_SOI:
+            raise ProtocolError(RejectReason.BAD_PAYLOAD, "a message without dtype and shape must carry a JPEG")
+        return Image.open(io.BytesIO(data), formats=["JPEG"])
+
+    def _declared_bytes(self, image: Image.Image) -> int:
+        """The header's size and mode against the limits, before a pixel is decoded; the bytes it decodes to."""
+        width, height = image.size
+        self._check_size(width, height)
+        if image.mode not in ("L", "RGB"):
+            raise ProtocolError(RejectReason.FORMAT_MISMATCH, f"JPEG mode {image.mode}: need L or RGB")
+        return int(width) * int(height) * (1 if image.mode == "L" else 3)
+
     def _jpeg(self, payload: Buffer) -> tuple[np.ndarray, PixelFormat]:
-        self._jpeg_header(payload)  # again: `finish` may be given any Parsed
         try:
-            with Image.open(io.BytesIO(memoryview(payload)), formats=["JPEG"]) as image:
+            with self._open_jpeg(payload) as image:  # opened once: the header checked again, then the pixels
+                self._declared_bytes(image)  # `finish` may be given any Parsed
                 size = image.size
                 pixels = np.asarray(image)
+        except ProtocolError:
+            raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ProtocolError(RejectReason.BAD_PAYLOAD, f"JPEG does not decode: {str(exc)[:80]}") from None
         if pixels.shape[:2] != (size[1], size[0]) or pixels.ndim not in (2, 3):
