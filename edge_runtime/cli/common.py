@@ -203,9 +203,7 @@ def _sampling_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, sa
     p.add_argument("--seed", type=int, default=Sampling.seed, help="seed of the spread sample")
 
 
-def _sampling(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from calibration.sources import SampleOrder, Sampling
-
+def _sampling(args: argparse.Namespace) -> Sampling:
     return Sampling(args.samples, args.stride, SampleOrder(args.sample_order), args.seed)
 
 
