@@ -284,6 +284,40 @@ def run_scenario(name: str, seconds: float, checkout: Path, workdir: Path, threa
         daemon.stop()
 
 
+class _Watch:
+    """The daemon's RSS (peak, sampled every 20 ms), CPU seconds and log bytes from now until `stop`."""
+
+    def __init__(self, pid: int, log_path: Path) -> None:
+        self.pid, self.log_path = pid, log_path
+        self.rss_before, self.log_before, self.cpu_before = rss_mb(pid), log_path.stat().st_size, cpu_s(pid)
+        self.rss_peak = [self.rss_before]
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.rss_peak.append(rss_mb(self.pid))
+
+    def stop(self) -> float:
+        """Stop sampling; the daemon's CPU seconds since the start."""
+        self._stop.set()
+        return cpu_s(self.pid) - self.cpu_before
+
+    def rss_report(self) -> dict[str, float]:
+        peak = max(self.rss_peak)
+        return {"before": round(self.rss_before, 1), "peak": round(peak, 1), "growth": round(peak - self.rss_before, 1)}
+
+    def log_bytes(self) -> int:
+        return self.log_path.stat().st_size - self.log_before
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max, rounded to 0.1 (NaN when there are none)."""
+    a = np.array(values) if values else np.array([np.nan])
+    return {"p50": round(float(np.percentile(a, 50)), 1), "p99": round(float(np.percentile(a, 99)), 1),
+            "max": round(float(a.max()), 1)}  # fmt: skip
+
+
 def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log_path: Path) -> dict[str, Any]:
     images = [f.pixels for f in open_source(bundled_cine())]
     ctx = zmq.Context()
@@ -293,13 +327,6 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
         pass
     while sub.recv(300) is not None:
         pass
-    rss_before, log_before, cpu_before = rss_mb(pid), log_path.stat().st_size, cpu_s(pid)
-    rss_peak, stop = [rss_before], threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            rss_peak.append(rss_mb(pid))
-
     mp = multiprocessing.get_context("spawn")
     attackers: list[Any] = []
     if name == "spray":
@@ -326,7 +353,7 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
     elif name == "control":
         attackers = [mp.Process(target=control_garbage, args=(endpoints["control"], seconds, kind))
                      for kind in ("raw", "oversize", "newline", "dealer")]  # fmt: skip
-    threading.Thread(target=sample, daemon=True).start()
+    watch = _Watch(pid, log_path)
     for a in attackers:
         a.start()
     health = {"asked": 0, "failed": 0}
@@ -352,8 +379,7 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
         if r is not None and r.stream_id == 0 and r.seq > 0:
             latencies[r.seq] = (time.time_ns() - r.capture_ts_ns) / 1e6
     health_thread.join()
-    stop.set()
-    daemon_cpu = cpu_s(pid) - cpu_before
+    daemon_cpu = watch.stop()
     attackers_cpu = sum(cpu_s(a.pid) for a in attackers if a.pid is not None)
     for a in attackers:
         a.terminate()
@@ -361,24 +387,15 @@ def _measure(name: str, seconds: float, endpoints: dict[str, str], pid: int, log
     sender.close()
     sub.close()
     ctx.destroy(linger=0)
-    lat = np.array(list(latencies.values())) if latencies else np.array([np.nan])
     return {
         "frames_sent": sent,
         "results": len(latencies),
         "results_share": round(len(latencies) / max(sent, 1), 3),
-        "latency_ms": {
-            "p50": round(float(np.percentile(lat, 50)), 1),
-            "p99": round(float(np.percentile(lat, 99)), 1),
-            "max": round(float(lat.max()), 1),
-        },  # fmt: skip
-        "rss_mb": {
-            "before": round(rss_before, 1),
-            "peak": round(max(rss_peak), 1),
-            "growth": round(max(rss_peak) - rss_before, 1),
-        },  # fmt: skip
+        "latency_ms": _spread(list(latencies.values())),
+        "rss_mb": watch.rss_report(),
         "health": health,
         "cpu_s": {"daemon": round(daemon_cpu, 2), "attackers": round(attackers_cpu, 2), "cores": os.cpu_count()},
-        "log_bytes": log_path.stat().st_size - log_before,
+        "log_bytes": watch.log_bytes(),
     }
 
 
@@ -393,13 +410,6 @@ def _measure_imagezmq(name: str, seconds: float, endpoints: dict[str, str], pid:
         pass
     while sub.recv(300) is not None:
         pass
-    rss_before, log_before, cpu_before = rss_mb(pid), log_path.stat().st_size, cpu_s(pid)
-    rss_peak, stop = [rss_before], threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            rss_peak.append(rss_mb(pid))
-
     mp = multiprocessing.get_context("spawn")
     report = mp.Queue()
     attackers: list[Any] = []
@@ -411,7 +421,7 @@ def _measure_imagezmq(name: str, seconds: float, endpoints: dict[str, str], pid:
         attackers = [mp.Process(target=many_names, args=(endpoints["ingest"], 1100))]
     elif name == "imz_oversize":
         attackers = [mp.Process(target=oversize, args=(endpoints["ingest"], 900_000_000, report))]
-    threading.Thread(target=sample, daemon=True).start()
+    watch = _Watch(pid, log_path)
     for a in attackers:
         a.start()
     replies_ms: list[float] = []
@@ -446,31 +456,21 @@ def _measure_imagezmq(name: str, seconds: float, endpoints: dict[str, str], pid:
             extra["oversize"] = report.get(timeout=30)
         except Exception:
             extra["oversize"] = {"reply": None, "after_s": None}
-    stop.set()
-    daemon_cpu = cpu_s(pid) - cpu_before
+    daemon_cpu = watch.stop()
     for a in attackers:
         a.terminate()
         a.join()
     sender.close()
     sub.close()
     ctx.destroy(linger=0)
-    rep = np.array(replies_ms) if replies_ms else np.array([np.nan])
     return {
         "frames_sent": sent,
         "results": results,
         "results_share": round(results / max(sent, 1), 3),
-        "reply_ms": {
-            "p50": round(float(np.percentile(rep, 50)), 1),
-            "p99": round(float(np.percentile(rep, 99)), 1),
-            "max": round(float(rep.max()), 1),
-        },  # fmt: skip
-        "rss_mb": {
-            "before": round(rss_before, 1),
-            "peak": round(max(rss_peak), 1),
-            "growth": round(max(rss_peak) - rss_before, 1),
-        },  # fmt: skip
+        "reply_ms": _spread(replies_ms),
+        "rss_mb": watch.rss_report(),
         "cpu_s": {"daemon": round(daemon_cpu, 2), "cores": os.cpu_count()},
-        "log_bytes": log_path.stat().st_size - log_before,
+        "log_bytes": watch.log_bytes(),
         **extra,
     }
 
