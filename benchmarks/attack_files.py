@@ -19,11 +19,9 @@ release before the hardening cannot take the machine down: it then reports the c
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,9 +31,6 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -43,40 +38,9 @@ from edge_runtime.core.package import demo_package_path  # noqa: E402
 from edge_runtime.daemon.process import DaemonProcess  # noqa: E402
 from edge_runtime.sdk.control import ControlClient  # noqa: E402
 from edge_runtime.tools.bench import machine_info  # noqa: E402
+from tests.calibration.make_dicom import cine, claiming, encoded  # noqa: E402  (the tests' DICOM bombs)
 
 SCENARIOS = ("dicom_bomb", "dicom_liar", "zip_bomb_reload", "reloads")
-
-
-def _jpeg(width: int, height: int, claim: tuple[int, int] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buffer, "JPEG")
-    data = bytearray(buffer.getvalue())
-    if claim is not None:  # the frame header (SOF0) says another size; the scan stays the small image's
-        sof = data.find(b"\xff\xc0")
-        struct.pack_into(">HH", data, sof + 5, claim[1], claim[0])
-    return bytes(data)
-
-
-def _cine(path: Path, rows: int, columns: int, fragments: list[bytes]) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, len(fragments)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate(fragments)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def _child(cmd: list[str], checkout: Path, cap_gib: float, timeout_s: float) -> dict[str, Any]:
@@ -202,11 +166,11 @@ def main() -> None:
         work = Path(tmp)
         for name in args.scenarios:
             if name == "dicom_bomb":
-                path = _cine(work / "bomb.dcm", 65500, 65500, [_jpeg(16, 16, claim=(65500, 65500))] * 1000)
+                path = cine(work / "bomb.dcm", 65500, 65500, [claiming(encoded(16, 16), 65500, 65500)] * 1000)
                 result = {"file_bytes": path.stat().st_size,
                           **replay_file(path, checkout, args.memory_cap_gib, args.timeout_s)}  # fmt: skip
             elif name == "dicom_liar":
-                path = _cine(work / "liar.dcm", 16, 16, [_jpeg(16, 16, claim=(65500, 65500))])
+                path = cine(work / "liar.dcm", 16, 16, [claiming(encoded(16, 16), 65500, 65500)])
                 result = {"file_bytes": path.stat().st_size,
                           **replay_file(path, checkout, args.memory_cap_gib, args.timeout_s)}  # fmt: skip
             else:

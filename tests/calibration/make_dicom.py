@@ -7,14 +7,18 @@ Run as a script to write them all into a folder: `python tests/calibration/make_
 
 from __future__ import annotations
 
+import io
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
@@ -55,6 +59,41 @@ def image(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", stored: int |
 
 
 def write(ds: Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def encoded(width: int, height: int, fmt: str = "JPEG") -> bytes:
+    """A small flat RGB image compressed as `fmt` (JPEG, JPEG2000)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def claiming(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header claims another size (the pixels stay those of the small image)."""
+    out = bytearray(data)
+    sof = out.find(b"\xff\xc0")
+    struct.pack_into(">HH", out, sof + 5, height, width)
+    return bytes(out)
+
+
+def cine(path: Path, rows: int, columns: int, fragments: list[bytes], syntax: str = JPEGBaseline8Bit) -> Path:
+    """An encapsulated multi-frame file whose header says rows x columns and whose frames are `fragments` (which may
+    claim another size: the DICOM bombs of the hostile-input tests and benchmarks/attack_files.py)."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, len(fragments)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate(fragments)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
     ds.save_as(path, enforce_file_format=True)
     return path
 

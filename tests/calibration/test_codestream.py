@@ -11,28 +11,13 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
 
 from calibration.codestream import CodestreamError, declared_size
 from calibration.dicom import DicomError, DicomSizeError, iter_dicom_frames
 from calibration.preprocessing import ImageLimits
 from calibration.sources import SourceError, open_source
-
-
-def encoded(width: int, height: int, fmt: str = "JPEG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def claiming(data: bytes, width: int, height: int) -> bytes:
-    """A JPEG whose frame header claims another size (the pixels stay those of the small image)."""
-    out = bytearray(data)
-    sof = out.find(b"\xff\xc0")
-    struct.pack_into(">HH", out, sof + 5, height, width)
-    return bytes(out)
+from tests.calibration.make_dicom import cine, claiming, encoded
 
 
 def test_jpeg_and_jpeg2000_sizes_are_read_from_their_headers() -> None:
@@ -48,24 +33,6 @@ def test_jpeg_and_jpeg2000_sizes_are_read_from_their_headers() -> None:
 def test_a_jpeg_cut_before_its_frame_header_is_an_error() -> None:
     with pytest.raises(CodestreamError, match="ends before a frame header"):
         declared_size(encoded(16, 16)[:20])
-
-
-def cine(path: Path, rows: int, columns: int, fragments: list[bytes], syntax: str = JPEGBaseline8Bit) -> Path:
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = syntax
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID, "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, len(fragments)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate(fragments)
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_a_header_over_the_limits_is_refused_before_any_frame_is_decoded(tmp_path: Path) -> None:
