@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from calibration.sources import open_source  # noqa: E402
+from converters.bench import machine_info  # noqa: E402
 from edge_runtime.core.errors import EdgertError  # noqa: E402
 from edge_runtime.core.package import demo_package_path  # noqa: E402
 from edge_runtime.core.protocol import encode_frame  # noqa: E402
@@ -63,7 +64,6 @@ from edge_runtime.daemon.process import DaemonProcess  # noqa: E402
 from edge_runtime.sdk.control import ControlClient  # noqa: E402
 from edge_runtime.sdk.sender import FrameSender  # noqa: E402
 from edge_runtime.sdk.subscriber import ResultSubscriber  # noqa: E402
-from edge_runtime.tools.bench import machine_info  # noqa: E402
 from edge_runtime.tools.demo import bundled_cine  # noqa: E402
 
 FPS = 30

@@ -34,10 +34,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from converters.bench import machine_info  # noqa: E402
 from edge_runtime.core.package import demo_package_path  # noqa: E402
 from edge_runtime.daemon.process import DaemonProcess  # noqa: E402
 from edge_runtime.sdk.control import ControlClient  # noqa: E402
-from edge_runtime.tools.bench import machine_info  # noqa: E402
 from tests.calibration.make_dicom import cine, claiming, encoded  # noqa: E402  (the tests' DICOM bombs)
 
 SCENARIOS = ("dicom_bomb", "dicom_liar", "zip_bomb_reload", "reloads")

@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibration.endoscopy import SyntheticEndoscopy  # noqa: E402
+from converters.bench import machine_info  # noqa: E402
 from edge_runtime.core.package import demo_package_path, load_package  # noqa: E402
 from edge_runtime.core.protocol import Box, Frame, PixelFormat, Task  # noqa: E402
 from edge_runtime.core.tracking import Flicker, flicker_events, match  # noqa: E402
 from edge_runtime.inference.pipeline import InferencePipeline  # noqa: E402
-from edge_runtime.tools.bench import machine_info  # noqa: E402
 
 
 def _truth_boxes(boxes: np.ndarray) -> list[Box]:

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from converters.bench import machine_info  # noqa: E402
 from edge_runtime.core.package import demo_package_path  # noqa: E402
-from edge_runtime.tools.bench import machine_info  # noqa: E402
 
 
 def _edgert(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from calibration.sources import open_source
+from converters.bench import machine_info
 from edge_runtime.core.package import demo_package_path
 from edge_runtime.daemon.process import DaemonProcess
 from edge_runtime.sdk.sender import FrameSender
 from edge_runtime.sdk.subscriber import ResultSubscriber
-from edge_runtime.tools.bench import machine_info
 from edge_runtime.tools.demo import bundled_cine
 
 IN_FLIGHT = 2  # frames sent ahead of their results

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibration.sources import open_source  # noqa: E402
+from converters.bench import machine_info  # noqa: E402
 from edge_runtime.core.package import demo_package_path  # noqa: E402
 from edge_runtime.daemon.process import DaemonProcess  # noqa: E402
 from edge_runtime.integrations.view.headless import launch_chromium  # noqa: E402
 from edge_runtime.sdk.sender import FrameSender  # noqa: E402
-from edge_runtime.tools.bench import machine_info  # noqa: E402
 
 
 def _free_port() -> int:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from calibration.errors import EdgertError, OptionError
 from calibration.kinds import (
     CalibrationMethod as CalibrationMethod,  # defined with the other option enums, light to import
 )
@@ -32,9 +33,13 @@ class CalibratorOptions:
 
     def __post_init__(self) -> None:
         if not 50.0 <= self.percentile <= 100.0:
-            raise ValueError(f"percentile must be within 50..100, got {self.percentile}")
+            raise OptionError(f"percentile must be within 50..100, got {self.percentile}")
         if self.bins < 2 * self.quantized_bins or self.bins & (self.bins - 1):
-            raise ValueError(f"bins must be a power of two and at least {2 * self.quantized_bins}, got {self.bins}")
+            raise OptionError(f"bins must be a power of two and at least {2 * self.quantized_bins}, got {self.bins}")
+
+
+class CalibrationError(EdgertError, ValueError):
+    """Calibration data that cannot give ranges: NaN or inf in a tensor, or no data at all."""
 
 
 class TensorHistogram:
@@ -53,7 +58,7 @@ class TensorHistogram:
         if raw.size == 0:
             return
         if not np.isfinite(raw).all():
-            raise ValueError("calibration data produced NaN or inf in this tensor")
+            raise CalibrationError("calibration data produced NaN or inf in this tensor")
         self.min = min(self.min, float(raw.min()))
         a = np.abs(raw)
         peak = float(a.max())
@@ -155,14 +160,14 @@ class Calibrator:
             hist = self.histograms.setdefault(name, TensorHistogram(self.options.bins))
             try:
                 hist.update(values)
-            except ValueError as exc:
-                raise ValueError(f"tensor '{name}': {exc}") from None
+            except CalibrationError as exc:
+                raise CalibrationError(f"tensor '{name}': {exc}") from None
         self.batches += 1
 
     def amax(self, method: CalibrationMethod | None = None) -> dict[str, float]:
         """Per-tensor amax by the configured method, or by `method` from the same histograms."""
         if not self.batches:
-            raise ValueError("no calibration data was collected")
+            raise CalibrationError("no calibration data was collected")
         options = self.options if method is None else replace(self.options, method=method)
         return {name: hist.amax(options) for name, hist in self.histograms.items()}
 

@@ -420,7 +420,7 @@ class _Lut:
         else:
             data = np.asarray(elem.value if isinstance(elem.value, list) else [elem.value], dtype=np.int64)
         if len(data) < count or not 1 <= bits <= 16:
-            raise ValueError(f"LUT of {len(data)} entries and {bits} bits; the descriptor says {count} entries")
+            raise DicomError(f"LUT of {len(data)} entries and {bits} bits; the descriptor says {count} entries")
         return cls(first, data[:count].astype(np.float64), bits)
 
     def __call__(self, values: np.ndarray) -> np.ndarray:
@@ -490,9 +490,9 @@ def _window(source: Dataset, where: str) -> _Window | None:
     function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
     center, width = _number(source.WindowCenter), _number(source.WindowWidth)
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-        raise ValueError(f"{where}: VOI LUT Function {function} is not LINEAR, LINEAR_EXACT or SIGMOID")
+        raise DicomError(f"{where}: VOI LUT Function {function} is not LINEAR, LINEAR_EXACT or SIGMOID")
     if width < (1.0 if function == "LINEAR" else np.finfo(float).tiny):
-        raise ValueError(f"{where}: Window Width {width:g} is not valid for a {function} window")
+        raise DicomError(f"{where}: Window Width {width:g} is not valid for a {function} window")
     return _Window(center, width, function)
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calibration.errors import OptionError
+
 
 class EndoscopyQuality(enum.IntEnum):
     CLEAR = 0
@@ -85,7 +87,7 @@ class SyntheticEndoscopy:
 
     def __init__(self, height: int = 240, width: int = 320, seed: int = 0, polyp_rate: float = 0.7) -> None:
         if height < 32 or width < 32:
-            raise ValueError(f"synthetic endoscopy frames must be at least 32x32, got {height}x{width}")
+            raise OptionError(f"synthetic endoscopy frames must be at least 32x32, got {height}x{width}")
         self.height, self.width = height, width
         self.rng = np.random.default_rng(seed)
         self.polyp_rate = polyp_rate

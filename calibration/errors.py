@@ -10,6 +10,11 @@ class EdgertError(Exception):
     """Base of every error edgert raises on purpose."""
 
 
+class OptionError(EdgertError, ValueError):
+    """A value given from outside (an option, a config key, a card field, a plan) that is out of range or does not
+    fit with another: the user's to fix, reported in one line."""
+
+
 class SourceError(EdgertError, ValueError):
     """A frame source that cannot be read, or a sampling of it that makes no sense."""
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from calibration.errors import OptionError
+
 
 class Color(str, enum.Enum):
     """Channel order of a frame or of a model input."""
@@ -68,7 +70,7 @@ class ImageLimits:
 
     def __post_init__(self) -> None:
         if min(self.max_width, self.max_height, self.max_frames) <= 0:
-            raise ValueError("limits: max_width, max_height and max_frames must be positive")
+            raise OptionError("limits: max_width, max_height and max_frames must be positive")
 
     def refuse(self, width: int, height: int, frames: int = 1) -> str | None:
         """Why an image of this size may not be decoded, or None."""
@@ -94,13 +96,13 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"input size must be positive, got {self.height}x{self.width}")
+            raise OptionError(f"input size must be positive, got {self.height}x{self.width}")
         n = self.color.channels
         for name, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, n):
-                raise ValueError(f"{name} must have 1 or {n} values for color '{self.color.value}', got {len(values)}")
+                raise OptionError(f"{name} must have 1 or {n} values for color '{self.color.value}', got {len(values)}")
         if any(s == 0 for s in self.std):
-            raise ValueError("std must not contain 0")
+            raise OptionError("std must not contain 0")
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from calibration.errors import OptionError
+
 LABELS: tuple[str, ...] = ("background", "vessel", "cyst", "lesion")
 
 
@@ -65,7 +67,7 @@ class SyntheticUltrasound:
 
     def __init__(self, height: int = 240, width: int = 320, seed: int = 0) -> None:
         if height < 32 or width < 32:
-            raise ValueError(f"synthetic images need at least 32x32 pixels, got {height}x{width}")
+            raise OptionError(f"synthetic images need at least 32x32 pixels, got {height}x{width}")
         self.height = height
         self.width = width
         self._rng = np.random.default_rng(seed)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from calibration.errors import OptionError
 from converters.graph import ConversionError, add_nodes, all_names, copy_model, elem_types, unique_name
 
 FP16_MAX = 65504.0
@@ -95,7 +96,7 @@ class Fp16Options:
 
     def __post_init__(self) -> None:
         if self.range_margin < 1.0:
-            raise ValueError(f"range_margin must be >= 1, got {self.range_margin}")
+            raise OptionError(f"range_margin must be >= 1, got {self.range_margin}")
 
 
 @dataclass

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calibration.errors import OptionError
 from edge_runtime.core.contours import label_components
 from edge_runtime.core.heads import Outputs
 from edge_runtime.core.tasks import (
@@ -53,7 +54,7 @@ class JudgeOptions:
 
     def __post_init__(self) -> None:
         if self.min_support < 1 or self.resamples < 1 or not 0.5 <= self.confidence < 1.0:
-            raise ValueError("min support and resamples must be >= 1 and the confidence in [0.5, 1)")
+            raise OptionError("min support and resamples must be >= 1 and the confidence in [0.5, 1)")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from calibration.errors import OptionError
 from calibration.kinds import CalibrationMethod, SampleOrder
 from converters.kinds import DEFAULT_OPSET, Budget, Precision, PruneMethod, QuantTarget, Saliency
 from edge_runtime.backends.base import CpuOptions, Spin
@@ -56,15 +57,15 @@ class ConvertOptions:
 
     def __post_init__(self) -> None:
         if min(self.samples, self.search_samples, self.verify_samples, self.min_support) < 1:
-            raise ValueError("--samples, --search-samples, --verify-samples and --min-support must be >= 1")
+            raise OptionError("--samples, --search-samples, --verify-samples and --min-support must be >= 1")
         if not 0.0 < self.prune_budget < 1.0:
-            raise ValueError(f"--prune-budget must be a fraction in (0, 1), got {self.prune_budget}")
+            raise OptionError(f"--prune-budget must be a fraction in (0, 1), got {self.prune_budget}")
         if self.prune_target_ms is not None and not self.prune_target_ms > 0.0:
-            raise ValueError(f"--prune-budget as a latency must be > 0 ms, got {self.prune_target_ms}")
+            raise OptionError(f"--prune-budget as a latency must be > 0 ms, got {self.prune_target_ms}")
         if self.prune_time_budget_s is not None and not self.prune_time_budget_s > 0.0:
-            raise ValueError(f"--prune-time-budget must be > 0 s, got {self.prune_time_budget_s}")
+            raise OptionError(f"--prune-time-budget must be > 0 s, got {self.prune_time_budget_s}")
         if self.prune_multiple < 0 or self.prune_frames < 1:
-            raise ValueError("--prune-multiple must be >= 0 (0: automatic) and the pruning frames >= 1")
+            raise OptionError("--prune-multiple must be >= 0 (0: automatic) and the pruning frames >= 1")
 
 
 _ENUMS: dict[str, type[enum.Enum]] = {
@@ -91,7 +92,7 @@ def options_from_json(data: Mapping[str, Any]) -> ConvertOptions:
     known = {f.name for f in dataclasses.fields(ConvertOptions)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"options {unknown} are not options of this edgert")
+        raise OptionError(f"options {unknown} are not options of this edgert")
     values: dict[str, Any] = {}
     for name, value in data.items():
         if value is not None and name in _ENUMS:

@@ -24,6 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from calibration.errors import OptionError
 from converters.graph import (
     ConversionError,
     all_names,
@@ -62,7 +63,7 @@ class PrepareOptions:
 
     def __post_init__(self) -> None:
         if self.target_opset < MIN_OPSET:
-            raise ValueError(f"target opset {self.target_opset} is below the minimum {MIN_OPSET}")
+            raise OptionError(f"target opset {self.target_opset} is below the minimum {MIN_OPSET}")
 
 
 @dataclass

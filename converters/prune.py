@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from calibration.errors import OptionError
 from converters.evaluate import Feed, Outputs, compare, run_model
 from converters.graph import (
     ConversionError,
@@ -105,13 +106,13 @@ class PruneOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"prune ratio must be in [0, 1), got {self.ratio}")
+            raise OptionError(f"prune ratio must be in [0, 1), got {self.ratio}")
         if not 0.0 < self.max_layer_ratio < 1.0:
-            raise ValueError(f"max layer ratio must be in (0, 1), got {self.max_layer_ratio}")
+            raise OptionError(f"max layer ratio must be in (0, 1), got {self.max_layer_ratio}")
         if self.channel_multiple < 1 or self.max_steps < 1 or self.block < 0:
-            raise ValueError("channel multiple and max steps must be >= 1, block >= 0")
+            raise OptionError("channel multiple and max steps must be >= 1, block >= 0")
         if self.anchors < 1 or (self.time_budget_s is not None and not self.time_budget_s > 0):
-            raise ValueError("anchors must be >= 1 and the sensitivity time budget > 0 s")
+            raise OptionError("anchors must be >= 1 and the sensitivity time budget > 0 s")
 
 
 @dataclass(frozen=True)
@@ -1133,7 +1134,7 @@ def prune_channels(
     if plan is None:
         plan = plan_pruning(model, feeds, options, head, say)
     elif replace(plan.options, ratio=options.ratio) != options:
-        raise ValueError(f"the plan was made with other options ({plan.options}), not {options}")
+        raise OptionError(f"the plan was made with other options ({plan.options}), not {options}")
     report.flops_before, report.params_before = plan.flops, plan.params
     report.groups, report.families, report.blocked = len(plan.groups), len(plan.families), plan.blocked
     report.sensitivity = plan.sensitivity

@@ -39,6 +39,7 @@ import zmq
 from PIL import Image
 
 from calibration.sources import open_source
+from converters.bench import machine_info
 from edge_runtime.core.package import demo_package_path, load_package
 from edge_runtime.core.protocol import Frame, PixelFormat
 from edge_runtime.daemon.process import DaemonProcess, wait_for_ready_file
@@ -47,7 +48,6 @@ from edge_runtime.inference.pipeline import InferencePipeline
 from edge_runtime.sdk.control import ControlClient
 from edge_runtime.sdk.sender import FrameSender
 from edge_runtime.sdk.subscriber import ResultSubscriber
-from edge_runtime.tools.bench import machine_info
 from edge_runtime.tools.demo import bundled_cine
 
 HERE = Path(__file__).resolve().parent

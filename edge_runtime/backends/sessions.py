@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.backends.base import CpuOptions
+from edge_runtime.core.errors import OptionError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -31,7 +32,7 @@ class CpuSetup:
 
     def __post_init__(self) -> None:
         if self.threads < 0:
-            raise ValueError(f"threads must be >= 0 (0: ONNX Runtime's choice), got {self.threads}")
+            raise OptionError(f"threads must be >= 0 (0: ONNX Runtime's choice), got {self.threads}")
 
     def describe(self) -> str:
         threads = self.options.threads(self.threads)

@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{name}: usage error: {escaped(exc, ERROR_CHARS)}", file=sys.stderr)
         return ExitCode.USAGE
-    except (EdgertError, ValueError) as exc:  # expected failures and rejected options: one line, no traceback
+    except EdgertError as exc:  # an expected failure: one line, no traceback (a bug keeps its traceback)
         if _verbosity(args) >= 2:
             log.debug("traceback", exc_info=True)
         print(f"{name}: error: {escaped(exc, ERROR_CHARS)}", file=sys.stderr)  # one line, whatever a name held

@@ -5,13 +5,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import Any
 
-from edge_runtime.cli.common import (
-    BACKEND_HELP,
-    BACKENDS,
-    Command,
-    Output,
+from edge_runtime.cli.common import BACKEND_HELP, Command, Output
+
+# Each flag overrides one config key: its type and choices come from the key's field in the schema
+# (edge_runtime.daemon.config.SECTIONS), so a flag cannot drift from the file it overrides.
+_OVERRIDES: tuple[tuple[str, str, str], ...] = (
+    ("--model", "model.package", "model package (default without --config: bundled demo model)"),
+    ("--backend", "model.backend", BACKEND_HELP),
+    ("--threads", "model.threads", "backend threads (0 = one per core)"),
+    ("--device", "model.device", "CUDA device for the GPU backends (default 0)"),
+    ("--ingest", "ingest.endpoint", "frame endpoint, e.g. tcp://127.0.0.1:5555"),
+    ("--ingest-mode", "ingest.mode", "bind or connect to the ingest endpoint"),
+    ("--ingest-pattern", "ingest.pattern", "rep: imagezmq REQ senders"),
+    ("--ingest-format", "ingest.format", "imagezmq: accept unmodified imagezmq ImageSenders"),
+    ("--results", "results.endpoint", "result PUB endpoint, e.g. tcp://127.0.0.1:5556"),
+    ("--control", "control.endpoint", "control endpoint, e.g. tcp://127.0.0.1:5557"),
+    ("--heartbeat-ms", "heartbeat.interval_ms", "heartbeat interval in ms (50..1000)"),
+    ("--metrics", "metrics.endpoint", "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (off by default)"),
+    (
+        "--preview",
+        "preview.endpoint",
+        "publish each processed frame as a JPEG for `edgert view` on this PUB "
+        "endpoint, e.g. tcp://127.0.0.1:5558 (off by default)",
+    ),  # fmt: skip
+    ("--server-key", "security.server_key", "CURVE: this daemon's .key_secret (with --authorized-clients)"),
+    ("--authorized-clients", "security.authorized_clients", "CURVE: folder of client .key files allowed to connect"),
+    ("--audit", "audit.path", "keep the hash-chained audit log in FILE (JSON lines)"),
 )
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
@@ -20,25 +46,9 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.daemon.config import apply_overrides, build_config, load_config
     from edge_runtime.daemon.server import Daemon
 
-    overrides = {
-        "model.package": args.model,
-        "model.backend": args.backend,
-        "model.threads": args.threads,
-        "model.device": args.device,
-        "ingest.endpoint": args.ingest,
-        "ingest.mode": args.ingest_mode,
-        "ingest.pattern": args.ingest_pattern,
-        "ingest.format": args.ingest_format,
-        "results.endpoint": args.results,
-        "control.endpoint": args.control,
-        "heartbeat.interval_ms": args.heartbeat_ms,
-        "metrics.endpoint": args.metrics,
-        "preview.enabled": True if args.preview else None,
-        "preview.endpoint": args.preview,
-        "security.server_key": str(args.server_key) if args.server_key else None,
-        "security.authorized_clients": str(args.authorized_clients) if args.authorized_clients else None,
-        "audit.path": str(args.audit) if args.audit else None,
-    }
+    overrides = {key: getattr(args, _dest(flag)) for flag, key, _ in _OVERRIDES}
+    if args.preview:
+        overrides["preview.enabled"] = True  # an endpoint on the command line turns the preview on
     if args.config:
         config = load_config(args.config, overrides)
     else:
@@ -56,25 +66,13 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
 
 
 def add_parser(command: Command) -> None:
+    from edge_runtime.daemon.config import config_key
+
     p = command("serve", "run the inference daemon", _serve)
     p.add_argument("--config", type=Path, help="daemon.toml; the flags below override it")
-    p.add_argument("--model", help="model package (default without --config: bundled demo model)")
-    p.add_argument("--backend", choices=BACKENDS, help=BACKEND_HELP)
-    p.add_argument("--threads", type=int, help="backend threads (0 = one per core)")
-    p.add_argument("--device", type=int, help="CUDA device for the GPU backends (default 0)")
-    p.add_argument("--ingest", help="frame endpoint, e.g. tcp://127.0.0.1:5555")
-    p.add_argument("--ingest-mode", choices=["bind", "connect"])
-    p.add_argument("--ingest-pattern", choices=["pull", "sub", "rep"], help="rep: imagezmq REQ senders")
-    p.add_argument(
-        "--ingest-format", choices=["edgert", "imagezmq"], help="imagezmq: accept unmodified imagezmq ImageSenders"
-    )
-    p.add_argument("--results", help="result PUB endpoint, e.g. tcp://127.0.0.1:5556")
-    p.add_argument("--control", help="control endpoint, e.g. tcp://127.0.0.1:5557")
-    p.add_argument("--heartbeat-ms", type=int, help="heartbeat interval in ms (50..1000)")
+    for flag, dotted, help in _OVERRIDES:
+        key = config_key(dotted)
+        typed: dict[str, Any] = {"type": key.kind} if key.kind in (int, float) else {}  # the rest stays text
+        metavar = "FILE" if dotted == "audit.path" else ("ENDPOINT" if dotted == "preview.endpoint" else None)
+        p.add_argument(flag, **typed, choices=key.choices, metavar=metavar, help=f"{help} [{dotted}]")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once ready")
-    p.add_argument("--metrics", help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (off by default)")
-    p.add_argument("--preview", metavar="ENDPOINT", help="publish each processed frame as a JPEG for `edgert view` "
-                   "on this PUB endpoint, e.g. tcp://127.0.0.1:5558 (off by default)")  # fmt: skip
-    p.add_argument("--server-key", type=Path, help="CURVE: this daemon's .key_secret (with --authorized-clients)")
-    p.add_argument("--authorized-clients", type=Path, help="CURVE: folder of client .key files allowed to connect")
-    p.add_argument("--audit", type=Path, metavar="FILE", help="keep the hash-chained audit log in FILE (JSON lines)")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibration.preprocessing import Placement
-from edge_runtime.core.heads import Agreement, Decoded, Outputs, _get, _Head, _sigmoid
+from edge_runtime.core.heads import Agreement, Decoded, OutputError, Outputs, _get, _Head, _sigmoid
 from edge_runtime.core.package import (
     Activation,
     BoxFormat,
@@ -75,7 +75,7 @@ def _batch_of_one(array: np.ndarray, name: str, trailing: int) -> np.ndarray:
     while array.ndim > trailing and array.shape[0] == 1:
         array = array[0]
     if array.ndim != trailing:
-        raise ValueError(f"output '{name}' has shape {list(array.shape)}: expected a batch of 1")
+        raise OutputError(f"output '{name}' has shape {list(array.shape)}: expected a batch of 1")
     return array
 
 
@@ -108,7 +108,7 @@ class DetectionHead(_Head):
             scores = self._scores(_batch_of_one(np.asarray(_get(outputs, opt.scores)), opt.scores, 1))
             classes = _batch_of_one(np.asarray(_get(outputs, opt.classes)), opt.classes, 1)
             if boxes.shape[1] != 4 or not len(boxes) == len(scores) == len(classes):
-                raise ValueError(
+                raise OutputError(
                     f"nms outputs disagree: boxes {list(boxes.shape)}, scores {list(scores.shape)}, "
                     f"classes {list(classes.shape)}"
                 )
@@ -116,7 +116,7 @@ class DetectionHead(_Head):
                 count = int(np.asarray(_get(outputs, opt.count)).reshape(-1)[0])
                 boxes, scores, classes = boxes[:count], scores[:count], classes[:count]
             if not np.isfinite(boxes).all() or not np.isfinite(scores).all():
-                raise ValueError(f"output '{self.spec.name}' or '{opt.scores}' has non-finite values")
+                raise OutputError(f"output '{self.spec.name}' or '{opt.scores}' has non-finite values")
             classes = classes.astype(np.int64)
             keep = (scores >= opt.score_threshold) & (classes >= 0) & (classes < n_labels)
             boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
@@ -130,14 +130,14 @@ class DetectionHead(_Head):
         dense = _batch_of_one(raw, self.spec.name, 2)
         if opt.layout is BoxLayout.YOLO_ANCHOR_FREE:
             if dense.shape[0] != 4 + n_labels:
-                raise ValueError(
+                raise OutputError(
                     f"output '{self.spec.name}' has shape {list(raw.shape)}, expected [1, {4 + n_labels}, N]"
                 )
             dense = dense.T
             class_scores = self._scores(dense[:, 4:])
         else:
             if dense.shape[1] != 5 + n_labels:
-                raise ValueError(
+                raise OutputError(
                     f"output '{self.spec.name}' has shape {list(raw.shape)}, expected [1, N, {5 + n_labels}]"
                 )
             class_scores = self._scores(dense[:, 5:]) * self._scores(dense[:, 4:5])
@@ -157,7 +157,7 @@ class DetectionHead(_Head):
         boxes = boxes_of(candidates)
         scores, classes = scores[candidates], classes[candidates]
         if not np.isfinite(boxes).all() or not np.isfinite(scores).all():
-            raise ValueError(f"output '{self.spec.name}' has non-finite boxes or scores")
+            raise OutputError(f"output '{self.spec.name}' has non-finite boxes or scores")
         real = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # an empty box is nothing to show
         boxes, scores, classes = boxes[real], scores[real], classes[real]
         kept = nms(boxes, scores, classes, opt.iou_threshold, opt.max_detections)
@@ -176,14 +176,14 @@ class DetectionHead(_Head):
         else:
             joined = _batch_of_one(np.asarray(_get(outputs, self.spec.name)), self.spec.name, 2)
             if joined.shape[1] != n + 4 * bins:
-                raise ValueError(
+                raise OutputError(
                     f"output '{self.spec.name}' has {joined.shape[1]} values per anchor, expected {n + 4 * bins}"
                 )
             parts = np.split(joined, np.cumsum(cells)[:-1]) if len(joined) == sum(cells) else [joined]
             scores, dists = [p[:, :n] for p in parts], [p[:, n:] for p in parts]
         for s, d, count, stride in zip(scores, dists, cells, opt.strides):
             if s.shape != (count, n) or d.shape != (count, 4 * bins):
-                raise ValueError(
+                raise OutputError(
                     f"stride {stride}: scores {list(s.shape)} and boxes {list(d.shape)}, expected [{count}, {n}] and "
                     f"[{count}, {4 * bins}] for a {h}x{w} input"
                 )

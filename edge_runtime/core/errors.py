@@ -4,15 +4,18 @@ for a step that failed), so existing handlers keep working. Messages name what w
 
 Where each lives: `PackageError` (package.py), `ArchiveError` (archives.py), `ProtocolError` (protocol.py), `ConfigError` (daemon/config.py),
 `DaemonError` (daemon/server.py), `BackendError` (backends/base.py), `SecurityError` (security.py),
-`SourceError` and `DicomError` (calibration), `ConversionError` (converters). The SDK's own are below. `EdgertError`
+`OptionError` (a value from outside out of range), `SourceError` and `DicomError` (calibration), `ConversionError` (converters). The SDK's own are below. `EdgertError`
 and `escaped` are defined in `calibration/errors.py`, the lowest layer, and re-exported here.
 """
 
 from __future__ import annotations
 
-from calibration.errors import EdgertError, escaped, should_log
+from calibration.errors import EdgertError, OptionError, escaped, should_log
 
-__all__ = ["ControlError", "DaemonUnavailable", "EdgertError", "EndpointError", "FrameError", "escaped", "should_log"]
+__all__ = [
+    "ControlError", "DaemonUnavailable", "EdgertError", "EndpointError", "FrameError", "OptionError", "escaped",
+    "should_log",
+]  # fmt: skip
 
 
 class EndpointError(EdgertError, ValueError):

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from calibration.errors import EdgertError
 from calibration.preprocessing import Placement
 from edge_runtime.core.package import (
     OutputSpec,
@@ -16,6 +17,10 @@ from edge_runtime.core.package import (
 from edge_runtime.core.protocol import Box, ClassScore, Heatmap, Polygon, Task
 
 Outputs = Mapping[str, np.ndarray]  # one run of a model: output name -> array (batch of 1 in the daemon)
+
+
+class OutputError(EdgertError, ValueError):
+    """A model's outputs that do not fit its card: a missing output, a wrong shape or batch, non-finite values."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class TaskHead(Protocol):
 
 def _get(outputs: Outputs, name: str) -> np.ndarray:
     if name not in outputs:
-        raise ValueError(f"the model has no output '{name}' (it has {sorted(outputs)})")
+        raise OutputError(f"the model has no output '{name}' (it has {sorted(outputs)})")
     return outputs[name]
 
 

@@ -175,12 +175,12 @@ def cam_weights(model: onnx.ModelProto, features: str, logits: str) -> CamWeight
             return np.asarray((q - zero) * scale, np.float32)
         if node is not None and node.op_type == "Constant":
             return np.asarray(onnx.numpy_helper.to_array(node.attribute[0].t), np.float32)
-        raise ValueError(f"'{name}' is not a constant the head can be read from")
+        raise PackageError(f"'{name}' is not a constant the head can be read from")
 
     def only_consumer(name: str) -> onnx.NodeProto:
         users = [n for n in consumers.get(name, []) if n.op_type != "QuantizeLinear"] or consumers.get(name, [])
         if len(users) != 1:
-            raise ValueError(f"'{name}' feeds {len(users)} nodes; a CAM needs one pooling path to the logits")
+            raise PackageError(f"'{name}' feeds {len(users)} nodes; a CAM needs one pooling path to the logits")
         node = users[0]
         if node.op_type == "QuantizeLinear":  # an INT8 graph: skip the Q/DQ pair
             dq = only_consumer(node.output[0])
@@ -189,7 +189,7 @@ def cam_weights(model: onnx.ModelProto, features: str, logits: str) -> CamWeight
 
     pool = only_consumer(features)
     if pool.op_type not in ("GlobalAveragePool", "ReduceMean"):
-        raise ValueError(f"'{features}' goes to {pool.op_type}, not to global average pooling")
+        raise PackageError(f"'{features}' goes to {pool.op_type}, not to global average pooling")
     node = only_consumer(pool.output[0])
     while node.op_type in ("Flatten", "Reshape", "Squeeze"):
         node = only_consumer(node.output[0])
@@ -206,12 +206,12 @@ def cam_weights(model: onnx.ModelProto, features: str, logits: str) -> CamWeight
             other = [i for i in add[0].input if i != out][0]
             bias, out = const(other), add[0].output[0]
     else:
-        raise ValueError(f"pooled features go to {node.op_type}, not to a linear head (Gemm or MatMul)")
+        raise PackageError(f"pooled features go to {node.op_type}, not to a linear head (Gemm or MatMul)")
     after = consumers.get(out, [])
     if out != logits and not (
         len(after) == 1 and after[0].op_type in ("Softmax", "Sigmoid") and after[0].output[0] == logits
     ):
-        raise ValueError(f"the linear head's output '{out}' is not the card's output '{logits}'")
+        raise PackageError(f"the linear head's output '{out}' is not the card's output '{logits}'")
     weights = np.ascontiguousarray(w, np.float32)
     bias_v = np.zeros(weights.shape[0], np.float32) if bias is None else np.broadcast_to(bias, weights.shape[:1])
     return CamWeights(weights, np.asarray(bias_v, np.float32))

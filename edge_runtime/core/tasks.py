@@ -27,6 +27,7 @@ from edge_runtime.core.heads import (
     Agreement,
     ClassAgreement,
     Decoded,
+    OutputError,
     Outputs,
     TaskHead,
     _get,
@@ -41,6 +42,7 @@ from edge_runtime.core.package import (
     Decode,
     ModelCard,
     OutputSpec,
+    PackageError,
     TrackerSpec,
 )
 from edge_runtime.core.protocol import ClassScore, Heatmap, Polygon, Task
@@ -68,7 +70,7 @@ class SegmentationHead(_Head):
 
     def class_map(self, raw: np.ndarray) -> np.ndarray:
         if raw.ndim != 4 or raw.shape[1] != self.channels:
-            raise ValueError(
+            raise OutputError(
                 f"output '{self.spec.name}' has shape {list(raw.shape)}, expected [N, {self.channels}, H, W]"
             )
         if self.spec.decode is Decode.ARGMAX:  # softmax and sigmoid are monotonic: argmax of the scores is the same
@@ -83,7 +85,7 @@ class SegmentationHead(_Head):
     def decode(self, outputs: Outputs, place: Placement, spacing_mm: tuple[float, float] | None) -> Decoded:
         raw = _get(outputs, self.spec.name)
         if raw.shape[:1] != (1,):
-            raise ValueError(f"output '{self.spec.name}' has shape {list(raw.shape)}, expected a batch of 1")
+            raise OutputError(f"output '{self.spec.name}' has shape {list(raw.shape)}, expected a batch of 1")
         labels = self.class_map(raw)[0]
         if self.input_hw != (0, 0) and labels.shape != self.input_hw:  # stride > 1: labels to input resolution
             rows = (np.arange(self.input_hw[0]) * labels.shape[0] // self.input_hw[0])[:, None]
@@ -163,7 +165,7 @@ class ClassificationHead(_Head):
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         flat = raw.reshape(raw.shape[0], -1).astype(np.float64) if raw.ndim > 1 else raw.reshape(1, -1)
         if flat.shape[1] != len(self.spec.labels):
-            raise ValueError(
+            raise OutputError(
                 f"output '{self.spec.name}' has {flat.shape[1]} scores per sample for {len(self.spec.labels)} labels"
             )
         if self.spec.activation is not Activation.NONE:
@@ -178,11 +180,11 @@ class ClassificationHead(_Head):
         """CAM of `class_id` from features [1, C, h, w], as a heatmap over the frame (letterbox undone)."""
         assert self.cam is not None
         if features.ndim != 4 or features.shape[:2] != (1, self.cam.weights.shape[1]):
-            raise ValueError(
+            raise OutputError(
                 f"saliency features have shape {list(features.shape)}, expected [1, {self.cam.weights.shape[1]}, h, w]"
             )
         if not np.isfinite(features).all():
-            raise ValueError("saliency features have non-finite values")
+            raise OutputError("saliency features have non-finite values")
         _, channels, fh, fw = features.shape
         cam = (self.cam.weights[class_id] @ features[0].reshape(channels, -1).astype(np.float32)).reshape(fh, fw)
         cam = np.maximum(cam, 0.0)  # where the evidence for the class is, not against it
@@ -207,10 +209,10 @@ class ClassificationHead(_Head):
     def decode(self, outputs: Outputs, place: Placement, spacing_mm: tuple[float, float] | None) -> Decoded:
         probs = self.probabilities(_get(outputs, self.spec.name))
         if probs.shape[0] != 1:
-            raise ValueError(f"output '{self.spec.name}' has a batch of {probs.shape[0]}, expected 1")
+            raise OutputError(f"output '{self.spec.name}' has a batch of {probs.shape[0]}, expected 1")
         p = probs[0]
         if not np.isfinite(p).all():
-            raise ValueError(f"output '{self.spec.name}' has non-finite scores")
+            raise OutputError(f"output '{self.spec.name}' has non-finite scores")
         order = np.argsort(-p, kind="stable")[: self.options.top_k]
         classes = tuple(ClassScore(int(k), float(np.clip(p[k], 0.0, 1.0))) for k in order)
         saliency = None
@@ -249,7 +251,7 @@ def head_for(
     if task is Task.CLASSIFICATION:
         return ClassificationHead(spec, input_hw, cam=cam)
     if spec.detection is None:
-        raise ValueError("a detection head needs the card's box layout (output.layout)")
+        raise PackageError("a detection head needs the card's box layout (output.layout)")
     return DetectionHead(spec, input_hw)
 
 

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.core.errors import EdgertError, should_log
+from edge_runtime.core.errors import EdgertError, OptionError, should_log
 
 GENESIS = "0" * 64
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -80,9 +80,9 @@ class AuditOptions:
 
     def __post_init__(self) -> None:
         if self.max_bytes < 4096 or self.backups < 1:
-            raise ValueError("audit: max_bytes must be >= 4096 and backups >= 1")
+            raise OptionError("audit: max_bytes must be >= 4096 and backups >= 1")
         if self.queue_size < 1 or not 0.01 <= self.summary_s <= 86400:
-            raise ValueError("audit: queue_size must be >= 1 and summary_s within 0.01..86400")
+            raise OptionError("audit: queue_size must be >= 1 and summary_s within 0.01..86400")
 
 
 class AuditLog:

@@ -6,7 +6,6 @@ file and the key.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import sys
 from collections.abc import Mapping
@@ -17,14 +16,14 @@ from typing import Any
 from edge_runtime.backends import BackendKind, CpuOptions, Spin
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.backends.sessions import CpuSetup
+from edge_runtime.core import schema
+from edge_runtime.core.card import TrackerSpec
 from edge_runtime.core.errors import EdgertError
-from edge_runtime.core.package import TrackerSpec
-from edge_runtime.core.protocol import Limits
+from edge_runtime.core.protocol import Limits, MaskResolution
 from edge_runtime.daemon.audit import AuditOptions
 from edge_runtime.daemon.decoding import DecodeLimits
 from edge_runtime.daemon.imagezmq import check_names
 from edge_runtime.daemon.slots import StreamLimits
-from edge_runtime.inference.pipeline import MaskResolution
 from edge_runtime.sdk.security import is_loopback
 
 if sys.version_info >= (3, 11):
@@ -133,8 +132,9 @@ class CpuConfig:
     """[cpu]: how the daemon uses the cores (docs/LATENCY.md has the measurements behind the defaults)."""
 
     spin: Spin = Spin.ALWAYS  # when ONNX Runtime's workers busy-wait for work: always | run | never
-    inference_cpus: tuple[int, ...] = ()  # the inference thread on the first, ONNX Runtime's workers on the rest
-    io_cpus: tuple[int, ...] = ()  # the receive and I/O threads
+    # the inference thread on the first, ONNX Runtime's workers on the rest
+    inference_cpus: tuple[int, ...] = field(default=(), metadata={"items": "CPU numbers"})
+    io_cpus: tuple[int, ...] = field(default=(), metadata={"items": "CPU numbers"})  # the receive and I/O threads
     realtime_priority: int = 0  # SCHED_FIFO priority 1..99 for the receive and I/O threads; 0: normal scheduling
 
     def __post_init__(self) -> None:
@@ -159,36 +159,139 @@ class CpuConfig:
 
 
 @dataclass(frozen=True)
-class DaemonConfig:
-    model: Path
+class ModelSection:
+    """[model]: the package the daemon serves and how the backend runs it."""
+
+    package: Path = field(metadata={"required": "a model package folder or archive"})
     backend: BackendKind = BackendKind.ONNXRUNTIME
     threads: int = 0  # intra-op threads for the backend; 0 = one per core
-    warmup: int = 3
+    warmup: int = 3  # inferences run before the daemon reports ready
     device: int = 0  # CUDA device for the GPU backends
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    results_endpoint: str = DEFAULT_RESULTS
-    mask: MaskResolution = MaskResolution.MODEL  # [results] mask: "frame" for readers of protocol 1.2 and older
-    control_endpoint: str = DEFAULT_CONTROL
-    heartbeat_ms: int = 500
+
+
+@dataclass(frozen=True)
+class ResultsSection:
+    """[results]: the PUB socket displays subscribe to."""
+
+    endpoint: str = DEFAULT_RESULTS
+    mask: MaskResolution = MaskResolution.MODEL  # "frame" for readers of protocol 1.2 and older
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    """[control]: the REP socket for status, stats and reload."""
+
+    endpoint: str = DEFAULT_CONTROL
+    reload_dirs: tuple[Path, ...] = field(default=(), metadata={"items": "folder paths"})  # empty: the model's folder
+
+
+@dataclass(frozen=True)
+class HeartbeatSection:
+    interval_ms: int = 500  # 50..1000: displays declare the AI offline after missed beats
+
+
+@dataclass(frozen=True)
+class WatchdogSection:
     inference_deadline_ms: int = 500  # an inference running longer makes the daemon DEGRADED (a hung backend)
-    metrics_endpoint: str | None = None  # HOST:PORT for Prometheus; off unless set (127.0.0.1:9464 is customary)
-    limits: Limits = field(default_factory=Limits)
-    streams: StreamLimits = field(default_factory=StreamLimits)
-    ready_file: Path | None = None
-    reload_dirs: tuple[Path, ...] = ()  # folders `ctl reload` may load from; empty: the configured model's folder
-    server_key: Path | None = (
-        None  # CURVE: the daemon's .key_secret; with authorized_clients, secures ingest, control, results, preview
-    )
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    endpoint: str | None = None  # HOST:PORT for Prometheus; off unless set (127.0.0.1:9464 is customary)
+
+
+@dataclass(frozen=True)
+class SecuritySection:
+    """[security]: CURVE on ingest, control, results and preview."""
+
+    server_key: Path | None = None  # the daemon's .key_secret; with authorized_clients
     authorized_clients: Path | None = None  # folder of client public certificates allowed to connect
     curve_outputs: bool = True  # with CURVE: results and preview too (false: plain, for displays without keys)
     refuse_plain_network: bool = False  # refuse to start when results or preview listen beyond loopback in plain
-    tracker: TrackerSpec | None = None  # [tracker]: box tracking for detectors, over the card's `output.tracker`
-    tracker_enabled: bool | None = None  # [tracker] enabled: false turns the card's tracker off; None: as the card
+
+
+@dataclass(frozen=True)
+class TrackerSection:
+    """[tracker]: box tracking for detectors, over the card's `output.tracker` (TrackerSpec's fields and defaults)."""
+
+    enabled: bool | None = None  # false turns the card's tracker off; unset: as the card
+    min_hits: int = TrackerSpec.min_hits
+    window: int = TrackerSpec.window
+    max_missed: int = TrackerSpec.max_missed
+    iou: float = TrackerSpec.iou
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_hits <= self.window or self.max_missed < 0 or not 0.0 < self.iou <= 1.0:
+            raise ConfigError(
+                f"tracker: need 1 <= min_hits <= window, max_missed >= 0 and 0 < iou <= 1 (got min_hits "
+                f"{self.min_hits}, window {self.window}, max_missed {self.max_missed}, iou {self.iou})"
+            )
+
+    def spec(self) -> TrackerSpec:
+        return TrackerSpec(self.min_hits, self.window, self.max_missed, self.iou)
+
+
+# The file's shape: each section's dataclass is its schema (keys, types, defaults); see edge_runtime.core.schema.
+SECTIONS: dict[str, type] = {
+    "model": ModelSection,
+    "engine": EngineConfig,
+    "ingest": IngestConfig,
+    "results": ResultsSection,
+    "control": ControlSection,
+    "heartbeat": HeartbeatSection,
+    "watchdog": WatchdogSection,
+    "metrics": MetricsSection,
+    "limits": Limits,
+    "streams": StreamLimits,
+    "security": SecuritySection,
+    "tracker": TrackerSection,
+    "preview": PreviewConfig,
+    "audit": AuditOptions,  # optional: no [audit] table, no audit log
+    "cpu": CpuConfig,
+    "decode": DecodeLimits,
+}
+
+
+def config_key(dotted: str) -> schema.Key:
+    """The schema's entry for `section.key` (a command-line override derives its type and choices from it)."""
+    section, _, name = dotted.partition(".")
+    try:
+        return schema.keys(section, SECTIONS[section])[name]
+    except KeyError:
+        raise ConfigError(f"unknown config key {dotted}") from None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What the daemon runs with: the sections flattened where the daemon reads one value (defaults from them)."""
+
+    model: Path
+    backend: BackendKind = ModelSection.backend
+    threads: int = ModelSection.threads
+    warmup: int = ModelSection.warmup
+    device: int = ModelSection.device
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    results_endpoint: str = ResultsSection.endpoint
+    mask: MaskResolution = ResultsSection.mask
+    control_endpoint: str = ControlSection.endpoint
+    heartbeat_ms: int = HeartbeatSection.interval_ms
+    inference_deadline_ms: int = WatchdogSection.inference_deadline_ms
+    metrics_endpoint: str | None = MetricsSection.endpoint
+    limits: Limits = field(default_factory=Limits)
+    streams: StreamLimits = field(default_factory=StreamLimits)
+    ready_file: Path | None = None  # not in the file: `edgert serve --ready-file`
+    reload_dirs: tuple[Path, ...] = ControlSection.reload_dirs
+    server_key: Path | None = SecuritySection.server_key
+    authorized_clients: Path | None = SecuritySection.authorized_clients
+    curve_outputs: bool = SecuritySection.curve_outputs
+    refuse_plain_network: bool = SecuritySection.refuse_plain_network
+    tracker: TrackerSpec | None = None  # from [tracker] when it sets a value or enables it
+    tracker_enabled: bool | None = TrackerSection.enabled
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     audit: AuditOptions | None = None  # [audit]: the hash-chained log of security-relevant events; off unless set
     cpu: CpuConfig = field(default_factory=CpuConfig)
-    decode: DecodeLimits = field(default_factory=DecodeLimits)  # [decode]: compressed ingest's decode threads
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -250,169 +353,46 @@ def is_local_endpoint(endpoint: str) -> bool:
     return is_loopback(endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]"))
 
 
-_SCHEMA: dict[str, dict[str, type]] = {
-    "model": {"package": str, "backend": str, "threads": int, "warmup": int, "device": int},
-    "engine": {
-        "cache_dir": str,
-        "build_on_start": bool,
-        "on_mismatch": str,
-        "workspace_mib": int,
-        "opt_level": int,
-        "dla_core": int,
-        "timing_cache": str,
-    },
-    "ingest": {"endpoint": str, "mode": str, "pattern": str, "format": str, "streams": dict, "auto_streams": bool},
-    "results": {"endpoint": str, "mask": str},
-    "control": {"endpoint": str, "reload_dirs": list},
-    "heartbeat": {"interval_ms": int},
-    "watchdog": {"inference_deadline_ms": int},
-    "metrics": {"endpoint": str},
-    "limits": {f.name: int for f in dataclasses.fields(Limits)},
-    "streams": {"max_streams": int, "idle_ms": int, "max_pending_bytes": int, "max_age_ms": int, "ids": list},
-    "security": {"server_key": str, "authorized_clients": str, "curve_outputs": bool, "refuse_plain_network": bool},
-    "tracker": {"enabled": bool, "min_hits": int, "window": int, "max_missed": int, "iou": float},
-    "preview": {"enabled": bool, "endpoint": str, "max_side": int, "quality": int},
-    "audit": {"path": str, "max_bytes": int, "backups": int, "fsync": bool},
-    "cpu": {"spin": str, "inference_cpus": list, "io_cpus": list, "realtime_priority": int},
-    "decode": {f.name: int for f in dataclasses.fields(DecodeLimits)},
-}
-
-
-def _enum(kind: type[enum.Enum], value: str, key: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"{key}: '{value}' is not one of {[e.value for e in kind]}") from None
-
-
-def _check_types(data: Mapping[str, Any], where: str) -> None:
-    for section, values in data.items():
-        if section not in _SCHEMA:
-            raise ConfigError(f"{where}: unknown section [{section}]; known: {', '.join(_SCHEMA)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: [{section}] must be a table")
-        for key, value in values.items():
-            if key not in _SCHEMA[section]:
-                raise ConfigError(f"{where}: unknown key {section}.{key}; known: {', '.join(_SCHEMA[section])}")
-            kind = _SCHEMA[section][key]
-            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-                raise ConfigError(f"{where}: {section}.{key} = {value!r} should be {kind.__name__}")
-
-
 def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config") -> DaemonConfig:
-    """Config from parsed TOML-shaped data; relative paths are taken from `base_dir`."""
-    _check_types(data, where)
-    model = data.get("model", {})
-    if not all(isinstance(d, str) for d in data.get("control", {}).get("reload_dirs", [])):
-        raise ConfigError(f"{where}: control.reload_dirs must be a list of folder paths")
-    if "package" not in model:
-        raise ConfigError(f"{where}: model.package is required (a model package folder or archive)")
-    package = Path(model["package"])
-    ingest = data.get("ingest", {})
-    limits = data.get("limits", {})
+    """Config from parsed TOML-shaped data; relative paths are taken from `base_dir`. Errors name `where` once."""
     try:
+        for section in data:
+            if section not in SECTIONS:
+                raise ConfigError(f"unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        s: dict[str, Any] = {name: schema.read(name, cls, data.get(name, {}), base_dir) for name, cls in SECTIONS.items()
+             if name != "audit" or name in data}  # fmt: skip
+        tracker_table = data.get("tracker", {})
+        tracker: TrackerSection = s["tracker"]
         return DaemonConfig(
-            model=package if package.is_absolute() else base_dir / package,
-            backend=_enum(BackendKind, model.get("backend", BackendKind.ONNXRUNTIME.value), "model.backend"),
-            threads=model.get("threads", 0),
-            warmup=model.get("warmup", 3),
-            device=model.get("device", 0),
-            engine=_engine(data.get("engine", {}), base_dir),
-            ingest=IngestConfig(
-                endpoint=ingest.get("endpoint", DEFAULT_INGEST),
-                mode=_enum(SocketMode, ingest.get("mode", "bind"), "ingest.mode"),
-                pattern=_enum(IngestPattern, ingest.get("pattern", "pull"), "ingest.pattern"),
-                format=_enum(IngestFormat, ingest.get("format", "edgert"), "ingest.format"),
-                streams=dict(ingest.get("streams", {})),
-                auto_streams=ingest.get("auto_streams", True),
-            ),
-            results_endpoint=data.get("results", {}).get("endpoint", DEFAULT_RESULTS),
-            mask=_enum(MaskResolution, data.get("results", {}).get("mask", "model"), "results.mask"),
-            control_endpoint=data.get("control", {}).get("endpoint", DEFAULT_CONTROL),
-            reload_dirs=tuple(
-                Path(d) if Path(d).is_absolute() else base_dir / d
-                for d in data.get("control", {}).get("reload_dirs", [])
-            ),
-            heartbeat_ms=data.get("heartbeat", {}).get("interval_ms", 500),
-            inference_deadline_ms=data.get("watchdog", {}).get("inference_deadline_ms", 500),
-            metrics_endpoint=data.get("metrics", {}).get("endpoint"),
-            server_key=_path(data.get("security", {}).get("server_key"), base_dir),
-            authorized_clients=_path(data.get("security", {}).get("authorized_clients"), base_dir),
-            curve_outputs=data.get("security", {}).get("curve_outputs", True),
-            refuse_plain_network=data.get("security", {}).get("refuse_plain_network", False),
-            limits=Limits(**limits),
-            streams=_streams(data.get("streams", {})),
-            tracker=_tracker(data.get("tracker", {})),
-            tracker_enabled=data.get("tracker", {}).get("enabled"),
-            preview=PreviewConfig(**data.get("preview", {})),
-            audit=_audit(data.get("audit", {}), base_dir),
-            cpu=_cpu(data.get("cpu", {})),
-            decode=DecodeLimits(**data.get("decode", {})),
+            model=s["model"].package,
+            backend=s["model"].backend,
+            threads=s["model"].threads,
+            warmup=s["model"].warmup,
+            device=s["model"].device,
+            engine=s["engine"],
+            ingest=s["ingest"],
+            results_endpoint=s["results"].endpoint,
+            mask=s["results"].mask,
+            control_endpoint=s["control"].endpoint,
+            reload_dirs=s["control"].reload_dirs,
+            heartbeat_ms=s["heartbeat"].interval_ms,
+            inference_deadline_ms=s["watchdog"].inference_deadline_ms,
+            metrics_endpoint=s["metrics"].endpoint,
+            server_key=s["security"].server_key,
+            authorized_clients=s["security"].authorized_clients,
+            curve_outputs=s["security"].curve_outputs,
+            refuse_plain_network=s["security"].refuse_plain_network,
+            limits=s["limits"],
+            streams=s["streams"],
+            tracker=tracker.spec() if set(tracker_table) - {"enabled"} or tracker.enabled else None,
+            tracker_enabled=tracker.enabled,
+            preview=s["preview"],
+            audit=s.get("audit"),
+            cpu=s["cpu"],
+            decode=s["decode"],
         )
-    except ValueError as exc:  # the checks below and the dataclasses' own name the key, never the file: named here once
+    except ValueError as exc:  # the sections' checks name the key, never the file: named here once
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _streams(section: Mapping[str, Any]) -> StreamLimits:
-    ids = section.get("ids", [])
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise ConfigError("streams.ids must be a list of stream ids (integers)")
-    return StreamLimits(**{**section, "ids": tuple(ids)})
-
-
-def _cpu(section: Mapping[str, Any]) -> CpuConfig:
-    lists = {}
-    for key in ("inference_cpus", "io_cpus"):
-        values = section.get(key, [])
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise ConfigError(f"cpu.{key} must be a list of CPU numbers")
-        lists[key] = tuple(values)
-    return CpuConfig(
-        spin=_enum(Spin, section.get("spin", Spin.ALWAYS.value), "cpu.spin"),
-        realtime_priority=section.get("realtime_priority", 0),
-        **lists,
-    )
-
-
-def _audit(section: Mapping[str, Any], base_dir: Path) -> AuditOptions | None:
-    if not section:
-        return None
-    if "path" not in section:
-        raise ValueError("audit.path is required to keep an audit log")
-    path = _path(section["path"], base_dir)
-    assert path is not None
-    return AuditOptions(path=path, **{k: v for k, v in section.items() if k != "path"})
-
-
-def _tracker(section: Mapping[str, Any]) -> TrackerSpec | None:
-    values = {k: v for k, v in section.items() if k != "enabled"}
-    if not values and not section.get("enabled"):
-        return None
-    spec = TrackerSpec(**values)
-    if not 1 <= spec.min_hits <= spec.window or spec.max_missed < 0 or not 0.0 < spec.iou <= 1.0:
-        raise ValueError(
-            f"tracker: need 1 <= min_hits <= window, max_missed >= 0 and 0 < iou <= 1 (got min_hits {spec.min_hits}, "
-            f"window {spec.window}, max_missed {spec.max_missed}, iou {spec.iou})"
-        )
-    return spec
-
-
-def _engine(section: Mapping[str, Any], base_dir: Path) -> EngineConfig:
-    return EngineConfig(
-        cache_dir=_path(section.get("cache_dir"), base_dir),
-        build_on_start=section.get("build_on_start", True),
-        on_mismatch=_enum(OnMismatch, section.get("on_mismatch", "rebuild"), "engine.on_mismatch"),
-        workspace_mib=section.get("workspace_mib"),
-        opt_level=section.get("opt_level"),
-        dla_core=section.get("dla_core"),
-        timing_cache=_path(section.get("timing_cache"), base_dir),
-    )
-
-
-def _path(value: str | None, base_dir: Path) -> Path | None:
-    if value is None:
-        return None
-    return Path(value) if Path(value).is_absolute() else base_dir / value
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from edge_runtime.core.errors import OptionError
 from edge_runtime.core.protocol import RejectReason
 
 Job = TypeVar("Job")
@@ -40,9 +41,9 @@ class DecodeLimits:
 
     def __post_init__(self) -> None:
         if not 1 <= self.threads <= 16:
-            raise ValueError(f"decode.threads: {self.threads} outside 1..16")
+            raise OptionError(f"decode.threads: {self.threads} outside 1..16")
         if min(self.stream_bytes_per_s, self.max_waiting_bytes) <= 0:
-            raise ValueError("decode: stream_bytes_per_s and max_waiting_bytes must be positive")
+            raise OptionError("decode: stream_bytes_per_s and max_waiting_bytes must be positive")
 
 
 @dataclass

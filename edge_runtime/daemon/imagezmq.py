@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from edge_runtime.core.errors import escaped
+from edge_runtime.core.errors import OptionError, escaped
 from edge_runtime.core.protocol import Buffer, Frame, Limits, PixelFormat, ProtocolError, RejectReason
 
 log = logging.getLogger("edgert.daemon")
@@ -62,9 +62,9 @@ def check_names(configured: Mapping[str, int]) -> None:
     """ValueError, naming the key of `[ingest] streams`, unless every id is a stream id and no two names share one."""
     for name, stream_id in configured.items():
         if not isinstance(stream_id, int) or isinstance(stream_id, bool) or not 0 <= stream_id < 2**32:
-            raise ValueError(f"ingest.streams.{name}: {stream_id!r} is not a stream id (0..2**32-1)")
+            raise OptionError(f"ingest.streams.{name}: {stream_id!r} is not a stream id (0..2**32-1)")
     if len(set(configured.values())) != len(configured):
-        raise ValueError("ingest.streams: two names map to the same stream id")
+        raise OptionError("ingest.streams: two names map to the same stream id")
 
 
 class StreamNames:

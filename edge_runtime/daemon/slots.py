@@ -29,8 +29,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from edge_runtime.core.errors import OptionError
 from edge_runtime.core.protocol import Frame
 
 
@@ -40,18 +41,19 @@ class StreamLimits:
     idle_ms: int = 5000  # a stream with no frame for this long is forgotten and its place freed
     max_pending_bytes: int = 128 * 1024 * 1024  # pixels waiting for inference, all streams together
     max_age_ms: int = 1000  # a frame that has waited longer is stale: dropped, never served
-    ids: tuple[int, ...] = ()  # the stream ids that exist; empty: any id (up to max_streams at a time)
+    # the stream ids that exist; empty: any id (up to max_streams at a time)
+    ids: tuple[int, ...] = field(default=(), metadata={"items": "stream ids (integers)"})
 
     def __post_init__(self) -> None:
         if min(self.max_streams, self.idle_ms, self.max_pending_bytes, self.max_age_ms) <= 0:
-            raise ValueError("streams: max_streams, idle_ms, max_pending_bytes and max_age_ms must be positive")
+            raise OptionError("streams: max_streams, idle_ms, max_pending_bytes and max_age_ms must be positive")
         bad = [i for i in self.ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 2**32]
         if bad:
-            raise ValueError(f"streams.ids: {bad[0]!r} is not a stream id (0..2**32-1)")
+            raise OptionError(f"streams.ids: {bad[0]!r} is not a stream id (0..2**32-1)")
         if len(set(self.ids)) != len(self.ids):
-            raise ValueError("streams.ids: an id is declared twice")
+            raise OptionError("streams.ids: an id is declared twice")
         if len(self.ids) > self.max_streams:
-            raise ValueError(
+            raise OptionError(
                 f"streams.ids: {len(self.ids)} streams declared, but streams.max_streams is {self.max_streams}"
             )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 from calibration.preprocessing import Color, Preprocessor, scale_labels
 from edge_runtime.backends import BackendError, BackendKind, CpuOptions, GpuOptions, Runner, create_runner
 from edge_runtime.core.package import ModelPackage, TrackerSpec
-from edge_runtime.core.protocol import Frame, PixelFormat, Result, ResultStatus
+from edge_runtime.core.protocol import Frame, MaskResolution, PixelFormat, Result, ResultStatus
 from edge_runtime.core.tasks import Decoded, card_head
 from edge_runtime.core.tracking import BoxTracker
 
@@ -30,16 +29,6 @@ def frame_color(fmt: PixelFormat) -> Color:
 
 
 MAX_TRACKED_STREAMS = 64
-
-
-class MaskResolution(str, enum.Enum):
-    """The resolution a segmentation mask is published at. MODEL (the default since protocol 1.3): the model's
-    own, covering the frame, scaled up by the display (a 480x640 frame's mask shrinks from 307 KB to 49 KB with the
-    demo model, a full-HD one's from 2 MB); the frame's when that is no larger. FRAME: always the frame's, as
-    protocol 1.2 readers expect."""
-
-    MODEL = "model"
-    FRAME = "frame"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from edge_runtime.core.errors import EdgertError, escaped, should_log
+from edge_runtime.core.errors import EdgertError, OptionError, escaped, should_log
 from edge_runtime.integrations.view.feed import DisplayFrame, Feed
 from edge_runtime.sdk.liveness import LinkStatus
 from edge_runtime.sdk.security import ClientKeys, is_loopback
@@ -85,13 +85,13 @@ class ViewOptions:
 
     def __post_init__(self) -> None:
         if self.max_age_ms <= 0 or self.misses <= 0:
-            raise ValueError("max_age_ms and misses must be positive")
+            raise OptionError("max_age_ms and misses must be positive")
         if self.tls_key is not None and self.tls_cert is None:
-            raise ValueError("a TLS key needs its certificate (--cert)")
+            raise OptionError("a TLS key needs its certificate (--cert)")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} outside 0..65535")
+            raise OptionError(f"port {self.port} outside 0..65535")
         if self.token is not None and len(self.token) < 8:
-            raise ValueError("an access token needs at least 8 characters")
+            raise OptionError("an access token needs at least 8 characters")
 
 
 def exposure_warning(host: str, token: str | None, tls: bool = False) -> str | None:

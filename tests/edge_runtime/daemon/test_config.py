@@ -141,7 +141,7 @@ def test_the_tracker_section(tmp_path: Path) -> None:
 
 def test_the_cpu_and_results_sections(tmp_path: Path) -> None:
     from edge_runtime.backends import Spin
-    from edge_runtime.inference.pipeline import MaskResolution
+    from edge_runtime.core.protocol import MaskResolution
 
     default = load_config(_write(tmp_path, '[model]\npackage = "/m"\n'))
     assert default.mask is MaskResolution.MODEL and default.cpu.spin is Spin.ALWAYS
@@ -170,3 +170,45 @@ def test_declared_stream_ids(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             load_config(_write(tmp_path, '[model]\npackage = "m"\n' + text + "\n"))
+
+
+def _example_keys(text: str) -> set[tuple[str, str]]:
+    """Every `section.key` the example shows, set or commented out (`# key = value`)."""
+    import re
+
+    found, section = set(), ""
+    for line in text.splitlines():
+        if m := re.match(r"#?\s*\[(\w+)\]", line):
+            section = m.group(1)
+        elif m := re.match(r"#?\s*(\w+)\s*=", line):
+            found.add((section, m.group(1)))
+    return found
+
+
+def test_example_config_shows_every_key_of_the_schema_and_no_other() -> None:
+    from edge_runtime.core import schema
+    from edge_runtime.daemon.config import SECTIONS
+
+    example = (Path(__file__).resolve().parents[3] / "docs" / "daemon.example.toml").read_text()
+    expected = {(s, k) for s, cls in SECTIONS.items() for k in schema.keys(s, cls)}
+    shown = _example_keys(example)
+    assert not expected - shown, f"keys the example does not show: {sorted(expected - shown)}"
+    assert not shown - expected, f"keys the example shows that do not exist: {sorted(shown - expected)}"
+
+
+def test_example_config_with_every_commented_key_turned_on_is_valid(tmp_path: Path) -> None:
+    import re
+
+    example = (Path(__file__).resolve().parents[3] / "docs" / "daemon.example.toml").read_text()
+    on = "\n".join(re.sub(r"^#\s*(\[\w+\]|\w+\s*=)", r"\1", line) for line in example.splitlines())
+    # ingest.streams is imagezmq's: the ingest those keys belong to
+    on = on.replace('pattern = "pull"', 'pattern = "rep"').replace('format = "edgert"', 'format = "imagezmq"')
+    cfg = load_config(_write(tmp_path, on))
+    assert cfg.audit is not None and cfg.preview.enabled and cfg.server_key is not None
+    assert cfg.tracker is not None and cfg.metrics_endpoint is not None and cfg.cpu.inference_cpus
+
+
+def test_a_float_key_takes_an_integer_and_a_list_becomes_a_tuple(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, '[model]\npackage = "m"\n[tracker]\niou = 1\n[control]\nreload_dirs = ["a"]\n'))
+    assert cfg.tracker is not None and cfg.tracker.iou == 1.0 and isinstance(cfg.tracker.iou, float)
+    assert cfg.reload_dirs == (tmp_path / "a",)

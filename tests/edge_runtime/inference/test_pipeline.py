@@ -9,8 +9,8 @@ from calibration.synthetic import SyntheticUltrasound
 from edge_runtime.backends import BackendError
 from edge_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edge_runtime.core.package import load_package
-from edge_runtime.core.protocol import Frame, PixelFormat, ResultStatus
-from edge_runtime.inference.pipeline import InferencePipeline, MaskResolution
+from edge_runtime.core.protocol import Frame, MaskResolution, PixelFormat, ResultStatus
+from edge_runtime.inference.pipeline import InferencePipeline
 
 
 def _frame(pixels: np.ndarray, fmt: PixelFormat = PixelFormat.GRAY8, spacing: tuple | None = None) -> Frame:

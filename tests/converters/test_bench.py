@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from converters.bench import SCHEMA, BenchOptions, ProgressBar, bench_runner
 from edge_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from edge_runtime.cli import main
-from edge_runtime.tools.bench import SCHEMA, BenchOptions, ProgressBar, bench_runner
 
 
 def test_bench_runner_honours_duration_and_iterations(tiny_models: dict[str, Path]) -> None:
