@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import struct
 
+from calibration.errors import EdgertError
+
 # start-of-frame markers: baseline, extended, progressive, lossless (Huffman and arithmetic), and JPEG-LS (SOF55)
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}  # TEM, RSTn, SOI: no length field
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
-class CodestreamError(ValueError):
+class CodestreamError(EdgertError, ValueError):
     """The frame's header cannot be read (it is cut short or not the format its transfer syntax names)."""
 
 

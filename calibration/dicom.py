@@ -24,10 +24,9 @@ import logging
 import re
 import struct
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -47,6 +46,7 @@ from pydicom.uid import (
 
 from calibration.codestream import CodestreamError, declared_size
 from calibration.errors import EdgertError, escaped
+from calibration.grayscale import FrameTransform, Lut, Window, frame_transforms
 from calibration.preprocessing import Color, DicomOutput, ImageLimits
 
 log = logging.getLogger("edgert.dicom")
@@ -398,146 +398,6 @@ def _check_codestream(info: DicomInfo, ds: Dataset, index: int) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The grayscale pipeline
-
-
-@dataclass(frozen=True)
-class _Lut:
-    """A modality or VOI LUT: entries for stored (or modality) values first, first + 1, ..."""
-
-    first: int
-    entries: np.ndarray
-    bits: int
-
-    @classmethod
-    def parse(cls, item: Dataset, little_endian: bool) -> _Lut:
-        count, first, bits = (int(v) for v in item.LUTDescriptor)
-        count = count or 65536
-        elem = item["LUTData"]
-        if isinstance(elem.value, bytes | bytearray):
-            data = np.frombuffer(elem.value, dtype="<u2" if little_endian else ">u2")
-        else:
-            data = np.asarray(elem.value if isinstance(elem.value, list) else [elem.value], dtype=np.int64)
-        if len(data) < count or not 1 <= bits <= 16:
-            raise DicomError(f"LUT of {len(data)} entries and {bits} bits; the descriptor says {count} entries")
-        return cls(first, data[:count].astype(np.float64), bits)
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        index = np.clip(np.rint(values).astype(np.int64) - self.first, 0, len(self.entries) - 1)
-        mapped: np.ndarray = self.entries[index]
-        return mapped
-
-    @property
-    def top(self) -> float:
-        return float((1 << self.bits) - 1)
-
-
-@dataclass(frozen=True)
-class _Window:
-    center: float
-    width: float
-    function: str  # LINEAR | LINEAR_EXACT | SIGMOID
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """PS3.3 C.11.2.1.2 and C.11.2.1.3, onto [0, 1]."""
-        c, w = self.center, self.width
-        if self.function == "SIGMOID":
-            return 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -700.0, 700.0)))
-        if self.function == "LINEAR":
-            c, w = c - 0.5, w - 1.0
-        if w <= 0:  # LINEAR with width 1: a threshold at the center
-            return (x > c).astype(np.float64)
-        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class _FrameTransform:
-    """Stored values to [0, 1] for one frame: modality (LUT, or slope and intercept), then VOI (window or LUT)."""
-
-    slope: float = 1.0
-    intercept: float = 0.0
-    modality_lut: _Lut | None = None
-    voi: _Window | _Lut | None = None
-
-    def modality(self, stored: np.ndarray) -> np.ndarray:
-        if self.modality_lut is not None:
-            return self.modality_lut(stored)
-        values = stored.astype(np.float64)
-        if self.slope != 1.0 or self.intercept != 0.0:
-            values = values * self.slope + self.intercept
-        return values
-
-    def modality_range(self, lo: float, hi: float) -> tuple[float, float]:
-        """The modality values that stored values lo..hi can take."""
-        if self.modality_lut is not None:
-            reached = self.modality_lut(np.arange(int(lo), int(hi) + 1))
-            return float(reached.min()), float(reached.max())
-        ends = (lo * self.slope + self.intercept, hi * self.slope + self.intercept)
-        return min(ends), max(ends)
-
-
-def _number(value: Any) -> float:
-    """A DS/IS value that may be multi-valued: the first (the producer's default view)."""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        value = value[0]
-    return float(value)
-
-
-def _window(source: Dataset, where: str) -> _Window | None:
-    if source.get("WindowCenter") is None or source.get("WindowWidth") is None:
-        return None
-    function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
-    center, width = _number(source.WindowCenter), _number(source.WindowWidth)
-    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
-        raise DicomError(f"{where}: VOI LUT Function {function} is not LINEAR, LINEAR_EXACT or SIGMOID")
-    if width < (1.0 if function == "LINEAR" else np.finfo(float).tiny):
-        raise DicomError(f"{where}: Window Width {width:g} is not valid for a {function} window")
-    return _Window(center, width, function)
-
-
-def _frame_transforms(ds: Dataset) -> Callable[[int], _FrameTransform]:
-    """The transform for each frame: the frame's functional group first, then the shared one, then the top level."""
-    little = ds.file_meta.TransferSyntaxUID.is_little_endian
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    cache: dict[int, _FrameTransform] = {}
-
-    def for_frame(index: int) -> _FrameTransform:
-        key = index if per_frame else 0
-        if key in cache:
-            return cache[key]
-        groups = ([per_frame[index]] if per_frame and index < len(per_frame) else []) + ([shared[0]] if shared else [])
-        rescale: Dataset | None = None
-        voi: _Window | _Lut | None = None
-        for group in groups:
-            if rescale is None and group.get("PixelValueTransformationSequence"):
-                rescale = group.PixelValueTransformationSequence[0]
-            if voi is None and group.get("FrameVOILUTSequence"):
-                item = group.FrameVOILUTSequence[0]
-                voi = _window(item, f"frame {index + 1} VOI")
-                if voi is None and item.get("VOILUTSequence"):
-                    voi = _Lut.parse(item.VOILUTSequence[0], little)
-        if rescale is None and ds.get("ModalityLUTSequence"):
-            transform = _FrameTransform(modality_lut=_Lut.parse(ds.ModalityLUTSequence[0], little))
-        else:
-            source = rescale if rescale is not None else ds
-            slope = source.get("RescaleSlope")
-            intercept = source.get("RescaleIntercept")
-            transform = _FrameTransform(
-                slope=1.0 if slope in (None, "") else _number(slope),
-                intercept=0.0 if intercept in (None, "") else _number(intercept),
-            )
-        if voi is None:
-            voi = _window(ds, "VOI")
-        if voi is None and ds.get("VOILUTSequence"):
-            voi = _Lut.parse(ds.VOILUTSequence[0], little)
-        cache[key] = _FrameTransform(transform.slope, transform.intercept, transform.modality_lut, voi)
-        return cache[key]
-
-    return for_frame
-
-
 class _Renderer:
     """Decodes and renders the frames of one file. Built by `iter_dicom_frames`; holds the data set."""
 
@@ -545,11 +405,11 @@ class _Renderer:
         self.info, self.ds, self.output = info, ds, output
         self.decoder = get_decoder(ds.file_meta.TransferSyntaxUID)
         self.is_float = any(k in ds for k in _FLOAT_PIXELS)
-        self._transforms = _frame_transforms(ds)
+        self._transforms = frame_transforms(ds)
         self.transform(0)  # a malformed LUT or window refuses the file at once, not frame by frame
         self._series: tuple[float, float] | None = None
 
-    def transform(self, index: int) -> _FrameTransform:
+    def transform(self, index: int) -> FrameTransform:
         try:
             return self._transforms(index)
         except (AttributeError, TypeError, ValueError, KeyError) as exc:
@@ -631,9 +491,9 @@ class _Renderer:
         transform = self.transform(index)
         values = transform.modality(stored)
         voi = transform.voi
-        if isinstance(voi, _Window):
+        if isinstance(voi, Window):
             unit = voi(values)
-        elif isinstance(voi, _Lut):
+        elif isinstance(voi, Lut):
             unit = voi(values) / voi.top
         else:
             lo, hi = self.series_range(stored if index == 0 else None)

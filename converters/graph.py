@@ -138,3 +138,10 @@ def add_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
     del graph.node[:]
     graph.node.extend(ordered)
     del graph.value_info[:]
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise ConversionError("model imports no default-domain opset")

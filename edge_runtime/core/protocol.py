@@ -5,205 +5,62 @@ the same 12-byte prefix (magic, version, header length, message type), all integ
 accept any minor version of major 1 and skip header bytes past the fields they know; they reject other majors.
 
 Decoding never trusts a field: each failure raises `ProtocolError` with a `RejectReason`, which the daemon counts
-and logs without stopping. Pixel buffers are wrapped, not copied.
+and logs without stopping. Pixel buffers are wrapped, not copied. The prefix, layouts, enums and limits are in
+`wire.py` (re-exported here); this module holds the messages.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from calibration.preprocessing import ImageLimits, scale_labels
-from edge_runtime.core.errors import EdgertError, FrameError, OptionError
-
-MAGIC = b"EDGR"
-VERSION_MAJOR = 1
-VERSION_MINOR = 3  # 1.1: detection boxes, classification scores and saliency in the result body; 1.2: PREVIEW;
-# 1.3: the result header carries the frame's size, and a mask may come at the model's resolution
-
-Buffer = bytes | bytearray | memoryview
-
-_PREFIX = struct.Struct("<4sBBHBBH")  # magic, major, minor, header_len, msg_type, flags, reserved
-_FRAME = struct.Struct("<IQQQIIHBBIff")  # after the prefix
-_RESULT = struct.Struct("<IQQQQQQBBHII32s")
-_RESULT_1_3 = struct.Struct("<II")  # appended in 1.3: frame_width, frame_height (0: unknown)
-_HEARTBEAT = struct.Struct("<BBHQQQQQ32s")
-_PREVIEW = struct.Struct("<IQQIIIIBBH")
-
-PREFIX_SIZE = _PREFIX.size
-FRAME_HEADER_SIZE = PREFIX_SIZE + _FRAME.size
-RESULT_HEADER_SIZE = PREFIX_SIZE + _RESULT.size + _RESULT_1_3.size
-HEARTBEAT_HEADER_SIZE = PREFIX_SIZE + _HEARTBEAT.size
-PREVIEW_HEADER_SIZE = PREFIX_SIZE + _PREVIEW.size
-PUBLISH_TS_OFFSET = PREFIX_SIZE + 44  # result header: publish_ts_ns, stamped by the daemon just before sending
-
-MAX_META_BYTES = 64 * 1024
-_ZERO_SHA = bytes(32)
-
-
-class MessageType(enum.IntEnum):
-    FRAME = 1
-    RESULT = 2
-    HEARTBEAT = 3
-    PREVIEW = 4  # 1.2: the processed frame as a compressed image, on the daemon's preview socket only
-
-
-class DType(enum.IntEnum):
-    UINT8 = 1
-    UINT16 = 2
-    FLOAT32 = 3
-
-    @property
-    def numpy(self) -> np.dtype:
-        return np.dtype({DType.UINT8: "<u1", DType.UINT16: "<u2", DType.FLOAT32: "<f4"}[self])
-
-
-class PixelFormat(enum.IntEnum):
-    GRAY8 = 1
-    GRAY16 = 2
-    RGB8 = 3
-    BGR8 = 4
-    GRAY32F = 5
-
-    @property
-    def channels(self) -> int:
-        return 3 if self in (PixelFormat.RGB8, PixelFormat.BGR8) else 1
-
-    @property
-    def dtype(self) -> DType:
-        return {PixelFormat.GRAY16: DType.UINT16, PixelFormat.GRAY32F: DType.FLOAT32}.get(self, DType.UINT8)
-
-
-class Task(enum.IntEnum):
-    SEGMENTATION = 1
-    CLASSIFICATION = 2
-    DETECTION = 3
-
-    @property
-    def label(self) -> str:
-        """The task's name as cards, reports and the command line spell it."""
-        return self.name.lower()
-
-    @classmethod
-    def from_name(cls, name: str) -> Task:
-        try:
-            return cls[name.upper()]
-        except KeyError:
-            raise OptionError(f"unknown task '{name}'; expected one of {[t.label for t in cls]}") from None
-
-
-class PreviewCodec(enum.IntEnum):
-    JPEG = 1
-
-
-class ResultStatus(enum.IntEnum):
-    OK = 0
-    ERROR = 1  # inference failed for this frame: no payload, `error` says why
-
-
-class DaemonState(enum.IntEnum):
-    STARTING = 1
-    READY = 2
-    DEGRADED = 3
-    STOPPING = 4
-
-
-class RejectReason(str, enum.Enum):
-    """Why an incoming message was refused; the values are the labels used in stats and logs."""
-
-    BAD_PART_COUNT = "bad_part_count"
-    SHORT_HEADER = "short_header"
-    BAD_MAGIC = "bad_magic"
-    UNSUPPORTED_VERSION = "unsupported_version"
-    BAD_HEADER_LENGTH = "bad_header_length"
-    UNKNOWN_MESSAGE_TYPE = "unknown_message_type"
-    UNEXPECTED_MESSAGE_TYPE = "unexpected_message_type"
-    UNKNOWN_DTYPE = "unknown_dtype"
-    UNKNOWN_PIXEL_FORMAT = "unknown_pixel_format"
-    FORMAT_MISMATCH = "format_mismatch"
-    BAD_DIMENSIONS = "bad_dimensions"
-    BAD_STRIDE = "bad_stride"
-    SIZE_MISMATCH = "size_mismatch"
-    BAD_SPACING = "bad_spacing"
-    BAD_METADATA = "bad_metadata"
-    BAD_PAYLOAD = "bad_payload"
-    BAD_PIXELS = "bad_pixels"  # float pixels that are NaN, infinite or outside [0, 1]
-    DECODER_ERROR = "decoder_error"  # anything else the decoder raised: a bug, counted instead of crashing
-    UNAUTHORIZED = "unauthorized"  # a CURVE client whose key is not in the allow-list
-    STREAM_LIMIT = "stream_limit"  # a frame on a new stream while the daemon's maximum of live streams is reached
-    PENDING_BYTES = "pending_bytes"  # waiting frames would exceed the daemon's byte budget
-    BAD_CONTROL_REQUEST = "bad_control_request"  # a control message that is not one request part (answered)
-    CONTROL_TOO_LARGE = "control_too_large"  # a control request over its size limit (answered, not executed)
-    MESSAGE_TOO_LARGE = "message_too_large"  # all parts of an ingest message together over the size limit
-    STREAM_OWNER = "stream_owner"  # with CURVE, a frame on a stream that another client key owns
-    BAD_KEY = "bad_key"  # handshake: wrong server key or a client key pair that does not match
-    WRONG_MECHANISM = "wrong_mechanism"  # handshake: no CURVE, or PLAIN, against a CURVE socket
-    HANDSHAKE_FAILED = "handshake_failed"  # handshake: any other protocol error libzmq reports
-    INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # closed before the handshake ended: wrong socket type, not ZMTP
-    UNKNOWN_STREAM_NAME = "unknown_stream_name"  # imagezmq ingest: a name not in ingest.streams (or too many names)
-    UNDECLARED_STREAM = "undeclared_stream"  # a frame on a stream id that `[streams] ids` does not declare
-    DECODE_BUDGET = "decode_budget"  # a compressed frame over its stream's decoded bytes per second (`[decode]`)
-    DECODE_QUEUE_FULL = "decode_queue_full"  # compressed frames waiting for a decode thread over `[decode]`'s bytes
-
-
-class MaskResolution(str, enum.Enum):
-    """The resolution a segmentation mask is published at. MODEL (the default since protocol 1.3): the model's
-    own, covering the frame, scaled up by the display (a 480x640 frame's mask shrinks from 307 KB to 49 KB with the
-    demo model, a full-HD one's from 2 MB); the frame's when that is no larger. FRAME: always the frame's, as
-    protocol 1.2 readers expect."""
-
-    MODEL = "model"
-    FRAME = "frame"
-
-
-class ProtocolError(EdgertError, ValueError):
-    def __init__(self, reason: RejectReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds a reader enforces before it touches pixel data (the daemon's `[limits]`): frames on the wire, images
-    and cines read from files (`image`), and model packages (an archive is unpacked within `max_package_bytes` and
-    `max_package_members`; a card's input is at most max_width x max_height)."""
-
-    max_width: int = ImageLimits.max_width
-    max_height: int = ImageLimits.max_height
-    max_meta_bytes: int = MAX_META_BYTES
-    max_frames: int = ImageLimits.max_frames  # of one file read by replay or convert
-    max_package_bytes: int = 1 << 30  # unpacked, all members together
-    max_package_members: int = 64
-
-    def __post_init__(self) -> None:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        bad = [name for name, v in values.items() if not isinstance(v, int) or v <= 0]
-        if bad:
-            raise OptionError(f"limits: {', '.join(bad)} must be positive integers")
-
-    @property
-    def image(self) -> ImageLimits:
-        return ImageLimits(self.max_width, self.max_height, self.max_frames)
-
-
-@dataclass(frozen=True)
-class ModelId:
-    name: str
-    version: str
-    sha256: str  # hex digest of model.onnx
-
-    def __str__(self) -> str:
-        return f"{self.name}:{self.version}@{self.sha256[:12]}"
+from calibration.preprocessing import scale_labels
+from edge_runtime.core.errors import FrameError
+from edge_runtime.core.wire import (
+    FRAME_HEADER_SIZE,
+    FRAME_LAYOUT,
+    HEARTBEAT_HEADER_SIZE,
+    HEARTBEAT_LAYOUT,
+    MAGIC,
+    MAX_META_BYTES,
+    PREFIX_SIZE,
+    PREVIEW_HEADER_SIZE,
+    PREVIEW_LAYOUT,
+    PUBLISH_TS_OFFSET,
+    RESULT_1_3_LAYOUT,
+    RESULT_HEADER_SIZE,
+    RESULT_LAYOUT,
+    VERSION_MAJOR,
+    VERSION_MINOR,
+    ZERO_SHA,
+    Buffer,
+    DaemonState,
+    DType,
+    Limits,
+    MaskResolution,
+    MessageType,
+    ModelId,
+    PixelFormat,
+    PreviewCodec,
+    ProtocolError,
+    RejectReason,
+    ResultStatus,
+    Task,
+    check_prefix,
+    decode_meta,
+    json_part,
+    message_type,
+    pack_prefix,
+    sha_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -326,18 +183,6 @@ class Heartbeat:
     info: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _prefix(msg_type: MessageType, header_len: int) -> bytes:
-    return _PREFIX.pack(MAGIC, VERSION_MAJOR, VERSION_MINOR, header_len, msg_type, 0, 0)
-
-
-def _sha_bytes(model: ModelId | None) -> bytes:
-    return bytes.fromhex(model.sha256) if model else _ZERO_SHA
-
-
-def _json_part(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
 def pixel_format_for(array: np.ndarray, bgr: bool = False) -> PixelFormat:
     """The pixel format a (H, W) or (H, W, C) array is sent as."""
     channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else -1
@@ -371,66 +216,14 @@ def encode_frame(
     pixels = np.ascontiguousarray(pixels)
     height, width = pixels.shape[:2]
     sx, sy = spacing_mm or (0.0, 0.0)
-    header = _prefix(MessageType.FRAME, FRAME_HEADER_SIZE) + _FRAME.pack(
+    header = pack_prefix(MessageType.FRAME, FRAME_HEADER_SIZE) + FRAME_LAYOUT.pack(
         stream_id, seq, capture_ts_ns, send_ts_ns, width, height, fmt.channels, fmt.dtype, fmt,
         width * fmt.channels * fmt.dtype.numpy.itemsize, sx, sy,
     )  # fmt: skip
     parts: list[Buffer] = [header, pixels.data.cast("B")]
     if meta:
-        parts.append(_json_part(meta))
+        parts.append(json_part(meta))
     return parts
-
-
-def _check_prefix(header: Buffer, expected: MessageType, body_size: int) -> None:
-    if len(header) < PREFIX_SIZE:
-        raise ProtocolError(RejectReason.SHORT_HEADER, f"header has {len(header)} bytes, at least {PREFIX_SIZE} needed")
-    magic, major, _minor, header_len, msg_type, _flags, _ = _PREFIX.unpack_from(header)
-    if magic != MAGIC:
-        raise ProtocolError(RejectReason.BAD_MAGIC, f"magic {bytes(magic)!r}, expected {MAGIC!r}")
-    if major != VERSION_MAJOR:
-        raise ProtocolError(
-            RejectReason.UNSUPPORTED_VERSION, f"major version {major}, this reader speaks {VERSION_MAJOR}"
-        )
-    if msg_type not in MessageType._value2member_map_:
-        raise ProtocolError(RejectReason.UNKNOWN_MESSAGE_TYPE, f"message type {msg_type}")
-    if msg_type != expected:
-        raise ProtocolError(
-            RejectReason.UNEXPECTED_MESSAGE_TYPE, f"got {MessageType(msg_type).name}, expected {expected.name}"
-        )
-    if header_len < PREFIX_SIZE + body_size or header_len != len(header):
-        raise ProtocolError(
-            RejectReason.BAD_HEADER_LENGTH,
-            f"header_len {header_len} with a {len(header)}-byte header part; {expected.name} needs at least "
-            f"{PREFIX_SIZE + body_size} and both must agree",
-        )
-
-
-def message_type(parts: Sequence[Buffer]) -> MessageType | None:
-    """The type of a well-prefixed message, or None if the first part is not a valid v1 prefix."""
-    if not parts or len(parts[0]) < PREFIX_SIZE:
-        return None
-    magic, major, _, _, msg_type, _, _ = _PREFIX.unpack_from(parts[0])
-    if magic != MAGIC or major != VERSION_MAJOR or msg_type not in MessageType._value2member_map_:
-        return None
-    return MessageType(msg_type)
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _decode_meta(part: Buffer, limit: int) -> Mapping[str, Any]:
-    if len(part) > limit:
-        raise ProtocolError(RejectReason.BAD_METADATA, f"metadata has {len(part)} bytes, limit {limit}")
-    try:
-        meta = json.loads(bytes(part).decode("utf-8"), parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, NaN/Infinity, too deep, a 5000-digit int
-        raise ProtocolError(
-            RejectReason.BAD_METADATA, f"metadata is not UTF-8 JSON ({exc.__class__.__name__}: {str(exc)[:80]})"
-        ) from None
-    if not isinstance(meta, dict):
-        raise ProtocolError(RejectReason.BAD_METADATA, f"metadata must be a JSON object, got {type(meta).__name__}")
-    return meta
 
 
 def decode_frame(parts: Sequence[Buffer], limits: Limits = Limits()) -> Frame:
@@ -438,9 +231,9 @@ def decode_frame(parts: Sequence[Buffer], limits: Limits = Limits()) -> Frame:
     if len(parts) not in (2, 3):
         raise ProtocolError(RejectReason.BAD_PART_COUNT, f"{len(parts)} parts, a frame has 2 or 3")
     header = parts[0]
-    _check_prefix(header, MessageType.FRAME, _FRAME.size)
-    (stream_id, seq, capture_ts, send_ts, width, height, channels, dtype, pix_fmt, stride, sx, sy) = _FRAME.unpack_from(
-        header, PREFIX_SIZE
+    check_prefix(header, MessageType.FRAME, FRAME_LAYOUT.size)
+    (stream_id, seq, capture_ts, send_ts, width, height, channels, dtype, pix_fmt, stride, sx, sy) = (
+        FRAME_LAYOUT.unpack_from(header, PREFIX_SIZE)
     )
     if dtype not in DType._value2member_map_:
         raise ProtocolError(RejectReason.UNKNOWN_DTYPE, f"dtype code {dtype}")
@@ -468,7 +261,7 @@ def decode_frame(parts: Sequence[Buffer], limits: Limits = Limits()) -> Frame:
         )
     if not (math.isfinite(sx) and math.isfinite(sy) and sx >= 0 and sy >= 0):
         raise ProtocolError(RejectReason.BAD_SPACING, f"pixel spacing ({sx}, {sy}) mm")
-    meta = _decode_meta(parts[2], limits.max_meta_bytes) if len(parts) == 3 else None
+    meta = decode_meta(parts[2], limits.max_meta_bytes) if len(parts) == 3 else None
     shape: tuple[int, ...] = (height, width) if channels == 1 else (height, width, channels)
     strides: tuple[int, ...] = (
         (stride, channels * itemsize) if channels == 1 else (stride, channels * itemsize, itemsize)
@@ -500,10 +293,10 @@ def encode_result(result: Result) -> list[Buffer]:
         raise ValueError(f"mask must be 2-D uint8, got {mask.dtype} {mask.shape}")
     mh, mw = mask.shape if mask is not None else (0, 0)
     fh, fw = result.frame_shape or (0, 0)
-    header = bytearray(_prefix(MessageType.RESULT, RESULT_HEADER_SIZE)) + _RESULT.pack(
+    header = bytearray(pack_prefix(MessageType.RESULT, RESULT_HEADER_SIZE)) + RESULT_LAYOUT.pack(
         result.stream_id, result.seq, result.capture_ts_ns, result.recv_ts_ns, result.infer_start_ns,
-        result.infer_end_ns, result.publish_ts_ns, result.task, result.status, 0, mw, mh, _sha_bytes(result.model),
-    ) + _RESULT_1_3.pack(fw, fh)  # fmt: skip
+        result.infer_end_ns, result.publish_ts_ns, result.task, result.status, 0, mw, mh, sha_bytes(result.model),
+    ) + RESULT_1_3_LAYOUT.pack(fw, fh)  # fmt: skip
     body: dict[str, Any] = {
         "model": {"name": result.model.name, "version": result.model.version},
         "labels": list(result.labels),
@@ -529,7 +322,7 @@ def encode_result(result: Result) -> list[Buffer]:
                 "height": result.saliency.height,
                 "data": base64.b64encode(values.tobytes()).decode("ascii"),
             }
-    return [header, _json_part(body), np.ascontiguousarray(mask).data.cast("B") if mask is not None else b""]
+    return [header, json_part(body), np.ascontiguousarray(mask).data.cast("B") if mask is not None else b""]
 
 
 def stamp_publish_time(header: bytearray, ts_ns: int) -> None:
@@ -540,8 +333,8 @@ def stamp_publish_time(header: bytearray, ts_ns: int) -> None:
 def decode_result(parts: Sequence[Buffer], limits: Limits = Limits()) -> Result:
     if len(parts) != 3:
         raise ProtocolError(RejectReason.BAD_PART_COUNT, f"{len(parts)} parts, a result has 3")
-    _check_prefix(parts[0], MessageType.RESULT, _RESULT.size)
-    (stream_id, seq, capture, recv, start, end, publish, task, status, _, mw, mh, sha) = _RESULT.unpack_from(
+    check_prefix(parts[0], MessageType.RESULT, RESULT_LAYOUT.size)
+    (stream_id, seq, capture, recv, start, end, publish, task, status, _, mw, mh, sha) = RESULT_LAYOUT.unpack_from(
         parts[0], PREFIX_SIZE
     )
     if task not in Task._value2member_map_ or status not in ResultStatus._value2member_map_:
@@ -549,8 +342,8 @@ def decode_result(parts: Sequence[Buffer], limits: Limits = Limits()) -> Result:
     if mw > limits.max_width or mh > limits.max_height or len(parts[2]) != mw * mh:
         raise ProtocolError(RejectReason.SIZE_MISMATCH, f"mask part has {len(parts[2])} bytes for {mw}x{mh}")
     fw, fh = 0, 0
-    if len(parts[0]) >= PREFIX_SIZE + _RESULT.size + _RESULT_1_3.size:  # 1.3 and later
-        fw, fh = _RESULT_1_3.unpack_from(parts[0], PREFIX_SIZE + _RESULT.size)
+    if len(parts[0]) >= PREFIX_SIZE + RESULT_LAYOUT.size + RESULT_1_3_LAYOUT.size:  # 1.3 and later
+        fw, fh = RESULT_1_3_LAYOUT.unpack_from(parts[0], PREFIX_SIZE + RESULT_LAYOUT.size)
         if fw > limits.max_width or fh > limits.max_height or (fw == 0) != (fh == 0):
             raise ProtocolError(RejectReason.SIZE_MISMATCH, f"frame size {fw}x{fh}")
     if not fw and mw * mh:  # before 1.3, a mask came at the frame's resolution
@@ -619,26 +412,26 @@ def _heatmap(obj: Any, n_labels: int) -> Heatmap:
 
 
 def encode_heartbeat(hb: Heartbeat) -> list[Buffer]:
-    header = _prefix(MessageType.HEARTBEAT, HEARTBEAT_HEADER_SIZE) + _HEARTBEAT.pack(
+    header = pack_prefix(MessageType.HEARTBEAT, HEARTBEAT_HEADER_SIZE) + HEARTBEAT_LAYOUT.pack(
         hb.state, 0, 0, hb.ts_ns, hb.frames_in, hb.frames_out, hb.frames_dropped, hb.frames_rejected,
-        _sha_bytes(hb.model),
+        sha_bytes(hb.model),
     )  # fmt: skip
     info = dict(hb.info)
     if hb.model:
         info["model"] = {"name": hb.model.name, "version": hb.model.version}
-    return [header, _json_part(info)]
+    return [header, json_part(info)]
 
 
 def decode_heartbeat(parts: Sequence[Buffer]) -> Heartbeat:
     if len(parts) != 2:
         raise ProtocolError(RejectReason.BAD_PART_COUNT, f"{len(parts)} parts, a heartbeat has 2")
-    _check_prefix(parts[0], MessageType.HEARTBEAT, _HEARTBEAT.size)
-    state, _, _, ts, fin, fout, fdrop, frej, sha = _HEARTBEAT.unpack_from(parts[0], PREFIX_SIZE)
+    check_prefix(parts[0], MessageType.HEARTBEAT, HEARTBEAT_LAYOUT.size)
+    state, _, _, ts, fin, fout, fdrop, frej, sha = HEARTBEAT_LAYOUT.unpack_from(parts[0], PREFIX_SIZE)
     if state not in DaemonState._value2member_map_:
         raise ProtocolError(RejectReason.BAD_PAYLOAD, f"daemon state {state}")
-    info = _decode_meta(parts[1], MAX_META_BYTES)
+    info = decode_meta(parts[1], MAX_META_BYTES)
     model = None
-    if sha != _ZERO_SHA:
+    if sha != ZERO_SHA:
         m = info.get("model") or {}
         model = ModelId(str(m.get("name", "")), str(m.get("version", "")), sha.hex())
     return Heartbeat(DaemonState(state), ts, fin, fout, fdrop, frej, model, info)
@@ -666,7 +459,7 @@ class Preview:
 
 def encode_preview(preview: Preview) -> list[Buffer]:
     """Preview parts: [header, image]."""
-    header = _prefix(MessageType.PREVIEW, PREVIEW_HEADER_SIZE) + _PREVIEW.pack(
+    header = pack_prefix(MessageType.PREVIEW, PREVIEW_HEADER_SIZE) + PREVIEW_LAYOUT.pack(
         preview.stream_id, preview.seq, preview.capture_ts_ns, preview.frame_width, preview.frame_height,
         preview.image_width, preview.image_height, preview.codec, 0, 0,
     )  # fmt: skip
@@ -678,8 +471,8 @@ def decode_preview(parts: Sequence[Buffer], limits: Limits = Limits()) -> Previe
     JPEG stream (the display decodes it; a broken one fails there without an overlay being drawn)."""
     if len(parts) != 2:
         raise ProtocolError(RejectReason.BAD_PART_COUNT, f"{len(parts)} parts, a preview has 2")
-    _check_prefix(parts[0], MessageType.PREVIEW, _PREVIEW.size)
-    stream_id, seq, capture, fw, fh, iw, ih, codec, _, _ = _PREVIEW.unpack_from(parts[0], PREFIX_SIZE)
+    check_prefix(parts[0], MessageType.PREVIEW, PREVIEW_LAYOUT.size)
+    stream_id, seq, capture, fw, fh, iw, ih, codec, _, _ = PREVIEW_LAYOUT.unpack_from(parts[0], PREFIX_SIZE)
     if codec not in PreviewCodec._value2member_map_:
         raise ProtocolError(RejectReason.BAD_PAYLOAD, f"preview codec {codec}")
     if not (0 < fw <= limits.max_width and 0 < fh <= limits.max_height):
@@ -694,3 +487,52 @@ def decode_preview(parts: Sequence[Buffer], limits: Limits = Limits()) -> Previe
     if bytes(data[:3]) != _JPEG_SOI:
         raise ProtocolError(RejectReason.BAD_PAYLOAD, "preview image does not start like a JPEG stream")
     return Preview(stream_id, seq, capture, fw, fh, iw, ih, PreviewCodec(codec), data)
+
+
+__all__ = [  # the messages defined here, and the wire layer's names re-exported (core/wire.py)
+    "Box",
+    "Buffer",
+    "ClassScore",
+    "DType",
+    "DaemonState",
+    "FRAME_HEADER_SIZE",
+    "Frame",
+    "HEARTBEAT_HEADER_SIZE",
+    "Heartbeat",
+    "Heatmap",
+    "Limits",
+    "MAGIC",
+    "MAX_BOXES",
+    "MAX_META_BYTES",
+    "MAX_PREVIEW_BYTES",
+    "MAX_SALIENCY_SIDE",
+    "MaskResolution",
+    "MessageType",
+    "ModelId",
+    "PREFIX_SIZE",
+    "PREVIEW_HEADER_SIZE",
+    "PUBLISH_TS_OFFSET",
+    "PixelFormat",
+    "Polygon",
+    "Preview",
+    "PreviewCodec",
+    "ProtocolError",
+    "RESULT_HEADER_SIZE",
+    "RejectReason",
+    "Result",
+    "ResultStatus",
+    "Task",
+    "VERSION_MAJOR",
+    "VERSION_MINOR",
+    "decode_frame",
+    "decode_heartbeat",
+    "decode_preview",
+    "decode_result",
+    "encode_frame",
+    "encode_heartbeat",
+    "encode_preview",
+    "encode_result",
+    "message_type",
+    "pixel_format_for",
+    "stamp_publish_time",
+]

@@ -227,6 +227,13 @@ class AuditWriter:
     def head(self) -> str:
         return self.log.head
 
+    def status(self) -> dict[str, Any]:
+        """The newest record and the counts (`ctl status`): kept elsewhere, it anchors `edgert audit verify --head`."""
+        return {
+            "path": str(self.log.options.path), "seq": self.seq, "head": self.head, "failures": self.failures,
+            "dropped": self.dropped,
+        }  # fmt: skip
+
     def _run(self) -> None:
         period = self.log.options.summary_s
         due = time.monotonic() + period

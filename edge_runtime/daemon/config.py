@@ -6,6 +6,7 @@ file and the key.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import sys
 from collections.abc import Mapping
@@ -344,6 +345,21 @@ class DaemonConfig:
     def max_message_bytes(self) -> int:
         """ZeroMQ MAXMSGSIZE for ingest: the largest legal pixel part (4 bytes x 3 channels covers every format)."""
         return self.limits.max_width * self.limits.max_height * 4 * 3 + 4096
+
+
+def as_json(value: Any) -> Any:
+    """A configuration as JSON values: dataclasses as objects, paths as text, enums as their values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return as_json(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): as_json(v) for k, v in value.items()}
+    return value
 
 
 def is_local_endpoint(endpoint: str) -> bool:

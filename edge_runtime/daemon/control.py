@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,17 @@ def command_name(text: str) -> str:
         except (ValueError, AttributeError):
             return "unknown"
     return name if name in CONTROL_COMMANDS else "unknown"
+
+
+def parse_request(text: str) -> tuple[str, Mapping[str, Any]] | None:
+    """(command, fields) of a request: a bare command name, or JSON {"cmd": name, ...}; None for broken JSON."""
+    if not text.startswith("{"):
+        return text, {}
+    try:
+        request = json.loads(text)
+        return str(request.get("cmd", "")), request
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def waiting_requests(router: zmq.Socket[bytes], stats: DaemonStats, curve: bool) -> Iterator[ControlRequest]:

@@ -14,12 +14,15 @@ docs/LATENCY.md). A lever that cannot be applied is reported, and the daemon ser
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import zmq
+
+log = logging.getLogger("edgert.daemon")
 
 
 def pin_current_thread(cpus: Sequence[int]) -> str | None:
@@ -51,6 +54,13 @@ def realtime_current_thread(priority: int) -> str | None:
     except OSError as exc:
         return f"cannot set real-time priority {priority}: {exc.strerror or exc}"
     return None
+
+
+def place_current_thread(cpus: Sequence[int], priority: int) -> None:
+    """[cpu] for the calling thread: pinned to `cpus`, SCHED_FIFO at `priority` (0: normal). A lever the system
+    refuses is logged once for the thread, never fatal."""
+    for problem in filter(None, (pin_current_thread(cpus), realtime_current_thread(priority))):
+        log.warning("%s: %s", threading.current_thread().name, problem)
 
 
 def realtime_permitted(priority: int) -> str | None:

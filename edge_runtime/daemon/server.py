@@ -15,8 +15,6 @@ a socket is used from more than one thread; neither holds it for more than a non
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import json
 import logging
 import os
@@ -24,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,49 +45,39 @@ from edge_runtime.core.protocol import (
 )
 from edge_runtime.daemon import systemd
 from edge_runtime.daemon.audit import AuditError, AuditEvent, AuditLog, AuditWriter, Tally, key_id
-from edge_runtime.daemon.config import DaemonConfig, IngestPattern, SocketMode
+from edge_runtime.daemon.config import DaemonConfig, as_json
 from edge_runtime.daemon.control import (
     CONTROL_COMMANDS,
-    CONTROL_MAX_MESSAGE,
     command_name,
     count_refusal,
+    parse_request,
     send_reply,
     waiting_requests,
 )
 from edge_runtime.daemon.handoff import Handoff
+from edge_runtime.daemon.health import health
 from edge_runtime.daemon.imagezmq import REPLY_OK, refusal_reply
 from edge_runtime.daemon.ingest import (
-    HANDSHAKE_IVL_MS,
     IngestSocket,
-    MessageBounds,
     PeerEvents,
     Received,
 )
 from edge_runtime.daemon.intake import Intake
 from edge_runtime.daemon.preview import PreviewPublisher
 from edge_runtime.daemon.reload import Reloader
-from edge_runtime.daemon.scheduling import (
-    configure_zmq_threads,
-    pin_current_thread,
-    realtime_current_thread,
-)
+from edge_runtime.daemon.scheduling import configure_zmq_threads, place_current_thread
 from edge_runtime.daemon.slots import Pending, StreamTable
+from edge_runtime.daemon.sockets import SocketError, open_sockets
 from edge_runtime.daemon.stats import DaemonStats, Stage
 from edge_runtime.inference.pipeline import InferencePipeline
 from edge_runtime.sdk.security import SecurityError, ServerSecurity
 
 log = logging.getLogger("edgert.daemon")
 
-INGEST_RCVHWM = 4  # the receiver drains continuously; a deep queue would only hold stale frames
-FRAME_MAX_PARTS = 3  # header, pixels, optional metadata
-ANSWERED_PART_BYTES = 1 << 30  # REQ/REP ingest: a part up to this is received and refused with an answer
-RESULTS_SNDHWM = 16
-PREVIEW_SNDHWM = 2  # a display that falls behind misses previews; it never makes them queue
 POLL_MS = 50
 GIL_SWITCH_INTERVAL_S = 0.0005
 REPLY_STOPPING = b"REFUSED stopping"  # what REQ senders waiting at shutdown are told
 REPLY_LINGER_MS = 200  # at shutdown, how long the last answers to REQ senders may take to leave
-PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after a served or declared stream lost a frame (slots.py)
 
 
 EngineSource = Callable[[ModelPackage, Callable[[str], None]], Path]
@@ -98,21 +86,6 @@ EngineSource = Callable[[ModelPackage, Callable[[str], None]], Path]
 
 class DaemonError(EdgertError, RuntimeError):
     pass
-
-
-def _plain(value: Any) -> Any:
-    """A configuration as JSON values: dataclasses as objects, paths as text, enums as their values."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return _plain(value.value)
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
 
 
 class Daemon:
@@ -179,7 +152,7 @@ class Daemon:
                 self._audit = AuditWriter(AuditLog(cfg.audit), on_error=lambda text: log.error("audit log: %s", text))
             except (AuditError, OSError) as exc:
                 raise DaemonError(f"audit log: {exc}") from None
-            self._audited(AuditEvent.START, version=__version__, pid=os.getpid(), config=_plain(cfg))
+            self._audited(AuditEvent.START, version=__version__, pid=os.getpid(), config=as_json(cfg))
         pipeline = self._load_pipeline(cfg.model)
         self._pipeline = pipeline
         log.info(
@@ -210,14 +183,17 @@ class Daemon:
             log.warning("UNENCRYPTED: %s", exposure)
         if self._security is not None and not cfg.curve_outputs:
             log.warning("UNENCRYPTED: security.curve_outputs = false: results and preview are sent in plain")
-        sockets = self._open_sockets()
-        infer = threading.Thread(target=self._inference_loop, args=(sockets["pub"],), name="edgert-infer", daemon=True)
+        try:
+            sockets = open_sockets(cfg, self._ctx, self._security, self.endpoints)
+        except SocketError as exc:
+            raise DaemonError(str(exc)) from None
+        infer = threading.Thread(target=self._inference_loop, args=(sockets.pub,), name="edgert-infer", daemon=True)
         self._threads = [
-            threading.Thread(target=self._receive_loop, args=(sockets["ingest"],), name="edgert-receive", daemon=True),
+            threading.Thread(target=self._receive_loop, args=(sockets.ingest,), name="edgert-receive", daemon=True),
             infer,
             threading.Thread(
                 target=self._io_loop,
-                args=(sockets["pub"], sockets["rep"], infer),
+                args=(sockets.pub, sockets.rep, infer),
                 name="edgert-io",
                 daemon=True,
             ),
@@ -228,8 +204,8 @@ class Daemon:
             )
             for i in range(self._intake.decode_threads)
         ]
-        if "preview" in sockets:  # before the inference thread, which offers it every frame from the first
-            self._preview = PreviewPublisher(sockets["preview"], cfg.preview.max_side, cfg.preview.quality)
+        if sockets.preview is not None:  # before the inference thread, which offers it every frame from the first
+            self._preview = PreviewPublisher(sockets.preview, cfg.preview.max_side, cfg.preview.quality)
             self._preview.start()
         for t in self._threads:
             t.start()
@@ -290,88 +266,6 @@ class Daemon:
             pipeline.runner.deactivate()
             raise
         return pipeline
-
-    def _open_sockets(self) -> dict[str, Any]:
-        assert self._ctx is not None
-        cfg, ctx = self.config, self._ctx
-        opened: list[zmq.Socket[bytes]] = []
-
-        def new(kind: int, **options: Any) -> zmq.Socket[bytes]:
-            sock = ctx.socket(kind)
-            sock.setsockopt(zmq.LINGER, 0)
-            for name, value in options.items():
-                sock.setsockopt(getattr(zmq, name), value)
-            return sock
-
-        def make(kind: int, **options: Any) -> zmq.Socket[bytes]:  # closed here if a later socket fails
-            sock = new(kind, **options)
-            opened.append(sock)
-            return sock
-
-        def attach(sock: zmq.Socket[bytes], name: str, endpoint: str, mode: SocketMode = SocketMode.BIND) -> None:
-            try:
-                sock.bind(endpoint) if mode is SocketMode.BIND else sock.connect(endpoint)
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EADDRINUSE and name in self.endpoints:
-                    raise  # re-opening: the old listener is still closing, the caller retries
-                raise DaemonError(f"cannot {mode.value} the {name} socket to {endpoint}: {exc}") from None
-            self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT) if mode is SocketMode.BIND else endpoint
-            if mode is SocketMode.BIND and any(h in endpoint for h in ("0.0.0.0", "://*", "[::]")):
-                log.warning(
-                    "%s socket listens on all interfaces (%s): configure CURVE keys on a shared network", name, endpoint
-                )
-
-        try:
-            # REP: a ROUTER, which can answer each REQ sender at once and never waits on one (see imagezmq.py)
-            kind = {IngestPattern.PULL: zmq.PULL, IngestPattern.SUB: zmq.SUB, IngestPattern.REP: zmq.ROUTER}[
-                cfg.ingest.pattern
-            ]
-
-            def make_ingest() -> zmq.Socket[bytes]:  # also called by IngestSocket.reset, after start-up
-                # MAXMSGSIZE bounds each part: ZeroMQ has no whole-message bound (IngestSocket adds one). A part over
-                # it drops the connection with no answer, which leaves a REQ sender waiting for good: a ROUTER takes
-                # parts up to ANSWERED_PART_BYTES, so that IngestSocket can refuse them with an answer.
-                cap = max(cfg.max_message_bytes, ANSWERED_PART_BYTES) if kind == zmq.ROUTER else cfg.max_message_bytes
-                sock = new(kind, RCVHWM=INGEST_RCVHWM, MAXMSGSIZE=cap, HANDSHAKE_IVL=HANDSHAKE_IVL_MS)
-                if self._security is not None:
-                    self._security.apply(sock)
-                if kind == zmq.SUB:
-                    sock.setsockopt(zmq.SUBSCRIBE, b"")
-                endpoint = self.endpoints.get("ingest")  # a re-opened socket keeps the endpoint (and port) it had
-                try:
-                    attach(sock, "ingest", endpoint or cfg.ingest.endpoint, cfg.ingest.mode)
-                except BaseException:
-                    sock.close(linger=0)
-                    raise
-                return sock
-
-            bounds = MessageBounds(FRAME_MAX_PARTS, cfg.max_message_bytes + cfg.limits.max_meta_bytes)
-            ingest = IngestSocket(make_ingest, bounds)
-            opened.append(ingest.socket)
-            outputs = self._security if cfg.encrypted_outputs else None  # results and preview: CURVE servers too
-            pub = make(zmq.PUB, SNDHWM=RESULTS_SNDHWM)
-            pub.setsockopt(zmq.LINGER, 200)  # let the final results and the STOPPING heartbeat leave, but never hang
-            if outputs is not None:
-                outputs.apply(pub)
-            attach(pub, "results", cfg.results_endpoint)
-            # ROUTER, not REP: every reply goes to the peer that asked, by its routing id, so no peer can make the
-            # daemon answer another one's request (a REP socket's strict turn-taking can be desynchronised).
-            rep = make(zmq.ROUTER, MAXMSGSIZE=CONTROL_MAX_MESSAGE, HANDSHAKE_IVL=HANDSHAKE_IVL_MS)
-            if self._security is not None:
-                self._security.apply(rep)
-            attach(rep, "control", cfg.control_endpoint)
-            preview = None
-            if cfg.preview.enabled:
-                preview = make(zmq.PUB, SNDHWM=PREVIEW_SNDHWM)
-                if outputs is not None:
-                    outputs.apply(preview)
-                attach(preview, "preview", cfg.preview.endpoint)
-        except BaseException:
-            for sock in opened:
-                sock.close(linger=0)
-            raise
-        sockets = {"ingest": ingest, "pub": pub, "rep": rep}
-        return sockets if preview is None else {**sockets, "preview": preview}
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop serving: the frame being inferred is finished and published, pending frames are abandoned.
@@ -435,17 +329,8 @@ class Daemon:
                 signal.signal(s, handler)
 
     # -- threads -----------------------------------------------------------------------------------------------
-    def _place_thread(self, cpus: tuple[int, ...], realtime: bool) -> None:
-        """Apply [cpu] to the calling thread; a lever the system refuses is logged once per thread, not fatal."""
-        problems = [
-            pin_current_thread(cpus),
-            realtime_current_thread(self.config.cpu.realtime_priority if realtime else 0),
-        ]
-        for problem in filter(None, problems):
-            log.warning("%s: %s", threading.current_thread().name, problem)
-
     def _receive_loop(self, ingest: IngestSocket) -> None:
-        self._place_thread(self.config.cpu.io_cpus, realtime=True)
+        place_current_thread(self.config.cpu.io_cpus, self.config.cpu.realtime_priority)
 
         def watch() -> tuple[zmq.Poller, PeerEvents]:  # the ingest socket and its monitor, polled together
             peers = self._watch(ingest.socket, "ingest")
@@ -523,7 +408,7 @@ class Daemon:
             self._audit.submit(event, **fields)
 
     def _inference_loop(self, pub: zmq.Socket[bytes]) -> None:
-        self._place_thread(self.config.cpu.inference_cpus[:1], realtime=False)
+        place_current_thread(self.config.cpu.inference_cpus[:1], 0)
         pipeline = self._pipeline
         assert pipeline is not None
         while not self._stop.is_set():
@@ -576,7 +461,7 @@ class Daemon:
         return stages
 
     def _io_loop(self, pub: zmq.Socket[bytes], rep: zmq.Socket[bytes], infer: threading.Thread) -> None:
-        self._place_thread(self.config.cpu.io_cpus, realtime=True)
+        place_current_thread(self.config.cpu.io_cpus, self.config.cpu.realtime_priority)
         peers = self._watch(rep, "control")
         poller = zmq.Poller()
         poller.register(rep, zmq.POLLIN)
@@ -642,13 +527,10 @@ class Daemon:
 
     def handle_command(self, text: str) -> dict[str, Any] | None:
         """Answer a control request: a bare command name or JSON {"cmd": name, ...}. None means "answered later"."""
-        cmd, request = text, {}
-        if text.startswith("{"):
-            try:
-                request = json.loads(text)
-                cmd = str(request.get("cmd", ""))
-            except (json.JSONDecodeError, AttributeError):
-                return {"ok": False, "error": "request is not valid JSON"}
+        parsed = parse_request(text)
+        if parsed is None:
+            return {"ok": False, "error": "request is not valid JSON"}
+        cmd, request = parsed
         if cmd == "reload":
             if self._reloader.busy:
                 return {"ok": False, "error": "a reload is already in progress"}
@@ -660,25 +542,7 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}; known: {', '.join(CONTROL_COMMANDS)}"}
 
     def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:
-        """The state to report: DEGRADED while an inference has run past its deadline (a hung backend), and for
-        a while after the stream table refused a frame or dropped a stale one (frames refused or starved)."""
-        if self.state is not DaemonState.READY:
-            return self.state, {}
-        busy = self._busy_since
-        if busy is not None:
-            busy_ms = (time.monotonic() - busy) * 1000.0
-            if busy_ms > self.config.inference_deadline_ms:
-                detail = {"busy_ms": round(busy_ms, 1), "deadline_ms": self.config.inference_deadline_ms}
-                return DaemonState.DEGRADED, {"watchdog": detail}
-        pressure = self._slots.last_pressure_ns
-        if pressure and time.monotonic_ns() - pressure < PRESSURE_WINDOW_NS:
-            ingest: dict[str, Any] = {
-                "live_streams": self._slots.live_streams,
-                "refused": self.stats.rejected_count("stream_limit", "pending_bytes"),
-                "stale": self.stats.frames_stale,
-            }
-            return DaemonState.DEGRADED, {"ingest": ingest}
-        return self.state, {}
+        return health(self.state, self._busy_since, self.config.inference_deadline_ms, self._slots, self.stats)
 
     def status(self) -> dict[str, Any]:
         model = self._pipeline.model_id if self._pipeline else None
@@ -697,18 +561,7 @@ class Daemon:
             "reloads_refused": self.reloads_refused,
             "pid": os.getpid(),
             **self._intake.status(),
-            **({"audit": self._audit_head()} if self._audit is not None else {}),
-        }
-
-    def _audit_head(self) -> dict[str, Any]:
-        """The newest audit record: kept elsewhere, it anchors `edgert audit verify --head`."""
-        assert self._audit is not None
-        return {
-            "path": str(self._audit.log.options.path),
-            "seq": self._audit.seq,
-            "head": self._audit.head,
-            "failures": self._audit.failures,
-            "dropped": self._audit.dropped,
+            **({"audit": self._audit.status()} if self._audit is not None else {}),
         }
 
     def _counts(self) -> dict[str, int]:

@@ -208,12 +208,12 @@ def test_allocation_takes_the_redundant_family_first() -> None:
 
 def test_the_latency_cost_model_counts_channel_blocks() -> None:
     """A conv in blocks of 16: 24 -> 17 output channels saves nothing, 24 -> 16 halves it; FLOPs are linear."""
-    from converters.prune import _CostModel, _CostOp
+    from converters.pruning.cost import CostModel, CostOp
 
-    blocked = _CostModel([_CostOp("c", 100.0, "x", "y", 24, 24, 16)])
+    blocked = CostModel([CostOp("c", 100.0, "x", "y", 24, 24, 16)])
     assert blocked.total({"y": 7}) == 100.0 and blocked.total({"y": 8}) == 50.0
     assert blocked.total({"x": 8, "y": 8}) == 25.0
-    linear = _CostModel([_CostOp("c", 100.0, "x", "y", 24, 24, 1)])
+    linear = CostModel([CostOp("c", 100.0, "x", "y", 24, 24, 1)])
     assert linear.total({"y": 6}) == 75.0
 
 
@@ -250,26 +250,26 @@ def test_a_latency_target_in_milliseconds(tiny_models: dict[str, Path]) -> None:
 
 
 def test_a_local_error_from_the_sums_equals_the_error_on_the_samples() -> None:
-    from converters.prune import _NormalEquations, _residual
+    from converters.pruning.repair import NormalEquations, local_error
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((300, 12))
     y = x @ rng.standard_normal((12, 5)) + 0.1 * rng.standard_normal((300, 5)) + 2.0
-    eq = _NormalEquations(12, 5)
+    eq = NormalEquations(12, 5)
     eq.add(x[:100], y[:100])
     eq.add(x[100:], y[100:])  # accumulated over two frames
     keep = np.array([0, 2, 3, 5, 7, 8, 11])
     w, b = eq.solve(keep, np.zeros((5, len(keep))), ridge=1e-3)
     direct = float(np.sum((y - (x[:, keep] @ w.T + b)) ** 2))
-    assert _residual(eq, keep, w, b) == pytest.approx(direct, rel=1e-6)
+    assert local_error(eq, keep, w, b) == pytest.approx(direct, rel=1e-6)
     assert eq.energy() == pytest.approx(float(np.sum((y - y.mean(axis=0)) ** 2)), rel=1e-9)
 
 
 def test_interpolated_losses_pass_through_the_anchors_and_never_fall() -> None:
-    from converters.prune import _anchors, _interpolate
+    from converters.pruning.sensitivity import anchors, interpolate
 
-    assert _anchors(8, 2) == [0, 7] and _anchors(1, 2) == [0] and _anchors(8, 3) == [0, 4, 7] and _anchors(5, 1) == [4]
-    losses = _interpolate([0.01, 0.02, 0.05, 0.04, 0.2], {2: 0.1, 4: 0.5})
+    assert anchors(8, 2) == [0, 7] and anchors(1, 2) == [0] and anchors(8, 3) == [0, 4, 7] and anchors(5, 1) == [4]
+    losses = interpolate([0.01, 0.02, 0.05, 0.04, 0.2], {2: 0.1, 4: 0.5})
     assert losses[2] == 0.1 and losses[4] == 0.5
     assert losses[0] == pytest.approx(0.02) and losses[1] == pytest.approx(0.04)  # on the line through (0, 0)
     assert losses == sorted(losses)  # step 3's smaller proxy does not make it cheaper than step 2

@@ -169,7 +169,7 @@ class ViewStats:
     implausible: int = 0  # paint reports whose capture-to-paint was outside -1 s..60 s: not counted as latency
 
 
-class BadMessage(ValueError):
+class BadMessage(EdgertError, ValueError):
     """A page sent something that is not a well-formed acknowledgement or clock reply."""
 
 

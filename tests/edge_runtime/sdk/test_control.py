@@ -63,6 +63,25 @@ def test_every_error_the_package_defines_derives_from_one_base(module: str) -> N
     assert all(issubclass(cls, EdgertError) for cls in errors), [c.__name__ for c in errors]
 
 
+def test_every_error_in_every_module_derives_from_the_one_base() -> None:
+    """Not only the modules named above: every module of the three packages (training scripts aside: torch)."""
+    import pkgutil
+
+    stray = []
+    for package in ("edge_runtime", "converters", "calibration"):
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, f"{package}."):
+            if ".models." in info.name or info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            stray += [
+                f"{info.name}.{name}"
+                for name, cls in inspect.getmembers(module, inspect.isclass)
+                if issubclass(cls, Exception) and cls.__module__ == info.name and not issubclass(cls, EdgertError)
+            ]
+    assert not stray
+
+
 def test_the_sdk_raises_typed_errors_for_bad_endpoints_and_frames() -> None:
     import numpy as np
 
