@@ -2,13 +2,13 @@
 
 Stages, each usable on its own:
 
-1. `plan_build(package, options, trt_version)` (`build/plan.py`): a `BuildPlan` from the package alone (its card, its graph and
+1. `plan_build(package, options, trt_version)` (`trt/plan.py`): a `BuildPlan` from the package alone (its card, its graph and
    its calibration cache) and the TensorRT version: which ONNX file, strongly or weakly typed, which builder
    flags, profiles, DLA, sparse weights. Pure, no TensorRT: tested anywhere.
-2. `trtexec_command(plan, ...)` (`build/trtexec.py`): the equivalent `trtexec` command line, for a person to check a build, and the
+2. `trtexec_command(plan, ...)` (`trt/trtexec.py`): the equivalent `trtexec` command line, for a person to check a build, and the
    build itself where only `trtexec` is installed.
 3. `build_engine(...)` (here): the build, through TensorRT's Python API or `trtexec`, stored in the content-keyed
-   `EngineCache` with a manifest and a per-layer precision report (`build/layers.py`).
+   `EngineCache` with a manifest and a per-layer precision report (`trt/layers.py`).
 
 How the TensorRT versions differ, and what the plan does about it (APIs looked up in NVIDIA's documentation for
 each version, cited where the code diverges):
@@ -36,8 +36,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from converters.build.layers import LayerInfo, LayerReport, parse_layer_info
-from converters.build.plan import (
+from converters.kinds import Builder as Builder  # defined with the other option enums, light to import
+from converters.kinds import HardwareCompat as HardwareCompat  # defined with the other option enums, light to import
+from converters.kinds import Int8Path as Int8Path  # defined with the other option enums, light to import
+from converters.kinds import Sparse as Sparse  # defined with the other option enums, light to import
+from converters.trt.layers import LayerInfo, LayerReport, parse_layer_info
+from converters.trt.plan import (
     CALIBRATION_CACHE,
     MIN_VERSION,
     PREPARED_FP32,
@@ -50,11 +54,7 @@ from converters.build.plan import (
     plan_build,
     shape_profiles,
 )
-from converters.build.trtexec import TRTEXEC_JETPACK, find_trtexec, installed_version, trtexec_command, trtexec_version
-from converters.kinds import Builder as Builder  # defined with the other option enums, light to import
-from converters.kinds import HardwareCompat as HardwareCompat  # defined with the other option enums, light to import
-from converters.kinds import Int8Path as Int8Path  # defined with the other option enums, light to import
-from converters.kinds import Sparse as Sparse  # defined with the other option enums, light to import
+from converters.trt.trtexec import TRTEXEC_JETPACK, find_trtexec, installed_version, trtexec_command, trtexec_version
 from edge_runtime import __version__
 from edge_runtime.backends.engine_cache import (
     EngineCache,

@@ -275,3 +275,16 @@ def test_view_token_comes_from_a_file_then_the_flag_then_the_environment(
         _view_token(parser.parse_args(["view", "--token-file", str(tmp_path / "missing")]))
     with pytest.raises(SystemExit):
         parser.parse_args(["view", "--token", "x" * 8, "--token-file", str(secret)])
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """`edgert package --json - | head -c0`: the pipe closes before the output is written."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", "package", "--json", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -36,6 +36,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # the command line itself is wrong (argparse's status)
     GATE_FAILED = 3  # a conversion or comparison was refused by the accuracy gate: not a crash
     CHAIN_BROKEN = 4  # `audit verify` found an edited, inserted or deleted record
+    PIPE_CLOSED = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, as a shell reports it
     INTERRUPTED = 130
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -93,7 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=_log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     name = f"edgert {args.command}" + (f" {args.action}" if args.command == "ctl" else "")
     try:
-        return int(args.func(args, Output(args)))
+        code = int(args.func(args, Output(args)))
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `edgert ... | head`: the reader has what it wanted; no traceback, no error line
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit cannot fail again
+        return ExitCode.PIPE_CLOSED
     except UsageError as exc:
         print(f"{name}: usage error: {escaped(exc, ERROR_CHARS)}", file=sys.stderr)
         return ExitCode.USAGE

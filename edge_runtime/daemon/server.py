@@ -226,9 +226,7 @@ class Daemon:
         # only in the READY state.
         self.state = DaemonState.READY
         systemd.notify("READY=1")
-        log.info(
-            "ready: ingest %s, results %s, control %s", *(self.endpoints[k] for k in ("ingest", "results", "control"))
-        )
+        log.info("ready: %s", ", ".join(f"{name} {endpoint}" for name, endpoint in self.endpoints.items()))
 
     def _load_pipeline(self, path: Path) -> InferencePipeline:
         """Load, activate, warm up and self-test a model; nothing is left active if any step fails. An archive is
