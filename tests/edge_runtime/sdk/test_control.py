@@ -46,7 +46,7 @@ def test_no_daemon_and_a_bad_endpoint_are_typed_errors() -> None:
 
 
 ERROR_MODULES = [
-    "edge_runtime.core.protocol", "edge_runtime.core.card", "edge_runtime.daemon.config", "edge_runtime.daemon.server",
+    "edge_runtime.core.wire", "edge_runtime.core.card", "edge_runtime.daemon.config", "edge_runtime.daemon.server",
     "edge_runtime.sdk.security", "edge_runtime.backends.base", "edge_runtime.tools.demo", "edge_runtime.core.errors",
     "calibration.errors", "calibration.dicom", "calibration.cache", "converters.graph", "edge_runtime.cli.common",
 ]  # fmt: skip
