@@ -81,7 +81,7 @@ def read(section: str, cls: type[T], table: Mapping[str, Any], base_dir: Path) -
         return cls(**values)
     except SchemaError:
         raise
-    except (TypeError, ValueError) as exc:  # __post_init__'s range checks name their key already
+    except ValueError as exc:  # __post_init__'s range checks name their key already; a TypeError here is a bug
         raise SchemaError(str(exc)) from None
 
 
