@@ -81,7 +81,10 @@ class SyntheticSource(FrameSource):
         self.quality = quality
         scenes = "independent scenes" if clip == 1 else f"a new scene every {clip} frames"
         what = "ultrasound" if kind == SYNTHETIC else "endoscopy"
-        self.description = f"synthetic {what}, {frames} frames {width}x{height} at {fps:g} fps, {scenes} (seed {seed})"
+        # the size as the spec writes it (size=HxW), so what is printed reads back as what was asked
+        self.description = (
+            f"synthetic {what}, {frames} frames size={height}x{width} at {fps:g} fps, {scenes} (seed {seed})"
+        )
         if quality == "mixed":
             self.description += ", scenes of every frame quality"
 
@@ -308,7 +311,8 @@ def sample_source(
         source: FrameSource = _synthetic_source(given)
         first = Sampling(sampling.count, sampling.stride, SampleOrder.FIRST, sampling.seed)
         frames = sample_frames(source, first if given["clip"] == 1 else sampling)
-        return frames, f"{len(frames)} frames of {source.description}"
+        taken = "" if len(frames) == given["frames"] else f"{len(frames)} frames of "  # the description counts them
+        return frames, taken + source.description
     source = open_source(spec, dicom_output)
     frames = sample_frames(source, sampling)
     return frames, f"{len(frames)} frames from {source.description} ({sampling.describe()})"

@@ -199,11 +199,15 @@ def run_bench(
     from converters.options import ConvertOptions
     from converters.prepare import PrepareReport, fix_input_shapes
     from edge_runtime.backends import GpuOptions, create_runner
+    from edge_runtime.core.card import ModelCard
 
     tell = say or (lambda _: None)
     engine = _engine(request, tell) if request.backend.needs_engine else None
     model, card, _, _ = load_model(request.model, None)
     conversion = None
+    precision = card.precision if isinstance(card, ModelCard) else "fp32"  # what the artifact is, as its card says
+    if precision != "fp32" and request.precision is not Precision.FP32:
+        raise OptionError(f"{request.model} is already converted ({precision}): bench it as it is, without --precision")
     data = request.data or ((card.data_source or "synthetic") if card else "random")
     if request.precision is not Precision.FP32:
         tell(f"converting to {request.precision.value} (accuracy gate on {data})")
@@ -240,7 +244,9 @@ def run_bench(
         with runner:
             timed = bench_runner(runner, feed, request.timing, on_progress)
     timed.update(
-        model=str(request.model), backend=request.backend.value, precision=request.precision.value,
+        model=str(request.model), backend=request.backend.value,
+        precision=request.precision.value if request.precision is not Precision.FP32 else precision,
+        identity=f"{card.name} {card.version}" if isinstance(card, ModelCard) else None,
         threads=request.cpu.threads, cpu=request.cpu.describe(),
         input_shapes={k: list(v.shape) for k, v in feed.items()}, conversion=conversion,
     )  # fmt: skip

@@ -70,6 +70,12 @@ class ConversionResult:
     extra_files: dict[str, str | bytes] = field(default_factory=dict)  # calibration cache, amax table, ...
 
 
+def derived_version(version: str, tags: tuple[str, ...]) -> str:
+    """The original's version with the conversion's tags as semver build metadata: `1.0.0` -> `1.0.0+int8`, and a
+    converted `1.0.0+pruned` converted again -> `1.0.0+pruned.int8`."""
+    return f"{version}{'.' if '+' in version else '+'}{'.'.join(tags)}"
+
+
 def load_model(path: Path, card_path: Path | None) -> tuple[onnx.ModelProto, Card | None, dict[str, Any] | None, Path]:
     """(model, parsed card, raw card JSON, onnx path) from an ONNX file or a package."""
     if path.is_dir() or path.suffix in (".zip", ".tar", ".gz"):
@@ -258,7 +264,11 @@ def convert_model(
     report.seconds = round(time.perf_counter() - started, 2)
     out_card = None
     if raw_card is not None and model is not None and report.output is not None:
-        out_card = {**raw_card, "onnx_sha256": report.output.sha256, "conversion": card_note(report)}
+        out_card = {**raw_card, "version": derived_version(str(raw_card.get("version", "")), report.version_tags),
+                    "onnx_sha256": report.output.sha256, "conversion": card_note(report)}  # fmt: skip
+        metrics = out_card.pop("metrics", None)
+        if metrics:  # the original's figures, kept as such: never shown as this artifact's own
+            out_card["conversion"]["original_metrics"] = metrics
     return ConversionResult(report.passed, model, out_card, report, extra)
 
 

@@ -72,6 +72,7 @@ class PrepareReport:
     nodes_before: int = 0
     nodes_after: int = 0
     initializer_inputs_dropped: int = 0
+    constants_moved: int = 0  # Constant nodes made initializers
     constants_folded: int = 0
     batchnorms_folded: int = 0
     hardswish_fused: int = 0
@@ -144,7 +145,8 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         raise ConversionError(f"shape inference failed: {exc}") from None
 
 
-def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+def constants_to_initializers(model: onnx.ModelProto, report: PrepareReport) -> onnx.ModelProto:
+    """Constant nodes become initializers, which folding and conversion see as weights."""
     g = model.graph
     keep = []
     for node in g.node:
@@ -155,6 +157,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
             g.initializer.append(tensor)
         else:
             keep.append(node)
+    report.constants_moved += len(g.node) - len(keep)
     del g.node[:]
     g.node.extend(keep)
     return model
@@ -309,7 +312,10 @@ def prepare(
     ]
     if options.input_shapes:
         stages.append(("fix input shapes", lambda m: fix_input_shapes(m, options.input_shapes or {}, report)))
-    stages += [("infer shapes", infer_shapes), ("constants to initializers", constants_to_initializers)]
+    stages += [
+        ("infer shapes", infer_shapes),
+        ("constants to initializers", lambda m: constants_to_initializers(m, report)),
+    ]
     if options.fold_constants:
         stages.append(("fold constants", lambda m: fold_constants(m, report)))
     if options.fold_batchnorm:

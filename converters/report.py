@@ -193,6 +193,38 @@ class ConversionReport:
             parts.append("FP32")
         return " ".join(parts)
 
+    @property
+    def shipped_precision(self) -> str:
+        """What the written graph computes in: int8 when any op is quantized (FP16 beside it or not), fp16 when any
+        node is in half precision, else fp32."""
+        if self.int8 is not None and self.int8.int8_ops > 0:
+            return "int8"
+        if (self.fp16 is not None and self.fp16.fp16_nodes > 0) or (self.int8 is not None and self.int8.fp16_nodes):
+            return "fp16"
+        return "fp32"
+
+    @property
+    def version_tags(self) -> tuple[str, ...]:
+        """The semver build tags a converted package's version gains (`1.0.0+pruned.int8`): what was done to it."""
+        tags = []
+        if self.prune is not None and self.prune.details is not None and self.prune.used > 0:
+            tags.append("pruned")
+        if self.sparsity is not None and self.sparsity.applied:
+            tags.append("sparse24")
+        if self.shipped_precision != "fp32":
+            tags.append(self.shipped_precision)
+        return tuple(tags) or ("fp32",)
+
+    def gate_text(self) -> str:
+        """The verdict in one line, as the card records it."""
+        verify = self.verify
+        if verify is None:
+            return "passed (lossless steps only: outputs checked against the original)" if self.passed else "failed"
+        c = verify.comparison
+        word = "passed" if verify.passed else "failed"
+        return (f"{word}: {c.metric_name} {c.metric:.4f}, lower bound {c.lower_bound:.4f} >= "
+                f"{verify.required:.4f}, on {c.samples} frames used for nothing else")  # fmt: skip
+
     def headline(self) -> str:
         """The first line: what was asked, what shipped, and why they differ."""
         why = ""
@@ -245,8 +277,10 @@ def _jsonable(value: object) -> object:
 def card_note(report: ConversionReport) -> dict[str, Any]:
     """The `conversion` entry written into the converted package's card."""
     note: dict[str, Any] = {
-        "precision": report.precision.value,
+        "precision": report.shipped_precision,
+        "requested": report.precision.value,
         "from_sha256": report.input.sha256,
+        "gate": report.gate_text(),
         "tool": f"edgert {report.edgert_version}",
     }
     if report.prune is not None and report.prune.details is not None and report.prune.used > 0:
@@ -271,16 +305,29 @@ def card_note(report: ConversionReport) -> dict[str, Any]:
     return note
 
 
+def _counts(prep: PrepareReport) -> str:
+    """What preparation changed, the stages that changed something only."""
+    done = [
+        (prep.constants_moved, "Constant nodes made initializers"),
+        (prep.constants_folded, "constants folded"),
+        (prep.batchnorms_folded, "BatchNorm folded"),
+        (prep.hardswish_fused, "hard-swish fused"),
+        (prep.affine_folded, "affine ops folded"),
+        (prep.identities_removed, "pass-through nodes removed"),
+        (prep.dead_nodes_removed, "dead nodes removed"),
+    ]
+    said = ", ".join(f"{what} {n}" for n, what in done if n)
+    return f" ({said})" if said else " (nothing to change)"
+
+
 def summary_text(report: ConversionReport) -> str:
     """The report as a few readable lines, for the terminal and summary.txt."""
     prep = report.prepare
     lines = [
         report.headline(),
         f"  input      {report.input.path} ({report.input.size_bytes / 1024:.1f} KiB)",
-        f"  prepare    opset {prep.opset_before} -> {prep.opset_after}, nodes {prep.nodes_before} -> {prep.nodes_after} "
-        f"(constants folded {prep.constants_folded}, BatchNorm folded {prep.batchnorms_folded}, "
-        f"hard-swish fused {prep.hardswish_fused}, affine ops folded {prep.affine_folded}, "
-        f"pass-through nodes removed {prep.identities_removed}, dead removed {prep.dead_nodes_removed})",
+        f"  prepare    opset {prep.opset_before} -> {prep.opset_after}, nodes {prep.nodes_before} -> {prep.nodes_after}"
+        + _counts(prep),
     ]
     if prep.shapes_fixed:
         lines.append(f"  shapes     fixed {prep.shapes_fixed}")
@@ -303,7 +350,8 @@ def summary_text(report: ConversionReport) -> str:
         tried = ", ".join(f"{a.ratio:.2f}: {a.metric:.4f}" for a in pr.attempts)
         if pr.details is not None and pr.used > 0:
             d = pr.details
-            lines.append(f"  prune      {pr.method.value}, {pr.used:.2f} of {d.budget.value} asked ({pr.requested:.2f} requested), "
+            lines.append(f"  prune      {pr.method.value}, {pr.used:.2f} of {d.budget.value} removed"
+                         f"{'' if pr.used == pr.requested else f' ({pr.requested:.2f} requested)'}, "
                          f"{'least-squares repair' if pr.repair else 'bias correction only'}: FLOPs x{d.flops_ratio:.2f}, "
                          f"params x{d.params_after / max(d.params_before, 1):.2f}; {pr.metric_name} tried {tried}")  # fmt: skip
             if pr.fp32_ms is not None and pr.pruned_ms is not None:

@@ -128,6 +128,13 @@ def test_convert_fp16_command(tiny_models: dict[str, Path], tmp_path: Path, caps
     assert "PASSED" in captured.out and "add_offset" in captured.out
     assert "accuracy gate" in captured.err  # progress goes to stderr
     assert json.loads((out / "report.json").read_text())["passed"] is True
+    original = json.loads((tiny_models["fp16_cancellation"] / "model.json").read_text())["version"]
+    assert main(["package", str(out)]) == 0  # the converted artifact names itself, and its own verdict
+    shown = capsys.readouterr().out
+    assert f"{original}+fp16 (segmentation, fp16)" in shown.splitlines()[0]
+    assert "gate      passed: " in shown and "frames used for nothing else" in shown
+    assert main(["bench", str(out), "--duration-s", "0.2", "--iterations", "3"]) == 0
+    assert f"+fp16 on onnxruntime (fp16, " in capsys.readouterr().out
 
 
 def test_convert_gate_failure_exits_nonzero(

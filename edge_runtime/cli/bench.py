@@ -42,7 +42,8 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
         return ExitCode.GATE_FAILED
     timed = report.timed
     lat = timed["latency_ms"]
-    out.say(f"{args.model} on {args.backend} ({args.precision}, {request.cpu.describe()}), "
+    named = f": {timed['identity']}" if timed["identity"] else ""
+    out.say(f"{args.model}{named} on {args.backend} ({timed['precision']}, {request.cpu.describe()}), "
             f"input {timed['input_shapes']}")  # fmt: skip
     out.say(f"  {timed['iterations']} iterations in {timed['duration_s']:.2f} s after {timed['warmup']['iterations']} "
             f"warm-up: {timed['throughput_per_s']:.1f} inferences/s")  # fmt: skip

@@ -124,6 +124,21 @@ class OutputSpec:
         return (self.name, *(n for n in extra if n))
 
 
+PRECISIONS = ("fp32", "fp16", "int8")  # what a converted graph computes in (mixed INT8 and FP16 counts as int8)
+
+
+@dataclass(frozen=True)
+class ConversionInfo:
+    """What `edgert convert` wrote into a converted package's card (`conversion`): the artifact's identity beyond
+    its sha256, so every screen that names the model can say which one runs. Its version carries the same tags
+    (`1.0.0+int8`), and that version travels in every result."""
+
+    precision: str  # one of PRECISIONS
+    from_sha256: str = ""  # the original model's graph
+    gate: str = "not recorded"  # the accuracy gate's verdict in words, on frames used for nothing else
+    tool: str = ""  # the edgert that converted it
+
+
 @dataclass(frozen=True)
 class ModelCard:
     name: str
@@ -137,6 +152,17 @@ class ModelCard:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     dicom_output: DicomOutput = DicomOutput.DISPLAY8  # how DICOM training images were rendered (preprocessing.dicom)
     data_source: str | None = None  # frames like the model's own (a calibration.sources name), for conversion
+    conversion: ConversionInfo | None = None  # a package `edgert convert` wrote
+
+    @property
+    def precision(self) -> str:
+        """The converted precision, else "fp32" (a model as exported, which edgert has not converted)."""
+        return self.conversion.precision if self.conversion is not None else "fp32"
+
+    @property
+    def identity(self) -> str:
+        """`name version (precision)`: how every command names the artifact."""
+        return f"{self.name} {self.version} ({self.precision})"
 
 
 RAW_TASK = "raw"  # a card's task for a model edgert has no decoder for: its input only, for conversion
@@ -350,7 +376,23 @@ def parse_card(data: Mapping[str, Any], where: str = CARD_FILE, limits: Limits =
         description=_text(data, "description", where, "", MAX_DESCRIPTION_CHARS),
         metrics=data.get("metrics", {}) or {},
         data_source=inputs.data_source,
+        conversion=_conversion(data, where),
     )
+
+
+def _conversion(data: Mapping[str, Any], where: str) -> ConversionInfo | None:
+    note = _get(data, "conversion", dict, where, None)
+    if note is None:
+        return None
+    where = f"{where}.conversion"
+    precision = _text(note, "precision", where)
+    if precision not in PRECISIONS:
+        raise PackageError(f"{where}.precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    sha = _text(note, "from_sha256", where, "")
+    if sha and len(sha) != 64:
+        raise PackageError(f"{where}.from_sha256: expected a 64-character hex digest")
+    gate = _text(note, "gate", where, "not recorded", MAX_DESCRIPTION_CHARS)
+    return ConversionInfo(precision, sha, gate, _text(note, "tool", where, ""))
 
 
 def _fraction(section: Mapping[str, Any], key: str, where: str, default: float) -> float:

@@ -543,12 +543,22 @@ class Daemon:
         return health(self.state, self._busy_since, self.config.inference_deadline_ms, self._slots, self.stats)
 
     def status(self) -> dict[str, Any]:
-        model = self._pipeline.model_id if self._pipeline else None
+        pipeline = self._pipeline
+        model = pipeline.model_id if pipeline else None
         state, watchdog = self._watchdog()
         return {
             **watchdog,
             "state": state.name.lower(),
-            "model": {"name": model.name, "version": model.version, "sha256": model.sha256} if model else None,
+            "model": (
+                {
+                    "name": model.name,
+                    "version": model.version,
+                    "sha256": model.sha256,
+                    "precision": pipeline.card.precision,
+                }
+                if model and pipeline
+                else None
+            ),
             "backend": self.config.backend.value,
             "endpoints": dict(self.endpoints),
             "curve": self._security is not None,

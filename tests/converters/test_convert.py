@@ -104,3 +104,18 @@ def test_clear_errors(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
     with pytest.raises(ConversionError, match="not an ONNX model"):
         convert_model(tmp_path / "junk.onnx")
+
+
+def test_a_converted_package_carries_its_identity(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from converters.convert import derived_version
+
+    assert derived_version("1.0.0", ("int8",)) == "1.0.0+int8"
+    assert derived_version("1.0.0+pruned", ("fp16",)) == "1.0.0+pruned.fp16"  # converted again: tags add up
+    result = convert_model(tiny_models["fp16_cancellation"], _fp16())
+    write_result(result, tmp_path / "out")
+    original = load_package(tiny_models["fp16_cancellation"]).card
+    card = load_package(tmp_path / "out").card
+    assert card.version == f"{original.version}+fp16" and card.precision == "fp16"
+    assert card.conversion is not None and card.conversion.gate.startswith("passed: ")
+    assert str(result.report.verify.comparison.samples) in card.conversion.gate  # the verify split's own frames
+    assert card.metrics == {}  # the original's figures are never shown as this artifact's own

@@ -127,3 +127,18 @@ def test_card_labels_and_input_are_bounded() -> None:
     huge = {**base["input"], "shape": [1, 1, 60000, 60000]}
     with pytest.raises(PackageError, match=r"input.shape: 60000x60000 is over the limit of 8192x8192"):
         parse_card({**base, "input": huge})
+
+
+def test_a_converted_card_says_its_precision_and_verdict_and_its_note_is_checked() -> None:
+    base = card("seg-tiny")
+    assert parse_card(base).precision == "fp32" and parse_card(base).conversion is None
+    note = {"precision": "int8", "from_sha256": "ab" * 32, "gate": "passed: worst class 0.99", "tool": "edgert 0.1"}
+    converted = parse_card({**base, "version": "0.0.1+int8", "conversion": note})
+    assert converted.precision == "int8" and converted.identity == "seg-tiny 0.0.1+int8 (int8)"
+    assert converted.conversion is not None and converted.conversion.gate.startswith("passed")
+    with pytest.raises(PackageError, match=r"conversion\.precision: expected one of fp32, fp16, int8, got 'int4'"):
+        parse_card({**base, "conversion": {**note, "precision": "int4"}})
+    with pytest.raises(PackageError, match=r"conversion\.gate: holds a control character"):
+        parse_card({**base, "conversion": {**note, "gate": "passed\nINFO forged"}})
+    with pytest.raises(PackageError, match=r"conversion\.from_sha256: expected a 64-character hex digest"):
+        parse_card({**base, "conversion": {**note, "from_sha256": "abc"}})
