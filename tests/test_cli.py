@@ -134,7 +134,7 @@ def test_convert_fp16_command(tiny_models: dict[str, Path], tmp_path: Path, caps
     assert f"{original}+fp16 (segmentation, fp16)" in shown.splitlines()[0]
     assert "gate      passed: " in shown and "frames used for nothing else" in shown
     assert main(["bench", str(out), "--duration-s", "0.2", "--iterations", "3"]) == 0
-    assert f"+fp16 on onnxruntime (fp16, " in capsys.readouterr().out
+    assert "+fp16 on onnxruntime (fp16, " in capsys.readouterr().out
 
 
 def test_convert_gate_failure_exits_nonzero(
