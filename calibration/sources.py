@@ -41,6 +41,16 @@ class SourceFrame:
     spacing_mm: tuple[float, float] | None
     frame_interval_s: float | None  # the recorded frame interval, when the source has one
     meta: dict[str, object]  # safe to send: never names a patient or a file
+    truth: FrameTruth | None = None  # synthetic frames: what the generator drew (never sent)
+
+
+@dataclass(frozen=True)
+class FrameTruth:
+    """What a generator put in a frame, so a demo or a check can say what the model should have shown."""
+
+    boxes: np.ndarray | None = None  # [K, 4] x1, y1, x2, y2 frame pixels: synthetic endoscopy's polyps
+    mask: np.ndarray | None = None  # (H, W) class ids: synthetic ultrasound
+    label: str | None = None  # synthetic endoscopy's frame quality
 
 
 class FrameSource:
@@ -98,13 +108,15 @@ class SyntheticSource(FrameSource):
                 scene += 1
                 for f in endo.cine(min(self.clip, self.frames - produced), quality):
                     meta: dict[str, object] = {"source": self.kind, "frame": produced}
-                    yield SourceFrame(f.image, Color.RGB, None, 1.0 / self.fps, meta)
+                    truth = FrameTruth(boxes=f.boxes, label=f.quality.label)
+                    yield SourceFrame(f.image, Color.RGB, None, 1.0 / self.fps, meta, truth)
                     produced += 1
             return
         gen = SyntheticUltrasound(self.height, self.width, seed=self.seed)
         while produced < self.frames:  # clip=1 gives independent images, as calibration and evaluation want
-            for image, _mask in gen.cine(min(self.clip, self.frames - produced)):
-                yield SourceFrame(image, Color.GRAY, None, 1.0 / self.fps, {"source": "synthetic", "frame": produced})
+            for image, mask in gen.cine(min(self.clip, self.frames - produced)):
+                meta = {"source": "synthetic", "frame": produced}
+                yield SourceFrame(image, Color.GRAY, None, 1.0 / self.fps, meta, FrameTruth(mask=mask))
                 produced += 1
 
 

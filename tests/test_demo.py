@@ -63,6 +63,31 @@ def test_demo_per_task_writes_overlays(tmp_path: Path, task: str, color: tuple[i
 
 
 @pytest.mark.slow
+def test_the_detection_demo_draws_boxes_and_counts_them_against_the_generator(tmp_path: Path) -> None:
+    """Its default source, as a new user runs it: boxes on the saved frames, in the GIF in their exact colour, and a
+    count that the generator's own boxes check."""
+    out = tmp_path / "det"
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "demo", "--task", "detection", "--frames", "60", "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = json.loads((out / "summary.json").read_text())["shown"]
+    assert shown["boxes"] > 0 and shown["frames_with_boxes"] >= shown["results"] // 2
+    truth = shown["truth"]
+    assert truth["frames"] > 0 and truth["boxes"] > 0 and 0 < truth["found_at_iou_0_5"] <= truth["boxes"]
+    assert f"shown   boxes on {shown['frames_with_boxes']} of {shown['results']} frames" in proc.stdout
+    assert f"{truth['found_at_iou_0_5']} found at IoU >= 0.5" in proc.stdout
+    green = (40, 255, 120)  # the card's polyp colour
+    for still in ("overlay_first.png", "overlay_last.png"):
+        with Image.open(out / still) as png:
+            assert (np.asarray(png.convert("RGB"))[28:] == green).all(axis=2).sum() > 20, still
+    with Image.open(out / "overlay.gif") as gif:
+        gif.seek(gif.n_frames - 1)
+        assert (np.asarray(gif.convert("RGB"))[28:] == green).all(axis=2).sum() > 20  # one palette keeps the colour
+
+
+@pytest.mark.slow
 def test_demo_whose_source_fails_part_way_exits_1_without_a_traceback(tmp_path: Path) -> None:
     """Every frame of this DICOM fails to render after its header was read: the failure happens in the scanner
     thread, and the demo reports it in one line and exits 1."""

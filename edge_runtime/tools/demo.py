@@ -45,7 +45,9 @@ class DemoError(EdgertError, RuntimeError):
 
 
 DEMO_SOURCES = {  # what each bundled demo model plays by default
-    Task.DETECTION: "synthetic-endoscopy:frames=600,size=480x640,clip=150,seed=7",
+    # seed 27: polyps in the first five 100-frame scenes (the 300 frames a default run plays among them), none in the
+    # sixth, where the detector should stay quiet; the generator's own boxes are the truth the summary counts against
+    Task.DETECTION: "synthetic-endoscopy:frames=600,size=480x640,clip=100,seed=27",
     Task.CLASSIFICATION: "synthetic-endoscopy:frames=600,size=480x640,clip=45,seed=7,quality=mixed",
 }
 
@@ -110,6 +112,95 @@ class Recorder:
         self.errors += r.status is not ResultStatus.OK
         self.out_of_order += r.seq <= self.last_seq
         self.last_seq = max(self.last_seq, r.seq)
+
+
+MATCH_IOU = 0.5  # a drawn box counts as finding a true polyp at this overlap
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a [N, 4] against every box in b [M, 4] (x1, y1, x2, y2)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)[:, None]
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)[None, :]
+    return np.asarray(inter / np.maximum(area_a + area_b - inter, 1e-9))
+
+
+@dataclass
+class Shown:
+    """What the overlays showed, per task, and what the generator put in the frames where it says (synthetic
+    sources): the demo's proof that it demonstrates its feature, in its summary and its last lines."""
+
+    results: int = 0
+    frames_with_boxes: int = 0
+    boxes: int = 0
+    labels: dict[str, int] = field(default_factory=dict)  # segmentation: results showing the class; else top-1
+    truth_frames: int = 0  # results whose frame had a truth to compare with
+    truth_positive_frames: int = 0  # detection: frames with a visible polyp
+    truth_boxes: int = 0
+    found: int = 0  # detection: true boxes matched by a drawn one; classification: top-1 equal to the truth
+
+    def add(self, r: Result, frame: SourceFrame | None) -> None:
+        if r.status is not ResultStatus.OK:
+            return
+        self.results += 1
+        if r.task is Task.DETECTION:
+            self.boxes += len(r.boxes)
+            self.frames_with_boxes += bool(r.boxes)
+        elif r.task is Task.SEGMENTATION:
+            for name, area in r.areas_px.items():
+                if area > 0 and name != r.labels[0]:
+                    self.labels[name] = self.labels.get(name, 0) + 1
+        elif r.classes:
+            top = r.label(r.classes[0].class_id)
+            self.labels[top] = self.labels.get(top, 0) + 1
+        truth = frame.truth if frame is not None else None
+        if truth is None:
+            return
+        if r.task is Task.DETECTION and truth.boxes is not None:
+            self.truth_frames += 1
+            self.truth_positive_frames += len(truth.boxes) > 0
+            self.truth_boxes += len(truth.boxes)
+            if len(truth.boxes) and r.boxes:
+                drawn = np.array([[b.x1, b.y1, b.x2, b.y2] for b in r.boxes], np.float32)
+                self.found += int((_iou(truth.boxes, drawn).max(axis=1) >= MATCH_IOU).sum())
+        elif r.task is Task.CLASSIFICATION and truth.label is not None and r.classes:
+            self.truth_frames += 1
+            self.found += r.label(r.classes[0].class_id) == truth.label
+
+    def lines(self, task: Task) -> list[str]:
+        if task is Task.DETECTION:
+            said = [f"shown   boxes on {self.frames_with_boxes} of {self.results} frames ({self.boxes} boxes drawn)"]
+            if self.truth_frames:
+                said.append(
+                    f"truth   polyps in {self.truth_positive_frames} of {self.truth_frames} frames "
+                    f"({self.truth_boxes} boxes, the generator's own); {self.found} found at IoU >= {MATCH_IOU:g}"
+                )
+            return said
+        ranked = sorted(self.labels.items(), key=lambda kv: -kv[1])
+        if task is Task.SEGMENTATION:
+            counts = ", ".join(f"{k} on {v}" for k, v in ranked) or "no class"
+            said = [f"shown   masks drawn: {counts} of {self.results} frames"]
+        else:
+            counts = ", ".join(f"{k} {v}" for k, v in ranked) or "nothing"
+            said = [f"shown   top-1 label on {self.results} frames: {counts}"]
+        if task is Task.CLASSIFICATION and self.truth_frames:
+            said.append(f"truth   the generator's frame quality agrees on {self.found} of {self.truth_frames} frames")
+        return said
+
+    def to_json(self, task: Task) -> dict[str, Any]:
+        out: dict[str, Any] = {"results": self.results}
+        if task is Task.DETECTION:
+            out.update(frames_with_boxes=self.frames_with_boxes, boxes=self.boxes)
+            if self.truth_frames:
+                out["truth"] = {"frames": self.truth_frames, "frames_with_polyps": self.truth_positive_frames,
+                                "boxes": self.truth_boxes, "found_at_iou_0_5": self.found}  # fmt: skip
+        else:
+            out["labels"] = dict(self.labels)
+            if task is Task.CLASSIFICATION and self.truth_frames:
+                out["truth"] = {"frames": self.truth_frames, "top1_agrees": self.found}
+        return out
 
 
 def _annotate(img: np.ndarray, r: Result, e2e_ms: float) -> Image.Image:
@@ -198,6 +289,10 @@ def _play(
     gif: list[Image.Image] = []
     gif_every = max(1, args.frames // GIF_MAX_FRAMES)
     stills: dict[str, Image.Image] = {}
+    shown = Shown()
+    task = Task.SEGMENTATION
+    legend: list[tuple[int, int, int]] = []
+    fallback_first: Image.Image | None = None  # the first overlay, should none show a box
     with ResultSubscriber(endpoints["results"], max_age_ms=500) as sub:
         _wait_for_heartbeat(sub, 10.0)
         say(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
@@ -231,14 +326,19 @@ def _play(
                 last_result = time.monotonic()
                 received += 1
                 rec.add(r, now)
+                frame = rec.frame(r.seq)
+                shown.add(r, frame)
+                task = r.task
                 if received % 50 == 0:
                     say(f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms")
-                frame = rec.frame(r.seq)
-                if frame is None or not (r.seq % gif_every == 0 or len(stills) < 1 or r.seq >= args.frames - 1):
+                if frame is None or not (r.seq % gif_every == 0 or "first" not in stills or r.seq >= args.frames - 1):
                     continue
                 fmt = pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
                 img = _annotate(draw_overlay(to_display_rgb(frame.pixels, fmt), r), r, (now - r.capture_ts_ns) / 1e6)
-                stills.setdefault("first", img)
+                legend = [(c[0], c[1], c[2]) for c in r.colors]
+                if r.task is not Task.DETECTION or r.boxes:  # the first still shows the feature where one shows
+                    stills.setdefault("first", img)
+                fallback_first = fallback_first or img
                 stills["last"] = img
                 if r.seq % gif_every == 0 and len(gif) < GIF_MAX_FRAMES:
                     gif.append(img)
@@ -250,8 +350,10 @@ def _play(
         elapsed = time.perf_counter() - started
         daemon_stats = daemon.control("stats")
         stale, rejected = sub.stats.stale, sub.stats.rejected
+    if fallback_first is not None:
+        stills = {"first": stills.get("first", fallback_first), **stills}
     replay_stats = stats_box[0] if stats_box else ReplayStats()
-    files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every)
+    files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every, legend)
     frames: dict[str, int] = {
         "sent": replay_stats.sent,
         "processed": daemon_stats.get("frames_out", 0),
@@ -269,8 +371,9 @@ def _play(
             "end_to_end": percentiles_ms(rec.e2e_ns),
             "inference": percentiles_ms(rec.inference_ns),
             "queue": percentiles_ms(rec.queue_ns),
-            "transport_in": percentiles_ms(rec.transport_ns),
+            "transport": percentiles_ms(rec.transport_ns),
         },
+        "shown": shown.to_json(task),
         "elapsed_s": round(elapsed, 2),
         "files": [str(f) for f in files],
     }
@@ -286,6 +389,8 @@ def _play(
     say(_row("inference", rec.inference_ns))
     say(_row("queue", rec.queue_ns))
     say(_row("transport", rec.transport_ns))
+    for line in shown.lines(task):
+        say(line)
     say("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
     if failure:
         return DemoResult(False, summary, failure[0])
@@ -294,7 +399,9 @@ def _play(
     return DemoResult(True, summary)
 
 
-def _write_images(out: Path, stills: dict[str, Image.Image], gif: list[Image.Image], gif_ms: float) -> list[Path]:
+def _write_images(
+    out: Path, stills: dict[str, Image.Image], gif: list[Image.Image], gif_ms: float, legend: list[tuple[int, int, int]]
+) -> list[Path]:
     files = []
     for name, img in stills.items():
         path = out / f"overlay_{name}.png"
@@ -302,6 +409,19 @@ def _write_images(out: Path, stills: dict[str, Image.Image], gif: list[Image.Ima
         files.append(path)
     if gif:
         path = out / "overlay.gif"
-        gif[0].save(path, save_all=True, append_images=gif[1:], duration=max(20, int(gif_ms)), loop=0, optimize=False)
+        frames = _paletted(gif, legend)
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=max(20, int(gif_ms)), loop=0,
+                       optimize=False)  # fmt: skip
         files.append(path)
     return files
+
+
+def _paletted(frames: list[Image.Image], legend: list[tuple[int, int, int]]) -> list[Image.Image]:
+    """One palette for every GIF frame, holding the class colours exactly: a per-frame adaptive palette spends its
+    256 entries on the picture and turns a small legend swatch or a thin box into a near colour."""
+    fixed = [*dict.fromkeys([*legend, (16, 16, 16), (200, 200, 200), (230, 230, 230), (255, 255, 255)])]
+    base = frames[0].quantize(colors=256 - len(fixed), method=Image.Quantize.MEDIANCUT)
+    entries = (base.getpalette() or [])[: 3 * (256 - len(fixed))]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette(entries + [v for c in fixed for v in c])
+    return [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
