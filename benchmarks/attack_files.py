@@ -68,7 +68,7 @@ def _child(cmd: list[str], checkout: Path, cap_gib: float, timeout_s: float) -> 
 
 
 def replay_file(path: Path, checkout: Path, cap_gib: float, timeout_s: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "edge_runtime.cli", "replay", str(path), "--to", "tcp://127.0.0.1:9", "--fps",
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "replay", str(path), "--ingest", "tcp://127.0.0.1:9", "--fps",
            "1000", "--frames", "3"]  # fmt: skip
     return _child(cmd, checkout, cap_gib, timeout_s)
 

@@ -11,9 +11,9 @@ import onnx
 from onnx import TensorProto
 
 from calibration.sources import Sampling
-from converters.convert import load_model
+from converters.convert import DEFAULT_SOURCE, load_model
 from converters.data import Card, EvalData, load_feeds
-from converters.evaluate import Comparison, Outputs, compare, head_of, run_model
+from converters.evaluate import Comparison, Outputs, compare, default_tolerance, head_of, run_model
 from converters.fp16 import emulate_fp16
 from converters.graph import ConversionError, copy_model, real_inputs
 from converters.prepare import PrepareReport, fix_input_shapes
@@ -30,6 +30,19 @@ class ModelComparison:
     data: EvalData
     task: Task | None  # None: outputs compared as numbers only
     emulated_fp16: bool  # the candidate's FP16 rounding was emulated
+    default_tolerance: float  # the task's, as `convert`'s gate uses it when no --tolerance is given
+
+    def verdict(self, tolerance: float | None = None) -> tuple[bool, str]:
+        """(passed, one line) by the gate's rule: the worst class's lower bound against 1 - tolerance."""
+        tol = self.default_tolerance if tolerance is None else tolerance
+        c = self.comparison
+        required = 1.0 - tol
+        passed = c.lower_bound >= required
+        said = "" if tolerance is not None else " (the task's default tolerance; --tolerance sets it)"
+        return passed, (
+            f"edgert compare: {'PASSED' if passed else 'FAILED'}: {c.metric_name} {c.metric:.5f}, lower bound "
+            f"{c.lower_bound:.5f} {'>=' if passed else '<'} {required:.5f} required{said}"
+        )
 
 
 def has_fp16(model: onnx.ModelProto) -> bool:
@@ -44,7 +57,7 @@ def has_fp16(model: onnx.ModelProto) -> bool:
 def compare_models(
     reference: str | Path,
     candidate: str | Path,
-    data: str,
+    data: str | None = None,
     sampling: Sampling = DEFAULT_SAMPLING,
     card_path: str | Path | None = None,
     task: Task | None = None,
@@ -66,6 +79,8 @@ def compare_models(
     if input_shape is not None:
         feed_model = copy_model(ref)
         fix_input_shapes(feed_model, {real_inputs(feed_model.graph)[0].name: list(input_shape)}, PrepareReport())
+    if data is None:  # as `convert` and `bench` default: frames like the model's own, random for a bare graph
+        data = (card.data_source or DEFAULT_SOURCE) if card is not None else "random"
     eval_data = load_feeds(data, feed_model, card, sampling)
     emulated = emulate and has_fp16(cand)
     ref_out = run_model(ref, eval_data.feeds)
@@ -74,7 +89,7 @@ def compare_models(
     )
     head = None if numeric_only else _head(card, task, ref_out[0])
     result = compare(ref_out, cand_out, head)
-    return ModelComparison(result, eval_data, result.task, emulated)
+    return ModelComparison(result, eval_data, result.task, emulated, default_tolerance(head))
 
 
 def _head(card: Card | None, task: Task | None, outputs: Outputs) -> TaskHead | None:

@@ -19,6 +19,7 @@ from onnx import TensorProto
 
 from converters.graph import ConversionError, copy_model, elem_types
 from converters.judge import DEFAULT_TOLERANCE, JudgeOptions, Verdict, judge
+from converters.kinds import NUMERIC as NUMERIC  # the CLI's name for no task, defined where parsing can import it
 from edge_runtime.backends.sessions import CpuSetup, cpu_session
 from edge_runtime.core.package import ModelCard
 from edge_runtime.core.protocol import Task
@@ -192,7 +193,6 @@ def compare(
     return result
 
 
-NUMERIC = "numeric"  # the name of "no task" on the command line and in reports
 NUMERIC_TOLERANCE = DEFAULT_TOLERANCE[NUMERIC]  # allowed shortfall of the worst output's cosine without a task
 
 

@@ -67,3 +67,6 @@ class Builder(str, enum.Enum):
     AUTO = "auto"  # the Python bindings, else trtexec
     PYTHON = "tensorrt-python"
     TRTEXEC = "trtexec"
+
+
+NUMERIC = "numeric"  # the name of "no task" on the command line and in reports: outputs compared as numbers

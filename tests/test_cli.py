@@ -45,7 +45,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_package_command(tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["package", str(tiny_models["seg_tiny"])]) == 0
-    assert "seg-tiny 0.0.1 (segmentation) - valid" in capsys.readouterr().out
+    assert "seg-tiny 0.0.1 (segmentation, fp32) - valid" in capsys.readouterr().out
     assert main(["package", str(tiny_models["seg_wrong_input"])]) == 1
     assert "error:" in capsys.readouterr().err
 
@@ -53,7 +53,7 @@ def test_package_command(tiny_models: dict[str, Path], capsys: pytest.CaptureFix
 def test_replay_of_a_corrupt_file_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "broken_cine.dcm"
     bad.write_bytes(b"\0" * 64)
-    assert main(["replay", str(bad), "--to", "tcp://127.0.0.1:9"]) == 1
+    assert main(["replay", str(bad), "--ingest", "tcp://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
     assert "broken_cine.dcm" in err and "not a DICOM file" in err
 
@@ -63,7 +63,7 @@ def test_replay_of_an_undecodable_file_prints_one_line_and_no_traceback() -> Non
     Run as a real process: under pytest the root logger already has handlers and would hide a leak."""
     path = get_testdata_file("JPEG-lossy.dcm")
     proc = subprocess.run(
-        [sys.executable, "-m", "edge_runtime.cli", "replay", path, "--to", "tcp://127.0.0.1:9", "--frames", "1"],
+        [sys.executable, "-m", "edge_runtime.cli", "replay", path, "--ingest", "tcp://127.0.0.1:9", "--frames", "1"],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -162,11 +162,16 @@ def test_compare_command_tolerance_and_json(
     report = tmp_path / "cmp.json"
     args = ["compare", str(tiny_models["fp16_overflow"]), str(tiny_models["fp16_cancellation"]), "--data",
             "synthetic:clip=1,size=64x64", "--samples", "4", "--json", str(report)]  # fmt: skip
-    assert main(args) == 0  # no tolerance: report only
-    assert "mean foreground Dice" in capsys.readouterr().out
+    assert main(args) == 3  # no tolerance: the task's default, as convert's gate judges
+    said = capsys.readouterr().out
+    assert "mean foreground Dice" in said and "edgert compare: FAILED: " in said and "default tolerance" in said
     assert main([*args, "--tolerance", "0.01"]) == 3  # two unrelated models do not agree
     data = json.loads(report.read_text())
     assert data["passed"] is False and data["task"] == "segmentation" and "per_class" in data
+    assert data["tolerance"] == 0.01
+    assert main([*args, "--tolerance", "1"]) == 0 and "edgert compare: PASSED: " in capsys.readouterr().out
+    assert main(["compare", str(tiny_models["seg_tiny"]), str(tiny_models["seg_tiny"]), "--samples", "4"]) == 0
+    assert "data: synthetic ultrasound, 4 frames" in capsys.readouterr().out  # no --data: what convert would take
 
 
 def test_ctl_health_exit_status(start_daemon, tiny_models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
@@ -242,7 +247,7 @@ def test_quiet_silences_progress_and_verbose_keeps_it(
         (["ctl", "status", "--control", "bogus"], "edgert ctl status: error: cannot connect to the daemon's control"),
         (["ctl", "stats", "--control", "tcp://127.0.0.1:9", "--timeout", "0.2"],
          "edgert ctl stats: error: no answer from the daemon at tcp://127.0.0.1:9 within 0.2 s"),
-        (["replay", "synthetic:frames=1", "--to", "bogus"], "edgert replay: error: cannot connect frame sender to bogus"),
+        (["replay", "synthetic:frames=1", "--ingest", "bogus"], "edgert replay: error: cannot connect frame sender to bogus"),
         (["serve", "--ingest", "bogus"], "edgert serve: error: command line: ingest.endpoint: 'bogus' must start"),
     ],
 )  # fmt: skip
@@ -295,3 +300,31 @@ def test_a_reader_that_goes_away_gets_no_traceback() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_one_name_per_concept_across_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's ingest is `--ingest` and an HTTP port is `--port` wherever a command takes one; the defaults
+    the parser shows are the ones the library uses."""
+    from edge_runtime.cli import build_parser
+    from edge_runtime.cli.common import VIEW_PORT
+    from edge_runtime.integrations.view.server import ViewOptions
+
+    assert VIEW_PORT == ViewOptions.port
+    subs = next(a for a in build_parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
+    for name, sub in subs.items():  # type: ignore[union-attr]
+        for action in sub._actions:
+            text = (action.help or "").lower()
+            if "ingest" in text and action.help != "==SUPPRESS==" and action.option_strings:
+                if "endpoint" in text or "the daemon's ingest" in text:
+                    assert action.option_strings[-1].startswith("--ingest"), (name, action.option_strings)
+            if action.dest in ("port", "view_port"):
+                assert action.option_strings == ["--port"], name
+    assert {"replay", "igtl", "serve"} <= {n for n, s in subs.items() if any(a.dest == "ingest" for a in s._actions)}  # type: ignore[union-attr]
+    cine = get_testdata_file("examples_ybr_color.dcm")
+    assert main(["replay", cine, "--to", "tcp://127.0.0.1:9", "--fps", "200", "--frames", "2"]) == 0  # the old name
+    assert "sent 0 frames" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # keys go into the current folder unless --dir says otherwise
+    assert main(["keys", "generate", "scanner-1"]) == 0
+    assert (tmp_path / "scanner-1.key").exists() and (tmp_path / "scanner-1.key_secret").exists()

@@ -116,6 +116,24 @@ def _verbosity(args: argparse.Namespace) -> int:
     )
 
 
+VIEW_PORT = 8080  # edgert view's HTTP port, ViewOptions.port (light here for parsing; a test holds them equal)
+
+
+def _ingest_argument(p: argparse.ArgumentParser, help: str) -> None:
+    """`--ingest`: the daemon's ingest endpoint, one name in every command (replay's `--to` kept as an alias)."""
+    from edge_runtime.daemon.config import DEFAULT_INGEST  # parsing `serve` imports the config schema anyway
+
+    p.add_argument("--ingest", default=DEFAULT_INGEST, metavar="ENDPOINT", help=help)
+    p.add_argument("--to", dest="ingest_alias", metavar="ENDPOINT", help=argparse.SUPPRESS)
+
+
+def _ingest(args: argparse.Namespace) -> str:
+    if getattr(args, "ingest_alias", None):
+        log.warning("--to is deprecated: use --ingest")
+        return str(args.ingest_alias)
+    return str(args.ingest)
+
+
 def _key_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server-key", type=Path, help="CURVE: the daemon's public .key file")
     p.add_argument("--client-key", type=Path, help="CURVE: this client's .key_secret file (its .key in the "

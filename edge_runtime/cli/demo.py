@@ -8,17 +8,33 @@ from pathlib import Path
 from calibration.preprocessing import DicomOutput
 from edge_runtime.cli.common import (
     SOURCE_HELP,
+    VIEW_PORT,
     CliError,
     Command,
     ExitCode,
     Output,
+    UsageError,
     _dicom_argument,
     _json_argument,
+    log,
 )
+from edge_runtime.core.protocol import Task
+
+
+def _view_port(args: argparse.Namespace) -> int | None:
+    if args.view is None:
+        return None
+    if args.view == "":
+        return int(args.port)
+    try:  # `--view PORT`: the old spelling, kept working
+        port = int(args.view)
+    except ValueError:
+        raise UsageError(f"--view takes no value (the port is --port), got {args.view!r}") from None
+    log.warning("--view PORT is deprecated: use --view --port PORT")
+    return port
 
 
 def _demo(args: argparse.Namespace, out: Output) -> int:
-    from edge_runtime.core.protocol import Task
     from edge_runtime.tools.demo import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -29,7 +45,7 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
         fps=args.fps,
         dicom=DicomOutput(args.dicom) if args.dicom else None,
         out=args.out,
-        view_port=args.view,
+        view_port=_view_port(args),
     )
     result = run_demo(options, say=out.say)
     out.result({"ok": result.ok, "error": result.error, **result.summary})
@@ -45,7 +61,7 @@ def add_parser(command: Command) -> None:
     p.add_argument("--model", type=Path, default=None, help="model package (default: the bundled demo model of --task)")
     p.add_argument(
         "--task",
-        choices=["segmentation", "detection", "classification"],
+        choices=[t.label for t in Task],
         default="segmentation",
         help="bundled demo: segmentation (ultrasound cine, default), detection (polyps in synthetic colonoscopy) or "
         "classification (endoscopy frame quality with saliency)",
@@ -55,7 +71,7 @@ def add_parser(command: Command) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("edgert-demo"), help="folder for overlay images (default ./edgert-demo)"
     )
-    p.add_argument("--view", type=int, nargs="?", const=8080, metavar="PORT",
-                   help="also show the live overlays in a browser at http://127.0.0.1:PORT/ (default 8080; needs "
-                   "the view extra)")  # fmt: skip
+    p.add_argument("--view", nargs="?", const="", metavar="",
+                   help="also show the live overlays in a browser at http://127.0.0.1:PORT/ (needs the view extra)")  # fmt: skip
+    p.add_argument("--port", type=int, default=VIEW_PORT, help=f"--view's HTTP port (default {VIEW_PORT})")
     _json_argument(p, "the summary")

@@ -9,6 +9,8 @@ from edge_runtime.cli.common import (
     ExitCode,
     Output,
     _client_keys,
+    _ingest,
+    _ingest_argument,
     _json_argument,
     _key_arguments,
     _stop_on_signal,
@@ -21,14 +23,14 @@ def _igtl(args: argparse.Namespace, out: Output) -> int:
     options = IgtlOptions(
         results=args.results, preview=args.preview, port=args.port, stream_id=args.stream_id,
         spacing_mm=args.spacing, source=parse_source(args.source) if args.source else None,
-        source_device=args.source_device, ingest=args.ingest, source_stream_id=args.source_stream_id,
+        source_device=args.source_device, ingest=_ingest(args), source_stream_id=args.source_stream_id,
         keys=_client_keys(args),
     )  # fmt: skip
     bridge = IgtlBridge(options)
     with _stop_on_signal() as stop:
         bridge.start()
         out.progress(f"OpenIGTLink server for Slicer on 127.0.0.1:{args.port}"
-                     + (f"; images from {args.source} go to {args.ingest}" if args.source else ""))  # fmt: skip
+                     + (f"; images from {args.source} go to {_ingest(args)}" if args.source else ""))  # fmt: skip
         try:
             stop.wait()
         finally:
@@ -61,7 +63,7 @@ def add_parser(command: Command) -> None:
     p.add_argument("--source", metavar="HOST:PORT", help="take IMAGE messages from this OpenIGTLink server (PLUS, "
                    "Slicer) and send them to the daemon")  # fmt: skip
     p.add_argument("--source-device", help="only this device's images (default: all)")
-    p.add_argument("--ingest", default="tcp://127.0.0.1:5555", help="the daemon's ingest, for --source frames")
+    _ingest_argument(p, "the daemon's ingest, for --source frames")
     p.add_argument("--source-stream-id", type=int, default=0, help="stream id of --source frames (default 0)")
     _key_arguments(p)
     _json_argument(p, "the counts")

@@ -27,5 +27,6 @@ def add_parser(command: Command) -> None:
     p = command("keys", "generate a CURVE key pair for the daemon or a client", _keys)
     p.add_argument("action", choices=["generate"])
     p.add_argument("name", help="key name, e.g. daemon or scanner-1")
-    p.add_argument("--dir", type=Path, required=True, help="folder to write NAME.key and NAME.key_secret into")
+    p.add_argument("--dir", type=Path, default=Path("."),
+                   help="folder to write NAME.key and NAME.key_secret into (default: the current folder)")  # fmt: skip
     _json_argument(p, "the key file paths")

@@ -55,6 +55,22 @@ SUBCOMMANDS = [
 ]  # in the order `edgert --help` lists them
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's default in `--help`, unless its help already says it or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, True, argparse.SUPPRESS, "", [], ())
+            or isinstance(action, argparse._CountAction)  # -v/-q
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", dest="verbose_sub", action="count", default=0,
@@ -74,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, help_text: str, func: Callable[[argparse.Namespace, Output], int]
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP, parents=[common])
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP, parents=[common],
+                           formatter_class=_HelpWithDefaults)  # fmt: skip
         p.set_defaults(func=func)
         return p
 

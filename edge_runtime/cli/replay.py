@@ -16,6 +16,8 @@ from edge_runtime.cli.common import (
     Output,
     _client_keys,
     _dicom_argument,
+    _ingest,
+    _ingest_argument,
     _json_argument,
     _key_arguments,
 )
@@ -33,9 +35,10 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
 
         limits = load_config(args.config).limits
     source = open_source(args.source, DicomOutput(args.dicom), limits.image)
-    out.progress(f"replaying {source.description} to {args.to}" + (" (looping)" if args.loop else ""))
+    ingest = _ingest(args)
+    out.progress(f"replaying {source.description} to {ingest}" + (" (looping)" if args.loop else ""))
     started = time.perf_counter()
-    sender = FrameSender(args.to, stream_id=args.stream_id, keys=_client_keys(args))
+    sender = FrameSender(ingest, stream_id=args.stream_id, keys=_client_keys(args))
     try:
         stats = replay(source, sender, fps=args.fps, loop=args.loop, max_frames=args.frames, limits=limits)
     except KeyboardInterrupt:
@@ -59,7 +62,7 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
 def add_parser(command: Command) -> None:
     p = command("replay", "play DICOM, images, video or a synthetic cine to a daemon, as a scanner would", _replay)
     p.add_argument("source", help=SOURCE_HELP)
-    p.add_argument("--to", default="tcp://127.0.0.1:5555", help="daemon ingest endpoint")
+    _ingest_argument(p, "the daemon's ingest endpoint (--to: the old name, deprecated)")
     p.add_argument("--fps", type=float, help="frame rate (default: the recording's Frame Time / Cine Rate, else 30)")
     p.add_argument("--loop", action="store_true", help="start again at the end")
     p.add_argument("--frames", type=int, help="stop after this many frames")

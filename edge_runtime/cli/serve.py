@@ -28,16 +28,32 @@ _OVERRIDES: tuple[tuple[str, str, str], ...] = (
         "--preview",
         "preview.endpoint",
         "publish each processed frame as a JPEG for `edgert view` on this PUB "
-        "endpoint, e.g. tcp://127.0.0.1:5558 (off by default)",
+        "endpoint, e.g. tcp://127.0.0.1:5558 (off unless given)",
     ),  # fmt: skip
     ("--server-key", "security.server_key", "CURVE: this daemon's .key_secret (with --authorized-clients)"),
     ("--authorized-clients", "security.authorized_clients", "CURVE: folder of client .key files allowed to connect"),
-    ("--audit", "audit.path", "keep the hash-chained audit log in FILE (JSON lines)"),
+    ("--audit", "audit.path", "keep the hash-chained audit log in this file (JSON lines)"),
+    ("--reload-dir", "control.reload_dirs", "a folder `ctl reload` may load from, besides the model's own (repeat)"),
 )
 
 
 def _dest(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
+
+
+def _from_cwd(dotted: str, value: Any) -> Any:
+    """A path on the command line means the current folder's, whichever folder the config file is in (paths in
+    the file start at the file)."""
+    from edge_runtime.daemon.config import config_key
+
+    kind = config_key(dotted).kind
+    if value is None:
+        return None
+    if kind is Path:
+        return str(Path(value).expanduser().absolute())
+    if isinstance(value, list):  # a repeated flag (the folder paths of a tuple[Path, ...])
+        return [str(Path(v).expanduser().absolute()) for v in value]
+    return value
 
 
 def _serve(args: argparse.Namespace, out: Output) -> int:
@@ -46,7 +62,7 @@ def _serve(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.daemon.config import apply_overrides, build_config, load_config
     from edge_runtime.daemon.server import Daemon
 
-    overrides = {key: getattr(args, _dest(flag)) for flag, key, _ in _OVERRIDES}
+    overrides = {key: _from_cwd(key, getattr(args, _dest(flag))) for flag, key, _ in _OVERRIDES}
     if args.preview:
         overrides["preview.enabled"] = True  # an endpoint on the command line turns the preview on
     if args.config:
@@ -73,6 +89,12 @@ def add_parser(command: Command) -> None:
     for flag, dotted, help in _OVERRIDES:
         key = config_key(dotted)
         typed: dict[str, Any] = {"type": key.kind} if key.kind in (int, float) else {}  # the rest stays text
-        metavar = "FILE" if dotted == "audit.path" else ("ENDPOINT" if dotted == "preview.endpoint" else None)
-        p.add_argument(flag, **typed, choices=key.choices, metavar=metavar, help=f"{help} [{dotted}]")
+        listed = getattr(key.kind, "__origin__", None) is tuple  # tuple[Path, ...]: a repeated flag
+        if listed:
+            typed["action"] = "append"
+        metavar = "PATH" if key.kind is Path or listed else ("ENDPOINT" if dotted.endswith(".endpoint") else None)
+        default = getattr(key.default, "value", key.default)  # what the daemon uses when neither file nor flag says
+        unset = default in (None, "", (), dataclasses.MISSING) or key.optional or "default" in help or "off " in help
+        said = "" if unset else f", default {default}"
+        p.add_argument(flag, **typed, choices=key.choices, metavar=metavar, help=f"{help} [{dotted}{said}]")
     p.add_argument("--ready-file", type=Path, help="write the bound endpoints here as JSON once ready")

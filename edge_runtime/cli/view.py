@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from edge_runtime.cli.common import (
+    VIEW_PORT,
     CliError,
     Command,
     ExitCode,
@@ -62,7 +63,7 @@ def add_parser(command: Command) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to serve the page on (default 127.0.0.1; anything else is reachable from other "
                    "machines: use --token)")  # fmt: skip
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--port", type=int, default=VIEW_PORT, help=f"HTTP port (default {VIEW_PORT})")
     token = p.add_mutually_exclusive_group()
     token.add_argument("--token-file", type=Path, help="read the access token the page URL must carry (?token=...) "
                        "from this file's first line, at least 8 characters; default $EDGERT_VIEW_TOKEN, else none")  # fmt: skip

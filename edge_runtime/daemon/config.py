@@ -183,7 +183,7 @@ class ControlSection:
     """[control]: the REP socket for status, stats and reload."""
 
     endpoint: str = DEFAULT_CONTROL
-    reload_dirs: tuple[Path, ...] = field(default=(), metadata={"items": "folder paths"})  # empty: the model's folder
+    reload_dirs: tuple[Path, ...] = field(default=(), metadata={"items": "folder paths"})  # and the model's own folder
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,8 @@ class DaemonConfig:
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
-        return self.reload_dirs or (self.model.resolve().parent,)
+        """The configured folders and always the served model's own folder: reloading what runs is never refused."""
+        return tuple(dict.fromkeys((*self.reload_dirs, self.model.resolve().parent)))
 
     def __post_init__(self) -> None:
         for name, endpoint in (
