@@ -328,3 +328,20 @@ def test_one_name_per_concept_across_commands(
     monkeypatch.chdir(tmp_path)  # keys go into the current folder unless --dir says otherwise
     assert main(["keys", "generate", "scanner-1"]) == 0
     assert (tmp_path / "scanner-1.key").exists() and (tmp_path / "scanner-1.key_secret").exists()
+
+
+def test_the_example_config_serves_from_the_checkout_and_flags_paths_start_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_runtime.cli.serve import _from_cwd
+    from edge_runtime.core.package import demo_package_path
+    from edge_runtime.daemon.config import load_config
+
+    example = load_config(ROOT / "docs" / "daemon.example.toml")
+    assert example.model.resolve() == demo_package_path().resolve()  # relative to the file, as it says
+    assert demo_package_path().resolve().parent in example.allowed_reload_dirs  # its own model is reloadable
+    monkeypatch.chdir(tmp_path)
+    assert _from_cwd("model.package", "out") == str(tmp_path / "out")  # a flag means this folder's, not the file's
+    assert _from_cwd("control.reload_dirs", ["a", "b"]) == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert _from_cwd("ingest.endpoint", "tcp://127.0.0.1:1") == "tcp://127.0.0.1:1"
+    assert _from_cwd("model.package", None) is None

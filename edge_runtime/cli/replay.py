@@ -46,14 +46,20 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
     finally:
         sender.close(flush_ms=500)  # let the last queued frames leave; never more than half a second
     elapsed = time.perf_counter() - started
+    refusal = sender.refusal()
+    why = ""
+    if stats.dropped:
+        why = f" (refused: {refusal})" if refusal else " (daemon absent or behind)"
     print(
         f"sent {stats.sent} frames in {elapsed:.1f} s ({stats.sent / max(elapsed, 1e-9):.1f} fps), "
-        f"dropped {stats.dropped} (daemon absent or behind), late {stats.late}"
+        f"dropped {stats.dropped}{why}, late {stats.late}"
         + (f", refused {stats.refused} (over the daemon's limits)" if stats.refused else ""),
         file=sys.stderr,
     )
     out.result({"sent": stats.sent, "dropped": stats.dropped, "late": stats.late, "refused": stats.refused,
                 "seconds": round(elapsed, 3)})  # fmt: skip
+    if refusal and not stats.sent:
+        raise CliError(f"no frame reached the daemon: {refusal}")
     if stats.refused and not (stats.sent or stats.dropped):
         raise CliError("no frame of this source can be sent to the daemon")
     return ExitCode.OK

@@ -121,7 +121,10 @@ class Reloader:
             return any(p == d or d in p.parents for d in allowed)
 
         if not inside(path):
-            return f"{path} is outside the folders reload may use: {[str(d) for d in allowed]}"
+            return (
+                f"{path} is outside the folders reload may use: {[str(d) for d in allowed]} (add one with "
+                "`serve --reload-dir` or [control] reload_dirs)"
+            )
         if path.is_dir():
             for entry in path.rglob("*"):
                 target = entry.resolve()

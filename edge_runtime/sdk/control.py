@@ -14,7 +14,7 @@ from typing import Any
 import zmq
 
 from edge_runtime.core.errors import ControlError, DaemonUnavailable, EndpointError
-from edge_runtime.sdk.security import ClientKeys
+from edge_runtime.sdk.security import ClientKeys, HandshakeWatch
 
 STATUS_TIMEOUT_S = 2.0
 RELOAD_TIMEOUT_S = 60.0  # a reload loads, checks, warms up and self-tests the new model before answering
@@ -46,6 +46,11 @@ class ControlClient:
             raise ControlError(str(reply.get("error", "the daemon refused the request")))
         return reply
 
+    def _silence(self, wait: float, watch: HandshakeWatch) -> str:
+        said = f"no answer from the daemon at {self.endpoint} within {wait:g} s"
+        refusal = watch.refusal()
+        return f"{said}: {refusal}" if refusal else said
+
     def exchange(self, request: str | dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
         """Send one request and return the reply as it is, `ok` false included."""
         wait = self.timeout_s if timeout_s is None else timeout_s
@@ -54,18 +59,24 @@ class ControlClient:
             sock.setsockopt(zmq.LINGER, 0)
             if self.keys is not None:
                 self.keys.apply(sock)
+            watch = HandshakeWatch(sock, self.keys)
             try:
-                sock.connect(self.endpoint)
-            except zmq.ZMQError as exc:
-                raise EndpointError(f"cannot connect to the daemon's control endpoint {self.endpoint}: {exc}") from None
-            sock.setsockopt(zmq.SNDTIMEO, int(wait * 1000))  # a refused CURVE handshake can leave no peer to take it
-            try:
-                sock.send_string(request if isinstance(request, str) else json.dumps(request))
-            except zmq.Again:
-                raise DaemonUnavailable(f"no answer from the daemon at {self.endpoint} within {wait:g} s") from None
-            if not sock.poll(int(wait * 1000)):
-                raise DaemonUnavailable(f"no answer from the daemon at {self.endpoint} within {wait:g} s")
-            raw = sock.recv()
+                try:
+                    sock.connect(self.endpoint)
+                except zmq.ZMQError as exc:
+                    raise EndpointError(
+                        f"cannot connect to the daemon's control endpoint {self.endpoint}: {exc}"
+                    ) from None
+                sock.setsockopt(zmq.SNDTIMEO, int(wait * 1000))  # a refused handshake can leave no peer to take it
+                try:
+                    sock.send_string(request if isinstance(request, str) else json.dumps(request))
+                except zmq.Again:
+                    raise DaemonUnavailable(self._silence(wait, watch)) from None
+                if not sock.poll(int(wait * 1000)):
+                    raise DaemonUnavailable(self._silence(wait, watch))
+                raw = sock.recv()
+            finally:
+                watch.close()
         try:
             reply = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):

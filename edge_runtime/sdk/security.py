@@ -123,3 +123,52 @@ class ServerSecurity:
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
+
+
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class HandshakeWatch:
+    """Why a client socket's peer refused it, from the socket's monitor: a missing or unknown CURVE key otherwise
+    looks like an absent daemon (no answer, frames dropped). Attach before connecting; `refusal()` says what the
+    monitor has seen so far, without blocking, and `close()` ends the monitor."""
+
+    def __init__(self, sock: zmq.Socket[bytes], keys: ClientKeys | None) -> None:
+        self._sock = sock
+        self._monitor: zmq.Socket[bytes] | None = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        self._keys = keys
+        self._seen: str | None = None
+        self.succeeded = False
+
+    def refusal(self) -> str | None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor is not None and self._monitor.poll(0):
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.succeeded, self._seen = True, None
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._seen = "the daemon refused this client's CURVE key: its public .key is not in the daemon's authorized_clients folder"
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._keys is None:
+                self._seen = (
+                    "the daemon requires CURVE keys: give --server-key (its .key) and --client-key (your .key_secret)"
+                )
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                self._seen = "the daemon does not use CURVE, or speaks another protocol, while this client has keys"
+            else:
+                self._seen = "the security handshake failed: is --server-key the daemon's public key?"
+        return self._seen
+
+    def close(self) -> None:
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None

@@ -14,7 +14,7 @@ import zmq
 
 from edge_runtime.core.errors import EndpointError
 from edge_runtime.core.protocol import PixelFormat, encode_frame
-from edge_runtime.sdk.security import ClientKeys
+from edge_runtime.sdk.security import ClientKeys, HandshakeWatch
 
 RECONNECT_IVL_MS = 10
 
@@ -65,9 +65,12 @@ class FrameSender:
             self._sock.setsockopt(zmq.IMMEDIATE, 1)
         if keys is not None:
             keys.apply(self._sock)  # no queueing towards a daemon that is not connected
+        self._watch = HandshakeWatch(self._sock, keys) if not bind else None
         try:
             self._sock.bind(endpoint) if bind else self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
+            if self._watch is not None:
+                self._watch.close()
             self._sock.close()
             raise EndpointError(f"cannot {'bind' if bind else 'connect'} frame sender to {endpoint}: {exc}") from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else endpoint
@@ -107,9 +110,17 @@ class FrameSender:
         self.stats.sent += 1
         return True
 
+    def refusal(self) -> str | None:
+        """Why the daemon refused this sender's connection (a CURVE key missing or not authorized), if it did: frames
+        then drop as if the daemon were absent, and this tells the two apart."""
+        return self._watch.refusal() if self._watch is not None else None
+
     def close(self, flush_ms: int = 0) -> None:
         """Close the socket. By default frames still queued are discarded (a scanner must never hang on close);
         `flush_ms` gives them that long to leave, for the end of a finite stream such as a replay."""
+        if self._watch is not None:
+            self._watch.refusal()  # what it saw stays readable after close
+            self._watch.close()
         self._sock.close(linger=flush_ms)
 
     def __enter__(self) -> FrameSender:

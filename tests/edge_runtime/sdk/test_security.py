@@ -95,6 +95,30 @@ def test_control_requires_an_allowed_key(start_daemon: Callable[..., Daemon], ti
     assert "needs both" in capsys.readouterr().err
 
 
+def test_a_refusal_by_curve_says_keys_are_the_cause_not_an_absent_daemon(
+    start_daemon: Callable[..., Daemon],
+    tiny_models: dict[str, Path],
+    keys: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    daemon = start_daemon(
+        tiny_models["seg_tiny"], server_key=keys["server_secret"], authorized_clients=keys["authorized"]
+    )
+    control, ingest = daemon.endpoints["control"], daemon.endpoints["ingest"]
+    stranger = ["--server-key", str(keys["server_pub"]), "--client-key", str(keys["stranger"])]
+    assert main(["ctl", "status", "--control", control, "--timeout", "1"]) == 1
+    assert "no answer from the daemon" in (err := capsys.readouterr().err) and "requires CURVE keys" in err
+    assert main(["ctl", "status", "--control", control, "--timeout", "1", *stranger]) == 1
+    assert "not in the daemon's authorized_clients" in capsys.readouterr().err
+    assert main(["replay", "synthetic:frames=10,size=64x64", "--ingest", ingest, "--fps", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "dropped 10 (refused: the daemon requires CURVE keys" in err and "no frame reached the daemon" in err
+    assert main(["replay", "synthetic:frames=10,size=64x64", "--ingest", ingest, "--fps", "20", *stranger]) == 1
+    assert "not in the daemon's authorized_clients" in capsys.readouterr().err
+    assert main(["replay", "synthetic:frames=1,size=64x64", "--ingest", "tcp://127.0.0.1:9"]) == 0  # absent
+    assert "(daemon absent or behind)" in capsys.readouterr().err
+
+
 def test_bad_security_config(start_daemon: Callable[..., Daemon], tiny_models: dict[str, Path], keys: dict[str, Path],
                              tmp_path: Path) -> None:  # fmt: skip
     with pytest.raises(DaemonError, match="does not exist"):
