@@ -36,7 +36,8 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
         limits = load_config(args.config).limits
     source = open_source(args.source, DicomOutput(args.dicom), limits.image)
     ingest = _ingest(args)
-    out.progress(f"replaying {source.description} to {ingest}" + (" (looping)" if args.loop else ""))
+    rate = f" at {args.fps:g} fps (--fps, not the source's own rate)" if args.fps else ""
+    out.progress(f"replaying {source.description} to {ingest}{rate}" + (" (looping)" if args.loop else ""))
     started = time.perf_counter()
     sender = FrameSender(ingest, stream_id=args.stream_id, keys=_client_keys(args))
     try:
@@ -47,6 +48,9 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
         sender.close(flush_ms=500)  # let the last queued frames leave; never more than half a second
     elapsed = time.perf_counter() - started
     refusal = sender.refusal()
+    if args.frames is not None and not args.loop and stats.frames < args.frames:
+        print(f"the source ended after {stats.frames} of the {args.frames} frames asked: add --loop to play it again",
+              file=sys.stderr)  # fmt: skip
     why = ""
     if stats.dropped:
         why = f" (refused: {refusal})" if refusal else " (daemon absent or behind)"
@@ -57,7 +61,7 @@ def _replay(args: argparse.Namespace, out: Output) -> int:
         file=sys.stderr,
     )
     out.result({"sent": stats.sent, "dropped": stats.dropped, "late": stats.late, "refused": stats.refused,
-                "seconds": round(elapsed, 3)})  # fmt: skip
+                "seconds": round(elapsed, 3), "reached_fps": stats.reached_fps})  # fmt: skip
     if refusal and not stats.sent:
         raise CliError(f"no frame reached the daemon: {refusal}")
     if stats.refused and not (stats.sent or stats.dropped):

@@ -26,6 +26,16 @@ class ReplayStats:
     dropped: int = 0  # refused by the sender's queue (daemon absent or behind)
     late: int = 0  # frames sent more than one interval behind schedule (this machine could not keep up)
     refused: int = 0  # not sent: the daemon's limits would reject them (too large, or not a sendable array)
+    reached_fps: float | None = None  # set when the source could not keep the asked rate: the rate it reached
+
+    @property
+    def frames(self) -> int:
+        """Frames taken from the source, whatever became of them."""
+        return self.sent + self.dropped + self.refused
+
+
+RATE_CHECK_FRAMES = 30  # the rate is judged over this many frames, then said once if it falls short
+RATE_SHORTFALL = 0.9  # below this fraction of the asked rate, the source cannot keep it
 
 
 def _wire_format(frame: SourceFrame, limits: Limits) -> PixelFormat | str:
@@ -80,11 +90,20 @@ def replay(
     """
     stats = ReplayStats()
     warned: set[str] = set()
-    next_at = time.perf_counter()
+    next_at = started = time.perf_counter()
     for seq, frame in enumerate(_frames(source, loop)):
         if (max_frames is not None and seq >= max_frames) or (stop is not None and stop.is_set()):
             break
         interval = 1.0 / fps if fps else (frame.frame_interval_s or 1.0 / DEFAULT_FPS)
+        if seq == RATE_CHECK_FRAMES and stats.reached_fps is None:
+            reached = seq / max(time.perf_counter() - started, 1e-9)
+            if reached < RATE_SHORTFALL / interval:  # said once: the source (decode, generation) is the bottleneck
+                stats.reached_fps = reached
+                log.warning(
+                    "the source cannot keep %.4g fps on this machine: it reached %.1f fps over the first %d frames "
+                    "(each frame takes %.0f ms to read or make); frames go out as fast as it gives them",
+                    1.0 / interval, reached, seq, 1000.0 / reached,
+                )  # fmt: skip
         delay = next_at - time.perf_counter()
         if delay > 0:
             if stop is not None:

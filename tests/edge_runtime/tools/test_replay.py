@@ -81,3 +81,33 @@ def test_dicom_frame_that_fails_mid_cine_is_skipped_and_the_run_goes_on(
     assert len(frames) == stats.sent == 2  # type: ignore[attr-defined]
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert skipped == [f"{path}: frame 2 of 3 skipped: frame 2 has NaN or infinite float pixel values"]
+
+
+def test_a_source_slower_than_the_asked_rate_says_so_once_with_the_rate_it_reached(
+    zmq_ctx: zmq.Context, caplog: pytest.LogCaptureFixture
+) -> None:
+    def slow() -> object:  # 10 ms a frame: at most 100 fps, asked 500
+        for _ in range(45):
+            time.sleep(0.01)
+            yield SourceFrame(np.zeros((8, 8), np.uint8), Color.GRAY, None, None, {})
+
+    with caplog.at_level(logging.WARNING, logger="edgert.replay"):
+        frames, stats = _play(zmq_ctx, slow())
+    assert len(frames) == 45 and stats.reached_fps is not None and stats.reached_fps < 110  # type: ignore[attr-defined]
+    said = [r.getMessage() for r in caplog.records if "cannot keep" in r.getMessage()]
+    assert len(said) == 1 and "cannot keep 500 fps" in said[0] and f"{stats.reached_fps:.1f} fps" in said[0]  # type: ignore[attr-defined]
+    quick = [SourceFrame(np.zeros((8, 8), np.uint8), Color.GRAY, None, None, {})] * 40
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgert.replay"), FrameSender("tcp://127.0.0.1:9") as nobody:
+        stats = replay(quick, nobody, fps=50)  # type: ignore[arg-type]  # a rate the source keeps easily
+    assert stats.reached_fps is None and not any("cannot keep" in r.getMessage() for r in caplog.records)  # type: ignore[attr-defined]
+
+
+def test_asking_more_frames_than_a_finite_source_holds_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from pydicom.data import get_testdata_file
+
+    from edge_runtime.cli import main
+
+    cine = get_testdata_file("examples_ybr_color.dcm")
+    assert main(["replay", cine, "--frames", "40", "--fps", "300", "--ingest", "tcp://127.0.0.1:9"]) == 0
+    assert "the source ended after 30 of the 40 frames asked: add --loop" in capsys.readouterr().err
