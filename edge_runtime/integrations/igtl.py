@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socketserver
 import threading
 import time
 from collections import OrderedDict
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from calibration.preprocessing import scale_labels
-from edge_runtime.core.errors import EdgertError, should_log
+from edge_runtime.core.errors import EdgertError, escaped, should_log
 from edge_runtime.core.protocol import PixelFormat, Preview, Result, ResultStatus, Task
 from edge_runtime.integrations.view.feed import Feed
 from edge_runtime.sdk.security import ClientKeys
@@ -175,6 +176,30 @@ def frame_from_image(message: Any) -> tuple[np.ndarray, PixelFormat, tuple[float
     return pixels, fmt, spacing
 
 
+class _SlicerConnection(socketserver.BaseRequestHandler):
+    """One Slicer connection to the bridge's OpenIGTLink server: pyigtl's own handler loop, except that a peer who
+    goes away (Slicer closed, the cable pulled) ends the connection with one info line. pyigtl's handler prints a
+    traceback and logs on the root logger for it, which a user reads as a crash."""
+
+    def handle(self) -> None:
+        server: Any = self.server
+        server._connected = True
+        self.request.settimeout(0.01)
+        try:
+            while not server.communication_thread_stop_requested:
+                while server._receive_message_from_socket(self.request):
+                    if server.communication_thread_stop_requested:
+                        break
+                while server._send_queued_message_from_socket(self.request):
+                    pass
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            log.info("Slicer disconnected (%s)", escaped(exc.__class__.__name__))
+        except Exception as exc:  # a malformed message from the peer: its connection ends, the bridge goes on
+            log.warning("OpenIGTLink connection closed: %s", escaped(f"{exc.__class__.__name__}: {exc}"))
+        finally:
+            server._communication_error_occurred()
+
+
 class IgtlBridge:
     """The bridge: `start`, then `stop`. The Slicer side and the source side run on their own threads."""
 
@@ -188,6 +213,7 @@ class IgtlBridge:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.server = pyigtl.OpenIGTLinkServer(port=options.port, local_server=True, start_now=False)
+        self.server.RequestHandlerClass = _SlicerConnection  # a disconnect is a log line, not a traceback
         self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview, keys=options.keys,
                          stream_id=options.source_stream_id if options.source else options.stream_id)  # fmt: skip
         self._client: Any = None

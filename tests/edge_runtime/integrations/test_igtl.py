@@ -178,3 +178,37 @@ def test_images_from_plus_reach_the_daemon_with_spacing_and_go_back_where_they_c
         bridge.stop()
         plus.stop()
         sub.close()
+
+
+def test_a_slicer_that_goes_away_is_one_log_line_not_a_traceback(
+    fake_daemon: FakeDaemon, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+    import struct
+    import time
+
+    from edge_runtime.core.protocol import DaemonState
+
+    port = free_ports(1)[0]
+    bridge = IgtlBridge(IgtlOptions(results=f"tcp://127.0.0.1:{fake_daemon.port}", port=port))
+    bridge.start()
+    try:
+        with caplog.at_level(logging.INFO):
+            peer = socket.create_connection(("127.0.0.1", port))
+            wait_until(lambda: bridge.server.is_connected(), timeout=5)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.close()  # a reset, as when Slicer is killed: the next send fails
+            for state in (None, DaemonState.READY, None, DaemonState.READY):  # banners to send into the reset
+                fake_daemon.state = state
+                time.sleep(0.7)
+            wait_until(lambda: any("Slicer disconnected" in r.getMessage() for r in caplog.records), timeout=5)
+            slicer = pyigtl.OpenIGTLinkClient(host="127.0.0.1", port=port)  # the bridge still serves the next one
+            try:
+                wait_until(lambda: any(m.device_name == STATUS_DEVICE for m in slicer.get_latest_messages()), 10)
+            finally:
+                slicer.stop()
+    finally:
+        bridge.stop()
+    assert "Traceback" not in capfd.readouterr().err
+    assert not [r for r in caplog.records if r.name == "root" and r.levelno >= logging.ERROR]
