@@ -214,7 +214,7 @@ class IgtlBridge:
         self._stop = threading.Event()
         self.server = pyigtl.OpenIGTLinkServer(port=options.port, local_server=True, start_now=False)
         self.server.RequestHandlerClass = _SlicerConnection  # a disconnect is a log line, not a traceback
-        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview, keys=options.keys,
+        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview, keys=options.keys, logger=log,
                          stream_id=options.source_stream_id if options.source else options.stream_id)  # fmt: skip
         self._client: Any = None
         self._sender: FrameSender | None = None

@@ -13,6 +13,10 @@ the SEG in its Algorithm Identification (the sha256 as a parameter).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +32,28 @@ from edge_runtime import __version__
 from edge_runtime.core.errors import EdgertError
 from edge_runtime.core.protocol import ModelId, Result, ResultStatus, Task
 from edge_runtime.sdk.overlay import draw_overlay
+
+log = logging.getLogger("edgert.record")
+_SAID: set[tuple[str, int]] = set()  # highdicom warnings already said, by where they come from
+
+
+@contextlib.contextmanager
+def _quiet_highdicom() -> Iterator[None]:
+    """highdicom's warnings, turned into what the user needs. Its person-name check quotes the source's Patient's
+    Name (patient data: never printed) about a name format we copy as the modality wrote it, so it says nothing to
+    act on; any other warning becomes one line per kind, without its text (which may quote the source too)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        if "person name" in str(w.message):
+            continue
+        where = (Path(w.filename).name, w.lineno)
+        if where not in _SAID:
+            _SAID.add(where)
+            log.info("highdicom warned (%s at %s:%d) while building a record; it was written", w.category.__name__,
+                     *where)  # fmt: skip
+
 
 MANUFACTURER = "edgert"
 _PATIENT_KEYWORDS = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex")
@@ -93,12 +119,13 @@ def build_objects(
         raise RecordError("the result is an inference error: nothing to record")
     captured = datetime.fromtimestamp(result.capture_ts_ns / 1e9, tz=timezone.utc)
     overlay = draw_overlay(frame_rgb, result)
-    objects = [_secondary_capture(overlay, result.model, series, series.overlay_uid, 1, number, captured, source,
-                                  "frame with the model's overlay drawn in")]  # fmt: skip
-    if result.task is Task.SEGMENTATION and result.mask is not None:
-        plain = _secondary_capture(frame_rgb, result.model, series, series.frame_uid, 2, number, captured, source,
-                                   "frame as captured, source of the segmentation")  # fmt: skip
-        objects += [plain, _segmentation(plain, result, series, number)]
+    with _quiet_highdicom():
+        objects = [_secondary_capture(overlay, result.model, series, series.overlay_uid, 1, number, captured, source,
+                                      "frame with the model's overlay drawn in")]  # fmt: skip
+        if result.task is Task.SEGMENTATION and result.mask is not None:
+            plain = _secondary_capture(frame_rgb, result.model, series, series.frame_uid, 2, number, captured,
+                                       source, "frame as captured, source of the segmentation")  # fmt: skip
+            objects += [plain, _segmentation(plain, result, series, number)]
     return objects
 
 

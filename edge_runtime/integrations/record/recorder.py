@@ -85,7 +85,7 @@ class Recorder:
         self.bad_requests = 0  # trigger messages that were not a one-part REQ request
         self._latest: tuple[Result, Preview] | None = None
         self._lock = threading.Lock()
-        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview,
+        self.feed = Feed(options.results, None, on_pair=self._on_pair, preview=options.preview, logger=log,
                          stream_id=options.stream_id, max_age_ms=None, keys=options.keys)  # fmt: skip
         self.sender = PacsSender(options.pacs, self.spool, options.retry_s) if options.pacs else None
 

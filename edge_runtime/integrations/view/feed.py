@@ -60,8 +60,9 @@ class PairStats:
 class Pairer:
     """Joins results and previews on (stream, seq, capture time); each side keeps its last `keep` unmatched."""
 
-    def __init__(self, keep: int = 8) -> None:
+    def __init__(self, keep: int = 8, logger: logging.Logger = log) -> None:
         self.keep = keep
+        self._log = logger
         self.stats = PairStats()
         self._results: OrderedDict[tuple[int, int, int], Result] = OrderedDict()
         self._previews: OrderedDict[tuple[int, int, int], Preview] = OrderedDict()
@@ -92,7 +93,7 @@ class Pairer:
         problem = geometry_problem(result, preview.frame_width, preview.frame_height)
         if problem is not None:
             self.stats.mismatched += 1
-            log.warning(
+            self._log.warning(
                 "result and preview of stream %d frame %d do not fit: %s", result.stream_id, result.seq, problem
             )
             return None
@@ -237,8 +238,11 @@ class Feed:
         misses: float = DEFAULT_MISSES,
         limits: Limits = Limits(),
         keys: ClientKeys | None = None,
+        logger: logging.Logger = log,
     ) -> None:
+        """`logger`: the consumer's own (`edgert.record`, `edgert.igtl`), so its log lines name the command."""
         self.results_endpoint = results
+        self._log = logger
         self.keys = keys  # CURVE for the results and preview sockets (the daemon's `[security]`)
         self.fixed_preview = preview  # given by the user: used as is, whatever heartbeats announce
         self.stream_id = stream_id
@@ -249,7 +253,7 @@ class Feed:
         self._on_pair = on_pair
         self._to_view_ms: deque[float] = deque(maxlen=20_000)  # capture to paired here, per display frame
         self._liveness = Liveness(misses)
-        self._pairer = Pairer()
+        self._pairer = Pairer(logger=logger)
         self.stats.pairs = self._pairer.stats
         self._lock = threading.Lock()
         self._preview_in_use: str | None = None
@@ -307,7 +311,7 @@ class Feed:
                     if wanted is not None:
                         preview = self._subscribe(ctx, wanted)
                         poller.register(preview, zmq.POLLIN)
-                        log.info("preview stream %s", escaped(wanted))
+                        self._log.info("preview stream %s", escaped(wanted))
                     with self._lock:
                         self._preview_in_use = wanted
                 events = dict(poller.poll(50))
@@ -317,7 +321,7 @@ class Feed:
                         was = self._liveness.disconnected
                         self._liveness.on_monitor(parts)
                         if self._liveness.disconnected and not was:
-                            log.warning("connection to the daemon's results socket dropped")
+                            self._log.warning("connection to the daemon's results socket dropped")
                 if results in events:
                     self._drain(results, self._on_results)
                 if preview is not None and preview in events:
@@ -392,7 +396,7 @@ class Feed:
         now = time.monotonic()
         if self.stream_id is None and (self._followed is None or now - self._followed_at > FOLLOW_SWITCH_S):
             if self._followed != stream_id:
-                log.info("showing stream %d", stream_id)
+                self._log.info("showing stream %d", stream_id)
             self._followed = stream_id
         if stream_id == self._followed:
             self._followed_at = now
@@ -417,4 +421,4 @@ class Feed:
         self.stats.rejected += 1
         n = self.stats.rejected
         if should_log(n):
-            log.warning("ignored an undecodable message (%d so far): %s", n, escaped(exc))
+            self._log.warning("ignored an undecodable message (%d so far): %s", n, escaped(exc))

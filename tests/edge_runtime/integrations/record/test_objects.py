@@ -62,9 +62,9 @@ def test_a_detection_gives_the_overlay_only() -> None:
     assert overlay.Modality == "OT" and (overlay.Rows, overlay.Columns) == (60, 80)
 
 
-def _source_file(tmp_path: Path) -> Path:
+def _source_file(tmp_path: Path, name: str = "Doe^Jane") -> Path:
     ds = Dataset()
-    ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = "Doe^Jane", "MRN-0042", "F", "19700101"
+    ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = name, "MRN-0042", "F", "19700101"
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
     ds.SOPClassUID, ds.AccessionNumber, ds.StudyDate = UltrasoundMultiFrameImageStorage, "ACC7", "20260101"
     ds.Modality = "US"
@@ -87,6 +87,20 @@ def test_a_dicom_source_lends_its_study_patient_and_reference(tmp_path: Path) ->
     assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == source.sop_instance_uid
     assert overlay.ReferencedSeriesSequence[0].SeriesInstanceUID == source.series_instance_uid
     assert overlay.SeriesInstanceUID != source.series_instance_uid  # our own series in their study
+
+
+def test_a_one_word_patient_name_is_copied_without_highdicom_quoting_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As pydicom's own cine names its patient: highdicom warns about the format, quoting the name."""
+    import warnings
+
+    source = SourceStudy.from_file(_source_file(tmp_path, "PLAINNAME"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning left would fail here
+        objects = build_objects(frame(), segmentation(), Series.new(source), 1, source)
+    assert all(str(ds.PatientName) == "PLAINNAME" for ds in objects)
+    assert "PLAINNAME" not in capfd.readouterr().err + caplog.text
 
 
 def test_errors_name_the_problem_without_patient_data(tmp_path: Path) -> None:
