@@ -98,7 +98,7 @@ PLAN: dict[str, dict[str, Step]] = {
         "edgert convert model_pkg/ --precision int8 -o out/": RUN,
         "edgert convert model.onnx --card model.json --precision fp16 --data scans/ -o out_fp16/": RUN,
         "edgert convert old.onnx --input-shape 1,3,224,224 --data random -o out_old/": RUN,
-        "edgert compare model_pkg/ out/ --data scans/ --tolerance 0.01 --json cmp.json": RUN,
+        "edgert compare model_pkg/ out/ --data scans/ --tolerance 0.05 --json cmp.json": RUN,
         "edgert convert model_pkg/ --precision int8 --calib scans/ -o out/": RUN,
         "edgert convert model_pkg/ --precision int8 --calib scans/ --target tensorrt --fallback fp16 "
         "--trt-version 8.6.1 -o out_trt/": RUN,
