@@ -95,7 +95,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_documented_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[3] / "docs" / "daemon.example.toml"
     cfg = load_config(example)
-    assert cfg.model == Path("/opt/edgert/models/us_seg_demo")
+    assert cfg.model.resolve() == (example.parents[1] / "edge_runtime" / "models" / "us_seg_demo").resolve()
     assert cfg.limits.max_width == 4096 and cfg.heartbeat_ms == 500
 
 
