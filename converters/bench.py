@@ -193,7 +193,7 @@ def run_bench(
     import onnx
 
     from calibration.kinds import Sampling
-    from converters.convert import convert_model, load_model
+    from converters.convert import convert_model, default_data, load_model
     from converters.data import load_feeds
     from converters.graph import real_inputs
     from converters.options import ConvertOptions
@@ -208,7 +208,7 @@ def run_bench(
     precision = card.precision if isinstance(card, ModelCard) else "fp32"  # what the artifact is, as its card says
     if precision != "fp32" and request.precision is not Precision.FP32:
         raise OptionError(f"{request.model} is already converted ({precision}): bench it as it is, without --precision")
-    data = request.data or ((card.data_source or "synthetic") if card else "random")
+    data = request.data or default_data(card)
     if request.precision is not Precision.FP32:
         tell(f"converting to {request.precision.value} (accuracy gate on {data})")
         source = request.data or (None if card else "random")  # None: convert's own default for a package

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto
 
 from calibration.sources import Sampling
-from converters.convert import DEFAULT_SOURCE, load_model
+from converters.convert import default_data, load_model
 from converters.data import Card, EvalData, load_feeds
 from converters.evaluate import Comparison, Outputs, compare, default_tolerance, head_of, run_model
 from converters.fp16 import emulate_fp16
@@ -79,9 +79,7 @@ def compare_models(
     if input_shape is not None:
         feed_model = copy_model(ref)
         fix_input_shapes(feed_model, {real_inputs(feed_model.graph)[0].name: list(input_shape)}, PrepareReport())
-    if data is None:  # as `convert` and `bench` default: frames like the model's own, random for a bare graph
-        data = (card.data_source or DEFAULT_SOURCE) if card is not None else "random"
-    eval_data = load_feeds(data, feed_model, card, sampling)
+    eval_data = load_feeds(data or default_data(card), feed_model, card, sampling)  # as `convert` and `bench`
     emulated = emulate and has_fp16(cand)
     ref_out = run_model(ref, eval_data.feeds)
     cand_out = (

@@ -109,6 +109,14 @@ def _sha256(model: onnx.ModelProto) -> str:
 DEFAULT_SOURCE = "synthetic"  # calibration and evaluation data for a package when none is given
 
 
+def default_data(card: Card | None) -> str:
+    """The frames a command runs on when none are given: like the model's own (its card's `data_source`, else
+    synthetic), or random tensors for a bare graph, which has no preprocessing to make frames into inputs."""
+    if card is None:
+        return "random"
+    return card.data_source or DEFAULT_SOURCE
+
+
 def _sources(options: ConvertOptions, card: Card | None) -> tuple[str | None, str | None]:
     """(evaluation source, calibration source). Either defaults to the other; with a card and neither given, INT8,
     FP16 and pruning use the card's `data_source`, else synthetic ultrasound images (said in the progress output
@@ -117,7 +125,7 @@ def _sources(options: ConvertOptions, card: Card | None) -> tuple[str | None, st
     calib = options.calib or options.data
     measured = options.precision is not Precision.FP32 or options.prune is not None
     if measured and data is None and card is not None:
-        data = calib = card.data_source or DEFAULT_SOURCE
+        data = calib = default_data(card)
     return data, (calib if options.precision is Precision.INT8 or options.prune is not None else None)
 
 

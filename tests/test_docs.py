@@ -35,14 +35,10 @@ def test_relative_links_and_anchors_resolve(page: Path) -> None:
 
 
 def _readme_commands() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.splitlines():
-            line = line.split("#")[0].strip()
-            if line.startswith("edgert "):
-                commands.append(shlex.split(line)[1:])
-    return commands
+    """The README's `edgert` lines, as the docs-command test reads them (it also runs them, more slowly)."""
+    from tests.test_docs_commands import _lines
+
+    return [shlex.split(line)[1:] for line in _lines(ROOT / "README.md") if line.startswith("edgert ")]
 
 
 @pytest.mark.parametrize("argv", _readme_commands(), ids=lambda a: " ".join(a[:2]))

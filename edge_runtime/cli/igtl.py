@@ -20,17 +20,18 @@ from edge_runtime.cli.common import (
 def _igtl(args: argparse.Namespace, out: Output) -> int:
     from edge_runtime.integrations.igtl import IgtlBridge, IgtlOptions, parse_source
 
+    ingest = _ingest(args)  # said once when the old spelling is used
     options = IgtlOptions(
         results=args.results, preview=args.preview, port=args.port, stream_id=args.stream_id,
         spacing_mm=args.spacing, source=parse_source(args.source) if args.source else None,
-        source_device=args.source_device, ingest=_ingest(args), source_stream_id=args.source_stream_id,
+        source_device=args.source_device, ingest=ingest, source_stream_id=args.source_stream_id,
         keys=_client_keys(args),
     )  # fmt: skip
     bridge = IgtlBridge(options)
     with _stop_on_signal() as stop:
         bridge.start()
         out.progress(f"OpenIGTLink server for Slicer on 127.0.0.1:{args.port}"
-                     + (f"; images from {args.source} go to {_ingest(args)}" if args.source else ""))  # fmt: skip
+                     + (f"; images from {args.source} go to {ingest}" if args.source else ""))  # fmt: skip
         try:
             stop.wait()
         finally:

@@ -143,7 +143,6 @@ class HandshakeWatch:
         self._monitor: zmq.Socket[bytes] | None = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         self._keys = keys
         self._seen: str | None = None
-        self.succeeded = False
 
     def refusal(self) -> str | None:
         from zmq.utils.monitor import recv_monitor_message
@@ -154,7 +153,7 @@ class HandshakeWatch:
             except zmq.Again:
                 break
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.succeeded, self._seen = True, None
+                self._seen = None  # a later connection got through
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._seen = "the daemon refused this client's CURVE key: its public .key is not in the daemon's authorized_clients folder"
             elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._keys is None:

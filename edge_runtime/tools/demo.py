@@ -24,6 +24,8 @@ from PIL import Image, ImageDraw
 from calibration.dicom import DicomError
 from calibration.preprocessing import Color, DicomOutput
 from calibration.sources import SourceError, SourceFrame, open_source
+from edge_runtime.core.card import ModelCard
+from edge_runtime.core.detection import box_iou
 from edge_runtime.core.errors import EdgertError
 from edge_runtime.core.package import PackageError, demo_package_path, load_package
 from edge_runtime.core.protocol import Result, ResultStatus, Task, pixel_format_for
@@ -117,16 +119,6 @@ class Recorder:
 MATCH_IOU = 0.5  # a drawn box counts as finding a true polyp at this overlap
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a [N, 4] against every box in b [M, 4] (x1, y1, x2, y2)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)[:, None]
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)[None, :]
-    return np.asarray(inter / np.maximum(area_a + area_b - inter, 1e-9))
-
-
 @dataclass
 class Shown:
     """What the overlays showed, per task, and what the generator put in the frames where it says (synthetic
@@ -164,7 +156,7 @@ class Shown:
             self.truth_boxes += len(truth.boxes)
             if len(truth.boxes) and r.boxes:
                 drawn = np.array([[b.x1, b.y1, b.x2, b.y2] for b in r.boxes], np.float32)
-                self.found += int((_iou(truth.boxes, drawn).max(axis=1) >= MATCH_IOU).sum())
+                self.found += int((box_iou(truth.boxes, drawn).max(axis=1) >= MATCH_IOU).sum())
         elif r.task is Task.CLASSIFICATION and truth.label is not None and r.classes:
             self.truth_frames += 1
             self.found += r.label(r.classes[0].class_id) == truth.label
@@ -254,7 +246,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
         preview = ["--preview", "tcp://127.0.0.1:*"] if options.view_port is not None else []
         daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log", preview)
         try:
-            return _run(options, daemon, source, say)
+            return _run(options, package.card, daemon, source, say)
         except DaemonError as exc:
             raise DemoError(f"daemon: {exc}") from None
         finally:
@@ -262,7 +254,9 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
             say(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
 
 
-def _run(args: DemoOptions, daemon: DaemonProcess, source: Any, say: Callable[[str], None]) -> DemoResult:
+def _run(
+    args: DemoOptions, card: ModelCard, daemon: DaemonProcess, source: Any, say: Callable[[str], None]
+) -> DemoResult:
     endpoints = daemon.wait_ready()
     view = None
     if args.view_port is not None:
@@ -272,14 +266,19 @@ def _run(args: DemoOptions, daemon: DaemonProcess, source: Any, say: Callable[[s
         view.start()
         say(f"view    {view.url} (the overlays live in a browser while the demo runs)")
     try:
-        return _play(args, daemon, endpoints, source, say)
+        return _play(args, card, daemon, endpoints, source, say)
     finally:
         if view is not None:
             view.stop()
 
 
 def _play(
-    args: DemoOptions, daemon: DaemonProcess, endpoints: dict[str, str], source: Any, say: Callable[[str], None]
+    args: DemoOptions,
+    card: ModelCard,
+    daemon: DaemonProcess,
+    endpoints: dict[str, str],
+    source: Any,
+    say: Callable[[str], None],
 ) -> DemoResult:
     out = args.out
     rec = Recorder()
@@ -290,8 +289,6 @@ def _play(
     gif_every = max(1, args.frames // GIF_MAX_FRAMES)
     stills: dict[str, Image.Image] = {}
     shown = Shown()
-    task = Task.SEGMENTATION
-    legend: list[tuple[int, int, int]] = []
     fallback_first: Image.Image | None = None  # the first overlay, should none show a box
     with ResultSubscriber(endpoints["results"], max_age_ms=500) as sub:
         _wait_for_heartbeat(sub, 10.0)
@@ -328,14 +325,12 @@ def _play(
                 rec.add(r, now)
                 frame = rec.frame(r.seq)
                 shown.add(r, frame)
-                task = r.task
                 if received % 50 == 0:
                     say(f"  {received:5d} results, last end-to-end {(now - r.capture_ts_ns) / 1e6:6.2f} ms")
                 if frame is None or not (r.seq % gif_every == 0 or "first" not in stills or r.seq >= args.frames - 1):
                     continue
                 fmt = pixel_format_for(frame.pixels, bgr=frame.color is Color.BGR)
                 img = _annotate(draw_overlay(to_display_rgb(frame.pixels, fmt), r), r, (now - r.capture_ts_ns) / 1e6)
-                legend = [(c[0], c[1], c[2]) for c in r.colors]
                 if r.task is not Task.DETECTION or r.boxes:  # the first still shows the feature where one shows
                     stills.setdefault("first", img)
                 fallback_first = fallback_first or img
@@ -353,7 +348,7 @@ def _play(
     if fallback_first is not None:
         stills = {"first": stills.get("first", fallback_first), **stills}
     replay_stats = stats_box[0] if stats_box else ReplayStats()
-    files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every, legend)
+    files = _write_images(out, stills, gif, 1000.0 / (args.fps or 30.0) * gif_every, list(card.output.colors))
     frames: dict[str, int] = {
         "sent": replay_stats.sent,
         "processed": daemon_stats.get("frames_out", 0),
@@ -373,7 +368,7 @@ def _play(
             "queue": percentiles_ms(rec.queue_ns),
             "transport": percentiles_ms(rec.transport_ns),
         },
-        "shown": shown.to_json(task),
+        "shown": shown.to_json(card.task),
         "elapsed_s": round(elapsed, 2),
         "files": [str(f) for f in files],
     }
@@ -389,7 +384,7 @@ def _play(
     say(_row("inference", rec.inference_ns))
     say(_row("queue", rec.queue_ns))
     say(_row("transport", rec.transport_ns))
-    for line in shown.lines(task):
+    for line in shown.lines(card.task):
         say(line)
     say("wrote   " + ", ".join(str(p) for p in files + [out / "summary.json"]))
     if failure:
