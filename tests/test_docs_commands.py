@@ -64,9 +64,10 @@ def _lines(page: Path) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class Step:
-    how: str  # run | server | bounded | no-gpu
+    how: str  # run | server | bounded | no-gpu | until
     codes: tuple[int, ...] = (0,)
-    seconds: float = 240.0  # run: its timeout; bounded: how long before SIGINT
+    seconds: float = 240.0  # run: its timeout; bounded: how long before SIGINT; until: how long to wait for `said`
+    said: str = ""  # until: SIGINT once the command has said this (a command that waits for Ctrl+C)
 
 
 RUN, SERVER, NO_GPU = Step("run"), Step("server"), Step("no-gpu", (1,))
@@ -145,7 +146,7 @@ PLAN: dict[str, dict[str, Step]] = {
     "VIEW.md": {
         "edgert serve --preview tcp://127.0.0.1:5558": SERVER,
         "edgert view --results tcp://127.0.0.1:5556": SERVER,
-        "edgert demo --view": Step("run", seconds=120),
+        "edgert demo --view": Step("until", seconds=120, said="Ctrl+C to exit"),  # the page stays after the run
     },
 }
 
@@ -254,6 +255,24 @@ def _stop(proc: subprocess.Popen[str], line: str) -> None:
     assert "Traceback" not in err, f"{line}: {err[-2000:]}"
 
 
+def _run_until(argv: list[str], cwd: Path, step: Step) -> tuple[str, str, int]:
+    """Run until the command says `step.said`, then SIGINT it, as its user would."""
+    out_path, err_path = cwd / ".until.out", cwd / ".until.err"
+    with out_path.open("w") as out_file, err_path.open("w") as err_file:
+        proc = subprocess.Popen(argv, cwd=cwd, env=_env(), text=True, stdout=out_file, stderr=err_file)
+        try:
+            said = wait_until(lambda: proc.poll() is not None or step.said in out_path.read_text() + err_path.read_text(),
+                              timeout=step.seconds, interval=0.5)  # fmt: skip
+            assert said and proc.poll() is None, f"`{' '.join(argv)}` ended without saying {step.said!r}"
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return out_path.read_text(), err_path.read_text(), proc.returncode
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if p.name in PLAN], ids=lambda p: p.name)
 def test_every_command_a_page_shows_runs_as_written(page: Path, tmp_path: Path) -> None:
@@ -295,6 +314,8 @@ def test_every_command_a_page_shows_runs_as_written(page: Path, tmp_path: Path) 
                     proc.send_signal(signal.SIGINT)
                 out, err = proc.communicate(timeout=30)
                 code = proc.returncode
+            elif step.how == "until":
+                out, err, code = _run_until(argv, tmp_path, step)
             else:
                 done = subprocess.run(argv, cwd=tmp_path, env=_env(), text=True, capture_output=True,
                                       timeout=step.seconds)  # fmt: skip

@@ -46,6 +46,7 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
         dicom=DicomOutput(args.dicom) if args.dicom else None,
         out=args.out,
         view_port=_view_port(args),
+        linger_s=args.linger,
     )
     result = run_demo(options, say=out.say)
     out.result({"ok": result.ok, "error": result.error, **result.summary})
@@ -74,4 +75,7 @@ def add_parser(command: Command) -> None:
     p.add_argument("--view", nargs="?", const="", metavar="",
                    help="also show the live overlays in a browser at http://127.0.0.1:PORT/ (needs the view extra)")  # fmt: skip
     p.add_argument("--port", type=int, default=VIEW_PORT, help=f"--view's HTTP port (default {VIEW_PORT})")
+    p.add_argument("--linger", type=float, default=None, metavar="SECONDS",
+                   help="with --view: after the run the page stays, saying the demo ended; this long "
+                   "(default: until Ctrl+C)")  # fmt: skip
     _json_argument(p, "the summary")

@@ -9,6 +9,7 @@ quality with saliency (both on synthetic colonoscopy video).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import threading
 import time
@@ -16,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,6 +37,9 @@ from edge_runtime.sdk.overlay import draw_overlay, to_display_rgb
 from edge_runtime.sdk.sender import FrameSender
 from edge_runtime.sdk.subscriber import ResultSubscriber
 from edge_runtime.tools.replay import ReplayStats, replay
+
+if TYPE_CHECKING:
+    from edge_runtime.integrations.view import ViewServer
 
 DEMO_CINE = "examples_ybr_color.dcm"  # pydicom's bundled 30-frame ultrasound cine (YBR_FULL_422, JPEG baseline)
 GIF_MAX_FRAMES = 150
@@ -64,6 +68,13 @@ class DemoOptions:
     dicom: DicomOutput | None = None  # default: the card's preprocessing.dicom
     out: Path = Path("edgert-demo")
     view_port: int | None = None  # also serve `edgert view` on 127.0.0.1:PORT while the demo runs
+    linger_s: float | None = None  # with view_port: keep the view up this long after the run; None: until Ctrl+C
+
+    def __post_init__(self) -> None:
+        if self.frames <= 0:
+            raise DemoError("--frames must be positive")
+        if self.linger_s is not None and not (math.isfinite(self.linger_s) and 0 <= self.linger_s <= 86400):
+            raise DemoError(f"--linger must be 0 to 86400 seconds, not {self.linger_s}")
 
 
 @dataclass(frozen=True)
@@ -227,8 +238,6 @@ def _row(name: str, values: list[int]) -> str:
 
 def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoResult:
     """Run the demo; `say` gets the progress and summary lines."""
-    if options.frames <= 0:
-        raise DemoError("--frames must be positive")
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -242,34 +251,59 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print) -> DemoRe
     say(f"model   {package.model_id} ({package.card.task.label}, {len(package.card.output.labels)} classes)")
     say(f"source  {source.description}, {options.frames} frames" + (f" at {options.fps:g} fps" if options.fps else ""))
     say("starting daemon ...")
-    with tempfile.TemporaryDirectory(prefix="edgert-demo-") as tmp:
-        preview = ["--preview", "tcp://127.0.0.1:*"] if options.view_port is not None else []
-        daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log", preview)
-        try:
-            return _run(options, package.card, daemon, source, say)
-        except DaemonError as exc:
-            raise DemoError(f"daemon: {exc}") from None
-        finally:
-            code = daemon.stop()
-            say(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
+    views: list[ViewServer] = []  # the view outlives the daemon: its page says the demo ended
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgert-demo-") as tmp:
+            preview = ["--preview", "tcp://127.0.0.1:*"] if options.view_port is not None else []
+            daemon = DaemonProcess(package.root, Path(tmp), out / "daemon.log", preview)
+            try:
+                result = _run(options, package.card, daemon, source, say, views)
+            except DaemonError as exc:
+                raise DemoError(f"daemon: {exc}") from None
+            finally:
+                code = daemon.stop()
+                say(f"daemon stopped (exit status {code}), log: {out / 'daemon.log'}")
+        for view in views:
+            if not result.summary.get("interrupted"):  # Ctrl+C during the run ends the demo, view and all
+                _linger(view, result, options.linger_s, say)
+        return result
+    finally:
+        for view in views:
+            view.stop()
 
 
 def _run(
-    args: DemoOptions, card: ModelCard, daemon: DaemonProcess, source: Any, say: Callable[[str], None]
+    args: DemoOptions,
+    card: ModelCard,
+    daemon: DaemonProcess,
+    source: Any,
+    say: Callable[[str], None],
+    views: list[ViewServer],
 ) -> DemoResult:
     endpoints = daemon.wait_ready()
-    view = None
     if args.view_port is not None:
         from edge_runtime.integrations.view import ViewOptions, ViewServer
 
         view = ViewServer(ViewOptions(results=endpoints["results"], preview=endpoints["preview"], port=args.view_port))
         view.start()
+        views.append(view)
         say(f"view    {view.url} (the overlays live in a browser while the demo runs)")
+    return _play(args, card, daemon, endpoints, source, say)
+
+
+def _linger(view: ViewServer, result: DemoResult, linger_s: float | None, say: Callable[[str], None]) -> None:
+    """After the run the page stays, saying why the AI is offline, instead of vanishing mid-look."""
+    received = result.summary.get("frames", {}).get("received", 0)
+    view.end(f"the demo ended after {received} results; its daemon has stopped")
+    until = "Ctrl+C to exit" if linger_s is None else f"for {linger_s:g} s (--linger)"
+    say(f"view    {view.url} stays up, saying the demo ended (open pages keep their last frame), {until}")
     try:
-        return _play(args, card, daemon, endpoints, source, say)
-    finally:
-        if view is not None:
-            view.stop()
+        if linger_s is None:
+            while True:
+                time.sleep(3600)
+        time.sleep(linger_s)
+    except KeyboardInterrupt:
+        pass
 
 
 def _play(
@@ -312,6 +346,7 @@ def _play(
         thread.start()
         last_result = time.monotonic()
         received = 0
+        interrupted = False
         try:
             while thread.is_alive() or time.monotonic() - last_result < DRAIN_TIMEOUT_S:
                 r = sub.recv(100)
@@ -339,6 +374,7 @@ def _play(
                     gif.append(img)
         except KeyboardInterrupt:
             say("interrupted")
+            interrupted = True
         finally:
             stop.set()
             thread.join(5.0)
@@ -370,6 +406,7 @@ def _play(
         },
         "shown": shown.to_json(card.task),
         "elapsed_s": round(elapsed, 2),
+        "interrupted": interrupted,
         "files": [str(f) for f in files],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

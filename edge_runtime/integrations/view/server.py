@@ -31,7 +31,7 @@ import numpy as np
 
 from edge_runtime.core.errors import EdgertError, OptionError, escaped, should_log
 from edge_runtime.integrations.view.feed import DisplayFrame, Feed
-from edge_runtime.sdk.liveness import LinkStatus
+from edge_runtime.sdk.liveness import Link, LinkStatus
 from edge_runtime.sdk.security import ClientKeys, is_loopback
 
 log = logging.getLogger("edgert.view")
@@ -252,6 +252,7 @@ class ViewServer:
         self._last_log = time.monotonic()
         self._guesses = GuessThrottle()
         self._tick_failures = 0
+        self._ended: str | None = None  # set by end(): what every page says from then on
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -289,6 +290,16 @@ class ViewServer:
                 pass
         if self._thread is not None:
             self._thread.join(10.0)
+
+    def end(self, reason: str) -> None:
+        """The AI behind this view has ended for good (the demo's daemon stopped): every page says AI offline with
+        `reason` and keeps its last frame without overlay, while the server still serves (a reload shows the same)."""
+        self._ended = reason
+
+    def _link_status(self) -> LinkStatus:
+        if self._ended is not None:
+            return LinkStatus(Link.STOPPED, self._ended)
+        return self._feed.status()
 
     async def _main(self) -> None:
         from websockets.asyncio.server import serve
@@ -400,7 +411,7 @@ class ViewServer:
         self._clients.add(client)
         self.stats.clients += 1
         self.stats.connections += 1
-        client.status = dumps(self._status_message(self._feed.status()))
+        client.status = dumps(self._status_message(self._link_status()))
         client.wake.set()
         sender = asyncio.create_task(self._send_loop(client))
         try:
@@ -517,7 +528,7 @@ class ViewServer:
             await asyncio.sleep(STATUS_EVERY_S)
 
     def _tick_once(self, next_clock: float) -> float:
-        status = dumps(self._status_message(self._feed.status()))
+        status = dumps(self._status_message(self._link_status()))
         now = time.monotonic()
         probe = now >= next_clock
         if probe:
@@ -556,7 +567,7 @@ class ViewServer:
 
     def snapshot(self) -> dict[str, Any]:
         """What /stats serves: counts, the link and the display latency over the run."""
-        status = self._feed.status()
+        status = self._link_status()
         feed = self._feed.stats
         return {
             "link": status.link.value,

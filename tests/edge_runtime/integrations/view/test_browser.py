@@ -268,11 +268,12 @@ def test_the_view_recovers_when_the_daemon_comes_back(page: Any, scene: Scene) -
     assert '"mismatched": 0' in stats
 
 
-def test_edgert_demo_view_shows_the_demo_live(browser: Any, tmp_path: Path) -> None:
-    """`edgert demo --view PORT`: the demo's daemon publishes previews and the page shows its overlays."""
+def test_edgert_demo_view_shows_the_demo_live_and_then_that_it_ended(browser: Any, tmp_path: Path) -> None:
+    """`edgert demo --view`: the demo's daemon publishes previews and the page shows its overlays; after the run the
+    page stays (open or reloaded) and says the demo ended, instead of vanishing."""
     port = _free_port()
     lines: list[str] = []
-    options = DemoOptions(frames=240, fps=30.0, out=tmp_path / "demo", view_port=port)
+    options = DemoOptions(frames=240, fps=30.0, out=tmp_path / "demo", view_port=port, linger_s=15.0)
     runner = threading.Thread(target=lambda: lines.append(str(run_demo(options, say=lines.append).ok)), daemon=True)
     runner.start()
     deadline = time.monotonic() + 60
@@ -283,6 +284,12 @@ def test_edgert_demo_view_shows_the_demo_live(browser: Any, tmp_path: Path) -> N
     try:
         demo_page.wait_for_function("Number(document.body.dataset.painted) > 5", timeout=20_000)
         assert _near(_video(demo_page), _class_colours()) > 50
+        ended = "document.body.dataset.banner === 'offline' && document.getElementById('banner').textContent.includes('demo ended')"
+        demo_page.wait_for_function(ended, timeout=40_000)
+        assert any("stays up, saying the demo ended" in line and "for 15 s" in line for line in lines), lines
+        assert _near(_video(demo_page), _class_colours()) < 10  # the last frame, its overlay gone
+        demo_page.reload()
+        demo_page.wait_for_function(ended, timeout=5_000)
     finally:
         demo_page.close()
         runner.join(60)
