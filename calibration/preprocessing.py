@@ -125,10 +125,10 @@ class Placement:
 
 
 def _to_unit_float(frame: np.ndarray) -> np.ndarray:
-    if frame.dtype == np.uint8:
-        return frame.astype(np.float32) * np.float32(1.0 / 255.0)
-    if frame.dtype == np.uint16:
-        return frame.astype(np.float32) * np.float32(1.0 / 65535.0)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(frame.dtype)
+    if scale is not None:
+        unit: np.ndarray = frame.astype(np.float32) * np.float32(1.0 / scale)
+        return unit
     if frame.dtype == np.float32:
         return frame
     raise TypeError(f"unsupported frame dtype {frame.dtype}; expected uint8, uint16 or float32")

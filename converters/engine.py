@@ -132,12 +132,12 @@ def _build_python(plan: BuildPlan, say: Progress) -> tuple[bytes, str]:
 
     version = plan.trt_version
 
-    class Logger(trt.ILogger):  # type: ignore[misc]
+    class Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
 
-        def log(self, severity: Any, msg: str) -> None:
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                 self.errors.append(msg)
                 say(f"TensorRT error: {msg}")
@@ -163,11 +163,14 @@ def _build_python(plan: BuildPlan, say: Progress) -> tuple[bytes, str]:
     if plan.opt_level is not None:
         config.builder_optimization_level = plan.opt_level  # 8.6+
     for name in plan.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))  # FP16/INT8 exist up to 10.x only: the plan never asks 11
+        config.set_flag(trt.BuilderFlag.__members__[name])  # FP16/INT8 exist up to 10.x only: the plan never asks 11
     if plan.hardware_compat is HardwareCompat.AMPERE_PLUS:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS  # 8.6+
     elif plan.hardware_compat is HardwareCompat.SAME_COMPUTE_CAPABILITY:
-        level = getattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None)
+        # 10.?+ (in the 10.13 stubs, not in 8.6): looked up by name so that older bindings say so in one line
+        level: trt.HardwareCompatibilityLevel | None = trt.HardwareCompatibilityLevel.__members__.get(
+            "SAME_COMPUTE_CAPABILITY"
+        )
         if level is None:
             raise BuildError(f"TensorRT {version} has no SAME_COMPUTE_CAPABILITY compatibility level")
         config.hardware_compatibility_level = level
@@ -179,22 +182,22 @@ def _build_python(plan: BuildPlan, say: Progress) -> tuple[bytes, str]:
     if plan.profiles:
         profile = builder.create_optimization_profile()
         for p in plan.profiles:
-            profile.set_shape(p.name, p.min, p.opt, p.max)
+            profile.set_shape(p.name, trt.Dims(list(p.min)), trt.Dims(list(p.opt)), trt.Dims(list(p.max)))
         config.add_optimization_profile(profile)
     if plan.calibration_cache is not None:
         # Implicit INT8 (8.x / 10.x): IInt8EntropyCalibrator2 whose cache answers every question; deprecated in 10.1,
         # removed in 11 with IBuilderConfig.int8_calibrator.
         blob = plan.calibration_cache.read_bytes()
 
-        class CacheCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
+        class CacheCalibrator(trt.IInt8EntropyCalibrator2):
             def __init__(self) -> None:
                 trt.IInt8EntropyCalibrator2.__init__(self)
 
             def get_batch_size(self) -> int:
                 return 1
 
-            def get_batch(self, names: list[str]) -> None:
-                return None  # no data: TensorRT must take every scale from the cache
+            def get_batch(self, names: list[str]) -> list[int]:
+                return []  # no data ([] or None: "no more batches"): TensorRT must take every scale from the cache
 
             def read_calibration_cache(self) -> bytes:
                 return blob
@@ -207,14 +210,18 @@ def _build_python(plan: BuildPlan, say: Progress) -> tuple[bytes, str]:
     if plan.timing_cache is not None:
         data = plan.timing_cache.read_bytes() if plan.timing_cache.is_file() else b""
         timing = config.create_timing_cache(data)
-        config.set_timing_cache(timing, ignore_mismatch=False)
+        if not config.set_timing_cache(timing, ignore_mismatch=False):  # a cache from another TensorRT or GPU
+            say(
+                f"note: TensorRT refused the timing cache {plan.timing_cache} (another version or GPU): starting afresh"
+            )
+            timing = config.create_timing_cache(b"")
+            config.set_timing_cache(timing, ignore_mismatch=False)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # for the layer report
-    monitor_type = getattr(trt, "IProgressMonitor", None)  # 10.0+: the builder reports its phases
-    if monitor_type is not None:
+    if version.major >= 10:  # IProgressMonitor is 10.0+: the builder reports its phases
 
-        class Monitor(monitor_type):  # type: ignore[misc, valid-type]
+        class Monitor(trt.IProgressMonitor):
             def __init__(self) -> None:
-                monitor_type.__init__(self)  # type: ignore[misc]
+                trt.IProgressMonitor.__init__(self)
 
             def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
                 if parent_phase is None:
@@ -229,14 +236,16 @@ def _build_python(plan: BuildPlan, say: Progress) -> tuple[bytes, str]:
         config.progress_monitor = Monitor()
     say(f"building with TensorRT {version} ({', '.join(plan.key_flags())})")
     with _Heartbeat(say):
-        serialized = builder.build_serialized_network(network, config)
+        serialized: trt.IHostMemory | None = builder.build_serialized_network(network, config)  # None: failed
     if serialized is None:
         raise BuildError(f"TensorRT could not build {plan.onnx}: {'; '.join(logger.errors[-3:]) or 'no reason given'}")
     blob_out = bytes(serialized)
     if timing is not None and plan.timing_cache is not None:
         _write_atomic(plan.timing_cache, bytes(config.get_timing_cache().serialize()))
     runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(blob_out)
+    engine: trt.ICudaEngine | None = runtime.deserialize_cuda_engine(blob_out)
+    if engine is None:
+        raise BuildError(f"TensorRT cannot load the engine it has just built: {'; '.join(logger.errors[-3:])}")
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
     return blob_out, str(info)
 

@@ -20,7 +20,7 @@ from onnx import TensorProto
 from converters.graph import ConversionError, copy_model, elem_types
 from converters.judge import DEFAULT_TOLERANCE, JudgeOptions, Verdict, judge
 from converters.kinds import NUMERIC as NUMERIC  # the CLI's name for no task, defined where parsing can import it
-from edge_runtime.backends.sessions import CpuSetup, cpu_session
+from edge_runtime.backends.sessions import CpuSetup, cpu_session, ort_error
 from edge_runtime.core.package import ModelCard
 from edge_runtime.core.protocol import Task
 from edge_runtime.core.tasks import ClassAgreement, TaskHead, card_head
@@ -35,7 +35,7 @@ def session(model: onnx.ModelProto, optimize: bool = True, cpu: CpuSetup = CpuSe
     try:
         return cpu_session(model.SerializeToString(), cpu, optimize=optimize)
     except Exception as exc:  # ORT's own exception types
-        raise ConversionError(f"ONNX Runtime cannot load the model: {str(exc)[:300]}") from None
+        raise ConversionError(f"ONNX Runtime cannot load the model: {ort_error(exc)}") from None
 
 
 def iter_model(

@@ -36,7 +36,7 @@ import onnx
 from converters.evaluate import Feed
 from converters.graph import ConversionError, consumers, initializers, producers
 from converters.timing import Outcome, SpeedComparison, Stopwatch, compare_samples
-from edge_runtime.backends.sessions import CpuSetup, cpu_session
+from edge_runtime.backends.sessions import CpuSetup, cpu_session, ort_error
 
 # Float ops ORT fuses into the weighted op before them (FP32: FusedConv/NCHWc; INT8: absorbed by requantization).
 _FUSED_AFTER = ("Relu", "Clip", "BatchNormalization", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh")
@@ -126,7 +126,7 @@ def _profile(
                 profile_prefix=Path(tmp) / "profile", optimized_path=Path(tmp) / "optimized.onnx",
             )  # fmt: skip
         except Exception as exc:  # ORT's own exception types
-            raise ConversionError(f"ONNX Runtime cannot load the model to profile it: {str(exc)[:300]}") from None
+            raise ConversionError(f"ONNX Runtime cannot load the model to profile it: {ort_error(exc)}") from None
         names = [o.name for o in sess.get_outputs()]
         sess.run(names, feeds[0])  # warm-up (first-run allocations), then drop it from the profile below
         for i in range(runs):

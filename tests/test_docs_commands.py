@@ -33,6 +33,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from tests.conftest import wait_until
+from tests.models.make_models import onnx_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -171,7 +172,7 @@ def _old_onnx(path: Path) -> None:
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, "h", "w"])],
         [weight],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    onnx.save(onnx_model(graph), str(path))
 
 
 def _workspace(tmp: Path) -> dict[str, str]:

@@ -153,7 +153,7 @@ def remove_groups(
                 if op in ("BatchNormalization", "InstanceNormalization"):
                     new = slice_channels(a, 0, drop_tensor[y])
                 else:  # broadcast against the activation: slice the channel axis if it has one
-                    aligned = a.reshape((1,) * (rank - a.ndim) + a.shape)
+                    aligned: np.ndarray = a.reshape((1,) * (rank - a.ndim) + a.shape)
                     if aligned.shape[1] != n or n == 1:
                         continue
                     new = slice_channels(aligned, 1, drop_tensor[y])

@@ -14,6 +14,7 @@ from converters.kinds import HardwareCompat as HardwareCompat  # defined with th
 from converters.kinds import Int8Path as Int8Path  # defined with the other option enums, light to import
 from converters.kinds import Sparse as Sparse  # defined with the other option enums, light to import
 from converters.trt.plan import BuildError, BuildPlan, TrtVersion
+from edge_runtime.backends.trt_api import bindings_version
 
 TRTEXEC_JETPACK = Path("/usr/src/tensorrt/bin/trtexec")  # where JetPack installs trtexec (not on the PATH)
 
@@ -82,12 +83,9 @@ def trtexec_version(banner: str) -> TrtVersion:
 
 def installed_version() -> tuple[TrtVersion, Builder] | None:
     """The TensorRT here and how to drive it: the Python bindings first, else trtexec; None when neither."""
-    try:
-        import tensorrt as trt  # lazily: optional, and heavy
-    except ImportError:
-        pass
-    else:
-        return TrtVersion.parse(trt.__version__), Builder.PYTHON
+    version = bindings_version()  # lazily: optional, and heavy
+    if version is not None:
+        return TrtVersion.parse(version), Builder.PYTHON
     exe = find_trtexec()
     if exe is None:
         return None

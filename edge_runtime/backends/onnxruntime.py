@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_runtime.backends.base import BackendError, BackendKind, CpuOptions, GpuOptions, Runner
 from edge_runtime.backends.engine_cache import default_cache_dir
-from edge_runtime.backends.sessions import CPU_PROVIDER, CpuSetup, session_options
+from edge_runtime.backends.sessions import CPU_PROVIDER, CpuSetup, ort_error, session_options
 from edge_runtime.core.archives import file_sha256
 
 CPU = CPU_PROVIDER
@@ -145,7 +145,7 @@ class OnnxRuntimeRunner(Runner):
                 provider_options=[o for _, o in chain],
             )
         except Exception as exc:  # ORT raises its own untyped exceptions for a broken or unsupported graph
-            raise BackendError(f"{self.name}: cannot load {self.model_path}: {exc}") from exc
+            raise BackendError(f"{self.name}: cannot load {self.model_path}: {ort_error(exc)}") from exc
         check_session(chain, session.get_providers())
         self.providers = list(session.get_providers())
         self._outputs = [o.name for o in session.get_outputs()]

@@ -11,6 +11,7 @@ ONNX Runtime is imported when a session is made, never at import: this module is
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,19 @@ def session_options(
     return options
 
 
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_ORT_WHERE = re.compile(r"\S+\.(?:cc|cpp|h):\d+ (?:[\w:~<>]+\(.*?\)(?: const)? )?")  # file:line and C++ signature
+
+
+def ort_error(exc: BaseException, limit: int = 300) -> str:
+    """ONNX Runtime's message without its status prefix and C++ source location, bounded: what a person needs
+    ("Unsupported model IR version: 14, max supported IR version: 11") would otherwise come after 250 characters of
+    `/onnxruntime_src/...model.cc:181 onnxruntime::Model::Model(onnx::ModelProto&&, ...)`."""
+    text = _ORT_PREFIX.sub("", str(exc).strip())
+    text = _ORT_WHERE.sub("", text, count=1).strip()
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
 def cpu_session(
     model: bytes | str | Path,
     setup: CpuSetup = CpuSetup(),
@@ -87,4 +101,4 @@ def cpu_session(
     return ort.InferenceSession(source, options, providers=[CPU_PROVIDER])
 
 
-__all__ = ["CPU_PROVIDER", "CpuSetup", "cpu_session", "session_options"]
+__all__ = ["CPU_PROVIDER", "CpuSetup", "cpu_session", "ort_error", "session_options"]

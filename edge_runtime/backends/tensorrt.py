@@ -17,20 +17,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_runtime.backends.base import BackendError, Runner, StageTimes
 from edge_runtime.backends.engine_cache import INSTALL_HINT, MANIFEST_FILE, Manifest, Platform, check_engine
+from edge_runtime.backends.trt_api import (
+    CudaContext,
+    CudaEvent,
+    CudaStream,
+    DeviceAllocation,
+    bindings_version,
+    dims,
+    numpy_dtype,
+)
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+Buffer = tuple[str, np.ndarray, DeviceAllocation]  # name, pinned host array, device allocation
 
 
-def import_tensorrt() -> tuple[Any, Any]:
-    """(tensorrt, pycuda.driver), or a BackendError saying how to install them."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendError(INSTALL_HINT) from None
+def _cuda_driver() -> Any:
+    """pycuda.driver (untyped: pycuda ships no type information), once TensorRT is known to be here; or a
+    BackendError saying how to install what is missing."""
+    if bindings_version() is None:
+        raise BackendError(INSTALL_HINT)
     try:
         import pycuda.driver as cuda
     except ImportError:
@@ -38,7 +51,7 @@ def import_tensorrt() -> tuple[Any, Any]:
             "pycuda is not installed (the TensorRT runner's CUDA binding): `pip install pycuda` "
             "(on Jetson with the CUDA toolkit on the PATH)"
         ) from None
-    return trt, cuda
+    return cuda
 
 
 class TensorRTRunner(Runner):
@@ -47,60 +60,64 @@ class TensorRTRunner(Runner):
         self.engine_path = Path(engine_path)
         self.device = device
         self.check_manifest = check_manifest
-        self._trt: Any = None
-        self._cuda: Any = None
-        self._ctx: Any = None  # the device's primary CUDA context, pushed around every call that uses it
-        self._engine: Any = None
-        self._context: Any = None
-        self._stream: Any = None
-        self._inputs: list[tuple[str, np.ndarray, Any]] = []  # name, pinned host array, device allocation
-        self._outputs: list[tuple[str, np.ndarray, Any]] = []
-        self._events: list[Any] = []
+        self._cuda: Any = None  # pycuda.driver
+        self._ctx: CudaContext | None = None  # the device's primary CUDA context, pushed around every call using it
+        self._engine: trt.ICudaEngine | None = None
+        self._context: trt.IExecutionContext | None = None
+        self._stream: CudaStream | None = None
+        self._inputs: list[Buffer] = []
+        self._outputs: list[Buffer] = []
+        self._events: list[CudaEvent] = []
         self._times: StageTimes | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
     def _activate(self) -> None:
-        trt, cuda = import_tensorrt()
-        self._trt, self._cuda = trt, cuda
+        cuda = self._cuda = _cuda_driver()
         try:
             blob = self.engine_path.read_bytes()
         except OSError as exc:
             raise BackendError(f"{self.name}: cannot read the engine: {exc}") from None
         cuda.init()
-        if not 0 <= self.device < cuda.Device.count():
-            raise BackendError(f"{self.name}: no CUDA device {self.device} (this machine has {cuda.Device.count()})")
+        count = int(cuda.Device.count())
+        if not 0 <= self.device < count:
+            raise BackendError(f"{self.name}: no CUDA device {self.device} (this machine has {count})")
         dev = cuda.Device(self.device)
         if self.check_manifest:
-            self._check_manifest(trt, dev, blob)
-        self._ctx = dev.retain_primary_context()
-        self._ctx.push()
+            self._check_manifest(str(dev.name()), "{}.{}".format(*dev.compute_capability()), blob)
+        ctx: CudaContext = dev.retain_primary_context()
+        self._ctx = ctx
+        ctx.push()
         try:
-            self._load(trt, cuda, blob)
+            self._load(blob)
         except BaseException:
             self._release()
-            self._ctx.pop()
-            self._ctx.detach()
+            ctx.pop()
+            ctx.detach()
             self._ctx = None
             raise
-        self._ctx.pop()
+        ctx.pop()
 
-    def _check_manifest(self, trt: Any, dev: Any, blob: bytes) -> None:
+    def _check_manifest(self, gpu: str, compute_capability: str, blob: bytes) -> None:
+        import tensorrt as trt
+
         manifest_path = self.engine_path.parent / MANIFEST_FILE
         if not manifest_path.is_file():
             return  # an engine from elsewhere (trtexec --saveEngine): TensorRT's own version check still applies
         manifest = Manifest.read(manifest_path)
-        here = Platform(trt.__version__, dev.name(), "{}.{}".format(*dev.compute_capability()))
-        problems = check_engine(self.engine_path, manifest, here, blob)
+        problems = check_engine(self.engine_path, manifest, Platform(trt.__version__, gpu, compute_capability), blob)
         if problems:
             raise BackendError(
                 f"{self.name}: this engine may not run here ({'; '.join(map(str, problems))}); rebuild it on this "
                 "device with `edgert build`"
             )
 
-    def _load(self, trt: Any, cuda: Any, blob: bytes) -> None:
+    def _load(self, blob: bytes) -> None:
+        import tensorrt as trt
+
+        cuda = self._cuda
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
-        engine = runtime.deserialize_cuda_engine(blob)
+        engine: trt.ICudaEngine | None = runtime.deserialize_cuda_engine(blob)  # None when refused (stubs say never)
         if engine is None:
             raise BackendError(
                 f"{self.name}: TensorRT {trt.__version__} cannot deserialize this engine (built by another TensorRT "
@@ -111,25 +128,33 @@ class TensorRTRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         for name in inputs:
-            shape = tuple(engine.get_tensor_shape(name))
+            shape = dims(engine.get_tensor_shape(name))
             if any(d < 0 for d in shape):  # dynamic: serve the profile's opt shape (the card's shape)
-                shape = tuple(engine.get_tensor_profile_shape(name, 0)[1])
-                context.set_input_shape(name, shape)
-            self._inputs.append(self._allocate(trt, cuda, name, shape))
+                shape = dims(engine.get_tensor_profile_shape(name, 0)[1])
+                if not context.set_input_shape(name, shape):
+                    raise BackendError(f"{self.name}: TensorRT refused the shape {shape} for input '{name}'")
+            self._inputs.append(self._allocate(engine, context, name, shape))
         for name in names:
             if name not in inputs:
-                shape = tuple(context.get_tensor_shape(name))
+                shape = dims(context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise BackendError(f"{self.name}: output '{name}' has a data-dependent shape {shape}")
-                self._outputs.append(self._allocate(trt, cuda, name, shape))
+                self._outputs.append(self._allocate(engine, context, name, shape))
         self._stream = cuda.Stream()
         self._events = [cuda.Event() for _ in range(4)]
 
-    def _allocate(self, trt: Any, cuda: Any, name: str, shape: tuple[int, ...]) -> tuple[str, np.ndarray, Any]:
-        dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-        host = cuda.pagelocked_empty(shape, dtype)
-        device = cuda.mem_alloc(max(host.nbytes, 1))
-        self._context.set_tensor_address(name, int(device))
+    def _allocate(
+        self, engine: trt.ICudaEngine, context: trt.IExecutionContext, name: str, shape: tuple[int, ...]
+    ) -> Buffer:
+        tensor_type = engine.get_tensor_dtype(name)
+        dtype = numpy_dtype(tensor_type)
+        if dtype is None:
+            raise BackendError(f"{self.name}: tensor '{name}' is {tensor_type.name}, which numpy cannot hold")
+        host: np.ndarray = self._cuda.pagelocked_empty(shape, dtype)
+        device: DeviceAllocation = self._cuda.mem_alloc(max(host.nbytes, 1))
+        if not context.set_tensor_address(name, int(device)):
+            device.free()
+            raise BackendError(f"{self.name}: TensorRT refused the device buffer for '{name}'")
         return name, host, device
 
     def _deactivate(self) -> None:
@@ -151,7 +176,8 @@ class TensorRTRunner(Runner):
 
     # -- inference -------------------------------------------------------------------------------------------------
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cuda = self._cuda
+        cuda, ctx, context, stream = self._cuda, self._ctx, self._context, self._stream
+        assert ctx is not None and context is not None and stream is not None, "infer() before activate()"
         for name, host, _ in self._inputs:
             value = feed.get(name)
             if value is None:
@@ -159,14 +185,14 @@ class TensorRTRunner(Runner):
             if value.shape != host.shape:
                 raise BackendError(f"{self.name}: '{name}' has shape {value.shape}, the engine wants {host.shape}")
             np.copyto(host, value, casting="same_kind")
-        self._ctx.push()
+        ctx.push()
         try:
-            stream, (e0, e1, e2, e3) = self._stream, self._events
+            e0, e1, e2, e3 = self._events
             e0.record(stream)
             for _, host, device in self._inputs:
                 cuda.memcpy_htod_async(device, host, stream)
             e1.record(stream)
-            if not self._context.execute_async_v3(stream.handle):
+            if not context.execute_async_v3(stream.handle):
                 raise BackendError(f"{self.name}: execute_async_v3 failed")
             e2.record(stream)
             for _, host, device in self._outputs:
@@ -177,7 +203,7 @@ class TensorRTRunner(Runner):
         except cuda.Error as exc:
             raise BackendError(f"{self.name}: CUDA error during inference: {exc}") from exc
         finally:
-            self._ctx.pop()
+            ctx.pop()
         return {name: host.copy() for name, host, _ in self._outputs}
 
     def stage_times(self) -> StageTimes | None:

@@ -13,7 +13,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from edge_runtime.core.errors import EdgertError
@@ -59,6 +59,14 @@ def unpack(archive: Path, target: Path, limits: Limits) -> None:
                 out.write(chunk)
         return written
 
+    def inside(member: str) -> Path:
+        """Where a member goes: refused if absolute or with '..', for zip and tar alike (tarfile.data_filter would do
+        for tar, but it needs Python 3.10.12+, and JetPack 6's 3.10 may be older)."""
+        name = PurePosixPath(member.replace("\\", "/"))
+        if not member or name.is_absolute() or ".." in name.parts or PureWindowsPath(member).drive:
+            raise ArchiveError(f"{archive}: member {member[:100]!r} points outside the package")
+        return target.joinpath(*name.parts)
+
     copied = 0
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
@@ -66,10 +74,7 @@ def unpack(archive: Path, target: Path, limits: Limits) -> None:
             too_many(len(members))
             too_large(sum(m.file_size for m in members))
             for member in members:
-                name = Path(member.filename)
-                if name.is_absolute() or ".." in name.parts:
-                    raise ArchiveError(f"{archive}: member {member.filename[:100]!r} points outside the package")
-                dest = target / name
+                dest = inside(member.filename)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as source:
                     copied += copy(source, dest)
@@ -84,8 +89,7 @@ def unpack(archive: Path, target: Path, limits: Limits) -> None:
                     continue
                 if not entry.isfile():
                     raise ArchiveError(f"{archive}: member {entry.name[:100]!r} is not a regular file or folder")
-                safe = tarfile.data_filter(entry, str(target))  # no absolute paths, no '..', sane modes
-                dest = target / safe.name
+                dest = inside(entry.name)  # only regular files: modes, links and devices never reach the disk
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 too_large(copied + entry.size)
                 data = tf.extractfile(entry)

@@ -70,7 +70,7 @@ def _draw_boxes(out: np.ndarray, result: Result, line_width: int) -> np.ndarray:
         size = draw.textbbox((0, 0), text, font=font)
         ty = b.y1 - (size[3] - size[1]) - 4 if b.y1 >= size[3] + 4 else b.y1 + 3
         _label(draw, (b.x1 + 2, ty), text, color, font)
-    return np.asarray(image).copy()
+    return np.array(image)  # a copy the caller owns
 
 
 HEAT_STOPS = np.array([[0, 0, 128], [0, 96, 255], [0, 220, 220], [255, 230, 0], [255, 40, 0]], np.float32)
@@ -103,7 +103,7 @@ def _draw_classes(out: np.ndarray, result: Result, alpha: float, saliency: bool)
         second = result.classes[1]
         text += f"   ({result.label(second.class_id)} {second.score:.2f})"
     _label(draw, (8, 6), text, result.colors[top.class_id], font)
-    return np.asarray(image).copy()
+    return np.array(image)  # a copy the caller owns
 
 
 def draw_overlay(
@@ -124,7 +124,7 @@ def draw_overlay(
     """
     if frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3 or frame_rgb.dtype != np.uint8:
         raise ValueError(f"frame must be (H, W, 3) uint8 RGB, got {frame_rgb.dtype} {frame_rgb.shape}")
-    out = frame_rgb.copy()
+    out: np.ndarray = frame_rgb.copy()
     if result.status is not ResultStatus.OK:
         return out
     if result.task is Task.DETECTION:

@@ -9,6 +9,7 @@ from onnx import TensorProto
 from converters.evaluate import activation_ranges, run_model
 from converters.fp16 import FP16_MAX, Fp16Options, convert_fp16, emulate_fp16, plan_fp16
 from converters.prepare import prepare
+from tests.models.make_models import onnx_model
 
 
 def _prepared(path: Path) -> onnx.ModelProto:
@@ -71,7 +72,7 @@ def test_unknown_ops_stay_fp32_with_a_reason() -> None:
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph)
     plan = plan_fp16(model, None)
     assert plan.fp16_nodes == ["relu"]
     assert "not in the FP16 op registry" in plan.fp32_nodes["erf"]

@@ -14,7 +14,7 @@ from converters.graph import ConversionError
 from converters.prepare import PrepareOptions, opset_of, prepare
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from make_models import exported_elementwise  # noqa: E402
+from make_models import exported_elementwise, onnx_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -79,7 +79,7 @@ def test_identity_feeding_a_graph_output_keeps_the_output_name() -> None:
         "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph)
     prepared, report = prepare(model)
     assert report.identities_removed == 1
     assert [(n.op_type, list(n.output)) for n in prepared.graph.node] == [("Relu", ["y"])]

@@ -18,7 +18,7 @@ from converters.prune import Budget, PruneOptions, channel_groups, conv_flops, p
 from converters.report import PruneMethod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from make_models import exported_elementwise, residual, se_block, silu_concat, unet_bn  # noqa: E402
+from make_models import exported_elementwise, onnx_model, residual, se_block, silu_concat, unet_bn  # noqa: E402
 
 
 def _feeds(model: onnx.ModelProto, n: int = 8) -> list[dict[str, np.ndarray]]:
@@ -65,7 +65,7 @@ def test_repair_recovers_a_channel_that_the_others_explain() -> None:
         "ls", [helper.make_tensor_value_info("x", F, [1, 2, 8, 8])], [helper.make_tensor_value_info("y", F, [1, 2, 8, 8])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph)
     feeds = _feeds(model)
     repaired, report = prune_channels(
         model, feeds, PruneOptions(ratio=0.1, budget=Budget.FLOPS, ridge=1e-9, channel_multiple=1)
@@ -170,7 +170,7 @@ def _chain(weights: dict[str, np.ndarray], relu: bool, concat: bool = False) -> 
     out = list(weights.values())[-1].shape[0]
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", F, [1, cin, 8, 8])],
                               [helper.make_tensor_value_info("y", F, [1, out, 8, 8])], inits)  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(graph)
 
 
 def test_the_refit_follows_a_change_downstream_on_the_pruned_models_own_inputs() -> None:

@@ -24,7 +24,7 @@ from converters.sparsity import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from make_models import exported_elementwise  # noqa: E402
+from make_models import exported_elementwise, onnx_model  # noqa: E402
 
 # The tiny untrained model draws fragile components: enough search and verify frames for a verdict, kept small.
 SPLITS = {"search_samples": 16, "verify_samples": 32, "min_support": 4}
@@ -44,7 +44,7 @@ def _conv(w: np.ndarray, dequantized: bool = False) -> onnx.ModelProto:
         nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
     graph = helper.make_graph(nodes, "c", [helper.make_tensor_value_info("x", F, [1, c, 8, 8])],
                               [helper.make_tensor_value_info("y", F, [1, w.shape[0], 8, 8])], inits)  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(graph)
 
 
 def test_the_checker_accepts_the_pattern_and_names_what_breaks_it() -> None:

@@ -50,6 +50,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+def onnx_model(graph: onnx.GraphProto, opset: int = 17) -> onnx.ModelProto:
+    """A model as exporters write it: IR 8 for opsets 13-17 (6 below). onnx 1.23's default, IR 14, is more than
+    ONNX Runtime 1.23 (the last release for Python 3.10, JetPack 6's) reads."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset >= 13 else 6
+    return model
+
+
 def _conv_model(classes: int, size: int, out_channels_param: str | None = None) -> onnx.ModelProto:
     # 1x1 conv on x in [-1, 1] (the card normalizes with mean 0.5, std 0.5): background 0, dark -8x-4, bright 8x-4.
     w = np.array([0.0, -8.0, 8.0][:classes], np.float32).reshape(classes, 1, 1, 1)
@@ -62,8 +70,7 @@ def _conv_model(classes: int, size: int, out_channels_param: str | None = None) 
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_dims)],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = onnx_model(graph)
     onnx.checker.check_model(model)
     return model
 
@@ -110,10 +117,7 @@ def _w(rng: np.random.Generator, name: str, *shape: int, scale: float = 1.0) -> 
 
 
 def _finish(nodes: list, inputs: list, outputs: list, inits: list, opset: int = 17) -> onnx.ModelProto:
-    model = helper.make_model(
-        helper.make_graph(nodes, "test", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", opset)]
-    )
-    model.ir_version = 8 if opset >= 13 else 6
+    model = onnx_model(helper.make_graph(nodes, "test", inputs, outputs, inits), opset)
     onnx.checker.check_model(model)
     return model
 

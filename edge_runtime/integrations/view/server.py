@@ -384,7 +384,8 @@ class ViewServer:
             return respond(http.HTTPStatus.OK, body, "application/json")
         if url.path in STATIC_FILES:
             name, content_type = STATIC_FILES[url.path]
-            body = resources.files("edge_runtime.integrations.view").joinpath("static", name).read_bytes()
+            # one part per joinpath: Traversable.joinpath takes one argument before Python 3.11
+            body = resources.files("edge_runtime.integrations.view").joinpath("static").joinpath(name).read_bytes()
             return respond(http.HTTPStatus.OK, body, content_type)
         self.stats.refused += 1
         return respond(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.backends import BackendKind, CpuOptions, Spin, create_runner
-from edge_runtime.backends.sessions import CpuSetup, cpu_session, session_options
+from edge_runtime.backends.sessions import CpuSetup, cpu_session, ort_error, session_options
 
 
 def _cpus() -> tuple[int, ...]:
@@ -51,3 +51,17 @@ def test_a_setup_describes_itself_and_refuses_negative_threads() -> None:
     assert CpuSetup(0, CpuOptions(Spin.NEVER, (2, 3))).describe() == "3 threads, spin never, workers on CPUs 2,3"
     with pytest.raises(ValueError, match="threads must be >= 0"):
         CpuSetup(-1)
+
+
+def test_an_unloadable_model_is_named_by_ort_without_its_cpp_source_location(demo_model: Path) -> None:
+    """A model newer than the ONNX Runtime here (IR 14 from onnx 1.23 against ORT 1.23, the last release for Python
+    3.10): the reason is the message, not 250 characters of C++ signature."""
+    import onnx
+
+    model = onnx.load(str(demo_model / "model.onnx"))
+    model.ir_version = 99
+    with pytest.raises(Exception) as caught:
+        cpu_session(model.SerializeToString())
+    said = ort_error(caught.value)
+    assert said.startswith("Unsupported model IR version: 99"), said
+    assert ".cc:" not in said and "onnxruntime::" not in said

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 
 from edge_runtime.backends import BackendKind, create_runner
+from edge_runtime.backends.trt_api import bindings_version
 
 
 def _gpu_reason() -> str | None:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed"
+    if bindings_version() is None:
+        return "TensorRT's Python bindings are not installed"
     try:
         import pycuda.driver as cuda
 

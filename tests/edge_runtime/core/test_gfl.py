@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converters.convert import ConvertOptions, Precision, convert_model
 from edge_runtime.core.package import PackageError, load_package, parse_card
 from edge_runtime.core.tasks import card_head
+from tests.models.make_models import onnx_model
 
 STRIDES, REG_MAX, LABELS = (8, 16), 3, ("polyp", "tool")
 
@@ -51,7 +52,7 @@ def _gfl_model() -> onnx.ModelProto:
             outs.append(helper.make_tensor_value_info(f"{kind}_{s}", TensorProto.FLOAT, [1, n, width]))
     graph = helper.make_graph(nodes, "gfl", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
                               outs, inits)  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(graph)
 
 
 def _package(root: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tarfile
@@ -90,6 +91,28 @@ def test_members_count_paths_and_links_are_checked(tiny_models: dict[str, Path],
         tf.add(tiny_models["seg_tiny"], "pkg")
     with open_package(good) as package:
         assert package.card.name == "seg-tiny"
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize("name", ["../evil.txt", "pkg/../../evil.txt", "/etc/evil.txt", "..\\evil.txt", "C:evil.txt"])
+def test_a_member_outside_the_package_is_refused_from_zip_and_tar_alike(
+    tiny_models: dict[str, Path], tmp_path: Path, kind: str, name: str
+) -> None:
+    """One rule for both formats, on every Python edgert supports (tarfile.data_filter needs 3.10.12+)."""
+    archive = tmp_path / f"escape.{kind}"
+    if kind == "zip":
+        zipped(tiny_models["seg_tiny"], archive, {name: b"x"})
+    else:
+        with tarfile.open(archive, "w") as tf:
+            tf.add(tiny_models["seg_tiny"], "pkg")
+            member = tarfile.TarInfo(name)
+            member.size = 1
+            tf.addfile(member, io.BytesIO(b"x"))
+    before = leftovers()
+    with pytest.raises(PackageError, match="points outside the package"):
+        load_package(archive)
+    assert leftovers() == before
+    assert not (tmp_path / "evil.txt").exists()
 
 
 def test_a_failing_card_in_an_archive_leaves_nothing(tiny_models: dict[str, Path], tmp_path: Path) -> None:
