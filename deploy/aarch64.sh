@@ -42,10 +42,10 @@ if [ ! -f "$ROOT/.edgert-root" ]; then
     say "debootstrap bookworm arm64 into $ROOT (minutes: the second stage runs under qemu)"
     rm -rf "$ROOT"
     debootstrap --arch=arm64 --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates,libgomp1 \
-        bookworm "$ROOT" "$MIRROR" >"$REPO/benchmarks/results/aarch64-debootstrap.log" 2>&1 \
-        || fail "debootstrap failed: $(tail -3 "$REPO/benchmarks/results/aarch64-debootstrap.log" | tr '\n' ' ')"
+        bookworm "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 \
+        || fail "debootstrap failed: $(tail -3 "$ROOT.debootstrap.log" | tr '\n' ' ')"
     touch "$ROOT/.edgert-root"
-    rm -f "$REPO/benchmarks/results/aarch64-debootstrap.log"
+    rm -f "$ROOT.debootstrap.log"
 fi
 root_s=$(since "$t0")
 say "root ready in ${root_s} s: $(chroot "$ROOT" uname -m), $(chroot "$ROOT" python3 --version)"
