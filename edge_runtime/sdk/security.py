@@ -142,7 +142,26 @@ class HandshakeWatch:
         self._sock = sock
         self._monitor: zmq.Socket[bytes] | None = sock.get_monitor_socket(HANDSHAKE_EVENTS)
         self._keys = keys
-        self._seen: str | None = None
+        self._seen: tuple[int, str] | None = None  # (how specific, what to say)
+
+    def _explain(self, event: int) -> tuple[int, str]:
+        """What an event says, and how specifically: a reconnecting client sees a mix, and which of them comes last is
+        a race (the peer's ERROR command, or just the closed connection: NO_DETAIL), so the most specific one wins."""
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (
+                3,
+                "the daemon refused this client's CURVE key: its public .key is not in the daemon's authorized_clients folder",
+            )
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._keys is None:
+            return 2, "the daemon requires CURVE keys: give --server-key (its .key) and --client-key (your .key_secret)"
+        if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            return 2, "the daemon does not use CURVE, or speaks another protocol, while this client has keys"
+        if self._keys is None:
+            return 1, (
+                "the security handshake failed (the daemon requires CURVE keys? give --server-key (its .key) and "
+                "--client-key (your .key_secret))"
+            )
+        return 1, "the security handshake failed: is --server-key the daemon's public key?"
 
     def refusal(self) -> str | None:
         from zmq.utils.monitor import recv_monitor_message
@@ -154,17 +173,11 @@ class HandshakeWatch:
                 break
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._seen = None  # a later connection got through
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                self._seen = "the daemon refused this client's CURVE key: its public .key is not in the daemon's authorized_clients folder"
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and self._keys is None:
-                self._seen = (
-                    "the daemon requires CURVE keys: give --server-key (its .key) and --client-key (your .key_secret)"
-                )
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                self._seen = "the daemon does not use CURVE, or speaks another protocol, while this client has keys"
-            else:
-                self._seen = "the security handshake failed: is --server-key the daemon's public key?"
-        return self._seen
+                continue
+            said = self._explain(event)
+            if self._seen is None or said[0] >= self._seen[0]:
+                self._seen = said
+        return self._seen[1] if self._seen is not None else None
 
     def close(self) -> None:
         if self._monitor is not None:
