@@ -149,6 +149,9 @@ PLAN: dict[str, dict[str, Step]] = {
         "edgert view --results tcp://127.0.0.1:5556": SERVER,
         "edgert demo --view": Step("until", seconds=120, said="Ctrl+C to exit"),  # the page stays after the run
     },
+    "TRITON.md": {  # a real tritonserver (tests/tritonserver.py) serves the demo package for this page
+        "edgert serve --backend triton --triton-url 127.0.0.1:8001": SERVER,
+    },
 }
 
 
@@ -278,6 +281,13 @@ def _run_until(argv: list[str], cwd: Path, step: Step) -> tuple[str, str, int]:
 @pytest.mark.parametrize("page", [p for p in PAGES if p.name in PLAN], ids=lambda p: p.name)
 def test_every_command_a_page_shows_runs_as_written(page: Path, tmp_path: Path) -> None:
     subs = _workspace(tmp_path)
+    triton = None
+    if page.name == "TRITON.md":  # the page's Triton server, on ports of its own
+        from tests.conftest import free_ports
+        from tests.tritonserver import TritonServer
+
+        triton = TritonServer(ROOT / "edge_runtime" / "models" / "us_seg_demo", *free_ports(3)).start()
+        subs["--triton-url 127.0.0.1:8001"] = f"--triton-url {triton.url}"
     if page.name == "OPERATIONS.md":  # the page's `cp` between its lines: the daemon gets the public half
         (tmp_path / "etc" / "authorized").mkdir(parents=True)
     servers: list[tuple[subprocess.Popen[str], str]] = []
@@ -330,3 +340,5 @@ def test_every_command_a_page_shows_runs_as_written(page: Path, tmp_path: Path) 
         for proc, line in reversed(servers):
             if proc.poll() is None:
                 _stop(proc, line)
+        if triton is not None:
+            triton.stop()

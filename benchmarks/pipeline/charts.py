@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 COLORS = {
     "floor": (120, 120, 120),
     "edgert": (40, 120, 200),
+    "edgert-triton": (60, 170, 90),
     "imagezmq-reqrep": (220, 120, 40),
     "imagezmq-pubsub": (200, 60, 60),
 }

@@ -9,6 +9,10 @@ Pipelines, all running the same demo model through the same inference pipeline:
 - floor: a bare loop calling the pipeline on frames already in memory, paced like the others;
 - edgert: FrameSender -> daemon (`edgert serve`, its own process) -> ResultSubscriber;
 - edgert-baseline (with --baseline-root): the same with the daemon of another checkout, for before/after;
+- edgert-triton (with --triton-python): the same daemon with `backend = "triton"`, the model on a real Triton
+  Inference Server on this host (PyTriton's tritonserver, deploy/triton/serve_package.py, the same ONNX run by
+  ONNX Runtime on the CPU inside Triton's Python backend): what offloading costs on loopback, not what a GPU
+  Triton gains (no GPU here);
 - imagezmq-reqrep: frames acquired at the rate into a queue; the sender blocks on each reply (the usual pattern);
 - imagezmq-pubsub: the sender publishes every frame; the hub processes whatever its SUB socket has queued.
 Frames are RGB, made from pydicom's bundled ultrasound cine. End-to-end latency is capture -> result received.
@@ -21,9 +25,11 @@ twice the rate the model sustains (measured by the floor) and records latency ov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import tempfile
@@ -217,13 +223,25 @@ class DaemonSetup:
 
     config: Path | None = None
     baseline_root: Path | None = None
+    triton_url: str | None = None  # edgert-triton: the server the daemon's backend talks to
 
 
 def run_edgert(
-    frames: list[np.ndarray], rate: float | None, n: int, size: str, tmp: Path, setup: DaemonSetup, baseline: bool
+    frames: list[np.ndarray],
+    rate: float | None,
+    n: int,
+    size: str,
+    tmp: Path,
+    setup: DaemonSetup,
+    baseline: bool,
+    triton: bool = False,
 ) -> Run:
-    run = Run("edgert-baseline" if baseline else "edgert", size, f"{rate:g}" if rate else "max")
+    name = "edgert-baseline" if baseline else ("edgert-triton" if triton else "edgert")
+    run = Run(name, size, f"{rate:g}" if rate else "max")
     extra = ["--config", str(setup.config)] if setup.config and not baseline else []  # the baseline runs as shipped
+    if triton:
+        assert setup.triton_url is not None
+        extra += ["--backend", "triton", "--triton-url", setup.triton_url]
     root = setup.baseline_root if baseline else None
     daemon = DaemonProcess(demo_package_path(), tmp, tmp / "daemon.log", extra, source_root=root)
     try:
@@ -364,8 +382,9 @@ def _run(
         return Run(pipeline, size, "max", skipped="unbounded queues would hold up to 2000 full-HD frames (12 GB)")
     if pipeline == "floor":
         return run_floor(frames, rate, n, size)
-    if pipeline in ("edgert", "edgert-baseline"):
-        return run_edgert(frames, rate, n, size, tmp, setup, baseline=pipeline == "edgert-baseline")
+    if pipeline in ("edgert", "edgert-baseline", "edgert-triton"):
+        return run_edgert(frames, rate, n, size, tmp, setup, baseline=pipeline == "edgert-baseline",
+                          triton=pipeline == "edgert-triton")  # fmt: skip
     return run_imagezmq(pipeline.split("-")[1], frames, rate, n, size, tmp)
 
 
@@ -381,12 +400,51 @@ def main() -> None:
     parser.add_argument("--daemon-config", type=Path, help="a daemon.toml for every edgert daemon (e.g. its [cpu])")
     parser.add_argument("--baseline-root", type=Path, help="another edgert checkout (git worktree add DIR REF): "
                         "adds the pipeline edgert-baseline, its daemon, for before/after in one run")  # fmt: skip
+    parser.add_argument("--triton-python", type=Path, help="a Python with nvidia-pytriton and onnxruntime (a venv of "
+                        "Debian's python3, as .venv-triton/bin/python): adds the pipeline edgert-triton")  # fmt: skip
     args = parser.parse_args()
     pipelines = [p for p in args.pipelines.split(",") if p]
+    if args.triton_python and "edgert-triton" not in pipelines:
+        pipelines.insert(pipelines.index("edgert") + 1 if "edgert" in pipelines else 0, "edgert-triton")
+    with _triton_server(args.triton_python) as triton_url:
+        _main(args, pipelines, triton_url)
+
+
+@contextlib.contextmanager
+def _triton_server(python: Path | None) -> Iterator[str | None]:
+    """PyTriton's tritonserver serving the demo package on 127.0.0.1, for the edgert-triton pipeline."""
+    if python is None:
+        yield None
+        return
+    import socket
+
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    cmd = [str(python), str(ROOT / "deploy" / "triton" / "serve_package.py"), str(demo_package_path()),
+           "--grpc-port", str(ports[0]), "--http-port", str(ports[1]), "--metrics-port", str(ports[2])]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # "ready grpc=..." once the model is ready, or nothing if it failed
+        if not line.startswith("ready "):
+            raise SystemExit(f"the Triton server did not start ({python}): run it by hand to see why: {' '.join(cmd)}")
+        yield f"127.0.0.1:{ports[0]}"
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+def _main(args: argparse.Namespace, pipelines: list[str], triton_url: str | None) -> None:
     if args.baseline_root and "edgert-baseline" not in pipelines:
         pipelines.insert(pipelines.index("edgert") + 1 if "edgert" in pipelines else 0, "edgert-baseline")
     setup = DaemonSetup(args.daemon_config.resolve() if args.daemon_config else None,
-                        args.baseline_root.resolve() if args.baseline_root else None)  # fmt: skip
+                        args.baseline_root.resolve() if args.baseline_root else None, triton_url)  # fmt: skip
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

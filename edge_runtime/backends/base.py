@@ -19,6 +19,7 @@ class BackendKind(str, enum.Enum):
     ONNXRUNTIME_CUDA = "onnxruntime-cuda"  # onnxruntime-gpu, CUDA execution provider
     ONNXRUNTIME_TENSORRT = "onnxruntime-tensorrt"  # onnxruntime-gpu, TensorRT execution provider
     TENSORRT = "tensorrt"  # a TensorRT engine built on this device (`edgert build`)
+    TRITON = "triton"  # the model on a Triton Inference Server ([triton]); the rest of the pipeline stays here
 
     @property
     def needs_engine(self) -> bool:
@@ -118,6 +119,11 @@ class Runner(abc.ABC):
     def stage_times(self) -> StageTimes | None:
         """The last inference's host-to-device, compute and device-to-host times; None where there are no
         transfers (a CPU backend: compute is the whole latency)."""
+        return None
+
+    def unavailable(self) -> str | None:
+        """Why the backend cannot serve now, for a backend that can lose what it runs on (a remote server); None
+        while it can. The daemon is DEGRADED while this says something (daemon/health.py)."""
         return None
 
     @abc.abstractmethod

@@ -61,7 +61,8 @@ BACKENDS = [b.value for b in BackendKind]
 
 BACKEND_HELP = (
     "onnxruntime (CPU, default), onnxruntime-cuda / onnxruntime-tensorrt (onnxruntime-gpu's providers), tensorrt "
-    "(an engine built on this device, see `edgert build`)"
+    "(an engine built on this device, see `edgert build`), triton (the model on a Triton server: [triton], "
+    "--triton-url)"
 )
 
 

@@ -47,6 +47,7 @@ def _demo(args: argparse.Namespace, out: Output) -> int:
         out=args.out,
         view_port=_view_port(args),
         linger_s=args.linger,
+        **({"max_age_ms": args.max_age_ms} if args.max_age_ms is not None else {}),
     )
     result = run_demo(options, say=out.say)
     out.result({"ok": result.ok, "error": result.error, **result.summary})
@@ -78,4 +79,7 @@ def add_parser(command: Command) -> None:
     p.add_argument("--linger", type=float, default=None, metavar="SECONDS",
                    help="with --view: after the run the page stays, saying the demo ended; this long "
                    "(default: until Ctrl+C)")  # fmt: skip
+    p.add_argument("--max-age-ms", type=float, default=None,
+                   help="a result older than this, capture to arrival, is stale: counted, never drawn (default: "
+                   "DemoOptions' 500; raise it only for a board far slower than real time, as an emulator)")  # fmt: skip
     _json_argument(p, "the summary")

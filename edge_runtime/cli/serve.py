@@ -34,6 +34,8 @@ _OVERRIDES: tuple[tuple[str, str, str], ...] = (
     ("--authorized-clients", "security.authorized_clients", "CURVE: folder of client .key files allowed to connect"),
     ("--audit", "audit.path", "keep the hash-chained audit log in this file (JSON lines)"),
     ("--reload-dir", "control.reload_dirs", "a folder `ctl reload` may load from, besides the model's own (repeat)"),
+    ("--triton-url", "triton.url", "--backend triton: the server's gRPC host:port"),
+    ("--triton-model", "triton.model", "--backend triton: the model's name there (default: the card's name)"),
 )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from edge_runtime.backends import BackendKind, CpuOptions, Spin
 from edge_runtime.backends.engine_cache import OnMismatch
 from edge_runtime.backends.sessions import CpuSetup
+from edge_runtime.backends.triton import TritonOptions
 from edge_runtime.core import schema
 from edge_runtime.core.card import TrackerSpec
 from edge_runtime.core.errors import EdgertError
@@ -250,6 +251,7 @@ SECTIONS: dict[str, type] = {
     "audit": AuditOptions,  # optional: no [audit] table, no audit log
     "cpu": CpuConfig,
     "decode": DecodeLimits,
+    "triton": TritonOptions,  # backend = "triton": the server, the timeouts, shared memory and TLS
 }
 
 
@@ -293,6 +295,7 @@ class DaemonConfig:
     audit: AuditOptions | None = None  # [audit]: the hash-chained log of security-relevant events; off unless set
     cpu: CpuConfig = field(default_factory=CpuConfig)
     decode: DecodeLimits = field(default_factory=DecodeLimits)
+    triton: TritonOptions = field(default_factory=TritonOptions)
 
     @property
     def allowed_reload_dirs(self) -> tuple[Path, ...]:
@@ -407,6 +410,7 @@ def build_config(data: Mapping[str, Any], base_dir: Path, where: str = "config")
             audit=s.get("audit"),
             cpu=s["cpu"],
             decode=s["decode"],
+            triton=s["triton"],
         )
     except ValueError as exc:  # the sections' checks name the key, never the file: named here once
         raise ConfigError(f"{where}: {exc}") from None

@@ -13,13 +13,21 @@ PRESSURE_WINDOW_NS = 2_000_000_000  # DEGRADED for this long after a served or d
 
 
 def health(
-    state: DaemonState, busy_since: float | None, deadline_ms: float, slots: StreamTable, stats: DaemonStats
+    state: DaemonState,
+    busy_since: float | None,
+    deadline_ms: float,
+    slots: StreamTable,
+    stats: DaemonStats,
+    backend_down: str | None = None,
 ) -> tuple[DaemonState, dict[str, Any]]:
-    """The state to report, and why: DEGRADED while an inference has run past its deadline (a hung backend;
-    `busy_since` is the monotonic start of the inference in progress), and for a while after the stream table
-    refused a frame or dropped a stale one (frames refused or starved); else `state` as it is."""
+    """The state to report, and why: DEGRADED while the backend says it cannot serve (`backend_down`: a Triton
+    server down or too slow, until a request succeeds), while an inference has run past its deadline (a hung
+    backend; `busy_since` is the monotonic start of the inference in progress), and for a while after the stream
+    table refused a frame or dropped a stale one (frames refused or starved); else `state` as it is."""
     if state is not DaemonState.READY:
         return state, {}
+    if backend_down is not None:
+        return DaemonState.DEGRADED, {"backend_unavailable": {"reason": backend_down, "errors": stats.inference_errors}}
     if busy_since is not None:
         busy_ms = (time.monotonic() - busy_since) * 1000.0
         if busy_ms > deadline_ms:

@@ -253,7 +253,7 @@ class Daemon:
         setup = cfg.cpu.setup(cfg.threads)  # the same rule `convert --config` and `bench --config` time by
         pipeline = InferencePipeline(
             package, cfg.backend, threads=setup.threads, engine=engine, gpu=gpu, cpu=setup.options,
-            tracker=cfg.tracker, tracking=cfg.tracker_enabled, mask=cfg.mask,
+            tracker=cfg.tracker, tracking=cfg.tracker_enabled, mask=cfg.mask, triton=cfg.triton,
         )  # fmt: skip
         try:
             pipeline.runner.activate()
@@ -540,7 +540,9 @@ class Daemon:
         return {"ok": False, "error": f"unknown command {cmd[:40]!r}; known: {', '.join(CONTROL_COMMANDS)}"}
 
     def _watchdog(self) -> tuple[DaemonState, dict[str, Any]]:
-        return health(self.state, self._busy_since, self.config.inference_deadline_ms, self._slots, self.stats)
+        pipeline = self._pipeline
+        down = pipeline.runner.unavailable() if pipeline is not None else None
+        return health(self.state, self._busy_since, self.config.inference_deadline_ms, self._slots, self.stats, down)
 
     def status(self) -> dict[str, Any]:
         pipeline = self._pipeline

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from edge_runtime.core.package import ModelPackage, TrackerSpec
 from edge_runtime.core.protocol import Frame, MaskResolution, PixelFormat, Result, ResultStatus
 from edge_runtime.core.tasks import Decoded, card_head
 from edge_runtime.core.tracking import BoxTracker
+
+if TYPE_CHECKING:
+    from edge_runtime.backends.triton import TritonOptions
 
 _FRAME_COLOR = {
     PixelFormat.GRAY8: Color.GRAY,
@@ -55,6 +59,7 @@ class InferencePipeline:
         tracker: TrackerSpec | None = None,
         tracking: bool | None = None,
         mask: MaskResolution = MaskResolution.MODEL,
+        triton: TritonOptions | None = None,
     ) -> None:
         """`engine`: for the tensorrt backend, the plan built on this device for the package. `tracker`: box
         tracking for a detector, over the card's (`output.tracker`); `tracking` False turns tracking off, None
@@ -64,8 +69,9 @@ class InferencePipeline:
         self.model_id = package.model_id
         self.backend = backend
         self.runner: Runner = create_runner(
-            backend, package.onnx_path, threads=threads, engine=engine, gpu=gpu, cpu=cpu
-        )
+            backend, package.onnx_path, threads=threads, engine=engine, gpu=gpu, cpu=cpu, triton=triton,
+            model_name=self.card.name,
+        )  # fmt: skip
         self.preprocess = Preprocessor(self.card.preprocess)
         self.head = card_head(self.card, package.cam)
         detection = self.card.output.detection

@@ -27,7 +27,7 @@ from calibration.preprocessing import Color, DicomOutput
 from calibration.sources import SourceError, SourceFrame, open_source
 from edge_runtime.core.card import ModelCard
 from edge_runtime.core.detection import box_iou
-from edge_runtime.core.errors import EdgertError
+from edge_runtime.core.errors import ControlError, DaemonUnavailable, EdgertError
 from edge_runtime.core.package import PackageError, demo_package_path, load_package
 from edge_runtime.core.protocol import Result, ResultStatus, Task, pixel_format_for
 from edge_runtime.daemon.process import DaemonProcess
@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 DEMO_CINE = "examples_ybr_color.dcm"  # pydicom's bundled 30-frame ultrasound cine (YBR_FULL_422, JPEG baseline)
 GIF_MAX_FRAMES = 150
-DRAIN_TIMEOUT_S = 2.0
+DRAIN_TIMEOUT_S = 2.0  # after the last frame is sent: how long to wait for results once the daemon holds none
+CONTROL_TIMEOUT_S = 10.0  # the daemon's own stats: generous, for a board (or an emulator) far slower than this one
+BUSY_DRAIN_S = 120.0  # the longest to wait while the daemon still holds a frame (a slow board, an emulator)
 
 
 class DemoError(EdgertError, RuntimeError):
@@ -69,10 +71,13 @@ class DemoOptions:
     out: Path = Path("edgert-demo")
     view_port: int | None = None  # also serve `edgert view` on 127.0.0.1:PORT while the demo runs
     linger_s: float | None = None  # with view_port: keep the view up this long after the run; None: until Ctrl+C
+    max_age_ms: float = 500.0  # a result older than this (capture to arrival) is stale: discarded, never drawn
 
     def __post_init__(self) -> None:
         if self.frames <= 0:
             raise DemoError("--frames must be positive")
+        if not (math.isfinite(self.max_age_ms) and 1 <= self.max_age_ms <= 600_000):
+            raise DemoError(f"--max-age-ms must be 1 to 600000, not {self.max_age_ms}")
         if self.linger_s is not None and not (math.isfinite(self.linger_s) and 0 <= self.linger_s <= 86400):
             raise DemoError(f"--linger must be 0 to 86400 seconds, not {self.linger_s}")
 
@@ -229,6 +234,23 @@ def _wait_for_heartbeat(sub: ResultSubscriber, timeout_s: float) -> None:
         sub.recv(100)
 
 
+def _draining(daemon: DaemonProcess, last_result: float) -> bool:
+    """After the last frame: wait DRAIN_TIMEOUT_S past the last result, longer (up to BUSY_DRAIN_S) while the daemon
+    still holds a frame it took: on a slow board one inference can outlast the drain, and its result is the one to
+    show."""
+    quiet = time.monotonic() - last_result
+    if quiet < DRAIN_TIMEOUT_S:
+        return True
+    if quiet > BUSY_DRAIN_S:
+        return False
+    try:
+        stats = daemon.control("stats", timeout_s=CONTROL_TIMEOUT_S)
+    except (ControlError, DaemonUnavailable):  # the daemon cannot say: nothing more to wait for
+        return False
+    settled = sum(int(stats.get(k, 0)) for k in ("frames_out", "frames_dropped", "frames_stale", "frames_rejected"))
+    return int(stats.get("frames_in", 0)) > settled
+
+
 def _row(name: str, values: list[int]) -> str:
     p = percentiles_ms(values)
     if p is None:
@@ -284,7 +306,8 @@ def _run(
     if args.view_port is not None:
         from edge_runtime.integrations.view import ViewOptions, ViewServer
 
-        view = ViewServer(ViewOptions(results=endpoints["results"], preview=endpoints["preview"], port=args.view_port))
+        view = ViewServer(ViewOptions(results=endpoints["results"], preview=endpoints["preview"], port=args.view_port,
+                                      max_age_ms=args.max_age_ms))  # fmt: skip
         view.start()
         views.append(view)
         say(f"view    {view.url} (the overlays live in a browser while the demo runs)")
@@ -324,7 +347,7 @@ def _play(
     stills: dict[str, Image.Image] = {}
     shown = Shown()
     fallback_first: Image.Image | None = None  # the first overlay, should none show a box
-    with ResultSubscriber(endpoints["results"], max_age_ms=500) as sub:
+    with ResultSubscriber(endpoints["results"], max_age_ms=args.max_age_ms) as sub:
         _wait_for_heartbeat(sub, 10.0)
         say(f"daemon  ready, ingest {endpoints['ingest']}, results {endpoints['results']}")
 
@@ -348,7 +371,7 @@ def _play(
         received = 0
         interrupted = False
         try:
-            while thread.is_alive() or time.monotonic() - last_result < DRAIN_TIMEOUT_S:
+            while thread.is_alive() or _draining(daemon, last_result):
                 r = sub.recv(100)
                 if r is None:
                     if not thread.is_alive() and stats_box and received >= stats_box[0].sent:
@@ -379,7 +402,7 @@ def _play(
             stop.set()
             thread.join(5.0)
         elapsed = time.perf_counter() - started
-        daemon_stats = daemon.control("stats")
+        daemon_stats = daemon.control("stats", timeout_s=CONTROL_TIMEOUT_S)
         stale, rejected = sub.stats.stale, sub.stats.rejected
     if fallback_first is not None:
         stills = {"first": stills.get("first", fallback_first), **stills}
