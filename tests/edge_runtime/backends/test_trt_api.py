@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,18 @@ from edge_runtime.backends.tensorrt import TensorRTRunner
 from edge_runtime.backends.trt_api import bindings_version, dims, numpy_dtype
 
 
+@pytest.fixture(autouse=True)
+def no_tensorrt_left_behind() -> Iterator[None]:
+    """These tests import a `tensorrt` of their own: none of it may outlive them (monkeypatch restores sys.path,
+    not the module an import put in sys.modules)."""
+    before = sys.modules.pop("tensorrt", None)
+    yield
+    sys.modules.pop("tensorrt", None)
+    if before is not None:
+        sys.modules["tensorrt"] = before
+    importlib.invalidate_caches()
+
+
 @pytest.fixture
 def stubs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `pip install tensorrt-stubs` leaves: a `tensorrt/` folder of .pyi files, which imports as an empty
@@ -23,7 +37,6 @@ def stubs_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "tensorrt").mkdir()
     (tmp_path / "tensorrt" / "__init__.pyi").write_text("__version__: str = '10.13.0.35'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # and no trtexec
 
 
@@ -42,7 +55,6 @@ def test_tensorrt_stubs_alone_are_not_tensorrt(stubs_only: None, tmp_path: Path)
 def test_a_module_with_a_version_is_taken_as_the_bindings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "tensorrt.py").write_text("__version__ = '10.3.0.30'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     assert bindings_version() == "10.3.0.30"
 
 
