@@ -181,19 +181,20 @@ class TritonRunner(Runner):
             timeout = opts.timeout_ms / 1000.0
             return module.InferenceServerClient(opts.url, connection_timeout=timeout, network_timeout=timeout)
 
-        def read(path: Path | None) -> bytes | None:
+        def readable(path: Path | None) -> str | None:  # tritonclient opens the files itself: check them first
             if path is None:
                 return None
             try:
-                return path.read_bytes()
+                with path.open("rb"):
+                    return str(path)
             except OSError as exc:
                 raise BackendError(f"{self.name}: cannot read {path}: {exc.strerror}") from None
 
         if not opts.tls:
             return module.InferenceServerClient(opts.url)
         return module.InferenceServerClient(
-            opts.url, ssl=True, root_certificates=read(opts.root_certificates),
-            private_key=read(opts.private_key), certificate_chain=read(opts.certificate_chain),
+            opts.url, ssl=True, root_certificates=readable(opts.root_certificates),
+            private_key=readable(opts.private_key), certificate_chain=readable(opts.certificate_chain),
         )  # fmt: skip
 
     def _wait_ready(self) -> None:

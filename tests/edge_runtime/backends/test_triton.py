@@ -173,3 +173,25 @@ def test_triton_is_a_daemon_config_section(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("timeout_ms = 250", "timeout_ms = -1"))
     with pytest.raises(ValueError, match="triton.timeout_ms"):
         load_config(path)
+
+
+def test_triton_over_tls_answers_and_a_plain_client_is_refused(demo_model: Path, tmp_path: Path) -> None:
+    """gRPC over TLS (CURVE does not cover this channel): a server certificate for 127.0.0.1, trusted by its file."""
+    import subprocess
+
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    server = TritonServer(demo_model, *free_ports(3), "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    try:
+        package = load_package(demo_model)
+        tls = TritonOptions(url=server.url, tls=True, root_certificates=cert, shared_memory=SharedMemory.OFF)
+        with TritonRunner(package.onnx_path, package.card.name, tls) as runner:
+            assert next(iter(runner.infer(_feed(demo_model)).values())).shape[0] == 1
+        plain = TritonRunner(package.onnx_path, package.card.name,
+                             TritonOptions(url=server.url, ready_timeout_s=1, shared_memory=SharedMemory.OFF))  # fmt: skip
+        with pytest.raises(BackendError, match="not ready within 1 s"):
+            plain.activate()
+    finally:
+        server.stop()
