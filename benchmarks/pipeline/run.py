@@ -428,9 +428,12 @@ def _triton_server(python: Path | None) -> Iterator[str | None]:
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
         assert server.stdout is not None
-        line = server.stdout.readline()  # "ready grpc=..." once the model is ready, or nothing if it failed
-        if not line.startswith("ready "):
+        for line in server.stdout:  # "ready grpc=..." once the model is ready; the end of output if it failed
+            if line.startswith("ready "):
+                break
+        else:
             raise SystemExit(f"the Triton server did not start ({python}): run it by hand to see why: {' '.join(cmd)}")
+        threading.Thread(target=server.stdout.read, daemon=True).start()  # tritonserver logs there: keep it drained
         yield f"127.0.0.1:{ports[0]}"
     finally:
         os.killpg(server.pid, signal.SIGINT)
