@@ -29,6 +29,7 @@ from converters.kinds import Precision
 from edge_runtime.backends import Runner
 from edge_runtime.backends.base import BackendKind
 from edge_runtime.backends.sessions import CpuSetup
+from edge_runtime.backends.triton import TritonOptions
 from edge_runtime.core.errors import OptionError
 
 SCHEMA = "edgert.bench/1"
@@ -164,6 +165,7 @@ class BenchRequest:
     samples: int = 32  # frames for calibration and the gate
     timing: BenchOptions = BenchOptions()
     cpu: CpuSetup = field(default_factory=CpuSetup)
+    triton: TritonOptions = field(default_factory=TritonOptions)  # --backend triton: the server; model: the card's
 
     def __post_init__(self) -> None:
         if self.backend.needs_engine and (self.precision is not Precision.FP32 or self.input_shape is not None):
@@ -172,6 +174,8 @@ class BenchRequest:
             )
         if self.samples < 1:
             raise OptionError(f"--samples must be >= 1, got {self.samples}")
+        if self.backend is BackendKind.TRITON and self.precision is not Precision.FP32:
+            raise OptionError("--backend triton benchmarks the model the server has: convert and deploy it first")
 
 
 @dataclass(frozen=True)
@@ -239,7 +243,7 @@ def run_bench(
         onnx.save(model, str(path))
         runner = create_runner(
             request.backend, path, threads=request.cpu.threads, engine=engine, gpu=GpuOptions(device=request.device),
-            cpu=request.cpu.options,
+            cpu=request.cpu.options, triton=request.triton, model_name=card.name if isinstance(card, ModelCard) else "",
         )  # fmt: skip
         with runner:
             timed = bench_runner(runner, feed, request.timing, on_progress)

@@ -62,7 +62,18 @@ class TritonServer:
     def url(self) -> str:
         return f"127.0.0.1:{self.ports[0]}"
 
-    def start(self, timeout_s: float = 120.0) -> TritonServer:
+    def start(self, timeout_s: float = 60.0, attempts: int = 2) -> TritonServer:
+        """Start it and wait for its model to be ready. The model loads in about 3 s here; now and then (seen in CI
+        and here, when a server was started again after a SIGKILL while another ran) tritonserver hangs before
+        loading it and never recovers: that start is killed and made again, once, and the log says so."""
+        for attempt in range(1, attempts + 1):
+            if self._start_once(timeout_s):
+                return self
+            self.kill()
+            self.log.append(f"--- attempt {attempt} of {attempts}: no model ready within {timeout_s:g} s")
+        pytest.fail("tritonserver did not come up:\n" + "\n".join(self.log[-40:]))
+
+    def _start_once(self, timeout_s: float) -> bool:
         grpc, http, metrics = self.ports
         cmd = [str(pytriton_python()), str(SERVE), str(self.package), "--grpc-port", str(grpc), "--http-port",
                str(http), "--metrics-port", str(metrics), *self.extra]  # fmt: skip
@@ -81,9 +92,8 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while not ready.wait(0.2):
             if proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("tritonserver did not come up:\n" + "\n".join(self.log[-30:]))
-        return self
+                return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL to the whole group (PyTriton and its tritonserver): a server that dies, not one that stops."""

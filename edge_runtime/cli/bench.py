@@ -9,6 +9,7 @@ from pathlib import Path
 from converters.bench import BenchOptions, BenchRequest
 from converters.kinds import Precision
 from edge_runtime.backends.base import BackendKind
+from edge_runtime.backends.triton import TritonOptions
 from edge_runtime.cli.common import (
     BACKEND_HELP,
     BACKENDS,
@@ -32,7 +33,7 @@ def _bench(args: argparse.Namespace, out: Output) -> int:
         model=Path(args.model), backend=BackendKind(args.backend), precision=Precision(args.precision),
         device=args.device, input_shape=args.input_shape, data=args.data, samples=args.samples,
         timing=BenchOptions(warmup_ms=args.warmup_ms, duration_s=args.duration_s, min_iterations=args.iterations),
-        cpu=_cpu_setup(args),
+        cpu=_cpu_setup(args), triton=TritonOptions(url=args.triton_url, model=args.triton_model),
     )  # fmt: skip
     bar = ProgressBar(args.duration_s, enabled=not out.quiet)
     report = run_bench(request, say=out.progress, on_progress=bar.update, verbose=_verbosity(args) > 0)
@@ -68,6 +69,9 @@ def add_parser(command: Command) -> None:
                    help="convert first (behind the accuracy gate, default options) and measure that")  # fmt: skip
     p.add_argument("--backend", choices=BACKENDS, default=BenchRequest.backend.value, help=BACKEND_HELP)
     p.add_argument("--device", type=int, default=BenchRequest.device, help="CUDA device for the GPU backends")
+    p.add_argument("--triton-url", default=TritonOptions.url, help="--backend triton: the server's gRPC host:port")
+    p.add_argument("--triton-model", default=TritonOptions.model,
+                   help="--backend triton: the model's name there (default: the card's name)")  # fmt: skip
     _input_shape_argument(p)
     p.add_argument("--data", help="input, calibration and gate data (default: synthetic for a package, random "
                    "otherwise): " + SOURCE_HELP)  # fmt: skip

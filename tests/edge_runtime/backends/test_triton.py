@@ -195,3 +195,16 @@ def test_triton_over_tls_answers_and_a_plain_client_is_refused(demo_model: Path,
             plain.activate()
     finally:
         server.stop()
+
+
+def test_edgert_bench_times_a_package_on_triton(triton_server: TritonServer, demo_model: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from edge_runtime.cli import main
+
+    argv = ["bench", str(demo_model), "--backend", "triton", "--triton-url", triton_server.url, "--duration-s", "0.5",
+            "--iterations", "5", "--warmup-ms", "50"]  # fmt: skip
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "us-seg-demo 1.0.0 on triton" in said, said
+    assert main([*argv, "--precision", "int8"]) == 1
+    assert "benchmarks the model the server has" in capsys.readouterr().err
