@@ -149,7 +149,10 @@ def subjects(cache: Path, smoke: bool) -> list[Subject]:
         small = ["--samples", "8", "--search-samples", "16", "--verify-samples", "32", "--min-support", "4",
                  "--tolerance", "0.5", "--data", "synthetic:size=32x32"]  # fmt: skip
         return [
-            Subject("tiny-int8", pkg, ["--precision", "int8", *small], "synthetic:size=32x32,seed=99"),
+            # --no-latency: the latency stage decides on timings (0.09 ms against 0.10 ms on the tiny model), which a
+            # fresh run on a shared 2-core machine does not repeat; what reproduces a timing decision is the replay
+            # of the recorded plan, checked below for every subject. The demo subjects keep the stage.
+            Subject("tiny-int8", pkg, ["--precision", "int8", "--no-latency", *small], "synthetic:size=32x32,seed=99"),
             Subject(
                 "tiny-prune",
                 pkg,
