@@ -46,7 +46,7 @@ DATATYPES: dict[np.dtype[Any], str] = {
     np.dtype(np.uint8): "UINT8",
     np.dtype(np.bool_): "BOOL",
 }
-ONNX_TYPES = {1: np.float32, 10: np.float16, 7: np.int64, 6: np.int32, 3: np.int8, 2: np.uint8, 9: np.bool_}
+NUMPY_TYPES = {name: dtype for dtype, name in DATATYPES.items()}  # the same table, read the other way
 
 
 class TritonProtocol(str, enum.Enum):
@@ -134,11 +134,14 @@ def onnx_io(onnx_path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
     def spec(v: onnx.ValueInfoProto) -> TensorSpec:
         t = v.type.tensor_type
-        dtype = ONNX_TYPES.get(t.elem_type)
-        if dtype is None:
+        try:
+            datatype = DATATYPES.get(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)))
+        except KeyError:  # an undefined or unknown element type
+            datatype = None
+        if datatype is None:
             raise BackendError(f"{onnx_path}: tensor '{v.name}' has a type Triton's client cannot carry here")
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-        return TensorSpec(v.name, DATATYPES[np.dtype(dtype)], shape)
+        return TensorSpec(v.name, datatype, shape)
 
     return [spec(v) for v in model.graph.input if v.name not in weights], [spec(v) for v in model.graph.output]
 
@@ -256,7 +259,7 @@ class TritonRunner(Runner):
             if any(d < 0 for d in spec.shape):
                 self._release_shared_memory()
                 return  # a free dimension: the size is not known before the frame; the request body carries it
-            size = int(np.prod(spec.shape)) * _itemsize(spec.datatype)
+            size = int(np.prod(spec.shape)) * NUMPY_TYPES[spec.datatype].itemsize
             name = f"edgert_{token}_{len(self._regions)}"
             handle = shm.create_shared_memory_region(name, f"/{name}", size)
             self._regions.append((name, handle, size))
@@ -310,9 +313,7 @@ class TritonRunner(Runner):
             try:
                 self._client.register_system_shared_memory(name, f"/{name}", size)
             except Exception as exc:
-                self.failures += 1
-                self._unavailable = f"Triton at {self.options.url}: {_reason(exc)}"
-                raise BackendError(f"{self.name}: {_reason(exc)}") from None
+                raise self._failed(exc) from None
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         module, opts = self._module, self.options
@@ -348,11 +349,15 @@ class TritonRunner(Runner):
                 kwargs["client_timeout"] = opts.timeout_ms / 1000.0
             response = self._client.infer(self.model, inputs, **kwargs)
         except Exception as exc:  # InferenceServerException: down, timed out, refused
-            self.failures += 1
-            self._unavailable = f"Triton at {opts.url}: {_reason(exc)}"
-            raise BackendError(f"{self.name}: {_reason(exc)}") from None
+            raise self._failed(exc) from None
         self._unavailable = None
         return {spec.name: self._output(response, j, spec) for j, spec in enumerate(self._outputs)}
+
+    def _failed(self, exc: BaseException) -> BackendError:
+        """A request that failed: counted, remembered for unavailable() until one succeeds, and the frame's error."""
+        self.failures += 1
+        self._unavailable = f"Triton at {self.options.url}: {_reason(exc)}"
+        return BackendError(f"{self.name}: {_reason(exc)}")
 
     def _output(self, response: Any, j: int, spec: TensorSpec) -> np.ndarray:
         if not self._regions:
@@ -363,12 +368,9 @@ class TritonRunner(Runner):
         import tritonclient.utils.shared_memory as shm
 
         _, handle, _ = self._regions[len(self._inputs) + j]
-        dtype = next(k for k, v in DATATYPES.items() if v == spec.datatype)
-        return np.array(shm.get_contents_as_numpy(handle, dtype, list(spec.shape)))  # a copy: the region is reused
-
-
-def _itemsize(datatype: str) -> int:
-    return next(int(k.itemsize) for k, v in DATATYPES.items() if v == datatype)
+        return np.array(
+            shm.get_contents_as_numpy(handle, NUMPY_TYPES[spec.datatype], list(spec.shape))
+        )  # a copy: the region is reused
 
 
 def _reason(exc: BaseException) -> str:
